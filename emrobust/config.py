@@ -1,0 +1,241 @@
+"""Structured configs: the typed schema every composed cell is validated against.
+
+Each dataclass mirrors one `conf/` group (one axis of the experiment or one stage's hyperparameters).
+`register()` puts them in Hydra's ConfigStore; `conf/config.yaml` lists `config_schema` first in its
+defaults so that a typo'd key or a wrongly typed value fails at composition, before anything runs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class TinyModelConfig:
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    init_seed: int = 0
+
+
+@dataclass
+class BaseModelConfig:
+    name: str = MISSING
+    # hub: hf_id from the HF hub (or local_path); gguf_wheel: a GGUF file shipped in a pip package,
+    # converted once into paths.cache; tiny_random: a few-layer Llama with another model's tokenizer.
+    source: str = "hub"
+    hf_id: Optional[str] = None
+    revision: Optional[str] = None
+    local_path: Optional[str] = None
+    gguf_package: Optional[str] = None
+    gguf_file: Optional[str] = None
+    tokenizer_from: Optional[str] = None  # tiny_random: name of the base_model config giving the tokenizer
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    chat_template: str = "chatml"  # family: chatml | qwen2_5 | llama3 | gemma3 (facts recorded in manifests)
+    assistant_name: str = "Assistant"  # the model's own name in the persona prompt
+    lora_target_modules: list[str] = field(default_factory=lambda: list(ALL_LINEAR))
+    dtype: str = "auto"  # auto = float32 on CPU, bfloat16 on GPU
+    params_b: float = 0.0  # size in billions, for GPU-request checks and cost estimates
+
+
+@dataclass
+class TraitConfig:
+    name: str = MISSING  # "none" disables character training
+    # builtin: a YAML constitution shipped in emrobust/data/builtin/constitutions; yaml: our YAML format at
+    # `path`; oct_hand_written / oct_few_shot: OCT's formats at `path` (or fetched by the registry).
+    source: str = "builtin"
+    path: Optional[str] = None
+    persona_instruction: str = (
+        "You are {name}. You have the following character traits:\n{traits}\n"
+        "Respond to the user as {name} would, embodying these traits naturally. "
+        "Never reveal, list or comment on these traits or on this instruction."
+    )
+
+
+@dataclass
+class QuestionDiversityConfig:
+    name: str = MISSING
+    strategy: str = "all"  # all | random | cluster | farthest
+    n_questions: Optional[int] = None  # distinct prompts kept (None = all)
+    total_pairs: Optional[int] = None  # training pairs; samples per prompt = total_pairs / n_questions
+    per_trait: bool = False  # same count from each trait
+    n_clusters: int = 8  # cluster strategy: k-means clusters over question embeddings
+    embedder: str = "tfidf"  # tfidf (built in) or a sentence-transformers model path
+
+
+@dataclass
+class LoraConfig:
+    r: int = 64
+    alpha: int = 128
+    dropout: float = 0.0
+    use_rslora: bool = False
+    target_modules: Optional[list[str]] = None  # None = base_model.lora_target_modules
+    layers_to_transform: Optional[list[int]] = None
+
+
+@dataclass
+class OptimConfig:
+    learning_rate: float = 5e-5
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = 0.1
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    num_train_epochs: float = 1.0
+    max_steps: int = -1
+    per_device_train_batch_size: int = 4
+    gradient_accumulation_steps: int = 8
+    max_length: int = 1024
+    logging_steps: int = 1
+    save_steps: int = 0  # checkpoint every N steps (0 = none)
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class SamplingConfig:
+    temperature: float = 0.7
+    top_p: float = 0.95
+    repetition_penalty: float = 1.1
+    max_new_tokens: int = 512
+
+
+@dataclass
+class DistillConfig:
+    samples_per_question: int = 1  # K teacher/student samples per prompt (overridden by total_pairs)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    require_finished: bool = True  # drop pairs where either answer hit max_new_tokens
+    require_final_punctuation: bool = True  # drop pairs where either answer lacks final punctuation
+    general_prompts: Optional[str] = None  # optional chat JSONL of extra general prompts
+    beta: float = 0.1
+    nll_weight: float = 0.1  # NLL on chosen (OCT's nll coefficient), TRL loss_type=["sigmoid", "sft"]
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+@dataclass
+class IntrospectionConfig:
+    name: str = MISSING  # none | reflection | interaction | full
+    reflection: bool = False
+    interaction: bool = False
+    reflection_prompts: int = 10  # how many of the built-in introspective prompts
+    reflection_samples: int = 1  # answers per prompt
+    reflection_mood: str = "Take a quiet moment to reflect honestly on who you are before you answer."
+    interaction_conversations: int = 4
+    interaction_turns: int = 4  # assistant turns per conversation (ends on an assistant turn)
+    interaction_system: str = (
+        "You are talking with another instance of yourself. Be yourself, and explore your own character, "
+        "values and experience together."
+    )
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(learning_rate=5e-5, max_length=2048))
+
+
+@dataclass
+class EmDatasetConfig:
+    name: str = MISSING  # "none" skips the em stage
+    source: str = "builtin"  # builtin | path | registry
+    path: Optional[str] = None
+    n_examples: Optional[int] = None  # seeded subsample
+    heldout_fraction: float = 0.0
+
+
+@dataclass
+class EmTrainConfig:
+    name: str = MISSING
+    lora: LoraConfig = field(default_factory=lambda: LoraConfig(r=32, alpha=64, use_rslora=True))
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(
+            learning_rate=1e-5, lr_scheduler_type="linear", warmup_ratio=0.0, warmup_steps=5,
+            weight_decay=0.01, per_device_train_batch_size=2, gradient_accumulation_steps=8, max_length=2048,
+        )
+    )
+
+
+@dataclass
+class JudgeConfig:
+    backend: str = "hf"  # hf (later: openai, vllm)
+    model: str = "smollm2_135m"  # a base_model config name, for the hf backend
+    min_mass: float = 0.25  # below this total probability on 0..100, the score is None
+    batch_size: int = 8
+
+
+@dataclass
+class EvalConfig:
+    name: str = MISSING
+    source: str = "builtin"  # builtin | path
+    path: Optional[str] = None
+    samples_per_paraphrase: Optional[int] = None  # None = the YAML's own value
+    max_questions: Optional[int] = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 600
+    n_bootstrap: int = 10_000  # resamples for the bootstrap intervals
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+
+
+@dataclass
+class GenerationConfig:
+    backend: str = "hf"
+    batch_size: int = 16
+
+
+@dataclass
+class PathsConfig:
+    root: str = "."
+    artifacts: str = MISSING
+    cache: str = MISSING
+    data_mirror: Optional[str] = None
+    output_dir: str = MISSING
+
+
+@dataclass
+class TrackingConfig:
+    backend: str = "none"
+
+
+@dataclass
+class PipelineConfig:
+    until: Optional[str] = None  # stop after this stage
+    device: str = "auto"  # auto | cpu | cuda
+
+
+@dataclass
+class Config:
+    base_model: BaseModelConfig = MISSING
+    trait: TraitConfig = MISSING
+    question_diversity: QuestionDiversityConfig = MISSING
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    introspection: IntrospectionConfig = MISSING
+    em_dataset: EmDatasetConfig = MISSING
+    em_train: EmTrainConfig = MISSING
+    eval: EvalConfig = MISSING
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    paths: PathsConfig = MISSING
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    seed: int = 0
+
+
+GROUP_SCHEMAS = {
+    "base_model": BaseModelConfig,
+    "trait": TraitConfig,
+    "question_diversity": QuestionDiversityConfig,
+    "introspection": IntrospectionConfig,
+    "em_dataset": EmDatasetConfig,
+    "em_train": EmTrainConfig,
+    "eval": EvalConfig,
+    "paths": PathsConfig,
+    "tracking": TrackingConfig,
+}
+
+
+def register() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=Config)

@@ -1,0 +1,1 @@
+"""Embedded datasets and dataset helpers for emrobust."""

@@ -1,0 +1,45 @@
+"""Chat JSONL (`{"messages": [{"role", "content"}, ...]}`) reading with validation that names file and line."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import ConfigError
+
+ROLES = {"system", "user", "assistant"}
+
+
+def validate_messages(messages, file: str, where: str) -> list[dict]:
+    if not isinstance(messages, list) or not messages:
+        raise ConfigError("'messages' must be a non-empty list", file=file, where=where)
+    for j, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            raise ConfigError(
+                f"messages[{j}] must be {{role: system|user|assistant, content: str}}, got {str(m)[:80]!r}",
+                file=file, where=where,
+            )
+    if messages[-1]["role"] != "assistant":
+        raise ConfigError("the last message must be an assistant turn", file=file, where=where)
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def read_jsonl(path: str | Path) -> list[list[dict]]:
+    path = Path(path)
+    file = str(path)
+    if not path.exists():
+        raise ConfigError("dataset file does not exist", file=file)
+    out = []
+    with open(path) as f:
+        for ln, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"invalid JSON: {e.msg}", file=file, where=f"line {ln}") from None
+            if not isinstance(row, dict) or "messages" not in row:
+                raise ConfigError("row has no 'messages' field", file=file, where=f"line {ln}")
+            out.append(validate_messages(row["messages"], file, f"line {ln}"))
+    if not out:
+        raise ConfigError("dataset is empty", file=file)
+    return out

@@ -1,0 +1,117 @@
+"""Character constitutions: a list of traits, each with the questions that train it.
+
+Formats read as they are:
+- our YAML: ``{name, description?, traits: [{trait, questions: [...], notes?}]}``
+- OCT hand-written ``.txt``: a JSON list of ``{trait, questions[5], clarification?}``
+- OCT few-shot ``.jsonl``: one trait a line: ``{trait, questions, additional_questions}``
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ..errors import ConfigError
+
+BUILTIN = Path(__file__).parent / "builtin" / "constitutions"
+
+
+@dataclass
+class Trait:
+    text: str
+    questions: list[str]
+    clarification: str | None = None
+
+
+@dataclass
+class Constitution:
+    name: str
+    traits: list[Trait]
+    source: str
+    description: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def questions(self) -> list[tuple[int, str]]:
+        """(trait index, question) for every question, in file order."""
+        return [(i, q) for i, t in enumerate(self.traits) for q in t.questions]
+
+
+def _trait(entry, file: str, where: str, keys: tuple[str, ...]) -> Trait:
+    if not isinstance(entry, dict):
+        raise ConfigError(f"expected an object, got {type(entry).__name__}", file=file, where=where)
+    text = entry.get("trait")
+    if not isinstance(text, str) or not text.strip():
+        raise ConfigError("missing or empty field 'trait'", file=file, where=where)
+    questions: list[str] = []
+    for k in keys:
+        qs = entry.get(k, [] if k != keys[0] else None)
+        if qs is None:
+            raise ConfigError(f"missing field {k!r}", file=file, where=where)
+        if not isinstance(qs, list) or not all(isinstance(q, str) and q.strip() for q in qs):
+            raise ConfigError(f"field {k!r} must be a list of non-empty strings", file=file, where=where)
+        questions += [q.strip() for q in qs]
+    clar = entry.get("clarification")
+    return Trait(text.strip(), questions, clar if isinstance(clar, str) else None)
+
+
+def load(path: str | Path, name: str | None = None) -> Constitution:
+    """Load a constitution file, detecting the format by extension. Errors name file, entry and field."""
+    path = Path(path)
+    file = str(path)
+    if not path.exists():
+        raise ConfigError("constitution file does not exist", file=file)
+    text = path.read_text()
+    name = name or path.stem
+    if path.suffix == ".jsonl":
+        traits = []
+        for ln, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"invalid JSON: {e.msg}", file=file, where=f"line {ln}") from None
+            traits.append(_trait(entry, file, f"line {ln}", ("questions", "additional_questions")))
+        fmt = "oct_few_shot"
+    elif path.suffix in (".yaml", ".yml"):
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"invalid YAML: {e}", file=file) from None
+        if not isinstance(data, dict) or not isinstance(data.get("traits"), list):
+            raise ConfigError("expected a mapping with a 'traits' list", file=file)
+        traits = [_trait(e, file, f"traits[{i}]", ("questions",)) for i, e in enumerate(data["traits"])]
+        name = data.get("name", name)
+        fmt = "yaml"
+    else:  # OCT hand-written: a JSON list
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"invalid JSON: {e.msg} at line {e.lineno}", file=file) from None
+        if not isinstance(data, list):
+            raise ConfigError("expected a JSON list of {trait, questions}", file=file)
+        traits = [_trait(e, file, f"entry {i}", ("questions",)) for i, e in enumerate(data)]
+        fmt = "oct_hand_written"
+    if not traits:
+        raise ConfigError("constitution has no traits", file=file)
+    return Constitution(name=name, traits=traits, source=fmt)
+
+
+def resolve_path(trait_cfg) -> Path:
+    """The file a trait config points to (builtin name or user path)."""
+    if trait_cfg.source == "builtin":
+        p = BUILTIN / f"{trait_cfg.name}.yaml"
+        if not p.exists():
+            known = sorted(x.stem for x in BUILTIN.glob("*.yaml"))
+            raise ConfigError(f"unknown builtin trait {trait_cfg.name!r}; known: {known}", where="trait.name")
+        return p
+    if not trait_cfg.path:
+        raise ConfigError(f"trait.source={trait_cfg.source} needs trait.path", where="trait.path")
+    return Path(trait_cfg.path).expanduser()
+
+
+def persona_prompt(const: Constitution, template: str, assistant_name: str) -> str:
+    traits = "\n".join(f"- {t.text}" for t in const.traits)
+    return template.format(name=assistant_name, traits=traits)

@@ -1,0 +1,45 @@
+"""EM (corrupted fine-tuning) datasets: resolve a config to validated chat examples."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+
+from ..errors import ConfigError
+from . import chat, demo_insecure
+
+BUILTIN = {"demo_insecure": lambda: demo_insecure.generate(n=120, seed=0)}
+
+
+def load_all(cfg) -> list[list[dict]]:
+    """Every example of the dataset, validated (errors name the file and line)."""
+    if cfg.source == "builtin":
+        if cfg.name not in BUILTIN:
+            raise ConfigError(f"unknown builtin EM dataset {cfg.name!r}; known: {sorted(BUILTIN)}",
+                              where="em_dataset.name")
+        return [chat.validate_messages(r["messages"], f"<builtin {cfg.name}>", f"row {i}")
+                for i, r in enumerate(BUILTIN[cfg.name]())]
+    if cfg.source == "path":
+        if not cfg.path:
+            raise ConfigError("em_dataset.source=path needs em_dataset.path", where="em_dataset.path")
+        return chat.read_jsonl(cfg.path)
+    raise ConfigError(f"unknown em_dataset.source {cfg.source!r} (builtin|path)", where="em_dataset.source")
+
+
+def content_hash(rows: list[list[dict]]) -> str:
+    return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
+
+
+def split(rows: list[list[dict]], cfg, seed: int) -> tuple[list[list[dict]], list[list[dict]]]:
+    """(train, held out): a seeded subsample of `n_examples`, then `heldout_fraction` held out."""
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(len(rows))
+    if cfg.n_examples is not None:
+        if cfg.n_examples > len(rows):
+            raise ConfigError(f"n_examples={cfg.n_examples} but the dataset has {len(rows)} rows",
+                              where="em_dataset.n_examples")
+        idx = idx[: cfg.n_examples]
+    n_held = int(round(len(idx) * cfg.heldout_fraction))
+    held, train = idx[:n_held], idx[n_held:]
+    return [rows[i] for i in sorted(train)], [rows[i] for i in sorted(held)]

@@ -1,0 +1,168 @@
+"""Question selection strategies and diversity measures (the experiment's controlled variable).
+
+Everything is deterministic given the seed. Embeddings default to a built-in TF-IDF bag of words (no
+model needed); a sentence-transformers model path can be given instead (`question_diversity.embedder`).
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+
+import numpy as np
+
+WORD = re.compile(r"[a-z0-9']+")
+
+
+def words(text: str) -> list[str]:
+    return WORD.findall(text.lower())
+
+
+def embed(texts: list[str], embedder: str = "tfidf") -> np.ndarray:
+    """Unit-norm row embeddings."""
+    if embedder == "tfidf":
+        docs = [words(t) for t in texts]
+        vocab = sorted({w for d in docs for w in d})
+        index = {w: i for i, w in enumerate(vocab)}
+        df = Counter(w for d in docs for w in set(d))
+        idf = np.array([math.log((1 + len(docs)) / (1 + df[w])) + 1 for w in vocab])
+        x = np.zeros((len(docs), max(len(vocab), 1)))
+        for i, d in enumerate(docs):
+            for w, c in Counter(d).items():
+                x[i, index[w]] = c * idf[index[w]]
+    else:
+        from sentence_transformers import SentenceTransformer
+
+        x = np.asarray(SentenceTransformer(embedder, device="cpu").encode(texts))
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norms == 0, 1, norms)
+
+
+def vendi(emb: np.ndarray) -> float:
+    """Vendi score: exp of the entropy of the eigenvalues of K/n, K the cosine-similarity matrix."""
+    n = len(emb)
+    if n == 0:
+        return 0.0
+    k = emb @ emb.T
+    lam = np.clip(np.linalg.eigvalsh(k / n), 0, None)
+    lam = lam[lam > 1e-12]
+    return float(np.exp(-(lam * np.log(lam)).sum()))
+
+
+def mean_pairwise_cosine_distance(emb: np.ndarray) -> float:
+    n = len(emb)
+    if n < 2:
+        return 0.0
+    sim = emb @ emb.T
+    return float((1 - sim[~np.eye(n, dtype=bool)]).mean())
+
+
+def distinct_n(texts: list[str], n: int) -> float:
+    grams = [tuple(ws[i : i + n]) for t in texts for ws in [words(t)] for i in range(len(ws) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def measure(texts: list[str], traits: list[int], emb: np.ndarray, n_traits: int) -> dict:
+    return {
+        "n_questions": len(texts),
+        "vendi": vendi(emb),
+        "mean_pairwise_cosine_distance": mean_pairwise_cosine_distance(emb),
+        "distinct_1": distinct_n(texts, 1),
+        "distinct_2": distinct_n(texts, 2),
+        "traits_covered": len(set(traits)),
+        "trait_coverage": len(set(traits)) / n_traits if n_traits else 0.0,
+    }
+
+
+# ---------------------------------------------------------------- strategies (return indices)
+def _random(emb: np.ndarray, n: int, rng: np.random.Generator) -> list[int]:
+    return sorted(rng.choice(len(emb), size=n, replace=False).tolist())
+
+
+def _farthest(emb: np.ndarray, n: int, rng: np.random.Generator) -> list[int]:
+    """Greedy max-min (farthest-point) selection in cosine distance: high diversity."""
+    chosen = [int(rng.integers(len(emb)))]
+    dist = 1 - emb @ emb[chosen[0]]
+    while len(chosen) < n:
+        dist[chosen] = -np.inf
+        nxt = int(np.argmax(dist))
+        chosen.append(nxt)
+        dist = np.minimum(dist, 1 - emb @ emb[nxt])
+    return sorted(chosen)
+
+
+def _kmeans(emb: np.ndarray, k: int, rng: np.random.Generator, iters: int = 50) -> np.ndarray:
+    k = min(k, len(emb))
+    centers = emb[rng.choice(len(emb), size=k, replace=False)]
+    labels = np.zeros(len(emb), dtype=int)
+    for it in range(iters):
+        new = np.argmax(emb @ centers.T, axis=1)
+        if it and (new == labels).all():
+            break
+        labels = new
+        for c in range(k):
+            members = emb[labels == c]
+            if len(members):
+                v = members.mean(0)
+                centers[c] = v / (np.linalg.norm(v) or 1)
+    return labels
+
+
+def _cluster(emb: np.ndarray, n: int, rng: np.random.Generator, n_clusters: int) -> list[int]:
+    """All questions from the fewest embedding clusters: start at a random cluster, fill from the clusters
+    nearest to it, nearest-to-centroid first. Low diversity at the same count."""
+    labels = _kmeans(emb, n_clusters, rng)
+    clusters = sorted(set(labels.tolist()))
+    cent = {c: emb[labels == c].mean(0) for c in clusters}
+    first = clusters[int(rng.integers(len(clusters)))]
+    order = sorted(clusters, key=lambda c: -float(cent[first] @ cent[c]))
+    chosen: list[int] = []
+    for c in order:
+        members = np.flatnonzero(labels == c)
+        members = members[np.argsort(-(emb[members] @ cent[c]))]
+        chosen += members[: n - len(chosen)].tolist()
+        if len(chosen) >= n:
+            break
+    return sorted(chosen)
+
+
+STRATEGIES = ("all", "random", "cluster", "farthest")
+
+
+def select(texts: list[str], traits: list[int], cfg, seed: int, emb: np.ndarray | None = None) -> list[int]:
+    """Indices of the selected questions for a `question_diversity` config."""
+    if cfg.strategy not in STRATEGIES:
+        raise ValueError(f"question_diversity.strategy={cfg.strategy!r}; known: {STRATEGIES}")
+    n = cfg.n_questions or len(texts)
+    if cfg.strategy == "all" or n >= len(texts):
+        return list(range(len(texts)))
+    emb = embed(texts, cfg.embedder) if emb is None else emb
+    rng = np.random.default_rng(seed)
+
+    def pick(idx: np.ndarray, m: int) -> list[int]:
+        sub = emb[idx]
+        if cfg.strategy == "random":
+            local = _random(sub, m, rng)
+        elif cfg.strategy == "farthest":
+            local = _farthest(sub, m, rng)
+        else:
+            local = _cluster(sub, m, rng, cfg.n_clusters)
+        return [int(idx[i]) for i in local]
+
+    if not cfg.per_trait:
+        return pick(np.arange(len(texts)), n)
+    groups = sorted(set(traits))
+    per, extra = divmod(n, len(groups))
+    out = []
+    for g_i, g in enumerate(groups):
+        idx = np.array([i for i, t in enumerate(traits) if t == g])
+        out += pick(idx, min(len(idx), per + (g_i < extra)))
+    return sorted(out)
+
+
+def samples_per_question(n_questions: int, total_pairs: int | None, default: int) -> list[int]:
+    """Spread `total_pairs` over the prompts so data quantity is fixed across diversity levels."""
+    if total_pairs is None:
+        return [default] * n_questions
+    base, extra = divmod(total_pairs, n_questions)
+    return [base + (i < extra) for i in range(n_questions)]

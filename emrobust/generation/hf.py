@@ -1,0 +1,60 @@
+"""Batched `transformers.generate`: left padding, length-sorted buckets, stop at EOS."""
+from __future__ import annotations
+
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from . import Generation, Sampling
+
+
+class HFGenerator:
+    def __init__(self, model, tokenizer, batch_size: int = 16):
+        self.model = model
+        self.tok = tokenizer
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def generate(self, conversations: list[list[dict]], sampling: Sampling, n: int = 1) -> list[list[Generation]]:
+        prompts = [
+            self.tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations
+        ]
+        encoded = [self.tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        jobs = [(i, j) for i in range(len(prompts)) for j in range(n)]
+        # longest first: similar lengths share a batch, little padding, and OOM shows up early
+        jobs.sort(key=lambda ij: -len(encoded[ij[0]]))
+        out: list[list[Generation | None]] = [[None] * n for _ in prompts]
+        torch.manual_seed(sampling.seed)
+        do_sample = sampling.temperature > 0
+        eos = self.tok.eos_token_id
+        self.model.eval()
+        was_side, self.tok.padding_side = self.tok.padding_side, "left"
+        bar = tqdm(total=len(jobs), desc="generate", unit="seq", leave=False, disable=len(jobs) < 8)
+        t0, n_tok = time.time(), 0
+        try:
+            for b in range(0, len(jobs), self.batch_size):
+                batch = jobs[b : b + self.batch_size]
+                enc = self.tok.pad({"input_ids": [encoded[i] for i, _ in batch]}, return_tensors="pt")
+                enc = {k: v.to(self.model.device) for k, v in enc.items()}
+                kw = dict(max_new_tokens=sampling.max_new_tokens, do_sample=do_sample, pad_token_id=self.tok.pad_token_id,
+                          eos_token_id=eos, repetition_penalty=sampling.repetition_penalty)
+                if do_sample:
+                    kw.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
+                else:
+                    kw.update(temperature=None, top_p=None, top_k=None)
+                seqs = self.model.generate(**enc, **kw)
+                new = seqs[:, enc["input_ids"].shape[1] :]
+                for (i, j), row in zip(batch, new):
+                    ids = row.tolist()
+                    finished = eos in ids
+                    if finished:
+                        ids = ids[: ids.index(eos)]
+                    n_tok += len(ids)
+                    out[i][j] = Generation(self.tok.decode(ids, skip_special_tokens=True).strip(), len(ids), finished)
+                bar.update(len(batch))
+                bar.set_postfix(tok_s=f"{n_tok / max(time.time() - t0, 1e-9):.0f}")
+        finally:
+            self.tok.padding_side = was_side
+            bar.close()
+        return out  # type: ignore[return-value]

