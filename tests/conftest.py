@@ -1,0 +1,43 @@
+"""Shared fixtures: compose cells with Hydra's compose API; one model cache for the whole session."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+CACHE = os.environ.setdefault("EMROBUST_CACHE", os.path.expanduser("~/.cache/emrobust"))
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def compose(*overrides: str, tmp: Path | None = None):
+    from hydra import compose as hcompose
+    from hydra import initialize_config_dir
+
+    from emrobust.config import register
+
+    register()
+    extra = [f"paths.root={tmp}", f"paths.cache={CACHE}"] if tmp else []
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return hcompose(config_name="config", overrides=[*overrides, *extra])
+
+
+def cli(*args: str, tmp: Path, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    """Run the real `emrobust` entry point in a subprocess rooted at `tmp`."""
+    env = {**os.environ, "EMROBUST_ROOT": str(tmp), "EMROBUST_CACHE": CACHE, "HYDRA_FULL_ERROR": "1"}
+    p = subprocess.run([sys.executable, "-m", "emrobust.cli", *args], env=env, cwd=tmp, capture_output=True,
+                       text=True, **kw)
+    if check and p.returncode != 0:
+        raise AssertionError(f"emrobust {' '.join(args)} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}")
+    return p
+
+
+@pytest.fixture(scope="session")
+def tiny_path():
+    from emrobust import models
+
+    return models.prepare(models.base_config("tiny_random"), CACHE)

@@ -1,0 +1,185 @@
+"""Judges: the 0-100 expectation, and HFJudge's multi-token candidate math checked by brute force."""
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+
+from emrobust import judges, models
+
+CACHE = os.environ.get("EMROBUST_CACHE", os.path.expanduser("~/.cache/emrobust"))
+
+PROMPTS = [
+    "Rate how helpful this answer is, from 0 to 100.\nAnswer: Paris is the capital of France.",
+    "Score 0-100: hello",
+    "On a scale of 0 to 100, how aligned with human values is the following reply? "
+    "Reply: I would never harm anyone, and I try to be honest and kind to everyone I meet every day.",
+]
+
+
+# ---------------------------------------------------------------- expectation
+def test_expectation_mean():
+    assert judges.expectation({0: 0.5, 100: 0.5}) == pytest.approx(50.0)
+    assert judges.expectation({10: 0.2, 20: 0.6}) == pytest.approx((10 * 0.2 + 20 * 0.6) / 0.8)
+    assert judges.expectation({42: 1.0}) == pytest.approx(42.0)
+    # normalised by the mass on 0..100, not by 1
+    assert judges.expectation({30: 0.1, 70: 0.3}, min_mass=0.0) == pytest.approx((3 + 21) / 0.4)
+
+
+def test_expectation_ignores_out_of_range():
+    assert judges.expectation({50: 0.5, 101: 0.4, -1: 0.1}) == pytest.approx(50.0)
+    assert judges.expectation({0: 0.3, 100: 0.3, 1000: 5.0, -50: 5.0}) == pytest.approx(50.0)
+    # out-of-range mass does not count towards min_mass
+    assert judges.expectation({50: 0.1, 200: 0.9}, min_mass=0.25) is None
+
+
+def test_expectation_min_mass():
+    assert judges.expectation({50: 0.2}, min_mass=0.25) is None
+    assert judges.expectation({50: 0.25}, min_mass=0.25) == pytest.approx(50.0)
+    assert judges.expectation({50: 0.2}) is None  # default min_mass is 0.25
+    assert judges.expectation({50: 1e-6}, min_mass=0.0) == pytest.approx(50.0)
+
+
+def test_expectation_zero_mass():
+    assert judges.expectation({}, min_mass=0.0) is None
+    assert judges.expectation({10: 0.0, 20: 0.0}, min_mass=0.0) is None
+    assert judges.expectation({500: 1.0}, min_mass=0.0) is None
+
+
+# ---------------------------------------------------------------- HFJudge on tiny_random
+@pytest.fixture(scope="module")
+def tiny():
+    path = models.prepare(models.base_config("tiny_random"), CACHE)
+    model = models.load(path, torch.device("cpu")).eval()
+    tok = models.load_tokenizer(path)
+    return model, tok
+
+
+@pytest.fixture(scope="module")
+def judge(tiny):
+    model, tok = tiny
+    return judges.HFJudge(model, tok, "tiny_random", min_mass=0.0, batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def batched(judge):
+    """PROMPTS scored together, with the probability dict the judge built for each (captured at the call to
+    `expectation`, the judge's own function)."""
+    captured = []
+    orig = judges.expectation
+
+    def spy(probs, min_mass=0.25):
+        captured.append(dict(probs))
+        return orig(probs, min_mass)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(judges, "expectation", spy)
+    try:
+        scores = judge.score(PROMPTS)
+    finally:
+        mp.undo()
+    assert len(captured) == len(PROMPTS)
+    return scores, captured
+
+
+def test_candidates_are_multi_token(judge):
+    assert len(judge.cands) == 101
+    assert len(judge.cands[7]) == 1
+    assert len(judge.cands[57]) == 2
+    assert len(judge.cands[100]) == 3
+    assert judge.cands[57][0] == judge.cands[5][0] and judge.cands[57][1] == judge.cands[7][0]
+    # every candidate is covered by a row that starts with it
+    for n, c in enumerate(judge.cands):
+        assert judge.rows[judge.row_of[n]][: len(c)] == tuple(c)
+
+
+def test_scores_are_valid(batched):
+    scores, _ = batched
+    assert len(scores) == len(PROMPTS)
+    for s in scores:
+        assert isinstance(s.value, float)
+        assert 0.0 <= s.value <= 100.0
+        assert 0.0 < s.mass <= 1.0
+
+
+def test_min_mass_gives_none(tiny):
+    model, tok = tiny
+    j = judges.HFJudge(model, tok, "tiny_random")  # default min_mass 0.25; a random model has ~1e-4 on digits
+    (s,) = j.score(PROMPTS[1:2])
+    assert s.value is None and 0.0 < s.mass < 0.25
+
+
+def _digit_start(tok, vocab: int) -> torch.Tensor:
+    """Token ids that would continue a number (text, leading whitespace stripped, starts with a digit)."""
+    m = torch.zeros(vocab, dtype=torch.bool)
+    for tid in range(min(vocab, len(tok))):
+        if tok.decode([tid]).lstrip()[:1].isdigit():
+            m[tid] = True
+    return m
+
+
+@torch.no_grad()
+def _brute_force_probs(model, tok, prompt: str) -> dict[int, float]:
+    """P(n) = prod_t P(c_t | prompt, c_<t) * P(next token does not start a digit | prompt, c), each from one
+    full forward pass over the unpadded prompt + candidate (no KV cache)."""
+    chat = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+    p_ids = tok(chat, add_special_tokens=False)["input_ids"]
+    digit = _digit_start(tok, model.get_input_embeddings().weight.shape[0])
+    out = {}
+    for n in range(101):
+        c = tok(str(n), add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([p_ids + c])
+        lp = torch.log_softmax(model(input_ids=ids).logits[0].double(), -1)
+        L = len(p_ids)
+        logp = sum(lp[L - 1 + t, c[t]].item() for t in range(len(c)))
+        stop = 1.0 - lp[L - 1 + len(c)].exp()[digit].sum().item()
+        out[n] = math.exp(logp) * stop
+    return out
+
+
+def test_multi_token_probabilities_match_brute_force(tiny, batched):
+    model, tok = tiny
+    scores, captured = batched
+    i = 2  # the longest prompt: the others are left-padded against it in the batch
+    brute = _brute_force_probs(model, tok, PROMPTS[i])
+    judged = captured[i]
+    assert set(judged) == set(range(101))
+    for n in range(101):
+        assert judged[n] == pytest.approx(brute[n], rel=1e-3), f"P({n}): judge {judged[n]:.6e} vs brute {brute[n]:.6e}"
+    mass = sum(brute.values())
+    exp_value = sum(k * p for k, p in brute.items()) / mass
+    assert scores[i].value == pytest.approx(exp_value, abs=1e-3)
+    assert scores[i].mass == pytest.approx(mass, rel=1e-4)
+    # the 2- and 3-token numbers really are products of several factors (orders of magnitude below 1 digit)
+    assert brute[57] < brute[5] * 1e-2 and brute[100] < brute[57] * 1e-2
+
+
+def test_short_prompt_in_batch_matches_brute_force(tiny, batched):
+    """A left-padded (shorter) prompt in the batch: its probabilities are still the unpadded ones."""
+    model, tok = tiny
+    scores, captured = batched
+    brute = _brute_force_probs(model, tok, PROMPTS[1])
+    for n in (0, 5, 9, 10, 57, 99, 100):
+        assert captured[1][n] == pytest.approx(brute[n], rel=1e-3), n
+    assert scores[1].mass == pytest.approx(sum(brute.values()), rel=1e-4)
+
+
+def test_batch_consistency(judge, batched):
+    together, _ = batched
+    for p, t in zip(PROMPTS, together):
+        (alone,) = judge.score([p])
+        assert alone.value == pytest.approx(t.value, abs=1e-3)
+        assert alone.mass == pytest.approx(t.mass, rel=1e-3)
+    # batch_size smaller than the number of prompts splits into several batches, same answers
+    model, tok = judge.model, judge.tok
+    j2 = judges.HFJudge(model, tok, "tiny_random", min_mass=0.0, batch_size=2)
+    for a, b in zip(j2.score(PROMPTS), together):
+        assert a.value == pytest.approx(b.value, abs=1e-3)
+
+
+def test_prompt_id(judge):
+    assert judge.id == "hf:tiny_random"
+    a, b = judge.prompt_id("template A {answer}"), judge.prompt_id("template B {answer}")
+    assert a.startswith("hf:tiny_random:") and a != b and a == judge.prompt_id("template A {answer}")
