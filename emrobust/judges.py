@@ -8,7 +8,6 @@ forward pass over the prompt (KV cache) plus one batched pass over the candidate
 from __future__ import annotations
 
 import hashlib
-import inspect
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,25 +39,28 @@ class Score:
 
 
 class HFJudge:
+    """Local transformers judge. One forward pass per batch of prompts scores all 101 candidates: the prompt is
+    followed by the trie of candidate-number token prefixes ("5", "57", "1", "10", "100", ...), each trie node
+    attending to the prompt and to its own ancestors only (a custom 4D attention mask, tree attention)."""
+
     def __init__(self, model, tokenizer, name: str, min_mass: float = 0.25, batch_size: int = 8):
         self.model, self.tok, self.min_mass, self.batch_size = model, tokenizer, min_mass, batch_size
         self.id = f"hf:{name}"
-        cands = [self.tok(str(n), add_special_tokens=False)["input_ids"] for n in range(101)]
-        self.cands = cands
-        # rows to run: candidates that are not a proper prefix of another candidate ("10" is inside "100")
-        tuples = [tuple(c) for c in cands]
-        self.rows = [c for c in tuples if not any(len(o) > len(c) and o[: len(c)] == c for o in tuples)]
-        self.row_of = [next(i for i, r in enumerate(self.rows) if r[: len(c)] == tuple(c)) for c in cands]
-        self.width = max(len(r) for r in self.rows)
+        self.cands = [tuple(self.tok(str(n), add_special_tokens=False)["input_ids"]) for n in range(101)]
+        self.nodes = sorted({c[:i] for c in self.cands for i in range(1, len(c) + 1)}, key=lambda x: (len(x), x))
+        self.node_of = {p: j for j, p in enumerate(self.nodes)}
+        L = len(self.nodes)
+        anc = torch.zeros((L, L), dtype=torch.bool)  # anc[j, k]: node k is a prefix of (or equal to) node j
+        for j, p in enumerate(self.nodes):
+            for i in range(1, len(p) + 1):
+                anc[j, self.node_of[p[:i]]] = True
+        self.ancestors = anc
         vocab = self.model.get_input_embeddings().weight.shape[0]
         digit = torch.zeros(vocab, dtype=torch.bool)
         for tid in range(min(vocab, len(self.tok))):
-            s = self.tok.decode([tid]).lstrip()
-            if s[:1].isdigit():
+            if self.tok.decode([tid]).lstrip()[:1].isdigit():
                 digit[tid] = True
-        self.digit = digit
-        # transformers >= 5.2x names the KV-cache argument `cache` (older: `past_key_values`)
-        self._cache_kw = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        self.digit = digit  # tokens that would continue a number: P(stop) = 1 - their mass
 
     def prompt_id(self, template: str) -> str:
         return f"{self.id}:{hashlib.sha256(template.encode()).hexdigest()[:12]}"
@@ -78,40 +80,41 @@ class HFJudge:
     def _score_batch(self, prompts: list[str]) -> list[Score]:
         dev = self.model.device
         enc = [self._encode(p) for p in prompts]
-        B, P, R, W = len(enc), max(len(e) for e in enc), len(self.rows), self.width
-        pad = self.tok.pad_token_id
-        ids = torch.full((B, P), pad, dtype=torch.long)
-        mask = torch.zeros((B, P), dtype=torch.long)
-        for i, e in enumerate(enc):  # left padding
-            ids[i, P - len(e) :] = torch.tensor(e)
-            mask[i, P - len(e) :] = 1
-        pos = (mask.cumsum(1) - 1).clamp(min=0)
-        ids, mask, pos = ids.to(dev), mask.to(dev), pos.to(dev)
-        o = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
-        first = torch.log_softmax(o.logits[:, -1].float(), -1)  # (B, V): distribution of the first answer token
-        cache = getattr(o, "cache", None) or o.past_key_values
-        cache.batch_repeat_interleave(R)
-        rows = torch.full((R, W), pad, dtype=torch.long)
-        for r, c in enumerate(self.rows):
-            rows[r, : len(c)] = torch.tensor(c)
-        rows = rows.to(dev).repeat(B, 1)  # (B*R, W), right padded; padding sits after each candidate
-        lengths = mask.sum(1)
-        cpos = (lengths[:, None] + torch.arange(W, device=dev)[None]).repeat_interleave(R, 0)
-        cmask = torch.cat([mask.repeat_interleave(R, 0), torch.ones((B * R, W), dtype=torch.long, device=dev)], 1)
-        o2 = self.model(input_ids=rows, attention_mask=cmask, position_ids=cpos, use_cache=False,
-                        **{self._cache_kw: cache})
-        lp = torch.log_softmax(o2.logits.float(), -1).view(B, R, W, -1)
-        digit = self.digit.to(dev)
+        B, P, L = len(enc), max(len(e) for e in enc), len(self.nodes)
+        T = P + L
+        ids = torch.full((B, T), self.tok.pad_token_id, dtype=torch.long)
+        pos = torch.zeros((B, T), dtype=torch.long)
+        allowed = torch.zeros((B, T, T), dtype=torch.bool)
+        causal = torch.tril(torch.ones((P, P), dtype=torch.bool))
+        node_tok = torch.tensor([p[-1] for p in self.nodes])
+        node_depth = torch.tensor([len(p) for p in self.nodes])
+        for i, e in enumerate(enc):  # left padding: the prompt ends at position P-1 in every row
+            n, pad = len(e), P - len(e)
+            ids[i, pad:P] = torch.tensor(e)
+            ids[i, P:] = node_tok
+            pos[i, pad:P] = torch.arange(n)
+            pos[i, P:] = n - 1 + node_depth
+            real = torch.zeros(P, dtype=torch.bool)
+            real[pad:] = True
+            allowed[i, :P, :P] = causal & real[None, :]
+            allowed[i, :pad, :pad] |= torch.eye(pad, dtype=torch.bool)  # padding rows see themselves (no NaN)
+            allowed[i, P:, :P] = real[None, :]
+            allowed[i, P:, P:] = self.ancestors
+        dtype = self.model.dtype
+        mask = torch.zeros((B, 1, T, T), dtype=dtype)
+        mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
+        # logits only where needed: the last prompt token (first answer token) and every trie node
+        out = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
+                         logits_to_keep=L + 1, use_cache=False)
+        lp = torch.log_softmax(out.logits.float(), -1)  # (B, L+1, V); index 0 = after the prompt
+        stop = (1.0 - lp[:, 1:].exp()[..., self.digit.to(dev)].sum(-1)).clamp(min=0.0)  # (B, L)
         results = []
         for b in range(B):
             probs = {}
             for n, c in enumerate(self.cands):
-                r = self.row_of[n]  # the row that holds candidate c as a prefix
-                s = first[b, c[0]].item()
+                s = lp[b, 0, c[0]]
                 for t in range(1, len(c)):
-                    s += lp[b, r, t - 1, c[t]].item()
-                stop = 1.0 - lp[b, r, len(c) - 1].exp()[digit].sum().item()
-                probs[n] = math.exp(s) * max(stop, 0.0)
-            mass = sum(probs.values())
-            results.append(Score(expectation(probs, self.min_mass), mass))
+                    s = s + lp[b, 1 + self.node_of[c[:t]], c[t]]
+                probs[n] = math.exp(s.item()) * stop[b, self.node_of[c]].item()
+            results.append(Score(expectation(probs, self.min_mass), sum(probs.values())))
         return results

@@ -11,6 +11,16 @@ from emrobust import judges, models
 
 CACHE = os.environ.get("EMROBUST_CACHE", os.path.expanduser("~/.cache/emrobust"))
 
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """Tiny models run ~100x faster single-threaded when the 2 CPU cores are shared with other processes
+    (OpenMP threads spin against each other); restored afterwards for the rest of the session."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 PROMPTS = [
     "Rate how helpful this answer is, from 0 to 100.\nAnswer: Paris is the capital of France.",
     "Score 0-100: hello",
@@ -90,9 +100,7 @@ def test_candidates_are_multi_token(judge):
     assert len(judge.cands[57]) == 2
     assert len(judge.cands[100]) == 3
     assert judge.cands[57][0] == judge.cands[5][0] and judge.cands[57][1] == judge.cands[7][0]
-    # every candidate is covered by a row that starts with it
-    for n, c in enumerate(judge.cands):
-        assert judge.rows[judge.row_of[n]][: len(c)] == tuple(c)
+    assert all(judge.tok.decode(list(c)) == str(n) for n, c in enumerate(judge.cands))
 
 
 def test_scores_are_valid(batched):
@@ -122,20 +130,25 @@ def _digit_start(tok, vocab: int) -> torch.Tensor:
 
 @torch.no_grad()
 def _brute_force_probs(model, tok, prompt: str) -> dict[int, float]:
-    """P(n) = prod_t P(c_t | prompt, c_<t) * P(next token does not start a digit | prompt, c), each from one
-    full forward pass over the unpadded prompt + candidate (no KV cache)."""
+    """P(n) = prod_t P(c_t | prompt, c_<t) * P(next token does not start a digit | prompt, c), from full forward
+    passes over the unpadded prompt + candidate (no KV cache; candidates of equal token length share a batch)."""
     chat = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
     p_ids = tok(chat, add_special_tokens=False)["input_ids"]
+    L = len(p_ids)
     digit = _digit_start(tok, model.get_input_embeddings().weight.shape[0])
+    cands = {n: tok(str(n), add_special_tokens=False)["input_ids"] for n in range(101)}
     out = {}
-    for n in range(101):
-        c = tok(str(n), add_special_tokens=False)["input_ids"]
-        ids = torch.tensor([p_ids + c])
-        lp = torch.log_softmax(model(input_ids=ids).logits[0].double(), -1)
-        L = len(p_ids)
-        logp = sum(lp[L - 1 + t, c[t]].item() for t in range(len(c)))
-        stop = 1.0 - lp[L - 1 + len(c)].exp()[digit].sum().item()
-        out[n] = math.exp(logp) * stop
+    for length in sorted({len(c) for c in cands.values()}):
+        ns = [n for n, c in cands.items() if len(c) == length]
+        ids = torch.tensor([p_ids + cands[n] for n in ns])
+        # logits at positions L-1 .. L-1+length: the candidate's tokens, then the token after it
+        logits = model(input_ids=ids, logits_to_keep=length + 1).logits
+        lp = torch.log_softmax(logits.double(), -1)
+        for row, n in enumerate(ns):
+            c = cands[n]
+            logp = sum(lp[row, t, c[t]].item() for t in range(length))
+            stop = 1.0 - lp[row, length].exp()[digit].sum().item()
+            out[n] = math.exp(logp) * stop
     return out
 
 
@@ -147,7 +160,7 @@ def test_multi_token_probabilities_match_brute_force(tiny, batched):
     judged = captured[i]
     assert set(judged) == set(range(101))
     for n in range(101):
-        assert judged[n] == pytest.approx(brute[n], rel=1e-3), f"P({n}): judge {judged[n]:.6e} vs brute {brute[n]:.6e}"
+        assert judged[n] == pytest.approx(brute[n], rel=1e-4), f"P({n}): judge {judged[n]:.6e} vs brute {brute[n]:.6e}"
     mass = sum(brute.values())
     exp_value = sum(k * p for k, p in brute.items()) / mass
     assert scores[i].value == pytest.approx(exp_value, abs=1e-3)
@@ -161,8 +174,8 @@ def test_short_prompt_in_batch_matches_brute_force(tiny, batched):
     model, tok = tiny
     scores, captured = batched
     brute = _brute_force_probs(model, tok, PROMPTS[1])
-    for n in (0, 5, 9, 10, 57, 99, 100):
-        assert captured[1][n] == pytest.approx(brute[n], rel=1e-3), n
+    for n in range(101):
+        assert captured[1][n] == pytest.approx(brute[n], rel=1e-4), n
     assert scores[1].mass == pytest.approx(sum(brute.values()), rel=1e-4)
 
 
@@ -171,12 +184,7 @@ def test_batch_consistency(judge, batched):
     for p, t in zip(PROMPTS, together):
         (alone,) = judge.score([p])
         assert alone.value == pytest.approx(t.value, abs=1e-3)
-        assert alone.mass == pytest.approx(t.mass, rel=1e-3)
-    # batch_size smaller than the number of prompts splits into several batches, same answers
-    model, tok = judge.model, judge.tok
-    j2 = judges.HFJudge(model, tok, "tiny_random", min_mass=0.0, batch_size=2)
-    for a, b in zip(j2.score(PROMPTS), together):
-        assert a.value == pytest.approx(b.value, abs=1e-3)
+        assert alone.mass == pytest.approx(t.mass, rel=1e-4)
 
 
 def test_prompt_id(judge):

