@@ -81,6 +81,8 @@ def _random(emb: np.ndarray, n: int, rng: np.random.Generator) -> list[int]:
 
 def _farthest(emb: np.ndarray, n: int, rng: np.random.Generator) -> list[int]:
     """Greedy max-min (farthest-point) selection in cosine distance: high diversity."""
+    if n <= 0:
+        return []
     chosen = [int(rng.integers(len(emb)))]
     dist = 1 - emb @ emb[chosen[0]]
     while len(chosen) < n:

@@ -58,7 +58,7 @@ class HFJudge:
         vocab = self.model.get_input_embeddings().weight.shape[0]
         digit = torch.zeros(vocab, dtype=torch.bool)
         for tid in range(min(vocab, len(self.tok))):
-            if self.tok.decode([tid]).lstrip()[:1].isdigit():
+            if self.tok.decode([tid]).lstrip()[:1].isdecimal():
                 digit[tid] = True
         self.digit = digit  # tokens that would continue a number: P(stop) = 1 - their mass
 

@@ -79,8 +79,12 @@ def validate(cfg: DictConfig) -> None:
         constitutions.load(constitutions.resolve_path(cfg.trait), name=cfg.trait.name)
         from .diversity import STRATEGIES
 
-        if cfg.question_diversity.strategy not in STRATEGIES:
-            raise ConfigError(f"question_diversity.strategy={cfg.question_diversity.strategy!r}; known: {STRATEGIES}")
+        qd = cfg.question_diversity
+        if qd.strategy not in STRATEGIES:
+            raise ConfigError(f"question_diversity.strategy={qd.strategy!r}; known: {STRATEGIES}")
+        if qd.total_pairs is not None and qd.n_questions is not None and qd.total_pairs < qd.n_questions:
+            raise ConfigError(f"total_pairs={qd.total_pairs} < n_questions={qd.n_questions}: some selected questions "
+                              "would get no training pair", where="question_diversity.total_pairs")
     if cfg.em_dataset.name != "none":
         em_datasets.split(em_datasets.load_all(cfg.em_dataset), cfg.em_dataset, 0)
     evalsets.load(evalsets.resolve_path(cfg.eval))

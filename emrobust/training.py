@@ -97,7 +97,8 @@ def tokenize_chat(tokenizer, messages: list[dict], max_length: int | None = None
     text, spans = assistant_spans(tokenizer, messages)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
-    mask = [int(any(s <= a < e for s, e in spans)) for a, _ in offsets]
+    # a token that overlaps an assistant span is trained (one merged across the header boundary included)
+    mask = [int(any(a < e and b > s for s, e in spans)) for a, b in offsets]
     if max_length is not None:
         ids, mask = ids[:max_length], mask[:max_length]
     return {"input_ids": ids, "assistant_masks": mask}

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+# 2 cores: several test processes with 2 torch threads each thrash; tiny models gain nothing from threads
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 CACHE = os.environ.setdefault("EMROBUST_CACHE", os.path.expanduser("~/.cache/emrobust"))

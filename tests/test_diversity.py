@@ -161,12 +161,7 @@ def test_samples_per_question_default():
     assert D.samples_per_question(4, None, default=3) == [3, 3, 3, 3]
 
 
-FARTHEST_ZERO_BUG = pytest.mark.xfail(
-    strict=True, reason="bug: diversity._farthest returns 1 index when asked for 0, so per_trait with "
-    "n_questions < number of traits selects one question from every trait (5 instead of 3)")
-
-
-@pytest.mark.parametrize("strategy", ["random", "cluster", pytest.param("farthest", marks=FARTHEST_ZERO_BUG)])
+@pytest.mark.parametrize("strategy", ["random", "cluster", "farthest"])
 def test_select_per_trait_fewer_than_traits(demo, strategy):
     texts, traits = demo
     idx = D.select(texts, traits, qd(strategy, 3, per_trait=True), seed=0)
