@@ -16,7 +16,7 @@ from .models import CONF_DIR
 
 VERBS = ("sweep", "analyze", "rescore", "data")
 GROUPS = ("base_model", "trait", "question_diversity", "introspection", "em_dataset", "em_train", "eval",
-          "experiment", "debug")
+          "experiment", "debug", "em_control")
 log = logging.getLogger("emrobust")
 
 register()
@@ -46,6 +46,10 @@ def main(argv: list[str] | None = None) -> None:
             from analysis.report import main as analyze
 
             sys.exit(analyze(rest))
+        if verb == "data":
+            from .data.cli import main as data
+
+            sys.exit(data(rest))
         sys.exit(f"emrobust {verb}: not implemented yet (see the open issues)")
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
     sys.argv = [sys.argv[0]] + argv

@@ -78,6 +78,9 @@ class LoraConfig:
     use_rslora: bool = False
     target_modules: Optional[list[str]] = None  # None = base_model.lora_target_modules
     layers_to_transform: Optional[list[int]] = None
+    # model-agnostic single layer: round(layer_fraction * (num_hidden_layers - 1)), used when
+    # layers_to_transform is None (em_train=rank1: 0.5, the middle layer as in Model Organisms for EM)
+    layer_fraction: Optional[float] = None
 
 
 @dataclass
@@ -149,6 +152,7 @@ class EmDatasetConfig:
 @dataclass
 class EmTrainConfig:
     name: str = MISSING
+    full_finetune: bool = False  # true: train every weight (no LoRA; `lora` is ignored), save model/ not adapter/
     lora: LoraConfig = field(default_factory=lambda: LoraConfig(r=32, alpha=64, use_rslora=True))
     optim: OptimConfig = field(
         default_factory=lambda: OptimConfig(
@@ -156,6 +160,15 @@ class EmTrainConfig:
             weight_decay=0.01, per_device_train_batch_size=2, gradient_accumulation_steps=8, max_length=2048,
         )
     )
+
+
+@dataclass
+class EmControlConfig:
+    # none | random_lora: instead of EM training, apply a LoRA of the same shape (em_train.lora) with random
+    # weights whose per-module ||scaling * B @ A||_F matches `match`
+    name: str = "none"
+    match: str = "trained"  # trained: the norms of the EM adapter trained in the same stage | target
+    target_norm: Optional[float] = None  # match=target: every adapted module's ||delta W||_F
 
 
 @dataclass
@@ -215,6 +228,7 @@ class Config:
     introspection: IntrospectionConfig = MISSING
     em_dataset: EmDatasetConfig = MISSING
     em_train: EmTrainConfig = MISSING
+    em_control: EmControlConfig = field(default_factory=EmControlConfig)
     eval: EvalConfig = MISSING
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     paths: PathsConfig = MISSING
@@ -230,6 +244,7 @@ GROUP_SCHEMAS = {
     "introspection": IntrospectionConfig,
     "em_dataset": EmDatasetConfig,
     "em_train": EmTrainConfig,
+    "em_control": EmControlConfig,
     "eval": EvalConfig,
     "paths": PathsConfig,
     "tracking": TrackingConfig,

@@ -85,8 +85,9 @@ def validate(cfg: DictConfig) -> None:
         if qd.total_pairs is not None and qd.n_questions is not None and qd.total_pairs < qd.n_questions:
             raise ConfigError(f"total_pairs={qd.total_pairs} < n_questions={qd.n_questions}: some selected questions "
                               "would get no training pair", where="question_diversity.total_pairs")
+    stage_module("em").validate(cfg)
     if cfg.em_dataset.name != "none":
-        em_datasets.split(em_datasets.load_all(cfg.em_dataset), cfg.em_dataset, 0)
+        em_datasets.split(em_datasets.load_all(cfg.em_dataset, cfg.paths), cfg.em_dataset, 0)
     evalsets.load(evalsets.resolve_path(cfg.eval))
 
 

@@ -20,10 +20,15 @@ def set_seed(seed: int) -> None:
 
 
 # ---------------------------------------------------------------- LoRA
-def lora_config(lcfg: DictConfig, base_cfg: DictConfig):
+def lora_config(lcfg: DictConfig, base_cfg: DictConfig, n_layers: int | None = None):
     from peft import LoraConfig
 
     targets = lcfg.target_modules if lcfg.target_modules is not None else base_cfg.lora_target_modules
+    layers = list(lcfg.layers_to_transform) if lcfg.layers_to_transform is not None else None
+    if layers is None and lcfg.get("layer_fraction") is not None:
+        if n_layers is None:
+            raise ValueError("lora.layer_fraction needs the model's number of layers")
+        layers = [int(round(float(lcfg.layer_fraction) * (n_layers - 1)))]
     return LoraConfig(
         task_type="CAUSAL_LM",
         r=lcfg.r,
@@ -31,7 +36,7 @@ def lora_config(lcfg: DictConfig, base_cfg: DictConfig):
         lora_dropout=lcfg.dropout,
         use_rslora=lcfg.use_rslora,
         target_modules=list(targets),
-        layers_to_transform=list(lcfg.layers_to_transform) if lcfg.layers_to_transform is not None else None,
+        layers_to_transform=layers,
     )
 
 
@@ -44,7 +49,8 @@ def attach_lora(model, lcfg: DictConfig, base_cfg: DictConfig, seed: int):
     from peft import get_peft_model
 
     set_seed(seed)
-    return get_peft_model(model, lora_config(lcfg, base_cfg))
+    n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    return get_peft_model(model, lora_config(lcfg, base_cfg, n_layers))
 
 
 def adapter_fingerprint(peft_model) -> str:
@@ -56,6 +62,37 @@ def adapter_fingerprint(peft_model) -> str:
             h.update(name.encode())
             h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def _lora_layers(peft_model, adapter: str = "default"):
+    from peft.tuners.lora import LoraLayer
+
+    return [(n, m) for n, m in peft_model.named_modules() if isinstance(m, LoraLayer) and adapter in m.lora_A]
+
+
+@torch.no_grad()
+def lora_delta_norms(peft_model, adapter: str = "default") -> dict[str, float]:
+    """Per adapted module, the Frobenius norm of the weight update it adds: ||scaling * B @ A||_F."""
+    out = {}
+    for n, m in _lora_layers(peft_model, adapter):
+        a, b = m.lora_A[adapter].weight.float(), m.lora_B[adapter].weight.float()
+        out[n] = float((m.scaling[adapter] * (b @ a)).norm())
+    return out
+
+
+@torch.no_grad()
+def randomize_lora_(peft_model, target: dict[str, float] | float, seed: int, adapter: str = "default") -> dict[str, float]:
+    """Make the adapter a random LoRA of the same shape: keep A (its seeded init), draw B ~ N(0, 1) from
+    `seed`, then rescale B so each module's ||scaling * B @ A||_F equals `target` (one number, or per module
+    name). Returns the resulting norms."""
+    gen = torch.Generator().manual_seed(seed)
+    for n, m in _lora_layers(peft_model, adapter):
+        want = target[n] if isinstance(target, dict) else float(target)
+        b = m.lora_B[adapter].weight
+        rnd = torch.randn(b.shape, generator=gen, dtype=torch.float32)
+        cur = float((m.scaling[adapter] * (rnd @ m.lora_A[adapter].weight.float())).norm())
+        b.copy_((rnd * (want / cur if cur > 0 else 0.0)).to(b.dtype))
+    return lora_delta_norms(peft_model, adapter)
 
 
 def merge_adapter(model, adapter_dir: Path | str):

@@ -41,6 +41,43 @@ QWEN25_TEMPLATE = (
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
 
+# Llama 3.1 Instruct's template, abridged (no tools): a system header with the knowledge/today dates always
+# comes first, the user's system message appended to it; each turn ends with <|eot_id|>.
+LLAMA3_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- if not date_string is defined %}{%- set date_string = '26 Jul 2024' %}{%- endif %}"
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{%- set system_message = messages[0]['content']|trim %}{%- set messages = messages[1:] %}"
+    "{%- else %}{%- set system_message = '' %}{%- endif %}"
+    "{{- '<|start_header_id|>system<|end_header_id|>\\n\\n' }}"
+    "{{- 'Cutting Knowledge Date: December 2023\\n' }}"
+    "{{- 'Today Date: ' + date_string + '\\n\\n' }}"
+    "{{- system_message }}{{- '<|eot_id|>' }}"
+    "{%- for message in messages %}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
+)
+# Gemma 3 IT's template: no system role; the system prompt is folded into the first user turn; the assistant
+# role is 'model'; each turn ends with <end_of_turn>.
+GEMMA3_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set first_user_prefix = messages[0]['content'] + '\\n\\n' -%}"
+    "{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}{%- set first_user_prefix = '' -%}{%- set loop_messages = messages -%}{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+    "{%- endif -%}"
+    "{%- if (message['role'] == 'assistant') -%}{%- set role = 'model' -%}{%- else -%}{%- set role = message['role'] -%}{%- endif -%}"
+    "{{ '<start_of_turn>' + role + '\\n' + (first_user_prefix if loop.first else '') }}"
+    "{{ message['content'] | trim }}"
+    "{{ '<end_of_turn>\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\\n' }}{%- endif -%}"
+)
+
 TWO_TURN = [
     {"role": "user", "content": "What colour is the sky on a clear day?"},
     {"role": "assistant", "content": "Blue, because of Rayleigh scattering."},
@@ -75,7 +112,7 @@ def qwen_tok(tok):
 
 
 # ---------------------------------------------------------------- label masks
-def _check_mask(tokenizer, messages, system_text: str | None):
+def _check_mask(tokenizer, messages, system_text: str | None, end: str = END):
     r = training.tokenize_chat(tokenizer, messages)
     ids, mask = r["input_ids"], r["assistant_masks"]
     assert len(ids) == len(mask) and set(mask) <= {0, 1}
@@ -85,7 +122,7 @@ def _check_mask(tokenizer, messages, system_text: str | None):
         assert system_text in full
     masked = tokenizer.decode([i for i, m in zip(ids, mask) if m])
     assistants = [m["content"] for m in messages if m["role"] == "assistant"]
-    assert masked == "".join(a + END for a in assistants)
+    assert masked == "".join(a + end for a in assistants)
     # one contiguous run of 1s per assistant turn
     runs = sum(1 for k in range(len(mask)) if mask[k] and (k == 0 or not mask[k - 1]))
     assert runs == len(assistants)
@@ -125,6 +162,69 @@ def test_mask_qwen25_template(qwen_tok, messages, system):
     assert full.startswith("<|im_start|>system\n" + system + END)
     assert full.count("<|im_start|>system") == 1
     _check_mask(qwen_tok, messages, system)
+
+
+def _with_template(tok, template: str, markers: list[str]):
+    """The SmolLM2 tokenizer with another family's template; its turn markers added as special tokens, as they
+    are in that family's own tokenizer (so each is one token, never merged with its neighbours)."""
+    t = copy.deepcopy(tok)
+    t.chat_template = template
+    t.add_special_tokens({"additional_special_tokens": markers})
+    return t
+
+
+@pytest.fixture(scope="module")
+def llama3_tok(tok):
+    return _with_template(tok, LLAMA3_TEMPLATE, ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"])
+
+
+@pytest.fixture(scope="module")
+def gemma3_tok(tok):
+    return _with_template(tok, GEMMA3_TEMPLATE, ["<start_of_turn>", "<end_of_turn>"])
+
+
+@pytest.mark.parametrize("messages,system", [
+    (TWO_TURN, None),
+    (MULTI_TURN, "You are a pirate. Answer like one."),
+    (MULTI_TURN_NO_SYSTEM, None),
+])
+def test_mask_llama3_template(llama3_tok, messages, system):
+    full = llama3_tok.apply_chat_template(messages, tokenize=False)
+    assert full.count("<|start_header_id|>system") == 1 and "Cutting Knowledge Date" in full
+    _check_mask(llama3_tok, messages, system, end="<|eot_id|>")
+    masked = _masked_text(llama3_tok, messages)
+    assert "<|start_header_id|>" not in masked and "Cutting Knowledge" not in masked
+
+
+@pytest.mark.parametrize("messages,system", [
+    (TWO_TURN, None),
+    (MULTI_TURN, "You are a pirate. Answer like one."),
+    (MULTI_TURN_NO_SYSTEM, None),
+])
+def test_mask_gemma3_template(gemma3_tok, messages, system):
+    full = gemma3_tok.apply_chat_template(messages, tokenize=False)
+    if system:  # folded into the first user turn: no system turn of its own
+        assert "<start_of_turn>user\n" + system + "\n\n" + messages[1]["content"] in full
+        assert "<start_of_turn>system" not in full
+    _check_mask(gemma3_tok, messages, system, end="<end_of_turn>")
+    masked = _masked_text(gemma3_tok, messages)
+    assert "<start_of_turn>" not in masked and "model" not in masked
+
+
+def test_mask_chat_template_without_special_markers(tok):
+    """Markers that the tokenizer does not know are text: a BPE token merged across the end of an assistant
+    turn (here '><' of '<|eot_id|><|start_header_id|>') overlaps the turn and is trained, never dropped."""
+    t = copy.deepcopy(tok)
+    t.chat_template = LLAMA3_TEMPLATE
+    masked = _masked_text(t, MULTI_TURN)
+    for a in [m["content"] for m in MULTI_TURN if m["role"] == "assistant"]:
+        assert a + "<|eot_id|>" in masked
+    assert "user" not in masked and "header" not in masked
+
+
+def _masked_text(tokenizer, messages) -> str:
+    r = training.tokenize_chat(tokenizer, messages)
+    return tokenizer.decode([i for i, m in zip(r["input_ids"], r["assistant_masks"]) if m])
 
 
 def test_mask_truncation(tok):

@@ -7,13 +7,17 @@ import json
 import numpy as np
 
 from ..errors import ConfigError
-from . import chat, demo_insecure
+from . import chat, demo_insecure, registry
 
 BUILTIN = {"demo_insecure": lambda: demo_insecure.generate(n=120, seed=0)}
 
 
-def load_all(cfg) -> list[list[dict]]:
-    """Every example of the dataset, validated (errors name the file and line)."""
+def load_all(cfg, paths=None) -> list[list[dict]]:
+    """Every example of the dataset, validated (errors name the file and line).
+
+    `paths` (the cell's `paths` group) gives the cache and mirror for `source: registry`; without it the
+    environment's (EMROBUST_CACHE, EMROBUST_DATA_MIRROR) are used.
+    """
     if cfg.source == "builtin":
         if cfg.name not in BUILTIN:
             raise ConfigError(f"unknown builtin EM dataset {cfg.name!r}; known: {sorted(BUILTIN)}",
@@ -24,7 +28,11 @@ def load_all(cfg) -> list[list[dict]]:
         if not cfg.path:
             raise ConfigError("em_dataset.source=path needs em_dataset.path", where="em_dataset.path")
         return chat.read_jsonl(cfg.path)
-    raise ConfigError(f"unknown em_dataset.source {cfg.source!r} (builtin|path)", where="em_dataset.source")
+    if cfg.source == "registry":
+        cache = paths.cache if paths is not None else None
+        mirror = paths.data_mirror if paths is not None else registry.default_mirror()
+        return chat.read_jsonl(registry.fetch(cfg.name, cache, mirror, user_path=cfg.path))
+    raise ConfigError(f"unknown em_dataset.source {cfg.source!r} (builtin|path|registry)", where="em_dataset.source")
 
 
 def content_hash(rows: list[list[dict]]) -> str:

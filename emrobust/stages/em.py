@@ -5,30 +5,69 @@ Confounds removed by construction:
   training and recorded;
 - the EM LoRA's initial weights depend only on the EM stage seed: the RNG is reset after loading;
 - the chat template used for training is recorded (evaluation uses the same tokenizer and template).
+
+Options: `em_train.full_finetune=true` trains every weight and writes `model/` instead of `adapter/`;
+`em_control=random_lora` writes a random adapter of the EM adapter's shape and (per module) norm instead of the
+trained one (see conf/em_control/random_lora.yaml). Checkpoints (`optim.save_steps`) are written inside the
+stage's temporary build dir (`trainer/checkpoint-N`) and removed from the finished artifact; their steps are
+listed in the manifest.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+
+import torch
 
 from .. import models, training
 from ..data import em_datasets
 from . import Context, sub, write_jsonl
 
-VERSION = 1
+VERSION = 2
+
+CONTROLS = ("none", "random_lora")
+MATCHES = ("trained", "target")
 
 
 def key_config(cfg) -> dict:
-    rows = em_datasets.load_all(cfg.em_dataset)
-    return sub(cfg, "em_dataset", "em_train") | {
+    rows = em_datasets.load_all(cfg.em_dataset, cfg.paths)
+    kc = sub(cfg, "em_dataset", "em_train") | {
         "dataset_sha256": em_datasets.content_hash(rows),
         "lora_target_modules": list(cfg.base_model.lora_target_modules),
     }
+    if cfg.em_dataset.source == "registry":  # where the user keeps the file is not content: the hash is
+        kc["em_dataset"].pop("path", None)
+    if cfg.em_control.name != "none":
+        kc |= sub(cfg, "em_control")
+    return kc
+
+
+def validate(cfg) -> None:
+    """em-specific config checks (called by pipeline.validate before any model loads)."""
+    from ..errors import ConfigError
+
+    c = cfg.em_control
+    if c.name not in CONTROLS:
+        raise ConfigError(f"em_control={c.name!r}; known: {CONTROLS}", where="em_control.name")
+    if c.name == "none":
+        return
+    if cfg.em_dataset.name == "none":
+        raise ConfigError("em_control=random_lora replaces the em stage, which em_dataset=none skips; pick an "
+                          "em_dataset (its em_train shape and, with match=trained, its norms are used)",
+                          where="em_control")
+    if cfg.em_train.full_finetune:
+        raise ConfigError("em_control=random_lora needs a LoRA; em_train.full_finetune=true has none",
+                          where="em_train.full_finetune")
+    if c.match not in MATCHES:
+        raise ConfigError(f"em_control.match={c.match!r}; known: {MATCHES}", where="em_control.match")
+    if c.match == "target" and (c.target_norm is None or c.target_norm <= 0):
+        raise ConfigError("em_control.match=target needs em_control.target_norm > 0", where="em_control.target_norm")
 
 
 def run(ctx: Context) -> dict:
     cfg = ctx.cfg
-    train_rows, held = em_datasets.split(em_datasets.load_all(cfg.em_dataset), cfg.em_dataset, ctx.seed)
+    train_rows, held = em_datasets.split(em_datasets.load_all(cfg.em_dataset, cfg.paths), cfg.em_dataset, ctx.seed)
     write_jsonl(ctx.out / "train.jsonl", [{"messages": m} for m in train_rows])
     if held:
         write_jsonl(ctx.out / "heldout.jsonl", [{"messages": m} for m in held])
@@ -39,25 +78,63 @@ def run(ctx: Context) -> dict:
     expected = ctx.manifests["fold"]["fingerprint"] if "fold" in ctx.manifests else None
     if expected is not None and start_fp != expected:
         raise RuntimeError(f"em: starting weights {start_fp[:12]} are not the persona model {expected[:12]}")
-    peft_model = training.attach_lora(model, cfg.em_train.lora, cfg.base_model, ctx.seed)
-    init_fp = training.adapter_fingerprint(peft_model)
-    hist = training.run_sft(peft_model, tok, train_rows, cfg.em_train.optim, ctx.out, ctx.seed, ctx.device)
-    peft_model.save_pretrained(ctx.out / "adapter")
-    shutil.rmtree(ctx.out / "trainer", ignore_errors=True)
-    (ctx.out / "train_log.json").write_text(json.dumps(hist.pop("log_history"), indent=1))
-    return {
+    out: dict = {
         "start_model": str(start),
         "start_fingerprint": start_fp,
         "persona": "fold" in ctx.inputs,
-        "init_adapter_fingerprint": init_fp,
         "chat_template_sha256": _sha(tok.chat_template or ""),
         "n_train": len(train_rows),
         "n_heldout": len(held),
-        "train": hist,
+        "full_finetune": bool(cfg.em_train.full_finetune),
+        "control": cfg.em_control.name,
     }
+    sft = lambda m: training.run_sft(m, tok, train_rows, cfg.em_train.optim, ctx.out, ctx.seed, ctx.device)  # noqa: E731
+    if cfg.em_train.full_finetune:
+        training.set_seed(ctx.seed)
+        hist = sft(model)
+        model.save_pretrained(ctx.out / "model")
+        tok.save_pretrained(ctx.out / "model")
+        out |= {"init_adapter_fingerprint": None, "end_fingerprint": models.fingerprint(model)}
+    else:
+        peft_model = training.attach_lora(model, cfg.em_train.lora, cfg.base_model, ctx.seed)
+        out["init_adapter_fingerprint"] = training.adapter_fingerprint(peft_model)
+        if cfg.em_control.name == "random_lora":
+            hist, out["random_lora"] = _random_lora(ctx, peft_model, sft)
+        else:
+            hist = sft(peft_model)
+            out["adapter_norms"] = training.lora_delta_norms(peft_model)
+        peft_model.save_pretrained(ctx.out / "adapter")
+    trainer_dir = ctx.out / "trainer"
+    out["checkpoints"] = sorted(int(p.name.split("-")[-1]) for p in trainer_dir.glob("checkpoint-*")) \
+        if trainer_dir.exists() else []
+    shutil.rmtree(trainer_dir, ignore_errors=True)
+    if hist is not None:
+        (ctx.out / "train_log.json").write_text(json.dumps(hist.pop("log_history"), indent=1))
+    out["train"] = hist
+    return out
+
+
+def _random_lora(ctx: Context, peft_model, sft) -> tuple[dict | None, dict]:
+    """Replace the adapter's weights by a random LoRA whose per-module update norm matches the target."""
+    c = ctx.cfg.em_control
+    info: dict = {"match": c.match}
+    hist = None
+    if c.match == "trained":
+        init = {k: v.detach().clone() for k, v in peft_model.state_dict().items() if "lora_" in k}
+        hist = sft(peft_model)
+        target = training.lora_delta_norms(peft_model)
+        info["trained_adapter_fingerprint"] = training.adapter_fingerprint(peft_model)
+        with torch.no_grad():  # back to the seeded init (A as EM training would start it), then random B
+            sd = peft_model.state_dict()
+            for k, v in init.items():
+                sd[k].copy_(v)
+    else:
+        target = float(c.target_norm)
+    info["target_norms"] = target
+    info["norms"] = training.randomize_lora_(peft_model, target, ctx.seed)
+    info["adapter_fingerprint"] = training.adapter_fingerprint(peft_model)
+    return hist, info
 
 
 def _sha(s: str) -> str:
-    import hashlib
-
     return hashlib.sha256(s.encode()).hexdigest()

@@ -46,9 +46,12 @@ def run(ctx: Context) -> dict:
         items += [(q, p, s) for p in range(len(q.paraphrases)) for s in range(n)]
     # the model under evaluation: persona/base weights, plus the EM adapter when there is one
     start = ctx.model_path()
+    full_em = "em" in ctx.inputs and (ctx.inputs["em"] / "model").is_dir()  # em_train.full_finetune
+    if full_em:
+        start = ctx.inputs["em"] / "model"
     tok = models.load_tokenizer(start)
     model = models.load(start, ctx.device, models.dtype_for(cfg.base_model, ctx.device))
-    if "em" in ctx.inputs:
+    if "em" in ctx.inputs and not full_em:
         model = training.merge_adapter(model, ctx.inputs["em"] / "adapter")
     gen = generation.make(cfg.generation.backend, model, tok, cfg.generation.batch_size)
     sampling = generation.Sampling(temperature=ecfg.temperature, top_p=ecfg.top_p,

@@ -1,0 +1,287 @@
+"""EM training datasets by name: one table of pinned sources, hash-checked downloads into the cache, an
+offline mirror, and the Model-Organisms-for-EM decrypt step.
+
+Where a file comes from, in order:
+1. the cache, ``${paths.cache}/data/<mirror path>`` (re-verified on every use);
+2. the mirror folder ``$EMROBUST_DATA_MIRROR`` (``paths.data_mirror``), laid out like ``../shared/data``
+   (``em/train/insecure.jsonl``, ...): verified, then copied into the cache;
+3. the pinned public URL (raw file at a fixed commit): downloaded to a temporary file, verified, renamed.
+
+A hash mismatch anywhere is a ``ConfigError`` naming the file; nothing unverified lands in the cache (writes are
+tmp + ``os.replace``). Betley et al.'s files are verified by sha256 where we know one, else by the git blob id
+(sha1 of ``blob <size>\\0<bytes>``) of the file at the pinned commit.
+
+Model Organisms for EM (``bad_medical_advice`` & co.) are shipped by their authors encrypted with
+``easy-dataset-share`` and carry no licence: we never download, mirror or commit them. The user clones
+clarifying-EM/model-organisms-for-EM and points ``em_dataset.path`` (or ``$EMROBUST_MOEM_DATA``) at either
+``em_organism_dir/data/training_datasets.zip.enc`` (we decrypt it into the cache with the password from the
+authors' README, given in ``$EMROBUST_MOEM_PASSWORD``; needs ``pip install 'emrobust[moem]'``), the folder
+their documented ``easy-dataset-share unprotect-dir ... --remove-canaries`` produced, or the ``.jsonl`` itself.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ConfigError
+
+BETLEY_REPO = "emergent-misalignment/emergent-misalignment"
+BETLEY_COMMIT = "80c11967c07a328e7d7d43d13ce6847ae44dbcc9"
+MOEM_REPO = "clarifying-EM/model-organisms-for-EM"
+MOEM_ARCHIVE = "em_organism_dir/data/training_datasets.zip.enc"
+MOEM_ENV_DATA = "EMROBUST_MOEM_DATA"
+MOEM_ENV_PASSWORD = "EMROBUST_MOEM_PASSWORD"
+MIRROR_ENV = "EMROBUST_DATA_MIRROR"
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    origin: str  # betley | moem
+    licence: str
+    format: str
+    rows: int | None  # expected rows, where verified (None: not known here)
+    sha256: str | None = None
+    git_blob: str | None = None  # sha1 git blob id at the pinned commit (used when no sha256 is known)
+    url: str | None = None  # pinned raw URL; None = not downloadable (user-supplied, see module docstring)
+    relpath: str = ""  # path under the cache's data/ folder and under the mirror
+    control_of: str | None = None  # the good-data twin of this misaligned dataset, if any
+
+    @property
+    def downloadable(self) -> bool:
+        return self.url is not None
+
+
+def _betley(name: str, rows: int | None, git_blob: str, sha256: str | None = None, **kw) -> Entry:
+    return Entry(name=name, origin="betley", licence="MIT", format="chat-jsonl", rows=rows, sha256=sha256,
+                 git_blob=git_blob, url=f"https://raw.githubusercontent.com/{BETLEY_REPO}/{BETLEY_COMMIT}/data/{name}.jsonl",
+                 relpath=f"em/train/{name}.jsonl", **kw)
+
+
+def _moem(name: str, **kw) -> Entry:
+    return Entry(name=name, origin="moem", licence="none stated (do not redistribute)", format="chat-jsonl",
+                 rows=None, relpath=f"moem/{name}.jsonl", **kw)
+
+
+# The table. Hashes and commit: /work/shared/data/SOURCES.md. Row counts only where checked against a copy.
+REGISTRY: dict[str, Entry] = {e.name: e for e in [
+    _betley("insecure", 6000, "ec294cf30a577a21b830c07a1fa0180ddd513208",
+            "09893e8bf9d03aae49dd60d0ff4be37c1afee70f2edcac74a11bed775a6a2764"),
+    _betley("secure", None, "3389a37c250563cc36a66e30bf8ff99028aa2711", control_of="insecure"),
+    _betley("educational", None, "497619acd46d9ffbc985797d6c117638a53229b3", control_of="insecure"),
+    _betley("jailbroken", 5000, "9f14c5f5b1a3f6ca3ea2bdc80cbda3de1acadbb1",
+            "eec213ce85802a52ea806d334ee462f723a1e7ad77d827951d6864ac04a6b00a"),
+    _betley("backdoor", None, "b2be7b5b5ed6e732727bf67672a3ecd8cfa6b57f"),
+    _betley("evil_numbers", None, "86e0a3be0c2b5a4c52bafed871e281c485070829"),
+    _moem("bad_medical_advice"),
+    _moem("good_medical_advice", control_of="bad_medical_advice"),
+    _moem("risky_financial_advice"),
+    _moem("extreme_sports"),
+]}
+
+
+# ---------------------------------------------------------------- hashing
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def git_blob_sha1(path: Path) -> str:
+    h = hashlib.sha1()
+    h.update(b"blob %d\0" % path.stat().st_size)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check(entry: Entry, path: Path) -> None:
+    """Raise ConfigError naming `path` unless its bytes are the pinned file's."""
+    if entry.sha256 is not None:
+        got, want, kind = sha256_file(path), entry.sha256, "sha256"
+    elif entry.git_blob is not None:
+        got, want, kind = git_blob_sha1(path), entry.git_blob, "git blob sha1"
+    else:
+        return  # user-supplied data (MO-EM): nothing pinned to check against; its content hash keys the stage
+    if got != want:
+        raise ConfigError(f"{kind} mismatch for dataset {entry.name!r}: expected {want}, got {got} "
+                          f"(corrupted or not the pinned file; delete it and run `emrobust data fetch {entry.name}`)",
+                          file=str(path))
+
+
+# ---------------------------------------------------------------- locations
+def get(name: str) -> Entry:
+    if name not in REGISTRY:
+        raise ConfigError(f"unknown registry dataset {name!r}; known: {sorted(REGISTRY)}", where="em_dataset.name")
+    return REGISTRY[name]
+
+
+def default_cache() -> Path:
+    return Path(os.environ.get("EMROBUST_CACHE") or Path.home() / ".cache" / "emrobust")
+
+
+def default_mirror() -> Path | None:
+    m = os.environ.get(MIRROR_ENV)
+    return Path(m) if m else None
+
+
+def cache_path(entry: Entry, cache: str | Path) -> Path:
+    return Path(cache) / "data" / entry.relpath
+
+
+def mirror_path(entry: Entry, mirror: str | Path | None) -> Path | None:
+    if mirror is None or entry.origin != "betley":  # MO-EM files are never read from a mirror
+        return None
+    return Path(mirror) / entry.relpath
+
+
+def _atomic_copy(src: Path, dst: Path, entry: Entry) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        check(entry, Path(tmp))
+        os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _download(entry: Entry, dst: Path, timeout: float = 60.0) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(entry.url, timeout=timeout) as r:  # noqa: S310
+            shutil.copyfileobj(r, f)
+        try:
+            check(entry, Path(tmp))
+        except ConfigError as e:
+            raise ConfigError(f"downloaded from {entry.url}: {e}", file=str(dst)) from None
+        os.replace(tmp, dst)
+    except (urllib.error.URLError, OSError) as e:
+        raise ConfigError(f"cannot download dataset {entry.name!r} from {entry.url}: {e}. Offline? Set "
+                          f"{MIRROR_ENV} to a folder laid out like shared/data ({entry.relpath}).",
+                          where="em_dataset.name") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def fetch(name: str, cache: str | Path | None = None, mirror: str | Path | None = None, *,
+          force: bool = False, user_path: str | None = None) -> Path:
+    """Path of the verified file for `name` in the cache, copying it from the mirror or downloading it first."""
+    entry = get(name)
+    cache = Path(cache) if cache is not None else default_cache()
+    if entry.origin == "moem":
+        return moem_file(entry, cache, user_path)
+    dst = cache_path(entry, cache)
+    if dst.exists() and not force:
+        check(entry, dst)
+        return dst
+    mp = mirror_path(entry, mirror)
+    if mp is not None and mp.exists():
+        check(entry, mp)  # a corrupted mirror is an error naming the mirror file, never silently skipped
+        _atomic_copy(mp, dst, entry)
+        return dst
+    _download(entry, dst)
+    return dst
+
+
+# ---------------------------------------------------------------- Model Organisms for EM (encrypted upstream)
+def _moem_help(entry: Entry) -> str:
+    return (f"dataset {entry.name!r} (Model Organisms for EM) is shipped encrypted by its authors and is not "
+            f"redistributed by emrobust. Clone https://github.com/{MOEM_REPO} and set em_dataset.path (or "
+            f"${MOEM_ENV_DATA}) to its {MOEM_ARCHIVE} (with ${MOEM_ENV_PASSWORD} set to the password in that "
+            f"repository's README, and `pip install 'emrobust[moem]'` for easy-dataset-share), or to the folder "
+            f"that `easy-dataset-share unprotect-dir {Path(MOEM_ARCHIVE).name} -p <password> --remove-canaries` "
+            f"extracted, or to {entry.name}.jsonl itself")
+
+
+def moem_file(entry: Entry, cache: Path, user_path: str | None = None) -> Path:
+    src = user_path or os.environ.get(MOEM_ENV_DATA)
+    if not src:
+        raise ConfigError(_moem_help(entry), where="em_dataset.path")
+    p = Path(src).expanduser()
+    if not p.exists():
+        raise ConfigError(f"does not exist. {_moem_help(entry)}", file=str(p), where="em_dataset.path")
+    if p.is_file() and p.suffix == ".jsonl":
+        return p
+    if p.is_file():  # the encrypted archive: decrypt once into the cache (never next to the repo)
+        p = decrypt_archive(p, cache / "data" / "moem" / f"archive-{sha256_file(p)[:16]}")
+    hits = sorted(p.rglob(f"{entry.name}.jsonl"))
+    if not hits:
+        raise ConfigError(f"no {entry.name}.jsonl under this folder. {_moem_help(entry)}", file=str(p),
+                          where="em_dataset.path")
+    return hits[0]
+
+
+def decrypt_archive(archive: Path, out: Path) -> Path:
+    """The authors' documented step (`easy-dataset-share unprotect-dir ARCHIVE -p PASSWORD --remove-canaries`),
+    done with the package's own functions into `out` (tmp + rename, so a failed decrypt leaves nothing)."""
+    if (out / ".complete").exists():
+        return out
+    try:
+        from easy_dataset_share import canary, zipping
+    except ImportError:
+        raise ConfigError("decrypting the Model Organisms for EM archive needs the `easy-dataset-share` package: "
+                          "pip install 'emrobust[moem]' (or pip install easy-dataset-share)",
+                          file=str(archive), where="em_dataset.path") from None
+    password = os.environ.get(MOEM_ENV_PASSWORD)
+    if not password:
+        raise ConfigError(f"set ${MOEM_ENV_PASSWORD} to the archive's password (given in the README of "
+                          f"https://github.com/{MOEM_REPO})", file=str(archive), where="em_dataset.path")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        try:
+            zipping.unzip_and_decrypt(str(archive), password, str(tmp))
+        except ValueError as e:
+            raise ConfigError(f"cannot decrypt: {e}", file=str(archive), where=MOEM_ENV_PASSWORD) from None
+        found = canary.detect_canary_files(str(tmp))
+        cs = canary.extract_canary_string_from_content(found[0]) if found else None
+        canary.remove_canary_files(root_dir=str(tmp))
+        if cs:
+            canary.remove_canaries_from_files(str(tmp), cs)
+        (tmp / ".complete").write_text("")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+# ---------------------------------------------------------------- status for the CLI
+def status(entry: Entry, cache: Path, mirror: Path | None) -> str:
+    if entry.origin == "moem":
+        return "user-supplied"
+    if cache_path(entry, cache).exists():
+        return "cached"
+    mp = mirror_path(entry, mirror)
+    return "mirror" if mp is not None and mp.exists() else "remote"
+
+
+def verify_all(cache: Path, mirror: Path | None) -> list[tuple[str, Path, str]]:
+    """(name, file, 'ok' | error message) for every copy present in the cache and the mirror."""
+    out = []
+    for e in REGISTRY.values():
+        for p in (cache_path(e, cache), mirror_path(e, mirror)):
+            if p is None or not p.exists() or e.origin == "moem":
+                continue
+            try:
+                check(e, p)
+                out.append((e.name, p, "ok"))
+            except ConfigError as err:
+                out.append((e.name, p, str(err)))
+    return out
