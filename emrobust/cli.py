@@ -46,6 +46,10 @@ def main(argv: list[str] | None = None) -> None:
             from analysis.report import main as analyze
 
             sys.exit(analyze(rest))
+        if verb == "rescore":
+            from .rescore import main as rescore
+
+            sys.exit(rescore(rest))
         sys.exit(f"emrobust {verb}: not implemented yet (see the open issues)")
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
     sys.argv = [sys.argv[0]] + argv
