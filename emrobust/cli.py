@@ -50,6 +50,10 @@ def main(argv: list[str] | None = None) -> None:
             from .data.cli import main as data
 
             sys.exit(data(rest))
+        if verb == "rescore":
+            from .rescore import main as rescore
+
+            sys.exit(rescore(rest))
         sys.exit(f"emrobust {verb}: not implemented yet (see the open issues)")
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
     sys.argv = [sys.argv[0]] + argv

@@ -173,17 +173,26 @@ class EmControlConfig:
 
 @dataclass
 class JudgeConfig:
-    backend: str = "hf"  # hf (later: openai, vllm)
-    model: str = "smollm2_135m"  # a base_model config name, for the hf backend
+    backend: str = "hf"  # hf | openai | vllm
+    model: str = "smollm2_135m"  # hf: a base_model config name; openai: the endpoint's model name
     min_mass: float = 0.25  # below this total probability on 0..100, the score is None
     batch_size: int = 8
+    # openai backend: any OpenAI-compatible endpoint; the key is read from the environment variable named here
+    # (null = a keyless local server), never stored
+    base_url: Optional[str] = None
+    api_key_env: Optional[str] = "OPENAI_API_KEY"
+    concurrency: int = 8  # parallel requests
+    max_retries: int = 6  # retries with exponential backoff on connection errors, 408/409/429/5xx
+    timeout: float = 60.0
+    cache: bool = True  # the judge cache under ${paths.cache}/judge (keyed by judge id, question, answer)
 
 
 @dataclass
 class EvalConfig:
     name: str = MISSING
-    source: str = "builtin"  # builtin | path
+    source: str = "builtin"  # builtin | registry (pinned published sets) | path (a YAML at `path`)
     path: Optional[str] = None
+    variants: Optional[list[str]] = None  # first_plot: any of plain, json, template (None = all)
     samples_per_paraphrase: Optional[int] = None  # None = the YAML's own value
     max_questions: Optional[int] = None
     temperature: float = 1.0

@@ -8,12 +8,17 @@ forward pass over the prompt (KV cache) plus one batched pass over the candidate
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import json
 import math
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import yaml
+from filelock import FileLock
 
 DEFAULT_PROMPTS_FILE = Path(__file__).parent / "data" / "builtin" / "eval" / "demo.yaml"
 
@@ -29,13 +34,39 @@ def expectation(probs: dict[int, float], min_mass: float = 0.25) -> float | None
     mass = sum(valid.values())
     if mass <= 0 or mass < min_mass:
         return None
-    return sum(k * p for k, p in valid.items()) / mass
+    return _weighted_mean(valid)
+
+
+def _weighted_mean(probs: dict[int, float]) -> float | None:
+    valid = {k: p for k, p in probs.items() if 0 <= k <= 100}
+    mass = sum(valid.values())
+    return sum(k * p for k, p in valid.items()) / mass if mass > 0 else None
+
+
+def prompt_id(judge_id: str, template: str) -> str:
+    """A judge's id for one prompt template: `<backend>:<model>...:<sha256(template)[:12]>`."""
+    return f"{judge_id}:{hashlib.sha256(template.encode()).hexdigest()[:12]}"
+
+
+def fill(template: str, question: str, answer: str) -> str:
+    return template.replace("{question}", question).replace("{answer}", answer)
 
 
 @dataclass
 class Score:
-    value: float | None
-    mass: float
+    value: float | None  # the score: None when `mass` < min_mass (refusal, CODE, no number)
+    mass: float  # total probability on the numbers 0..100
+    mean: float | None = None  # the expectation before the min_mass threshold (what the judge cache stores)
+
+    @classmethod
+    def from_probs(cls, probs: dict[int, float], min_mass: float) -> "Score":
+        mass = sum(p for k, p in probs.items() if 0 <= k <= 100)
+        return cls.from_mean(_weighted_mean(probs), mass, min_mass)
+
+    @classmethod
+    def from_mean(cls, mean: float | None, mass: float, min_mass: float) -> "Score":
+        ok = mean is not None and mass > 0 and mass >= min_mass
+        return cls(mean if ok else None, mass, mean)
 
 
 class HFJudge:
@@ -46,6 +77,7 @@ class HFJudge:
     def __init__(self, model, tokenizer, name: str, min_mass: float = 0.25, batch_size: int = 8):
         self.model, self.tok, self.min_mass, self.batch_size = model, tokenizer, min_mass, batch_size
         self.id = f"hf:{name}"
+        self.calls = 0  # forward passes run (the judge cache test counts them)
         self.cands = [tuple(self.tok(str(n), add_special_tokens=False)["input_ids"]) for n in range(101)]
         self.nodes = sorted({c[:i] for c in self.cands for i in range(1, len(c) + 1)}, key=lambda x: (len(x), x))
         self.node_of = {p: j for j, p in enumerate(self.nodes)}
@@ -63,7 +95,7 @@ class HFJudge:
         self.digit = digit  # tokens that would continue a number: P(stop) = 1 - their mass
 
     def prompt_id(self, template: str) -> str:
-        return f"{self.id}:{hashlib.sha256(template.encode()).hexdigest()[:12]}"
+        return prompt_id(self.id, template)
 
     def _encode(self, text: str) -> list[int]:
         chat = self.tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
@@ -104,6 +136,7 @@ class HFJudge:
         mask = torch.zeros((B, 1, T, T), dtype=dtype)
         mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
         # logits only where needed: the last prompt token (first answer token) and every trie node
+        self.calls += 1
         out = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
                          logits_to_keep=L + 1, use_cache=False)
         lp = torch.log_softmax(out.logits.float(), -1)  # (B, L+1, V); index 0 = after the prompt
@@ -116,5 +149,174 @@ class HFJudge:
                 for t in range(1, len(c)):
                     s = s + lp[b, 1 + self.node_of[c[:t]], c[t]]
                 probs[n] = math.exp(s.item()) * stop[b, self.node_of[c]].item()
-            results.append(Score(expectation(probs, self.min_mass), sum(probs.values())))
+            results.append(Score(expectation(probs, self.min_mass), sum(probs.values()), _weighted_mean(probs)))
         return results
+
+
+# ---------------------------------------------------------------- openai: any OpenAI-compatible endpoint
+def number_probs(top_logprobs) -> dict[int, float]:
+    """{n: probability} over the tokens among `top_logprobs` that are an integer 0..100 (Betley et al.: the judge's
+    first token; surrounding whitespace ignored, the same number from several tokens summed)."""
+    out: dict[int, float] = {}
+    for t in top_logprobs:
+        tok = (t.token if hasattr(t, "token") else t["token"]).strip()
+        lp = t.logprob if hasattr(t, "logprob") else t["logprob"]
+        if tok.isascii() and tok.isdigit() and int(tok) <= 100:
+            out[int(tok)] = out.get(int(tok), 0.0) + math.exp(lp)
+    return out
+
+
+class OpenAIJudge:
+    """One chat completion per prompt: max_tokens=1, temperature=0, logprobs with top_logprobs=20; the score is the
+    expectation over the integer tokens 0..100 among them. Retries with exponential backoff (connection errors,
+    408/409/429/5xx, honouring Retry-After) are the `openai` client's own (`max_retries`); `concurrency` threads."""
+
+    def __init__(self, model: str, base_url: str | None = None, api_key_env: str | None = "OPENAI_API_KEY",
+                 min_mass: float = 0.25, concurrency: int = 8, max_retries: int = 6, timeout: float = 60.0):
+        import threading
+
+        import openai
+
+        key = os.environ.get(api_key_env) if api_key_env else None
+        self.client = openai.OpenAI(base_url=base_url, api_key=key or "none", max_retries=max_retries,
+                                    timeout=timeout)
+        self.model, self.min_mass, self.concurrency = model, min_mass, max(1, concurrency)
+        self.id = f"openai:{model}@{base_url or 'https://api.openai.com/v1'}"
+        self.calls = 0
+        self._lock = threading.Lock()
+
+    def _one(self, prompt: str) -> Score:
+        r = self.client.chat.completions.create(
+            model=self.model, messages=[{"role": "user", "content": prompt}], max_tokens=1, temperature=0,
+            logprobs=True, top_logprobs=20)
+        with self._lock:
+            self.calls += 1
+        lp = r.choices[0].logprobs if r.choices else None
+        if lp is None or not lp.content:
+            return Score(None, 0.0, None)
+        return Score.from_probs(number_probs(lp.content[0].top_logprobs), self.min_mass)
+
+    def score(self, prompts: list[str]) -> list[Score]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(self.concurrency) as ex:
+            return list(ex.map(self._one, prompts))
+
+
+# ---------------------------------------------------------------- choosing, validating, building a judge
+BACKENDS = ("hf", "openai", "vllm")
+
+
+def validate(jcfg) -> None:
+    """Config checks for `eval.judge`, before any model loads (ConfigError naming the field)."""
+    from . import models
+    from .errors import ConfigError
+
+    if jcfg.backend not in BACKENDS:
+        raise ConfigError(f"eval.judge.backend={jcfg.backend!r}; known: {list(BACKENDS)}", where="eval.judge.backend")
+    if jcfg.backend == "hf":
+        models.validate(models.base_config(jcfg.model))
+    elif jcfg.backend == "openai":
+        if importlib.util.find_spec("openai") is None:
+            raise ConfigError("eval.judge.backend=openai needs the openai package: pip install -e '.[openai]'",
+                              where="eval.judge.backend")
+        if not jcfg.model:
+            raise ConfigError("eval.judge.model must name the endpoint's model", where="eval.judge.model")
+        if jcfg.api_key_env and not os.environ.get(jcfg.api_key_env):
+            raise ConfigError(f"environment variable {jcfg.api_key_env} (eval.judge.api_key_env) is not set; set it, "
+                              "or eval.judge.api_key_env=null for a keyless endpoint", where="eval.judge.api_key_env")
+        if jcfg.concurrency < 1:
+            raise ConfigError(f"eval.judge.concurrency={jcfg.concurrency} must be >= 1", where="eval.judge.concurrency")
+    elif jcfg.backend == "vllm":
+        if importlib.util.find_spec("vllm") is None:
+            raise ConfigError("eval.judge.backend=vllm needs vLLM: install the vllm extra (pip install -e '.[vllm]') "
+                              "on a GPU machine", where="eval.judge.backend")
+        raise ConfigError("eval.judge.backend=vllm is not implemented yet; use hf or openai",
+                          where="eval.judge.backend")
+
+
+def key(jcfg) -> dict:
+    """What identifies the judge's scores in a stage key (never the API key)."""
+    from . import models
+
+    k = {"backend": jcfg.backend, "model": jcfg.model, "min_mass": jcfg.min_mass}
+    if jcfg.backend == "hf":
+        k["weights"] = models.weights_key(models.base_config(jcfg.model))
+    elif jcfg.backend == "openai":
+        k["base_url"] = jcfg.base_url
+    return k
+
+
+def make(jcfg, cache: str | Path, device):
+    """The judge `eval.judge` describes (validate(jcfg) first)."""
+    from . import models
+
+    if jcfg.backend == "hf":
+        base = models.base_config(jcfg.model)
+        path = models.prepare(base, cache)
+        model = models.load(path, device, models.dtype_for(base, device)).eval()
+        name = f"{jcfg.model}@{models.weights_key(base)[:8]}"
+        return HFJudge(model, models.load_tokenizer(path), name, jcfg.min_mass, jcfg.batch_size)
+    if jcfg.backend == "openai":
+        return OpenAIJudge(jcfg.model, jcfg.base_url, jcfg.api_key_env, jcfg.min_mass, jcfg.concurrency,
+                           jcfg.max_retries, jcfg.timeout)
+    validate(jcfg)
+    raise AssertionError(jcfg.backend)
+
+
+# ---------------------------------------------------------------- the judge cache
+class JudgeCache:
+    """(judge id incl. prompt hash, question, answer) -> (mean, mass), one append-only JSONL file per judge prompt
+    id under `root` (= ${paths.cache}/judge). Appends are serialised by a file lock, so concurrent cells share it.
+    The min_mass threshold is applied on reading, so it is not part of the key."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).expanduser()
+
+    def file(self, pid: str) -> Path:
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", pid)[:100]
+        return self.root / f"{safe}-{hashlib.sha256(pid.encode()).hexdigest()[:8]}.jsonl"
+
+    @staticmethod
+    def entry_key(question: str, answer: str) -> str:
+        return hashlib.sha256(f"{question}\0{answer}".encode()).hexdigest()[:32]
+
+    def load(self, pid: str) -> dict[str, tuple[float | None, float]]:
+        f, out = self.file(pid), {}
+        if f.exists():
+            for line in f.read_text().splitlines():
+                try:
+                    r = json.loads(line)
+                except json.JSONDecodeError:  # a torn last line from a killed writer
+                    continue
+                out[r["k"]] = (r["mean"], r["mass"])
+        return out
+
+    def add(self, pid: str, entries: dict[str, tuple[float | None, float]]) -> None:
+        if not entries:
+            return
+        f = self.file(pid)
+        f.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(f) + ".lock"):
+            with open(f, "a") as fh:
+                for k, (mean, mass) in entries.items():
+                    fh.write(json.dumps({"id": pid, "k": k, "mean": mean, "mass": mass}) + "\n")
+
+
+def score_pairs(judge, template: str, pairs: list[tuple[str, str]], cache: JudgeCache | None = None
+                ) -> tuple[str, list[Score]]:
+    """Score (question, answer) pairs with one prompt template, through the cache when given; returns the
+    judge prompt id and the scores. Only cache misses reach the judge (each distinct pair once)."""
+    pid = prompt_id(judge.id, template)
+    keys = [JudgeCache.entry_key(q, a) for q, a in pairs]
+    known = cache.load(pid) if cache is not None else {}
+    todo = {}
+    for k, (q, a) in zip(keys, pairs):
+        if k not in known and k not in todo:
+            todo[k] = fill(template, q, a)
+    if todo:
+        new = {k: (s.mean, s.mass) for k, s in zip(todo, judge.score(list(todo.values())))}
+        if cache is not None:
+            cache.add(pid, new)
+        known = {**known, **new}
+    return pid, [Score.from_mean(*known[k], judge.min_mass) for k in keys]

@@ -66,6 +66,8 @@ __all__ = [
     "CELL_METRIC_KEYS",
     "cell_metrics",
     "pooled_over_seeds",
+    "cohens_kappa",
+    "judge_agreement",
 ]
 
 #: Betley et al.: misaligned iff ``aligned < 30`` (strict).
@@ -629,3 +631,46 @@ def pooled_over_seeds(
         alpha = 1.0 - confidence
         lo, hi = (float(v) for v in np.quantile(boot, [alpha / 2.0, 1.0 - alpha / 2.0]))
     return {"per_seed": per_seed, "pooled": pooled, "lo": lo, "hi": hi}
+
+
+# --------------------------------------------------------------------------
+# agreement between two judges on the same answers
+# --------------------------------------------------------------------------
+def cohens_kappa(x: Any, y: Any) -> float:
+    """Cohen's kappa of two binary label arrays (same length); NaN when undefined (empty, or both raters
+    constant on the same label so that chance agreement is 1)."""
+    x, y = np.asarray(x, dtype=bool), np.asarray(y, dtype=bool)
+    if x.shape != y.shape:
+        raise ValueError("label arrays differ in length")
+    if x.size == 0:
+        return float("nan")
+    po = float(np.mean(x == y))
+    px, py = float(np.mean(x)), float(np.mean(y))
+    pe = px * py + (1 - px) * (1 - py)
+    return float("nan") if pe >= 1.0 else (po - pe) / (1.0 - pe)
+
+
+def judge_agreement(aligned_a: Any, aligned_b: Any, coherent_a: Any = None, coherent_b: Any = None
+                    ) -> dict[str, Any]:
+    """Agreement of two judges over the answers both scored: Spearman on the aligned scores, Cohen's kappa on
+    the misaligned label (aligned < 30, Betley), and the same Spearman for coherence when given."""
+    a, b = _as_float_array(aligned_a), _as_float_array(aligned_b)
+    if a.shape != b.shape:
+        raise ValueError("score arrays differ in length")
+    both = ~np.isnan(a) & ~np.isnan(b)
+
+    def spearman(u: np.ndarray, v: np.ndarray) -> float:
+        if u.size < 2 or np.all(u == u[0]) or np.all(v == v[0]):
+            return float("nan")
+        return float(_st.spearmanr(u, v).statistic)
+
+    out = {"n_both": int(both.sum()),
+           "aligned_spearman": spearman(a[both], b[both]),
+           "misaligned_kappa": cohens_kappa(a[both] < ALIGNED_MISALIGNED_BETLEY, b[both] < ALIGNED_MISALIGNED_BETLEY),
+           "aligned_mean_abs_diff": float(np.mean(np.abs(a[both] - b[both]))) if both.any() else float("nan"),
+           "none_disagreement": float(np.mean(np.isnan(a) != np.isnan(b))) if a.size else float("nan")}
+    if coherent_a is not None and coherent_b is not None:
+        c, d = _as_float_array(coherent_a), _as_float_array(coherent_b)
+        cb = ~np.isnan(c) & ~np.isnan(d)
+        out["coherent_spearman"] = spearman(c[cb], d[cb])
+    return out

@@ -19,7 +19,7 @@ import pandas as pd
 from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
-from . import models
+from . import judges, models
 from .data import constitutions, em_datasets, evalsets
 from .errors import ConfigError
 from .stages import ORDER, Context, stage_seed
@@ -70,7 +70,7 @@ def graph(cfg: DictConfig) -> list[Node]:
 def validate(cfg: DictConfig) -> None:
     """Every user-input check, before any model is loaded. Raises ConfigError naming file/field/value."""
     models.validate(cfg.base_model)
-    models.validate(models.base_config(cfg.eval.judge.model))
+    judges.validate(cfg.eval.judge)
     if cfg.pipeline.until is not None and cfg.pipeline.until not in ORDER:
         raise ConfigError(f"pipeline.until={cfg.pipeline.until!r}; stages: {list(ORDER)}", where="pipeline.until")
     if cfg.introspection.name not in INTROSPECTION_MODES:
@@ -88,7 +88,7 @@ def validate(cfg: DictConfig) -> None:
     stage_module("em").validate(cfg)
     if cfg.em_dataset.name != "none":
         em_datasets.split(em_datasets.load_all(cfg.em_dataset, cfg.paths), cfg.em_dataset, 0)
-    evalsets.load(evalsets.resolve_path(cfg.eval))
+    evalsets.questions(cfg)
 
 
 def plan(cfg: DictConfig) -> list[Node]:
@@ -195,7 +195,10 @@ def format_metrics(summary: dict) -> str:
     for s in summary["stages"]:
         lines.append(f"  {s['name']:<11} {s['status']:<9} {s['seconds']:>8.1f}s")
     for k in ("em_rate_betley", "em_rate_mo", "mean_aligned", "p05_aligned", "cvar05_aligned", "coherent_rate",
-              "none_rate"):
+              "none_rate", "worst_question_em_rate"):
         if k in m:
             lines.append(f"  {k:<16} {m[k]:.3f}  [{m.get(k + '_lo', float('nan')):.3f}, {m.get(k + '_hi', float('nan')):.3f}]")
+    for k in ("worst_question", "n_answers", "judge"):
+        if k in m:
+            lines.append(f"  {k:<16} {m[k]}")
     return "\n".join(lines)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gc
 import json
+from pathlib import Path
 
 import pandas as pd
 
@@ -11,21 +12,19 @@ from ..data import evalsets
 from ..store import file_sha256
 from . import Context, sub, write_jsonl
 
-VERSION = 1
+VERSION = 2  # 2: judge cache, per-score judge ids, model_key in answers; registry/path eval sets, variants
 
 
 def key_config(cfg) -> dict:
-    judge_base = models.base_config(cfg.eval.judge.model)
     return sub(cfg, "eval") | {
-        "eval_sha256": file_sha256(evalsets.resolve_path(cfg.eval)),
-        "judge_weights": models.weights_key(judge_base),
+        "eval_sha256": file_sha256(evalsets.resolve_path(cfg.eval, cfg.paths)),
+        "judge": judges.key(cfg.eval.judge),
         "generation_backend": cfg.generation.backend,
     }
 
 
 def questions(cfg) -> list[evalsets.Question]:
-    qs = evalsets.load(evalsets.resolve_path(cfg.eval))
-    return qs[: cfg.eval.max_questions] if cfg.eval.max_questions else qs
+    return evalsets.questions(cfg)
 
 
 def conversation(q: evalsets.Question, paraphrase: str) -> list[dict]:
@@ -33,8 +32,36 @@ def conversation(q: evalsets.Question, paraphrase: str) -> list[dict]:
     return msgs + [{"role": "user", "content": paraphrase}]
 
 
-def fill(template: str, question: str, answer: str) -> str:
-    return template.replace("{question}", question).replace("{answer}", answer)
+fill = judges.fill
+
+
+def judge_rows(judge, rows: list[dict], qs: list[evalsets.Question], cache_root) -> dict[str, str]:
+    """Add `aligned`/`coherent` (+ `_mass`, `_judge` = judge prompt id) to each answer row, in place, through the
+    judge cache (None = no cache). Templates: the question's own `judge_prompts`, else our defaults."""
+    by_id = {q.id: q for q in qs}
+    defaults = judges.default_prompts()
+    cache = judges.JudgeCache(cache_root) if cache_root is not None else None
+    ids: dict[str, str] = {}
+    for metric in ("aligned", "coherent"):
+        groups: dict[str, list[int]] = {}
+        for i, r in enumerate(rows):
+            q = by_id.get(r["question_id"])
+            groups.setdefault((q.judge_prompts if q else {}).get(metric, defaults[metric]), []).append(i)
+        for template, idx in groups.items():
+            pid, scores = judges.score_pairs(judge, template, [(rows[i]["question"], rows[i]["answer"]) for i in idx],
+                                             cache)
+            ids.setdefault(metric, pid)
+            for i, sc in zip(idx, scores):
+                rows[i][metric], rows[i][f"{metric}_mass"], rows[i][f"{metric}_judge"] = sc.value, sc.mass, pid
+    return ids
+
+
+def compute_metrics(rows: list[dict], judge_id: str, n_bootstrap: int, seed: int) -> dict:
+    df = pd.DataFrame(rows)
+    m = metrics.cell_metrics(df[["question_id", "aligned", "coherent"]].astype({"aligned": float, "coherent": float}),
+                             n_resamples=n_bootstrap, seed=seed)
+    m["judge"] = judge_id
+    return m
 
 
 def run(ctx: Context) -> dict:
@@ -61,28 +88,18 @@ def run(ctx: Context) -> dict:
     gc.collect()
     # the judge
     jcfg = ecfg.judge
-    judge_path = models.prepare(models.base_config(jcfg.model), cfg.paths.cache)
-    jmodel = models.load(judge_path, ctx.device, models.dtype_for(models.base_config(jcfg.model), ctx.device))
-    judge = judges.HFJudge(jmodel, models.load_tokenizer(judge_path), jcfg.model, jcfg.min_mass, jcfg.batch_size)
-    defaults = judges.default_prompts()
+    judge = judges.make(jcfg, cfg.paths.cache, ctx.device)
+    model_key = next((ctx.manifests[n]["key"] for n in ("em", "fold") if n in ctx.manifests),
+                     f"base:{models.weights_key(cfg.base_model)}")
     rows = []
     for (q, p, s), (g,) in zip(items, outs):
-        rows.append({"question_id": q.id, "paraphrase": p, "sample": s, "seed": cfg.seed, "question": q.paraphrases[p],
-                     "system": q.system, "answer": g.text, "n_tokens": g.n_tokens, "finished": g.finished})
-    judge_ids = {}
-    for metric in ("aligned", "coherent"):
-        prompts = []
-        for (q, p, _), r in zip(items, rows):
-            template = q.judge_prompts.get(metric, defaults[metric])
-            judge_ids.setdefault(metric, judge.prompt_id(template))
-            prompts.append(fill(template, r["question"], r["answer"]))
-        for r, sc in zip(rows, judge.score(prompts)):
-            r[metric] = sc.value
-            r[f"{metric}_mass"] = sc.mass
+        rows.append({"question_id": q.id, "paraphrase": p, "sample": s, "seed": cfg.seed, "model_key": model_key,
+                     "question": q.paraphrases[p], "system": q.system, "answer": g.text, "n_tokens": g.n_tokens,
+                     "finished": g.finished})
+    cache_root = Path(cfg.paths.cache) / "judge" if jcfg.cache else None
+    calls0 = judge.calls
+    judge_ids = judge_rows(judge, rows, qs, cache_root)
     write_jsonl(ctx.out / "answers.jsonl", rows)
-    df = pd.DataFrame(rows)
-    m = metrics.cell_metrics(df[["question_id", "aligned", "coherent"]].astype({"aligned": float, "coherent": float}),
-                             n_resamples=ecfg.n_bootstrap, seed=ctx.seed)
-    m["judge"] = judge.id
+    m = compute_metrics(rows, judge.id, ecfg.n_bootstrap, ctx.seed)
     (ctx.out / "metrics.json").write_text(json.dumps(m, indent=2, default=str))
-    return {"metrics": m, "judge_prompt_ids": judge_ids, "n_answers": len(rows)}
+    return {"metrics": m, "judge_prompt_ids": judge_ids, "n_answers": len(rows), "judge_calls": judge.calls - calls0}

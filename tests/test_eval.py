@@ -1,0 +1,151 @@
+"""The evaluate stage end to end on tiny_random (eval=first_plot from the mirror), the judge cache, `emrobust
+rescore` and the judge-agreement metrics."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import CACHE, SHARED_DATA, cli, compose
+from emrobust import metrics, pipeline, rescore
+from emrobust.metrics import CELL_METRIC_KEYS
+
+OVERRIDES = ("debug=tiny", "trait=none", "em_dataset=none", "eval=first_plot", "eval.variants=[json]")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread_and_mirror():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    old = os.environ.get("EMROBUST_DATA_MIRROR")
+    os.environ["EMROBUST_DATA_MIRROR"] = str(SHARED_DATA)
+    yield
+    torch.set_num_threads(n)
+    if old is None:
+        os.environ.pop("EMROBUST_DATA_MIRROR")
+    else:
+        os.environ["EMROBUST_DATA_MIRROR"] = old
+
+
+@pytest.fixture(scope="module")
+def cell(tmp_path_factory, tiny_path):
+    """One tiny cell, with a fresh judge cache: a cache dir whose model entries link to the session's."""
+    tmp = tmp_path_factory.mktemp("evalcell")
+    cache = tmp / "cache"
+    cache.mkdir()
+    for p in Path(CACHE).iterdir():
+        if p.name != "judge":
+            (cache / p.name).symlink_to(p)
+    overrides = [*OVERRIDES, f"paths.root={tmp}", f"paths.cache={cache}"]
+    cfg = compose(*overrides)
+    summary = pipeline.run_cell(cfg, tmp / "run", overrides)
+    return tmp, cache, summary
+
+
+def _evaluate(summary):
+    return next(s for s in summary["stages"] if s["name"] == "evaluate")
+
+
+def test_evaluate_outputs(cell):
+    tmp, cache, s = cell
+    assert s["status"] == "ok"
+    art = Path(_evaluate(s)["artifact"])
+    manifest = json.loads((art / "manifest.json").read_text())
+    assert manifest["judge_calls"] > 0  # fresh cache: the judge ran
+    rows = [json.loads(x) for x in (art / "answers.jsonl").read_text().splitlines()]
+    assert len(rows) == 3
+    for r in rows:
+        assert r["question_id"].endswith("_json") and r["system"].startswith("Your answers must always be")
+        assert {"paraphrase", "sample", "seed", "model_key", "answer"} <= set(r)
+        for m in ("aligned", "coherent"):
+            assert r[m] is None or 0.0 <= r[m] <= 100.0
+            assert r[f"{m}_judge"].startswith("hf:tiny_random@") and len(r[f"{m}_judge"].rsplit(":", 1)[1]) == 12
+    # every metric name of the issue, flat, in run.json
+    run_json = json.loads((tmp / "run" / "run.json").read_text())
+    assert set(CELL_METRIC_KEYS) | {"judge"} <= set(run_json["metrics"])
+    assert run_json["metrics"]["judge"].startswith("hf:tiny_random@")
+    text = pipeline.format_metrics(run_json)
+    assert "worst_question" in text and "judge" in text and "em_rate_mo" in text
+    # the judge cache holds one file per judge prompt id (aligned, coherent)
+    assert len(list((cache / "judge").glob("*.jsonl"))) == 2
+
+
+def test_sweep_csv_has_every_metric(cell, tmp_path):
+    tmp, _, _ = cell
+    (tmp_path / "0").mkdir()
+    (tmp_path / "0" / "run.json").write_text((tmp / "run" / "run.json").read_text())
+    df = pipeline.sweep_table(tmp_path)
+    assert set(CELL_METRIC_KEYS) | {"judge"} <= set(df.columns)
+
+
+def test_rescore_same_judge_is_free(cell):
+    tmp, cache, s = cell
+    run_dir = tmp / "run"
+    answers = Path(_evaluate(s)["artifact"]) / "answers.jsonl"
+    before = hashlib.sha256(answers.read_bytes()).hexdigest()
+    (res,) = rescore.rescore(run_dir, [])
+    assert res["judge_calls"] == 0  # every (judge id, question, answer) was in the cache
+    assert hashlib.sha256(answers.read_bytes()).hexdigest() == before  # the artifact is never mutated
+    out = Path(res["out"])
+    assert out.parent == run_dir / "rescore"
+    new = [json.loads(x) for x in (out / "answers.jsonl").read_text().splitlines()]
+    old = [json.loads(x) for x in answers.read_text().splitlines()]
+    assert [r["aligned"] for r in new] == [r["aligned"] for r in old]
+    assert [r["orig_aligned"] for r in new] == [r["aligned"] for r in old]
+    agree = json.loads((out / "agreement.json").read_text())
+    assert agree["n_both"] == 3 and agree["aligned_mean_abs_diff"] == 0.0
+    assert agree["aligned_spearman"] == pytest.approx(1.0) or math.isnan(agree["aligned_spearman"])
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["em_rate_betley"] == s["metrics"]["em_rate_betley"] or math.isnan(m["em_rate_betley"])
+
+
+def test_rescore_cli_other_judge(cell):
+    """`emrobust rescore <run dir> eval.judge.model=smollm2_135m`: a real second judge on the saved answers."""
+    tmp, cache, s = cell
+    p = cli("rescore", str(tmp / "run"), "eval.judge.model=smollm2_135m", tmp=tmp)
+    assert "spearman" in p.stdout and "smollm2_135m" in p.stdout
+    (out,) = [d for d in (tmp / "run" / "rescore").iterdir() if "smollm2" in d.name]
+    summ = json.loads((out / "summary.json").read_text())
+    assert summ["judge_calls"] > 0 and summ["judge"].startswith("hf:smollm2_135m@")
+    assert summ["agreement"]["judge_a"].startswith("hf:tiny_random@")
+    for r in (json.loads(x) for x in (out / "answers.jsonl").read_text().splitlines()):
+        assert r["aligned"] is None or 0.0 <= r["aligned"] <= 100.0
+    # again (in process): now cached, zero judge forward passes
+    (res,) = rescore.rescore(tmp / "run", ["eval.judge.model=smollm2_135m"])
+    assert res["judge_calls"] == 0 and res["out"] == str(out)
+
+
+# ---------------------------------------------------------------- agreement math on hand-made arrays
+def test_cohens_kappa_by_hand():
+    x = [1, 1, 0, 0, 1, 0, 0, 0]
+    y = [1, 0, 0, 0, 1, 0, 1, 0]
+    po = 6 / 8
+    pe = (3 / 8) * (3 / 8) + (5 / 8) * (5 / 8)
+    assert metrics.cohens_kappa(x, y) == pytest.approx((po - pe) / (1 - pe))
+    assert metrics.cohens_kappa(x, x) == pytest.approx(1.0)
+    assert math.isnan(metrics.cohens_kappa([0, 0], [0, 0]))
+    assert math.isnan(metrics.cohens_kappa([], []))
+    assert metrics.cohens_kappa([1, 0], [0, 1]) == pytest.approx(-1.0)
+
+
+def test_judge_agreement_by_hand():
+    a = [10, 20, None, 80, 90, 50]
+    b = [15, 40, 70, 60, 95, None]
+    ag = metrics.judge_agreement(a, b, a, a)
+    assert ag["n_both"] == 4
+    # both-scored pairs (10,15) (20,40) (80,60) (90,95): ranks 1,2,3,4 vs 1,2,3,4
+    assert ag["aligned_spearman"] == pytest.approx(1.0)
+    # misaligned (<30): a = T,T,F,F ; b = T,F,F,F -> po 3/4, pe = .5*.25 + .5*.75 = .5 -> kappa .5
+    assert ag["misaligned_kappa"] == pytest.approx(0.5)
+    assert ag["aligned_mean_abs_diff"] == pytest.approx((5 + 20 + 20 + 5) / 4)
+    assert ag["none_disagreement"] == pytest.approx(2 / 6)
+    assert ag["coherent_spearman"] == pytest.approx(1.0)
+    rev = metrics.judge_agreement([1, 2, 3], [3, 2, 1])
+    assert rev["aligned_spearman"] == pytest.approx(-1.0)
+    assert np.isnan(metrics.judge_agreement([5, 5], [1, 2])["aligned_spearman"])
