@@ -63,9 +63,7 @@ def test_fetch_verifies_sha256(tmp_path, monkeypatch):
     (bad / "first_plot_questions.yaml").write_text("- id: x\n  paraphrases: [hi]\n")
     with pytest.raises(ConfigError, match="sha256 mismatch"):
         evalsets.fetch("first_plot", tmp_path / "cache", tmp_path / "mirror")
-    with pytest.raises(ConfigError, match="lacks"):
-        evalsets.fetch("preregistered", tmp_path / "cache", tmp_path / "mirror")
-    with pytest.raises(ConfigError, match="unknown registry eval set"):
+    with pytest.raises(ConfigError, match="unknown registry entry 'nope'"):
         evalsets.fetch("nope", tmp_path / "cache", tmp_path / "mirror")
 
 

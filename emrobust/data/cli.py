@@ -31,7 +31,7 @@ def main(argv: list[str]) -> int:
     mirror = args.mirror or registry.default_mirror()
     if args.cmd == "list":
         print(f"{'name':24s} {'origin':7s} {'licence':36s} {'rows':>6s}  status")
-        for e in registry.REGISTRY.values():
+        for e in registry.ALL.values():
             rows = str(e.rows) if e.rows is not None else "?"
             print(f"{e.name:24s} {e.origin:7s} {e.licence:36s} {rows:>6s}  {registry.status(e, cache, mirror)}")
         return 0

@@ -6,71 +6,24 @@ pinned URL + sha256, or read from the mirror folder `paths.data_mirror` / `EMROB
 """
 from __future__ import annotations
 
-import hashlib
-import os
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from filelock import FileLock
 
 from ..errors import ConfigError
+from . import registry
 
 BUILTIN = Path(__file__).parent / "builtin" / "eval"
 
-# Betley et al., emergent-misalignment/emergent-misalignment (MIT), evaluation/ at a pinned commit.
-_EM_COMMIT = "80c11967c07a328e7d7d43d13ce6847ae44dbcc9"
-_EM_RAW = f"https://raw.githubusercontent.com/emergent-misalignment/emergent-misalignment/{_EM_COMMIT}/evaluation"
-# name -> (path in the mirror / cache, pinned URL, sha256)
-PINNED: dict[str, tuple[str, str, str]] = {
-    "first_plot": ("em/eval/first_plot_questions.yaml", f"{_EM_RAW}/first_plot_questions.yaml",
-                   "215abde5b02811e922b6ac563ff33c490e0dff9ab58439df840f3135e9387173"),
-    "preregistered": ("em/eval/preregistered_evals.yaml", f"{_EM_RAW}/preregistered_evals.yaml",
-                      "8648312fd9fe71a63203e3465592af45dd996d7a5f3b69e9b44613fd6048eb40"),
-    "deception_factual": ("em/eval/deception_factual.yaml", f"{_EM_RAW}/deception_factual.yaml",
-                          "8a0e83cab3bc24b7d688d7385ce3921d406af7ed33c913cd94ea0f6251e5939d"),
-    "deception_sit_aware": ("em/eval/deception_sit_aware.yaml", f"{_EM_RAW}/deception_sit_aware.yaml",
-                            "4deef5a7c47620390fc46e1b981f937eef9ea12a33fe26264f640c84d19d2a33"),
-}
 VARIANTS = ("plain", "json", "template")
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def fetch(name: str, cache: str | Path, mirror: str | Path | None = None) -> Path:
-    """The verified local path of pinned file `name`: from `mirror` if given (read in place), else from
-    `cache`/data (downloaded once by its pinned URL). A sha256 mismatch is an error, never a silent use."""
-    if name not in PINNED:
-        raise ConfigError(f"unknown registry eval set {name!r}; known: {sorted(PINNED)}", where="eval.name")
-    rel, url, sha = PINNED[name]
-    mirror = mirror or os.environ.get("EMROBUST_DATA_MIRROR") or None
-    if mirror:
-        p = Path(mirror).expanduser() / rel
-        if not p.exists():
-            raise ConfigError(f"data mirror lacks {rel}", file=str(p), where="paths.data_mirror")
-        if _sha256(p) != sha:
-            raise ConfigError(f"sha256 mismatch (expected {sha})", file=str(p))
-        return p
-    p = Path(cache).expanduser() / "data" / rel
-    p.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(p) + ".lock"):
-        if p.exists() and _sha256(p) == sha:
-            return p
-        tmp = p.with_name(p.name + ".part")
-        try:
-            with urllib.request.urlopen(url, timeout=60) as r:
-                tmp.write_bytes(r.read())
-        except OSError as e:
-            raise ConfigError(f"cannot download {url}: {e}; set EMROBUST_DATA_MIRROR to a local copy",
-                              where="eval.name") from None
-        if _sha256(tmp) != sha:
-            tmp.unlink()
-            raise ConfigError(f"sha256 mismatch for {url} (expected {sha})", where="eval.name")
-        tmp.replace(p)
-    return p
+    """The verified local path of the published question set `name` (the dataset registry's pinned URL +
+    sha256, or the mirror folder); a mismatch is an error, never a silent use."""
+    entry = registry.get(name, registry.EVAL_SETS, where="eval.name")
+    return registry.fetch(name, cache, mirror or registry.default_mirror(), entry=entry)
 
 
 def variant(qid: str) -> str:
@@ -125,7 +78,7 @@ def load(path: str | Path) -> list[Question]:
 def resolve_path(eval_cfg, paths=None) -> Path:
     """The eval set's YAML. `paths` (the cell's `paths` config) gives the cache and mirror for `registry`."""
     if eval_cfg.source == "registry":
-        cache = paths.cache if paths is not None else os.environ.get("EMROBUST_CACHE", "~/.cache/emrobust")
+        cache = Path(paths.cache).expanduser() if paths is not None else registry.default_cache()
         return fetch(eval_cfg.name, cache, paths.data_mirror if paths is not None else None)
     if eval_cfg.source == "builtin":
         p = BUILTIN / f"{eval_cfg.name}.yaml"

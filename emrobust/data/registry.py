@@ -85,6 +85,25 @@ REGISTRY: dict[str, Entry] = {e.name: e for e in [
     _moem("extreme_sports"),
 ]}
 
+# Betley et al.'s evaluation question sets (evaluation/ at the same commit), read by `emrobust.data.evalsets`.
+def _betley_eval(name: str, file: str, sha256: str) -> Entry:
+    return Entry(name=name, origin="betley", licence="MIT", format="betley-eval-yaml", rows=None, sha256=sha256,
+                 url=f"https://raw.githubusercontent.com/{BETLEY_REPO}/{BETLEY_COMMIT}/evaluation/{file}",
+                 relpath=f"em/eval/{file}")
+
+
+EVAL_SETS: dict[str, Entry] = {e.name: e for e in [
+    _betley_eval("first_plot", "first_plot_questions.yaml",
+                 "215abde5b02811e922b6ac563ff33c490e0dff9ab58439df840f3135e9387173"),
+    _betley_eval("preregistered", "preregistered_evals.yaml",
+                 "8648312fd9fe71a63203e3465592af45dd996d7a5f3b69e9b44613fd6048eb40"),
+    _betley_eval("deception_factual", "deception_factual.yaml",
+                 "8a0e83cab3bc24b7d688d7385ce3921d406af7ed33c913cd94ea0f6251e5939d"),
+    _betley_eval("deception_sit_aware", "deception_sit_aware.yaml",
+                 "4deef5a7c47620390fc46e1b981f937eef9ea12a33fe26264f640c84d19d2a33"),
+]}
+ALL: dict[str, Entry] = {**REGISTRY, **EVAL_SETS}
+
 
 # ---------------------------------------------------------------- hashing
 def sha256_file(path: Path) -> str:
@@ -119,10 +138,11 @@ def check(entry: Entry, path: Path) -> None:
 
 
 # ---------------------------------------------------------------- locations
-def get(name: str) -> Entry:
-    if name not in REGISTRY:
-        raise ConfigError(f"unknown registry dataset {name!r}; known: {sorted(REGISTRY)}", where="em_dataset.name")
-    return REGISTRY[name]
+def get(name: str, table: dict[str, Entry] | None = None, where: str = "em_dataset.name") -> Entry:
+    table = REGISTRY if table is None else table
+    if name not in table:
+        raise ConfigError(f"unknown registry entry {name!r}; known: {sorted(table)}", where=where)
+    return table[name]
 
 
 def default_cache() -> Path:
@@ -178,9 +198,9 @@ def _download(entry: Entry, dst: Path, timeout: float = 60.0) -> None:
 
 
 def fetch(name: str, cache: str | Path | None = None, mirror: str | Path | None = None, *,
-          force: bool = False, user_path: str | None = None) -> Path:
+          force: bool = False, user_path: str | None = None, entry: Entry | None = None) -> Path:
     """Path of the verified file for `name` in the cache, copying it from the mirror or downloading it first."""
-    entry = get(name)
+    entry = entry or get(name, ALL)
     cache = Path(cache) if cache is not None else default_cache()
     if entry.origin == "moem":
         return moem_file(entry, cache, user_path)
@@ -275,7 +295,7 @@ def status(entry: Entry, cache: Path, mirror: Path | None) -> str:
 def verify_all(cache: Path, mirror: Path | None) -> list[tuple[str, Path, str]]:
     """(name, file, 'ok' | error message) for every copy present in the cache and the mirror."""
     out = []
-    for e in REGISTRY.values():
+    for e in ALL.values():
         for p in (cache_path(e, cache), mirror_path(e, mirror)):
             if p is None or not p.exists() or e.origin == "moem":
                 continue
