@@ -11,7 +11,8 @@
 # this machine's real CPUs and memory (`slurmd -C`); `--gpus N` adds N fake GPUs (device nodes made with
 # mknod under the state dir + gres.conf) so `--gpus` requests and CUDA_VISIBLE_DEVICES can be tested.
 # Authentication is auth/none (anyone on this machine can submit as anyone: a CI/laptop cluster only);
-# `--munge` uses munge with a key under the state dir instead. Idempotent: a running cluster is just reported.
+# `--munge` uses munge with a key under the state dir instead. Idempotent: a cluster running with the same options is just reported
+# (other options: it is restarted).
 # Ports (env): EMROBUST_SLURM_PORT_BASE (default 6817: slurmctld, +1 slurmd, +2 slurmdbd, +3 MariaDB).
 set -euo pipefail
 
@@ -40,9 +41,11 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 
 # ---------------------------------------------------------------- already running: just report
+OPTIONS="gpus=$GPUS munge=$MUNGE ports=$PORT_BASE"
 if alive "$DIR/run/slurmctld.pid" && alive "$DIR/run/slurmd.pid" && alive "$DIR/run/slurmdbd.pid" \
-   && alive "$DIR/run/mariadb.pid" && scontrol ping >/dev/null 2>&1; then
-  log "already running (state dir $DIR)"
+   && alive "$DIR/run/mariadb.pid" && scontrol ping >/dev/null 2>&1 \
+   && [[ "$(cat "$DIR/etc/options" 2>/dev/null)" == "$OPTIONS" ]]; then
+  log "already running (state dir $DIR, $OPTIONS)"
   sinfo >&2 || true
   echo "export SLURM_CONF=$SLURM_CONF"
   exit 0
@@ -73,7 +76,7 @@ for port in $CTLD_PORT $SLURMD_PORT $DBD_PORT $DB_PORT; do
     [[ $owned == 1 ]] || { log "port $port is already in use (set EMROBUST_SLURM_PORT_BASE)"; exit 1; }
   fi
 done
-# a half-started earlier run: stop what it left, then start clean
+# a half-started earlier run, or one started with other options: stop what it left, then start clean
 if compgen -G "$DIR/run/*.pid" >/dev/null; then
   log "stopping a partially running cluster first"
   "$(dirname "$0")/stop-local-cluster.sh" >&2 || true
@@ -109,7 +112,8 @@ SQL
 if [[ $MUNGE == 1 ]]; then
   AUTH="AuthType=auth/munge
 AuthInfo=socket=$DIR/run/munge.socket
-CredType=cred/munge"
+CredType=cred/munge
+AccountingStoragePass=$DIR/run/munge.socket"
   [[ -s "$DIR/etc/munge.key" ]] || { dd if=/dev/urandom of="$DIR/etc/munge.key" bs=1024 count=1 2>/dev/null; }
   chmod 600 "$DIR/etc/munge.key"
   mkdir -p "$DIR/run/munge"
@@ -213,6 +217,7 @@ wait_for "node $HOST" 30 node_idle
 # the cluster registers itself with slurmdbd on slurmctld's first start; sacct works once it has
 wait_for "accounting" 30 bash -c "sacctmgr -n -P list cluster format=cluster | grep -qx emrobust"
 
+echo "$OPTIONS" >"$DIR/etc/options"
 log "cluster up in $(elapsed)s: $CPUS CPUs, ${MEM} MB, $GPUS fake GPUs, partition debug (state dir $DIR)"
 sinfo >&2
 echo "export SLURM_CONF=$SLURM_CONF"
