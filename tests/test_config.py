@@ -57,3 +57,44 @@ def test_demo_cells(tmp_path):
         cfg = compose("experiment=demo", f"+cell={cell}", tmp=tmp_path)
         assert cfg.trait.name == trait and cfg.question_diversity.name == qd
         assert cfg.em_dataset.name == "demo_insecure" and cfg.eval.name == "demo"
+
+
+def compose_hydra(*overrides: str, tmp):
+    """Compose with the `hydra` node (launcher settings), as the CLI would."""
+    from hydra import compose as hcompose
+    from hydra import initialize_config_dir
+
+    from emrobust.config import register
+
+    register()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return hcompose(config_name="config", overrides=[*overrides, f"paths.root={tmp}"], return_hydra_config=True)
+
+
+@pytest.mark.parametrize("launcher", sorted(f.stem for f in (CONF / "hydra" / "launcher").glob("*.yaml")))
+def test_every_launcher_composes_and_instantiates(launcher, tmp_path):
+    import importlib
+
+    from hydra.plugins.launcher import Launcher
+
+    cfg = compose_hydra(f"hydra/launcher={launcher}", tmp=tmp_path)
+    params = OmegaConf.to_container(cfg.hydra.launcher, resolve=False)
+    module, name = params.pop("_target_").rsplit(".", 1)
+    cls = getattr(importlib.import_module(module), name)
+    assert issubclass(cls, Launcher)
+    if module.startswith("hydra_plugins."):  # ours: Hydra builds it from these params (Hydra's own: no params)
+        assert isinstance(cls(**params), Launcher)
+
+
+def test_slurm_launcher_presets_and_local_cluster_config(tmp_path):
+    cfg = compose_hydra("hydra/launcher=slurm_multigpu", "hydra.launcher.gpus_per_node=2", tmp=tmp_path)
+    assert cfg.hydra.launcher.tasks_per_node == 2 and cfg.hydra.launcher._target_.endswith("emrobust_launcher.slurm.SlurmLauncher")
+    # cluster-specific values from a user's untracked config dir (conf/local/ in the repo works the same way)
+    (tmp_path / "local").mkdir()
+    (tmp_path / "local" / "mycluster.yaml").write_text(
+        "# @package hydra.launcher\npartition: gpu\naccount: proj\nsetup: ['module load cuda']\n")
+    cfg = compose_hydra("hydra/launcher=slurm", f"hydra.searchpath=[file://{tmp_path}]", "+local=mycluster",
+                        "hydra.launcher.account=other", tmp=tmp_path)
+    launcher = cfg.hydra.launcher
+    assert (launcher.partition, launcher.account, list(launcher.setup)) == ("gpu", "other", ["module load cuda"])
+    assert "local" not in cfg and "partition" not in cfg
