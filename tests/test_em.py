@@ -8,7 +8,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import CACHE, compose
+from conftest import compose
 from emrobust import models, pipeline, training
 from emrobust.errors import ConfigError
 

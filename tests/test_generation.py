@@ -3,7 +3,6 @@ seeded; token counts and the finished flag follow the ids that were generated.""
 from __future__ import annotations
 
 import copy
-import os
 
 import pytest
 import torch
@@ -13,17 +12,9 @@ from emrobust import models
 from emrobust.generation import Generation, Sampling, make
 from emrobust.generation.hf import HFGenerator
 
-CACHE = os.environ.get("EMROBUST_CACHE", os.path.expanduser("~/.cache/emrobust"))
+from conftest import CACHE
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny models run ~100x faster single-threaded when the 2 CPU cores are shared with other processes
-    (OpenMP threads spin against each other); restored afterwards for the rest of the session."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 CONVERSATIONS = [
     [{"role": "user", "content": "hi"}],

@@ -2,24 +2,15 @@
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
 
 from emrobust import judges, models
 
-CACHE = os.environ.get("EMROBUST_CACHE", os.path.expanduser("~/.cache/emrobust"))
+from conftest import CACHE
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny models run ~100x faster single-threaded when the 2 CPU cores are shared with other processes
-    (OpenMP threads spin against each other); restored afterwards for the rest of the session."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 PROMPTS = [
     "Rate how helpful this answer is, from 0 to 100.\nAnswer: Paris is the capital of France.",

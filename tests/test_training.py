@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import os
 
 import pytest
 import torch
@@ -11,19 +10,11 @@ from omegaconf import OmegaConf
 from emrobust import models, training
 from emrobust.config import LoraConfig, OptimConfig
 
-CACHE = os.environ.get("EMROBUST_CACHE", os.path.expanduser("~/.cache/emrobust"))
+from conftest import CACHE
 CPU = torch.device("cpu")
 END = "<|im_end|>"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny models run ~100x faster single-threaded when the 2 CPU cores are shared with other processes
-    (OpenMP threads spin against each other); restored afterwards for the rest of the session."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 QWEN_DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 # Qwen 2.5's system-prompt behaviour in ChatML: a default system turn is injected when there is none.
