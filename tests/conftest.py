@@ -14,7 +14,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 CACHE = os.environ.setdefault("EMROBUST_CACHE", os.path.expanduser("~/.cache/emrobust"))
-SHARED_DATA = ROOT.parent / "shared" / "data"
+# the offline mirror of the reference data (../shared/data beside the checkout, as in CI); every test reads it
+SHARED_DATA = Path(os.environ.setdefault("EMROBUST_DATA_MIRROR", str(ROOT.parent / "shared" / "data")))
 
 
 def compose(*overrides: str, tmp: Path | None = None):
