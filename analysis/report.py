@@ -26,10 +26,12 @@ def label(row: pd.Series) -> str:
     return "/".join(parts)
 
 
-def plot(df: pd.DataFrame, out: Path, metric: str = "mean_aligned") -> Path:
+def plot(df: pd.DataFrame, out: Path, metrics: tuple[str, ...] = ("mean_aligned", "cvar05_aligned", "em_rate_mo")) -> Path:
+    """One bar chart per metric: the mean, the tail (CVaR 5%: mean of the lowest 5% of alignment scores) and
+    an EM rate, each with its 95% interval."""
     ok = df[df["status"] == "ok"].copy()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, m in zip(axes, [metric, "em_rate_betley"]):
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4))
+    for ax, m in zip(axes, metrics):
         if m not in ok:
             continue
         y = ok[m].astype(float)
