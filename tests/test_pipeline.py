@@ -98,6 +98,14 @@ def test_em_starts_from_the_persona_weights(cell, tiny_path):
     assert em["start_fingerprint"] != base["fingerprint"]
 
 
+def test_em_and_evaluate_use_the_same_chat_template(cell):
+    tmp, s = cell
+    art = {x["name"]: Path(x["artifact"]) for x in s["stages"]}
+    em = json.loads((art["em"] / "manifest.json").read_text())
+    ev = json.loads((art["evaluate"] / "manifest.json").read_text())
+    assert em["chat_template_sha256"] == ev["chat_template_sha256"] and len(ev["chat_template_sha256"]) == 64
+
+
 def test_no_trait_starts_em_from_the_base_model(cell, tiny_path):
     tmp, _ = cell
     s = run(tmp, "debug=tiny", "trait=none", out="none")

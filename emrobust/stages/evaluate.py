@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 from pathlib import Path
 
@@ -77,6 +78,11 @@ def run(ctx: Context) -> dict:
     if full_em:
         start = ctx.inputs["em"] / "model"
     tok = models.load_tokenizer(start)
+    # the chat template used here must be the one the EM stage trained with (recorded in its manifest)
+    template_sha = hashlib.sha256((tok.chat_template or "").encode()).hexdigest()
+    trained_with = ctx.manifests.get("em", {}).get("chat_template_sha256")
+    if trained_with is not None and trained_with != template_sha:
+        raise RuntimeError(f"evaluate: chat template {template_sha[:12]} differs from the EM stage's {trained_with[:12]}")
     model = models.load(start, ctx.device, models.dtype_for(cfg.base_model, ctx.device))
     if "em" in ctx.inputs and not full_em:
         model = training.merge_adapter(model, ctx.inputs["em"] / "adapter")
@@ -102,4 +108,5 @@ def run(ctx: Context) -> dict:
     write_jsonl(ctx.out / "answers.jsonl", rows)
     m = compute_metrics(rows, judge.id, ecfg.n_bootstrap, ctx.seed)
     (ctx.out / "metrics.json").write_text(json.dumps(m, indent=2, default=str))
-    return {"metrics": m, "judge_prompt_ids": judge_ids, "n_answers": len(rows), "judge_calls": judge.calls - calls0}
+    return {"metrics": m, "judge_prompt_ids": judge_ids, "n_answers": len(rows), "judge_calls": judge.calls - calls0,
+            "chat_template_sha256": template_sha}
