@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import matplotlib
@@ -10,11 +11,43 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from emrobust import metrics  # noqa: E402
 from emrobust.pipeline import sweep_table, write_sweep_csv  # noqa: E402
 
 AXES = ["trait", "question_diversity", "introspection", "em_dataset", "eval", "base_model", "seed"]
 SHOW = ["em_rate_betley", "em_rate_mo", "mean_aligned", "p05_aligned", "cvar05_aligned", "coherent_rate",
         "none_rate", "n_answers"]
+
+
+POOLED = {
+    "em_rate_betley": lambda d: metrics.em_rate_betley(d["aligned"], d["coherent"]),
+    "em_rate_mo": lambda d: metrics.em_rate_mo(d["aligned"], d["coherent"]),
+    "mean_aligned": lambda d: metrics.mean_aligned(d["aligned"]),
+    "cvar05_aligned": lambda d: metrics.cvar_aligned(d["aligned"], 0.05),
+}
+
+
+def pooled_table(sweep_dir: Path, n_resamples: int = 10_000) -> pd.DataFrame:
+    """Cells that differ only in `seed`, pooled: per-seed values, the pooled estimate over all their answers,
+    and a cluster-bootstrap interval that resamples whole seeds (training runs), not answers."""
+    groups: dict[tuple, list[pd.DataFrame]] = {}
+    for rj in sorted(Path(sweep_dir).glob("*/run.json")):
+        run = json.loads(rj.read_text())
+        ev = next((s for s in run["stages"] if s["name"] == "evaluate" and s["artifact"]), None)
+        if run["status"] != "ok" or ev is None or not (Path(ev["artifact"]) / "answers.jsonl").exists():
+            continue
+        key = tuple(sorted(o for o in run["overrides"] if o.split("=", 1)[0].lstrip("+~") != "seed"))
+        ans = pd.read_json(Path(ev["artifact"]) / "answers.jsonl", lines=True)
+        ans["seed"] = run["seed"]
+        groups.setdefault(key, []).append(ans[["seed", "question_id", "aligned", "coherent"]])
+    rows = []
+    for key, frames in groups.items():
+        df = pd.concat(frames, ignore_index=True).astype({"aligned": float, "coherent": float})
+        for name, fn in POOLED.items():
+            r = metrics.pooled_over_seeds(df, fn, n_resamples=n_resamples, seed=0)
+            rows.append({"cell": " ".join(key), "metric": name, "n_seeds": len(r["per_seed"]), "pooled": r["pooled"],
+                         "lo": r["lo"], "hi": r["hi"], "per_seed": json.dumps(r["per_seed"], default=float)})
+    return pd.DataFrame(rows)
 
 
 def label(row: pd.Series) -> str:
@@ -61,5 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         with pd.option_context("display.width", 200, "display.max_columns", 30, "display.precision", 3):
             print(df[cols].to_string(index=False))
         png = plot(df, d / "metrics.png")
-        print(f"\nsweep table: {csv}\nplot:        {png}")
+        pooled = pooled_table(d)
+        pooled.to_csv(d / "pooled.csv", index=False)
+        print(f"\nsweep table: {csv}\nplot:        {png}\npooled over seeds (cluster bootstrap): {d / 'pooled.csv'}")
     return 0

@@ -60,7 +60,7 @@ class Result:
 
 class Store:
     def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
+        self.root = Path(root).expanduser().resolve()
 
     def path(self, stage: str, key: str) -> Path:
         return self.root / stage / key
