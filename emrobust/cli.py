@@ -30,7 +30,8 @@ def app(cfg: DictConfig) -> dict:
     out = Path(hc.runtime.output_dir)
     choices = {k: v for k, v in hc.runtime.choices.items() if k in GROUPS}
     try:
-        summary = pipeline.run_cell(cfg, out, list(hc.overrides.task), choices)
+        group = Path(hc.sweep.dir).name if hc.mode == RunMode.MULTIRUN else None
+        summary = pipeline.run_cell(cfg, out, list(hc.overrides.task), choices, group)
         print(pipeline.format_metrics(summary))
         return summary
     finally:

@@ -219,7 +219,12 @@ class PathsConfig:
 
 @dataclass
 class TrackingConfig:
-    backend: str = "none"
+    backend: str = "none"  # none | wandb
+    project: str = "emrobust"
+    entity: Optional[str] = None
+    mode: str = "offline"  # offline (sync later with `wandb sync`) | online
+    group: Optional[str] = None  # default: the sweep dir's name (one group per sweep)
+    max_table_rows: int = 50  # answers logged as a table by the evaluate stage
 
 
 @dataclass

@@ -19,7 +19,7 @@ import pandas as pd
 from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
-from . import judges, models
+from . import judges, models, tracking
 from .data import constitutions, em_datasets, evalsets
 from .errors import ConfigError
 from .stages import ORDER, Context, stage_seed
@@ -110,8 +110,10 @@ def plan(cfg: DictConfig) -> list[Node]:
 
 
 def run_cell(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None,
-             choices: dict | None = None) -> dict:
-    """Run one cell of the experiment; always writes `output_dir/run.json`, re-raises on failure."""
+             choices: dict | None = None, group: str | None = None) -> dict:
+    """Run one cell of the experiment; always writes `output_dir/run.json`, re-raises on failure.
+    `group` names the sweep the cell belongs to (the tracker's group)."""
+    cell_name = " ".join(overrides or []) or "default"
     output_dir.mkdir(parents=True, exist_ok=True)
     summary: dict = {"overrides": list(overrides or []), "choices": dict(choices or {}), "seed": cfg.seed,
                      "status": "failed", "error": None, "stages": [], "diversity": {}, "metrics": {}}
@@ -135,7 +137,10 @@ def run_cell(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = No
 
                 set_seed(seed)
                 ctx = Context(cfg, node.name, node.key, seed, tmp, dict(inputs), dict(manifests), dev)
-                return mod.run(ctx) or {}
+                with tracking.stage_run(cfg, node.name, node.key, output_dir, cell_name, group) as run:
+                    extra = mod.run(ctx) or {}
+                    tracking.log_stage(run, cfg, node.name, tmp, extra)
+                return extra
 
             meta = {"config": node.key_config, "upstream": {u: manifests[u]["key"] for u in node.upstream},
                     "seed": cfg.seed, "stage_seed": seed, "version": mod.VERSION}
