@@ -33,8 +33,12 @@ def redact(obj, secrets: set[str] | None = None):
     return obj
 
 
-def report_to(cfg: DictConfig) -> list[str]:
-    return ["wandb"] if cfg.tracking.backend == "wandb" else []
+_ACTIVE = None  # the run of the stage executing in this process, if tracked
+
+
+def report_to() -> list[str]:
+    """`report_to` for the trainers: into the active stage run, if there is one."""
+    return ["wandb"] if _ACTIVE is not None else []
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -59,13 +63,17 @@ def stage_run(cfg: DictConfig, stage: str, key: str, output_dir: Path, cell_name
     config = redact(OmegaConf.to_container(cfg, resolve=True))
     run = wandb.init(project=cfg.tracking.project, entity=cfg.tracking.entity, mode=cfg.tracking.mode,
                      dir=str(output_dir), job_type=stage, group=cfg.tracking.group or group, name=cell_name,
-                     config={**config, "stage": stage, "stage_key": key}, reinit="create_new")
+                     config={**config, "stage": stage, "stage_key": key}, reinit="finish_previous")
+    global _ACTIVE
+    _ACTIVE = run
     try:
         yield run
         run.finish()
     except BaseException:
         run.finish(exit_code=1)
         raise
+    finally:
+        _ACTIVE = None
 
 
 def log_stage(run, cfg: DictConfig, stage: str, artifact_dir: Path, extra: dict) -> None:

@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from . import tracking
+
 log = logging.getLogger(__name__)
 
 
@@ -190,7 +192,9 @@ def run_sft(model, tokenizer, conversations: list[list[dict]], optim: DictConfig
     rows = [r for r in rows if any(r["assistant_masks"])]
     if not rows:
         raise ValueError("no training example has an assistant token left after truncation")
-    args = SFTConfig(**_common_args(optim, out / "trainer", seed, dev, report_to or []))  # assistant_masks column: labels on assistant tokens only
+    report_to = report_to if report_to is not None else tracking.report_to()
+    # labels on assistant tokens only: the `assistant_masks` column built by tokenize_chat
+    args = SFTConfig(**_common_args(optim, out / "trainer", seed, dev, report_to))
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
     trainer.train()
     return _history(trainer) | {"n_examples": len(rows)}
@@ -205,7 +209,8 @@ def run_dpo(model, tokenizer, pairs: list[dict], cfg: DictConfig, out: Path, see
     loss_type, loss_weights = ["sigmoid"], None
     if cfg.nll_weight > 0:
         loss_type, loss_weights = ["sigmoid", "sft"], [1.0, float(cfg.nll_weight)]
-    args = DPOConfig(**_common_args(cfg.optim, out / "trainer", seed, dev, report_to or []), beta=cfg.beta,
+    report_to = report_to if report_to is not None else tracking.report_to()
+    args = DPOConfig(**_common_args(cfg.optim, out / "trainer", seed, dev, report_to), beta=cfg.beta,
                      loss_type=loss_type, loss_weights=loss_weights)
     ds = Dataset.from_list(pairs)
     trainer = DPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer)

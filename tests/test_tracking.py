@@ -66,6 +66,7 @@ def test_offline_runs_per_stage_and_no_secret(tmp_path, monkeypatch, tiny_path):
     assert ev_run.run_group == "sweep-x" and ev_run.display_name == " ".join(overrides)
     assert "metrics/mean_aligned" in ev_hist and ev_hist["answers/_type"] == '"table-file"' and ev_hist["answers/nrows"] == "3"
     assert "train/last_loss" in seen["em"][1]
+    assert "train/loss" in seen["em"][1]  # the trainer's own curve went into the stage's run (report_to)
     # no secret anywhere under the cell's output dir (run files included)
     for p in out.rglob("*"):
         if p.is_file():
