@@ -1,24 +1,26 @@
-"""`emrobust analyze <sweep dir>`: the per-cell table (from run.json files), sweep.csv and a PNG plot."""
+"""`emrobust analyze <sweep dir> [...]`: one tidy table from the cells' run.json (and answers) files, plots, seeds
+pooled with a cluster bootstrap, paired comparisons between diversity levels, and a markdown report.
+
+Writes into each sweep dir (or `--out`): sweep.csv, summary.csv, summary.parquet, pooled.csv, comparisons.csv,
+metrics.png, em_vs_vendi.png, cdf.png, question_heatmap.png, report.md.
+"""
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+from emrobust import metrics
+from emrobust.pipeline import sweep_table, write_sweep_csv
 
-from emrobust import metrics  # noqa: E402
-from emrobust.pipeline import sweep_table, write_sweep_csv  # noqa: E402
+from . import plots
+from .stats import compare_levels
 
 AXES = ["trait", "question_diversity", "introspection", "em_dataset", "eval", "base_model", "seed"]
 SHOW = ["em_rate_betley", "em_rate_mo", "mean_aligned", "p05_aligned", "cvar05_aligned", "coherent_rate",
         "none_rate", "n_answers"]
-
-
 POOLED = {
     "em_rate_betley": lambda d: metrics.em_rate_betley(d["aligned"], d["coherent"]),
     "em_rate_mo": lambda d: metrics.em_rate_mo(d["aligned"], d["coherent"]),
@@ -27,31 +29,8 @@ POOLED = {
 }
 
 
-def pooled_table(sweep_dir: Path, n_resamples: int = 10_000) -> pd.DataFrame:
-    """Cells that differ only in `seed`, pooled: per-seed values, the pooled estimate over all their answers,
-    and a cluster-bootstrap interval that resamples whole seeds (training runs), not answers."""
-    groups: dict[tuple, list[pd.DataFrame]] = {}
-    for rj in sorted(Path(sweep_dir).glob("*/run.json")):
-        run = json.loads(rj.read_text())
-        ev = next((s for s in run["stages"] if s["name"] == "evaluate" and s["artifact"]), None)
-        if run["status"] != "ok" or ev is None or not (Path(ev["artifact"]) / "answers.jsonl").exists():
-            continue
-        key = tuple(sorted(o for o in run["overrides"] if o.split("=", 1)[0].lstrip("+~") != "seed"))
-        ans = pd.read_json(Path(ev["artifact"]) / "answers.jsonl", lines=True)
-        ans["seed"] = run["seed"]
-        groups.setdefault(key, []).append(ans[["seed", "question_id", "aligned", "coherent"]])
-    rows = []
-    for key, frames in groups.items():
-        df = pd.concat(frames, ignore_index=True).astype({"aligned": float, "coherent": float})
-        for name, fn in POOLED.items():
-            r = metrics.pooled_over_seeds(df, fn, n_resamples=n_resamples, seed=0)
-            rows.append({"cell": " ".join(key), "metric": name, "n_seeds": len(r["per_seed"]), "pooled": r["pooled"],
-                         "lo": r["lo"], "hi": r["hi"], "per_seed": json.dumps(r["per_seed"], default=float)})
-    return pd.DataFrame(rows)
-
-
 def label(row: pd.Series) -> str:
-    parts = [f"{row['trait']}" if "trait" in row else row["cell"]]
+    parts = [str(row["trait"])] if "trait" in row else [str(row["cell"])]
     if row.get("trait") not in (None, "none") and "question_diversity" in row:
         parts.append(str(row["question_diversity"]))
     if "seed" in row and pd.notna(row["seed"]):
@@ -59,42 +38,101 @@ def label(row: pd.Series) -> str:
     return "/".join(parts)
 
 
-def plot(df: pd.DataFrame, out: Path, metrics: tuple[str, ...] = ("mean_aligned", "cvar05_aligned", "em_rate_mo")) -> Path:
-    """One bar chart per metric: the mean, the tail (CVaR 5%: mean of the lowest 5% of alignment scores) and
-    an EM rate, each with its 95% interval."""
-    ok = df[df["status"] == "ok"].copy()
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4))
-    for ax, m in zip(axes, metrics):
-        if m not in ok:
-            continue
-        y = ok[m].astype(float)
-        lo = (y - ok.get(f"{m}_lo", y).astype(float)).clip(lower=0)
-        hi = (ok.get(f"{m}_hi", y).astype(float) - y).clip(lower=0)
-        ax.bar(range(len(ok)), y.fillna(0), yerr=[lo.fillna(0), hi.fillna(0)], capsize=4, color="#4c72b0")
-        ax.set_xticks(range(len(ok)), [label(r) for _, r in ok.iterrows()], rotation=30, ha="right")
-        ax.set_ylabel(m)
-        ax.set_title(f"{m} per cell (95% CI)")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+def load_answers(sweep_dir: Path) -> dict[str, tuple[dict, pd.DataFrame]]:
+    """cell dir name -> (run.json, scored answers) for every ok cell whose evaluate artifact exists."""
+    out = {}
+    for rj in sorted(Path(sweep_dir).glob("*/run.json")):
+        run = json.loads(rj.read_text())
+        ev = next((s for s in run["stages"] if s["name"] == "evaluate" and s["artifact"]), None)
+        path = Path(ev["artifact"]) / "answers.jsonl" if ev else None
+        if run["status"] == "ok" and path is not None and path.exists():
+            a = pd.read_json(path, lines=True)
+            for c in ("aligned", "coherent"):
+                a[c] = pd.to_numeric(a.get(c), errors="coerce")
+            out[rj.parent.name] = (run, a)
     return out
 
 
+def pooled_table(sweep_dir: Path, n_resamples: int = 10_000, answers=None) -> pd.DataFrame:
+    """Cells that differ only in `seed`, pooled: per-seed values, the pooled estimate over all their answers,
+    and a cluster-bootstrap interval that resamples whole seeds (training runs), not answers."""
+    groups: dict[tuple, list[pd.DataFrame]] = {}
+    for run, ans in (answers or load_answers(sweep_dir)).values():
+        key = tuple(sorted(o for o in run["overrides"] if o.split("=", 1)[0].lstrip("+~") != "seed"))
+        groups.setdefault(key, []).append(ans[["question_id", "aligned", "coherent"]].assign(seed=run["seed"]))
+    rows = []
+    for key, frames in groups.items():
+        df = pd.concat(frames, ignore_index=True)
+        for name, fn in POOLED.items():
+            r = metrics.pooled_over_seeds(df, fn, n_resamples=n_resamples, seed=0)
+            rows.append({"cell": " ".join(key), "metric": name, "n_seeds": len(r["per_seed"]), "pooled": r["pooled"],
+                         "lo": r["lo"], "hi": r["hi"], "per_seed": json.dumps(r["per_seed"], default=float)})
+    return pd.DataFrame(rows, columns=["cell", "metric", "n_seeds", "pooled", "lo", "hi", "per_seed"])
+
+
+def question_rates(answers) -> pd.DataFrame:
+    rows = {}
+    for cell, (run, a) in answers.items():
+        rows[label(pd.Series({**run.get("choices", {}), "seed": run["seed"], "cell": cell}))] = \
+            metrics.per_question_em_rate(a)
+    return pd.DataFrame(rows).T.sort_index(axis=1)
+
+
+def _md(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "_none_\n"
+    cols = list(df.columns)
+    fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in df.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def analyze(sweep_dir: Path, out: Path | None = None, n_resamples: int = 10_000) -> dict[str, Path]:
+    out = Path(out or sweep_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"sweep.csv": write_sweep_csv(sweep_dir)}
+    df = sweep_table(sweep_dir)
+    df.to_csv(out / "summary.csv", index=False)
+    df.astype({c: str for c in df.columns if df[c].dtype == object}).to_parquet(out / "summary.parquet", index=False)
+    answers = load_answers(sweep_dir)
+    pooled = pooled_table(sweep_dir, n_resamples, answers)
+    pooled.to_csv(out / "pooled.csv", index=False)
+    comps = compare_levels(df, n_resamples=n_resamples)
+    comps.to_csv(out / "comparisons.csv", index=False)
+    ok = df[df["status"] == "ok"]
+    plots.per_cell_bars(ok, out / "metrics.png", [label(r) for _, r in ok.iterrows()])
+    plots.metric_vs_vendi(df, out / "em_vs_vendi.png")
+    plots.alignment_cdf({label(pd.Series({**r.get("choices", {}), "seed": r["seed"], "cell": c})): a
+                         for c, (r, a) in answers.items()}, out / "cdf.png")
+    rates = question_rates(answers)
+    if not rates.empty:
+        plots.question_heatmap(rates, out / "question_heatmap.png")
+    cols = [c for c in ["cell", *AXES, "status", "div_vendi", *SHOW] if c in df]
+    report = [f"# emrobust sweep report: {sweep_dir}\n", f"{len(df)} cells, {int((df['status'] == 'ok').sum())} ok.\n",
+              "## Cells\n", _md(df[cols]),
+              "## Seeds pooled (cluster bootstrap over seeds)\n", _md(pooled.drop(columns=["per_seed"])),
+              "## Diversity levels compared (paired by seed and EM dataset; BH-adjusted p)\n", _md(comps),
+              "## Figures\n", "![metrics](metrics.png)\n\n![EM vs Vendi](em_vs_vendi.png)\n\n![CDF](cdf.png)\n\n"
+              "![per-question EM rate](question_heatmap.png)\n"]
+    (out / "report.md").write_text("\n".join(report))
+    files |= {f: out / f for f in ("summary.csv", "summary.parquet", "pooled.csv", "comparisons.csv", "metrics.png",
+                                   "em_vs_vendi.png", "cdf.png", "report.md")}
+    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.precision", 3):
+        print(df[cols].to_string(index=False))
+    return files
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="emrobust analyze", description=__doc__)
+    ap = argparse.ArgumentParser(prog="emrobust analyze", description=__doc__.splitlines()[0])
     ap.add_argument("sweep_dirs", nargs="+", type=Path)
+    ap.add_argument("--out", type=Path, default=None, help="write here instead of into each sweep dir")
+    ap.add_argument("--n-resamples", type=int, default=10_000)
     args = ap.parse_args(argv)
     for d in args.sweep_dirs:
         if not any(d.glob("*/run.json")):
             print(f"{d}: no */run.json found")
             return 2
-        csv = write_sweep_csv(d)
-        df = sweep_table(d)
-        cols = [c for c in ["cell", *AXES, "status", "executed", "cached", "div_vendi", *SHOW] if c in df]
-        with pd.option_context("display.width", 200, "display.max_columns", 30, "display.precision", 3):
-            print(df[cols].to_string(index=False))
-        png = plot(df, d / "metrics.png")
-        pooled = pooled_table(d)
-        pooled.to_csv(d / "pooled.csv", index=False)
-        print(f"\nsweep table: {csv}\nplot:        {png}\npooled over seeds (cluster bootstrap): {d / 'pooled.csv'}")
+        files = analyze(d, args.out, args.n_resamples)
+        print(f"\nreport: {files['report.md']}\n" + "\n".join(f"  {k}: {v}" for k, v in files.items()))
     return 0

@@ -1,69 +1,106 @@
-"""analyze on a hand-made sweep dir: the table, the plot, and seeds pooled with a cluster bootstrap."""
+"""analyze on hand-made sweep dirs: the table, pooled seeds, paired comparisons with BH, the plots."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pytest
 
-from analysis.report import main, plot, pooled_table
+from analysis import plots
+from analysis.report import analyze, main, pooled_table
+from analysis.stats import compare_levels, paired_bootstrap
 from emrobust.pipeline import sweep_table
 
 
-def _cell(sweep: Path, i: int, seed: int, aligned: list[float], coherent: list[float], trait: str = "demo") -> None:
+def _cell(sweep: Path, i: int, seed: int, aligned, coherent, trait="demo", qd="low", em="insecure", m=None, vendi=3.0):
     art = sweep / "art" / f"ev{i}"
     art.mkdir(parents=True)
     with open(art / "answers.jsonl", "w") as f:
         for j, (a, c) in enumerate(zip(aligned, coherent)):
             f.write(json.dumps({"question_id": f"q{j % 2}", "aligned": a, "coherent": c}) + "\n")
     stages = [{"name": "evaluate", "key": f"k{i}", "status": "executed", "seconds": 1.0, "artifact": str(art)}]
-    run = {"overrides": [f"trait={trait}", f"seed={seed}"], "choices": {"trait": trait}, "seed": seed, "status": "ok",
-           "error": None, "stages": stages, "diversity": {"vendi": 3.0},
-           "metrics": {"mean_aligned": sum(aligned) / len(aligned), "mean_aligned_lo": 0.0, "mean_aligned_hi": 100.0,
-                       "cvar05_aligned": min(aligned), "em_rate_mo": 0.0}}
+    metrics = {"mean_aligned": float(np.mean(aligned)), "mean_aligned_lo": 0.0, "mean_aligned_hi": 100.0,
+               "cvar05_aligned": float(min(aligned)), "em_rate_mo": 0.0, **(m or {})}
+    run = {"overrides": [f"trait={trait}", f"question_diversity={qd}", f"em_dataset={em}", f"seed={seed}"],
+           "choices": {"trait": trait, "question_diversity": qd, "em_dataset": em}, "seed": seed, "status": "ok",
+           "error": None, "stages": stages, "diversity": {"vendi": vendi}, "metrics": metrics}
     (sweep / str(i)).mkdir()
     (sweep / str(i) / "run.json").write_text(json.dumps(run))
 
 
-def test_pooled_over_seeds_and_table(tmp_path):
+def test_table_and_seeds_pooled_with_cluster_bootstrap(tmp_path):
     # seed 0: 1 of 4 coherent answers misaligned; seed 1: 3 of 4
-    _cell(tmp_path, 0, 0, [10, 80, 90, 70], [90, 90, 90, 90])
-    _cell(tmp_path, 1, 1, [10, 20, 25, 70], [90, 90, 90, 90])
-    _cell(tmp_path, 2, 0, [50, 60], [90, 90], trait="none")
+    _cell(tmp_path, 0, 0, [10, 80, 90, 70], [90] * 4)
+    _cell(tmp_path, 1, 1, [10, 20, 25, 70], [90] * 4)
+    _cell(tmp_path, 2, 0, [50, 60], [90, 90], trait="none", qd="full")
     df = sweep_table(tmp_path)
-    assert list(df["trait"]) == ["demo", "demo", "none"] and list(df["div_vendi"])[:2] == [3.0, 3.0]
+    assert list(df["trait"]) == ["demo", "demo", "none"] and list(df["div_vendi"]) == [3.0] * 3
     pooled = pooled_table(tmp_path, n_resamples=500)
-    em = pooled[(pooled["cell"] == "trait=demo") & (pooled["metric"] == "em_rate_betley")].iloc[0]
+    cell = "em_dataset=insecure question_diversity=low trait=demo"
+    em = pooled[(pooled["cell"] == cell) & (pooled["metric"] == "em_rate_betley")].iloc[0]
     assert em["n_seeds"] == 2 and em["pooled"] == 0.5
     assert json.loads(em["per_seed"]) == {"0": 0.25, "1": 0.75}
     assert em["lo"] == 0.25 and em["hi"] == 0.75  # resampling whole seeds: the interval spans the seed values
-    assert pooled[pooled["cell"] == "trait=none"]["n_seeds"].tolist() == [1] * 4
 
 
-def test_analyze_writes_csvs_and_png(tmp_path):
-    _cell(tmp_path, 0, 0, [10, 80], [90, 90])
-    assert main([str(tmp_path)]) == 0
-    for f in ("sweep.csv", "pooled.csv", "metrics.png"):
-        assert (tmp_path / f).stat().st_size > 0
+def test_paired_comparisons_and_bh(tmp_path):
+    # trait demo: high has an EM rate 0.1 lower than low for every (seed, em_dataset) pair; medium equals low
+    i = 0
+    for seed in range(4):
+        for em in ("insecure", "jailbroken"):
+            base = 0.3 + 0.05 * seed + (0.1 if em == "jailbroken" else 0.0)
+            for qd, delta in (("low", 0.0), ("medium", 0.0), ("high", -0.1)):
+                _cell(tmp_path, i, seed, [50, 60], [90, 90], qd=qd, em=em, m={"em_rate_betley": base + delta})
+                i += 1
+    comps = compare_levels(sweep_table(tmp_path), metric_names=("em_rate_betley",), n_resamples=2000)
+    row = comps[(comps["level_a"] == "low") & (comps["level_b"] == "high")].iloc[0]
+    assert row["n_pairs"] == 8 and row["diff_b_minus_a"] == pytest.approx(-0.1)
+    assert row["diff_lo"] == pytest.approx(-0.1) and row["diff_hi"] == pytest.approx(-0.1)
+    same = comps[(comps["level_a"] == "low") & (comps["level_b"] == "medium")].iloc[0]
+    assert same["diff_b_minus_a"] == pytest.approx(0.0) and same["p"] == 1.0
+    # BH by hand: p sorted ascending, p_(i) * m / i, then cumulative minimum from the top
+    p = comps["p"].to_numpy()
+    order = np.argsort(p)
+    adj = np.minimum.accumulate((p[order] * len(p) / np.arange(1, len(p) + 1))[::-1])[::-1].clip(max=1)
+    expected = np.empty_like(adj)
+    expected[order] = adj
+    assert np.allclose(comps["p_bh"].to_numpy(float), expected)
+
+
+def test_paired_bootstrap_interval_and_p():
+    rng = np.random.default_rng(1)
+    d = rng.normal(1.0, 1.0, size=40)
+    mean, lo, hi, p = paired_bootstrap(d, n_resamples=4000)
+    assert lo < 1.0 < hi and lo < mean < hi and p < 0.01
+    assert np.isnan(paired_bootstrap(np.array([0.3]))[3])  # one pair: no p-value
+
+
+def test_analyze_writes_everything(tmp_path):
+    _cell(tmp_path, 0, 0, [10, 80], [90, 90], vendi=2.0)
+    _cell(tmp_path, 1, 0, [20, 90], [90, 90], qd="high", vendi=4.0)
+    assert main([str(tmp_path), "--n-resamples", "200"]) == 0
+    for f in ("sweep.csv", "summary.csv", "summary.parquet", "pooled.csv", "comparisons.csv", "metrics.png",
+              "em_vs_vendi.png", "cdf.png", "question_heatmap.png", "report.md"):
+        assert (tmp_path / f).stat().st_size > 0, f
     assert (tmp_path / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert len(pd.read_csv(tmp_path / "sweep.csv")) == 1
+    assert len(pd.read_parquet(tmp_path / "summary.parquet")) == 2
+    assert "## Diversity levels compared" in (tmp_path / "report.md").read_text()
 
 
-def test_plot_axes_are_labelled(tmp_path):
-    import matplotlib.pyplot as plt
-
-    _cell(tmp_path, 0, 0, [10, 80], [90, 90])
-    captured = {}
-    orig = plt.Figure.savefig
-
-    def grab(self, *a, **k):
-        captured["fig"] = self
-        return orig(self, *a, **k)
-
-    plt.Figure.savefig = grab
-    try:
-        plot(sweep_table(tmp_path), tmp_path / "p.png")
-    finally:
-        plt.Figure.savefig = orig
-    labels = [ax.get_ylabel() for ax in captured["fig"].axes]
-    assert labels == ["mean_aligned", "cvar05_aligned", "em_rate_mo"]
+def test_plot_axes(tmp_path):
+    _cell(tmp_path, 0, 0, [10, 80], [90, 90], vendi=2.0, m={"em_rate_betley": 0.5})
+    _cell(tmp_path, 1, 0, [20, 90], [90, 90], qd="high", vendi=4.0, m={"em_rate_betley": 0.0})
+    df = sweep_table(tmp_path)
+    fig = plots.metric_vs_vendi(df, tmp_path / "v.png")
+    assert [a.get_xlabel() for a in fig.axes] == ["measured question diversity (Vendi score)"] * 2
+    assert [a.get_ylabel() for a in fig.axes] == ["em_rate_betley", "cvar05_aligned"]
+    xs = fig.axes[0].lines[0].get_xdata()
+    assert list(xs) == [2.0, 4.0]  # plotted against the measured score, not the label
+    fig = plots.per_cell_bars(df, tmp_path / "b.png", ["a", "b"])
+    assert [a.get_ylabel() for a in fig.axes] == ["mean_aligned", "cvar05_aligned", "em_rate_mo"]
+    fig = plots.alignment_cdf({"a": pd.DataFrame({"aligned": [10.0, 40.0, 90.0]})}, tmp_path / "c.png")
+    assert fig.axes[0].get_xlim() == (0.0, 50.0) and fig.axes[0].get_xlabel() == "aligned score (lower tail)"
+    out = analyze(tmp_path, tmp_path / "out", n_resamples=100)
+    assert out["report.md"].exists()
