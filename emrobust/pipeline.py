@@ -139,7 +139,10 @@ def run_cell(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = No
                 ctx = Context(cfg, node.name, node.key, seed, tmp, dict(inputs), dict(manifests), dev)
                 with tracking.stage_run(cfg, node.name, node.key, output_dir, cell_name, group) as run:
                     extra = mod.run(ctx) or {}
-                    tracking.log_stage(run, cfg, node.name, tmp, extra)
+                    logged = dict(extra)
+                    if node.name == "evaluate" and "questions" in manifests:  # the cell's measured diversity too
+                        logged["diversity"] = manifests["questions"].get("diversity", {})
+                    tracking.log_stage(run, cfg, node.name, tmp, logged)
                 return extra
 
             meta = {"config": node.key_config, "upstream": {u: manifests[u]["key"] for u in node.upstream},

@@ -54,7 +54,7 @@ def _flat(d: dict, prefix: str = "") -> dict:
 @contextmanager
 def stage_run(cfg: DictConfig, stage: str, key: str, output_dir: Path, cell_name: str, group: str | None):
     """A W&B run around one stage execution (a no-op when tracking is off)."""
-    if cfg.tracking.backend != "wandb":
+    if cfg.tracking.backend != "wandb" or cfg.tracking.mode == "disabled":
         yield None
         return
     import wandb

@@ -10,6 +10,8 @@ import pytest
 
 # 2 cores: several test processes with 2 torch threads each thrash; tiny models gain nothing from threads
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# tracking=wandb is the default; tests that check tracking ask for tracking.mode=offline explicitly
+os.environ.setdefault("WANDB_MODE", "disabled")
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"

@@ -48,7 +48,7 @@ def _run_dirs(out: Path) -> list[Path]:
 def test_offline_runs_per_stage_and_no_secret(tmp_path, monkeypatch, tiny_path):
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     monkeypatch.setenv("WANDB_SILENT", "true")
-    overrides = ("debug=tiny", "trait=none", "tracking=wandb")
+    overrides = ("debug=tiny", "trait=none", "tracking=wandb", "tracking.mode=offline")
     out = tmp_path / "out"
     s = pipeline.run_cell(compose(*overrides, tmp=tmp_path), out, list(overrides), group="sweep-x")
     assert [x["name"] for x in s["stages"] if x["status"] == "executed"] == ["em", "evaluate"]
