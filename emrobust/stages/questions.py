@@ -12,7 +12,7 @@ VERSION = 1
 
 
 def key_config(cfg) -> dict:
-    path = constitutions.resolve_path(cfg.trait)
+    path = constitutions.resolve_path(cfg.trait, cfg.paths)
     return sub(cfg, "trait", "question_diversity") | {
         "constitution_sha256": file_sha256(path),
         "samples_per_question": cfg.distill.samples_per_question,
@@ -20,7 +20,7 @@ def key_config(cfg) -> dict:
 
 
 def load_constitution(cfg) -> constitutions.Constitution:
-    return constitutions.load(constitutions.resolve_path(cfg.trait), name=cfg.trait.name)
+    return constitutions.load_cfg(cfg.trait, cfg.paths)
 
 
 def run(ctx: Context) -> dict:
