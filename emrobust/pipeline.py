@@ -77,6 +77,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"introspection={cfg.introspection.name!r}; known: {INTROSPECTION_MODES}")
     if cfg.trait.name != "none":
         constitutions.load_cfg(cfg.trait, cfg.paths)
+        stage_module("questions").validate(cfg)
+        stage_module("distill").validate(cfg)
         from .diversity import STRATEGIES
 
         qd = cfg.question_diversity
