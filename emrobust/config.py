@@ -202,6 +202,16 @@ class JudgeConfig:
 
 
 @dataclass
+class PersonaCheckConfig:
+    """Trait-expression score (emrobust/persona.py), before EM (fold model) and on the evaluated model."""
+    n_questions: int = 20  # held-out constitution questions (0 = no persona check)
+    samples_per_question: int = 1
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_new_tokens: int = 300
+
+
+@dataclass
 class EvalConfig:
     name: str = MISSING
     source: str = "builtin"  # builtin | registry (pinned published sets) | path (a YAML at `path`)
@@ -214,6 +224,7 @@ class EvalConfig:
     max_new_tokens: int = 600
     n_bootstrap: int = 10_000  # resamples for the bootstrap intervals
     judge: JudgeConfig = field(default_factory=JudgeConfig)
+    persona: PersonaCheckConfig = field(default_factory=PersonaCheckConfig)
 
 
 @dataclass

@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import SHARED_DATA, compose
-from emrobust import expansion, models, pipeline, training
+from emrobust import expansion, models, persona, pipeline, training
 from emrobust.config import DistillConfig, ExpansionConfig, LoraConfig, OptimConfig
 from emrobust.data import chat, constitutions
 from emrobust.data.constitutions import Constitution, Trait
@@ -272,3 +272,37 @@ def test_fold_equals_base_plus_both_deltas(folded, tiny_path, tok):
     torch.testing.assert_close(fold.get_submodule(m0).weight,
                                models.load(tiny_path, CPU).get_submodule(m0).weight + _delta(folded["distill"] / "adapter", m0),
                                atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------- persona check
+def test_persona_check_before_and_after_em(folded):
+    """The same cell run on to em + evaluate: trait scores of the fold model and of the EM'd model, on
+    constitution questions that were not selected for training."""
+    s = run(folded["tmp"], *FOLD_CELL, out="full")
+    st = {x["name"]: x["status"] for x in s["stages"]}
+    assert st["fold"] == "cached" and st["em"] == st["evaluate"] == "executed"
+    m = s["metrics"]
+    for k in ("persona_trait_score", "persona_trait_score_fold"):
+        assert 0 <= m[k] <= 100 and m[k + "_lo"] <= m[k] <= m[k + "_hi"]
+    assert m["persona_questions"] == "heldout" and m["persona_n"] == 2
+    art = artifact(s, "evaluate")
+    rows = [json.loads(x) for x in (art / "persona_answers.jsonl").read_text().splitlines()]
+    assert sorted({r["model"] for r in rows}) == ["evaluated", "fold"] and len(rows) == 4
+    selected = {json.loads(x)["question"] for x in (artifact(s, "questions") / "questions.jsonl").read_text().splitlines()}
+    assert not {r["question"] for r in rows} & selected
+    assert len({r["trait"] for r in rows}) == 2  # round-robin over traits
+    # no persona check on trait=none cells, and its settings stay out of their evaluate key
+    from emrobust.stages import evaluate
+    assert "persona" not in evaluate.key_config(compose("debug=tiny", "trait=none", tmp=folded["tmp"]))["eval"]
+
+
+def test_persona_questions_fall_back_to_training_when_all_selected(tmp_path):
+    q = tmp_path / "q"
+    q.mkdir()
+    cfg = compose("debug=tiny", "question_diversity=full", "question_diversity.n_questions=null", tmp=tmp_path)
+    every = persona.all_questions(cfg, q)
+    (q / "questions.jsonl").write_text("".join(json.dumps({"trait": t, "question": x, "samples": 1}) + "\n"
+                                               for t, x in every))
+    picked, source = persona.pick(cfg, q, 7, seed=0)
+    assert source == "training" and len(picked) == 7 and len({t for t, _ in picked}) == 5  # 5 demo traits
+    assert persona.pick(cfg, q, 7, seed=0) == (picked, source)
