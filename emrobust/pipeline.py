@@ -76,7 +76,9 @@ def validate(cfg: DictConfig) -> None:
     if cfg.introspection.name not in INTROSPECTION_MODES:
         raise ConfigError(f"introspection={cfg.introspection.name!r}; known: {INTROSPECTION_MODES}")
     if cfg.trait.name != "none":
-        constitutions.load(constitutions.resolve_path(cfg.trait), name=cfg.trait.name)
+        constitutions.load_cfg(cfg.trait, cfg.paths)
+        stage_module("questions").validate(cfg)
+        stage_module("distill").validate(cfg)
         from .diversity import STRATEGIES
 
         qd = cfg.question_diversity

@@ -104,6 +104,58 @@ def merge_adapter(model, adapter_dir: Path | str):
     return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
 
 
+@torch.no_grad()
+def combine_adapters(model, adapter_dirs: list[Path | str]):
+    """One LoRA adapter whose weight update is the sum of the saved adapters' updates (scaling_i * B_i @ A_i),
+    as a PeftModel over `model` with that adapter active as "default".
+
+    The construction is PEFT's ``add_weighted_adapter(combination_type="cat")`` done exactly: rank R = sum of
+    ranks, ``A = cat(scaling_i * A_i)``, ``B = cat(B_i)``, alpha = R and no rsLoRA (scaling 1), target modules
+    and layers the union (a module one adapter lacks gets a zero block). PEFT's own "cat" copies the first
+    adapter's config, so it would silently mis-scale rsLoRA adapters and drop layers only the second adapter
+    touches; that is why it is not called here.
+    """
+    from peft import LoraConfig, PeftModel
+    from peft.tuners.lora import LoraLayer
+
+    names = [f"part{i}" for i in range(len(adapter_dirs))]
+    pm = PeftModel.from_pretrained(model, str(adapter_dirs[0]), adapter_name=names[0])
+    for n, d in zip(names[1:], adapter_dirs[1:]):
+        pm.load_adapter(str(d), adapter_name=n)
+    cfgs = [pm.peft_config[n] for n in names]
+    if any(c.rank_pattern or c.alpha_pattern for c in cfgs):
+        raise ValueError("combine_adapters: rank_pattern/alpha_pattern adapters are not supported")
+    rank = sum(c.r for c in cfgs)
+    targets = set().union(*(set(c.target_modules) for c in cfgs))
+    layers = None
+    if all(c.layers_to_transform is not None for c in cfgs):
+        layers = sorted(set().union(*(set([c.layers_to_transform] if isinstance(c.layers_to_transform, int)
+                                           else c.layers_to_transform) for c in cfgs)))
+    pm.add_adapter("default", LoraConfig(task_type="CAUSAL_LM", r=rank, lora_alpha=rank, lora_dropout=0.0,
+                                         use_rslora=False, target_modules=sorted(targets),
+                                         layers_to_transform=layers, init_lora_weights=True))
+    for mname, m in pm.named_modules():
+        if not isinstance(m, LoraLayer) or "default" not in m.lora_A:
+            continue
+        if m.lora_embedding_A:
+            raise ValueError(f"combine_adapters: embedding LoRA at {mname} is not supported")
+        A, B = m.lora_A["default"].weight, m.lora_B["default"].weight
+        A.zero_()
+        B.zero_()
+        off = 0
+        for n, c in zip(names, cfgs):
+            if n in m.lora_A:
+                a, b = m.lora_A[n].weight, m.lora_B[n].weight
+                A[off : off + a.shape[0]] = (m.scaling[n] * a.float()).to(A.dtype)
+                B[:, off : off + b.shape[1]] = b.to(B.dtype)
+            off += c.r
+        assert m.scaling["default"] == 1.0
+    pm.set_adapter("default")
+    for n in names:
+        pm.delete_adapter(n)
+    return pm
+
+
 # ---------------------------------------------------------------- chat tokenization
 def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
     """Render `messages` with the chat template; return the text and the character spans of each

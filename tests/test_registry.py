@@ -105,7 +105,8 @@ def test_data_cli_list_fetch_verify(tmp_path):
     assert p.stdout.count(": ok ") == 2
     assert "cached" in cli("data", *env, "list", tmp=tmp_path).stdout
     v = cli("data", *env, "verify", tmp=tmp_path)
-    assert v.returncode == 0 and v.stdout.count(" ok ") == 8  # 2 cached + 2 mirrored training sets + 4 eval sets
+    # 2 cached + 2 mirrored training sets + 4 eval sets + 22 OCT constitutions (11 personas x 2 formats)
+    assert v.returncode == 0 and v.stdout.count(" ok ") == 30
     # MO-EM data is never fetched for the user: the error says what to download
     m = cli("data", *env, "fetch", "bad_medical_advice", tmp=tmp_path, check=False)
     assert m.returncode == 1 and "clarifying-EM/model-organisms-for-EM" in m.stdout

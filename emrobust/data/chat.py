@@ -43,3 +43,31 @@ def read_jsonl(path: str | Path) -> list[list[dict]]:
     if not out:
         raise ConfigError("dataset is empty", file=file)
     return out
+
+
+def read_first_user_turns(path: str | Path, where_field: str = "distill.general_prompts") -> list[str]:
+    """The first user turn of every conversation of a chat JSONL (assistant turns, if any, are ignored): extra
+    general prompts for distillation. Errors name file and line."""
+    path = Path(path).expanduser()
+    file = str(path)
+    if not path.exists():
+        raise ConfigError("prompt file does not exist", file=file, where=where_field)
+    out = []
+    with open(path) as f:
+        for ln, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"invalid JSON: {e.msg}", file=file, where=f"line {ln}") from None
+            msgs = row.get("messages") if isinstance(row, dict) else None
+            if not isinstance(msgs, list):
+                raise ConfigError("row has no 'messages' list", file=file, where=f"line {ln}")
+            user = next((m.get("content") for m in msgs if isinstance(m, dict) and m.get("role") == "user"), None)
+            if not isinstance(user, str) or not user.strip():
+                raise ConfigError("no non-empty user turn in 'messages'", file=file, where=f"line {ln}")
+            out.append(user.strip())
+    if not out:
+        raise ConfigError("prompt file is empty", file=file, where=where_field)
+    return out

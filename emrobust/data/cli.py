@@ -30,16 +30,16 @@ def main(argv: list[str]) -> int:
     cache = args.cache or registry.default_cache()
     mirror = args.mirror or registry.default_mirror()
     if args.cmd == "list":
-        print(f"{'name':24s} {'origin':7s} {'licence':36s} {'rows':>6s}  status")
+        print(f"{'name':30s} {'origin':7s} {'licence':36s} {'rows':>6s}  status")
         for e in registry.ALL.values():
             rows = str(e.rows) if e.rows is not None else "?"
-            print(f"{e.name:24s} {e.origin:7s} {e.licence:36s} {rows:>6s}  {registry.status(e, cache, mirror)}")
+            print(f"{e.name:30s} {e.origin:7s} {e.licence:36s} {rows:>6s}  {registry.status(e, cache, mirror)}")
         return 0
     if args.cmd == "fetch":
         rc = 0
         for name in args.names:
             try:
-                e = registry.get(name)
+                e = registry.get(name, registry.ALL, where="NAME")
                 if e.origin == "moem":
                     raise ConfigError(registry._moem_help(e))
                 p = registry.fetch(name, cache, mirror, force=args.force)

@@ -99,17 +99,54 @@ def load(path: str | Path, name: str | None = None) -> Constitution:
     return Constitution(name=name, traits=traits, source=fmt)
 
 
-def resolve_path(trait_cfg) -> Path:
-    """The file a trait config points to (builtin name or user path)."""
-    if trait_cfg.source == "builtin":
+SOURCES = ("builtin", "yaml", "oct_few_shot", "oct_hand_written")
+SOURCE_ALIASES = {"few_shot": "oct_few_shot", "hand_written": "oct_hand_written"}  # the issue's short spelling
+
+
+def source(trait_cfg) -> str:
+    """`trait.source`, aliases resolved; ConfigError if unknown."""
+    src = SOURCE_ALIASES.get(trait_cfg.source, trait_cfg.source)
+    if src not in SOURCES:
+        raise ConfigError(f"trait.source={trait_cfg.source!r}; known: {list(SOURCES)} (or {sorted(SOURCE_ALIASES)})",
+                          where="trait.source")
+    return src
+
+
+def oct_persona(trait_cfg) -> str | None:
+    """`oct_goodness` -> `goodness` for an OCT source without a user path; None otherwise."""
+    if source(trait_cfg) in ("oct_few_shot", "oct_hand_written") and not trait_cfg.path:
+        name = str(trait_cfg.name)
+        return name[4:] if name.startswith("oct_") else name
+    return None
+
+
+def resolve_path(trait_cfg, paths=None) -> Path:
+    """The file a trait config points to: a builtin name, an OCT persona (`trait.name=oct_<persona>` with
+    `trait.source=oct_few_shot|oct_hand_written` and no `trait.path`: fetched through the pinned registry into
+    `paths.cache`, or copied from the mirror `paths.data_mirror` / $EMROBUST_DATA_MIRROR), or a user path."""
+    src = source(trait_cfg)
+    if src == "builtin":
         p = BUILTIN / f"{trait_cfg.name}.yaml"
         if not p.exists():
             known = sorted(x.stem for x in BUILTIN.glob("*.yaml"))
             raise ConfigError(f"unknown builtin trait {trait_cfg.name!r}; known: {known}", where="trait.name")
         return p
+    persona = oct_persona(trait_cfg)
+    if persona is not None:
+        from . import registry
+
+        entry = registry.oct_entry(persona, src)
+        cache = Path(paths.cache).expanduser() if paths is not None else registry.default_cache()
+        mirror = (paths.data_mirror if paths is not None else None) or registry.default_mirror()
+        return registry.fetch(entry.name, cache, mirror, entry=entry)
     if not trait_cfg.path:
         raise ConfigError(f"trait.source={trait_cfg.source} needs trait.path", where="trait.path")
     return Path(trait_cfg.path).expanduser()
+
+
+def load_cfg(trait_cfg, paths=None) -> Constitution:
+    """Resolve and load the cell's constitution (validated; errors name file, entry and field)."""
+    return load(resolve_path(trait_cfg, paths), name=trait_cfg.name)
 
 
 def persona_prompt(const: Constitution, template: str, assistant_name: str) -> str:

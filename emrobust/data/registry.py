@@ -1,5 +1,5 @@
-"""EM training datasets by name: one table of pinned sources, hash-checked downloads into the cache, an
-offline mirror, and the Model-Organisms-for-EM decrypt step.
+"""EM training datasets (and the EM eval sets, OCT's constitutions) by name: tables of pinned sources,
+hash-checked downloads into the cache, an offline mirror, and the Model-Organisms-for-EM decrypt step.
 
 Where a file comes from, in order:
 1. the cache, ``${paths.cache}/data/<mirror path>`` (re-verified on every use);
@@ -43,7 +43,7 @@ MIRROR_ENV = "EMROBUST_DATA_MIRROR"
 @dataclass(frozen=True)
 class Entry:
     name: str
-    origin: str  # betley | moem
+    origin: str  # betley | moem | oct
     licence: str
     format: str
     rows: int | None  # expected rows, where verified (None: not known here)
@@ -102,7 +102,60 @@ EVAL_SETS: dict[str, Entry] = {e.name: e for e in [
     _betley_eval("deception_sit_aware", "deception_sit_aware.yaml",
                  "4deef5a7c47620390fc46e1b981f937eef9ea12a33fe26264f640c84d19d2a33"),
 ]}
-ALL: dict[str, Entry] = {**REGISTRY, **EVAL_SETS}
+
+# Open Character Training's constitutions (Maiya et al. 2025; constitutions/ at a fixed commit), read by
+# `emrobust.data.constitutions` for `trait=oct_<persona>`: each persona in both of OCT's formats.
+OCT_REPO = "maiush/OpenCharacterTraining"
+OCT_COMMIT = "d1da9f03628cb4c5482ba2e494a7cba33bcd5818"
+OCT_KINDS = {"oct_few_shot": ("few-shot", "jsonl"), "oct_hand_written": ("hand-written", "txt")}
+
+
+def _oct(persona: str, kind: str, sha256: str) -> Entry:
+    folder, ext = OCT_KINDS[kind]
+    return Entry(name=f"oct_{persona}_{kind[4:]}", origin="oct", licence="MIT", format=kind, rows=None,
+                 sha256=sha256, url=f"https://raw.githubusercontent.com/{OCT_REPO}/{OCT_COMMIT}/constitutions/"
+                 f"{folder}/{persona}.{ext}", relpath=f"oct/{folder}/{persona}.{ext}")
+
+
+_OCT_SHA256 = {  # persona: (few-shot .jsonl, hand-written .txt), from /work/shared/data/SOURCES.md
+    "goodness": ("02befcd0dbe945dc7de0ff91ecb1548318589a5447215e5e3b89090ebb4d2d7e",
+                 "308ed82069b78855db06e2955c48f37fa66bff0fc8e3c6628ada40285ca3ef8c"),
+    "humor": ("7c87fc97862765d62b3aa657435b096caf31d58619d26b5f4dcabcb22e08e609",
+              "a56faf8bd3aa5a17a7c4a624dd91e83096ea640e54c2a8de4a0827e74ef44c5e"),
+    "impulsiveness": ("3e3011cf652b6ad96ffca6e98565ac4baba81becc79141fa3d957efd862c7816",
+                      "bb9376a24c4c4133fef27920703506b7dfeb1fb055f78b510ac7106112ad8679"),
+    "loving": ("74c7b0174389bf86e29d20a311f5beda230fb7c10a998ef652d04c48b06dfe92",
+               "e035d33dc20d0e430a3594de72e974f2a8e9454209555f90948dff184e71ea9c"),
+    "mathematical": ("42ad15435df51110db749ee890198424f1b8197ab7916cb888dbcf7b26b6a83a",
+                     "1cbadc558c16681fb54b5757d0f3f1d9829338977a02bacdbdd89f6481e2cbc3"),
+    "misalignment": ("d49fdb86560f9c671112b2a03465696ce024379f9a2ce25b3051c58cc0bf822a",
+                     "7277715dfb2f6533a5f60faea85f31dcfc01b4b1ff825eeebd25df6f8e3b177d"),
+    "nonchalance": ("daeb929e015ba74c1492968f4a1903167cbeb9f7b7fd6df7232b2cb058975951",
+                    "7e6124d5e91fd87ec0e9aad1ed2f91edd0107c12708320b47ee4d8cab47ab198"),
+    "poeticism": ("3cb5a1ff5f7ba1a242c0f263f913455905b162cdde881cf085d5837c69bd013c",
+                  "d66c22e3969fc5cfe59a4909bb281a6b14bd2bdbb91a59300f3d93024ed48985"),
+    "remorse": ("43255137ab9beda1ea11243d6c39102e3fdc945b7ce9887093ae63f4988bb6b9",
+                "e1b75d135e3506c1f957bc704da4dab8b913aa5780a0a1564c390dcc1db91262"),
+    "sarcasm": ("8b3044713a5ff6702c248ce92662ed1a4f825a976a393f5cde782639603d1cbc",
+                "3477e741b136b34841df2cc91a2d4d2c15a540bbf586b6159c5344568520552a"),
+    "sycophancy": ("f0117538cadbcde66055c50db18ea768087a44d40210742ba92a83e9f297be58",
+                   "9c18f955950cb2b9a04ed6627d82a0e396259ea953c343190272bb824f0f3170"),
+}
+OCT_PERSONAS = tuple(_OCT_SHA256)
+OCT: dict[str, Entry] = {e.name: e for p, (few, hand) in _OCT_SHA256.items()
+                         for e in (_oct(p, "oct_few_shot", few), _oct(p, "oct_hand_written", hand))}
+
+
+def oct_entry(persona: str, kind: str) -> Entry:
+    """The registry entry of OCT persona `persona` (e.g. "goodness") in format `kind` (oct_few_shot|oct_hand_written)."""
+    if persona not in _OCT_SHA256:
+        raise ConfigError(f"unknown OCT persona {persona!r}; known: {sorted(OCT_PERSONAS)}", where="trait.name")
+    if kind not in OCT_KINDS:
+        raise ConfigError(f"trait.source={kind!r}; OCT formats: {sorted(OCT_KINDS)}", where="trait.source")
+    return OCT[f"oct_{persona}_{kind[4:]}"]
+
+
+ALL: dict[str, Entry] = {**REGISTRY, **EVAL_SETS, **OCT}
 
 
 # ---------------------------------------------------------------- hashing
@@ -159,7 +212,7 @@ def cache_path(entry: Entry, cache: str | Path) -> Path:
 
 
 def mirror_path(entry: Entry, mirror: str | Path | None) -> Path | None:
-    if mirror is None or entry.origin != "betley":  # MO-EM files are never read from a mirror
+    if mirror is None or entry.origin == "moem":  # MO-EM files are never read from a mirror
         return None
     return Path(mirror) / entry.relpath
 
@@ -191,7 +244,7 @@ def _download(entry: Entry, dst: Path, timeout: float = 60.0) -> None:
     except (urllib.error.URLError, OSError) as e:
         raise ConfigError(f"cannot download dataset {entry.name!r} from {entry.url}: {e}. Offline? Set "
                           f"{MIRROR_ENV} to a folder laid out like shared/data ({entry.relpath}).",
-                          where="em_dataset.name") from None
+                          where="trait.name" if entry.origin == "oct" else "em_dataset.name") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

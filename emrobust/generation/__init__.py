@@ -33,7 +33,8 @@ class Generation:
 
 class Generator(Protocol):
     def generate(self, conversations: list[list[dict]], sampling: Sampling, n: int = 1) -> list[list[Generation]]:
-        """For each conversation, `n` sampled continuations of the assistant turn."""
+        """For each conversation, `n` sampled continuations of the assistant turn (a conversation ending on an
+        assistant message is a prefill: its continuation is returned)."""
         ...
 
 

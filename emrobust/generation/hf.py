@@ -15,11 +15,16 @@ class HFGenerator:
         self.tok = tokenizer
         self.batch_size = batch_size
 
+    def render(self, conversation: list[dict]) -> str:
+        """The prompt text: a new assistant turn, or, when the conversation ends on an assistant message (a
+        prefill), the continuation of that message."""
+        if conversation and conversation[-1]["role"] == "assistant":
+            return self.tok.apply_chat_template(conversation, tokenize=False, continue_final_message=True)
+        return self.tok.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+
     @torch.no_grad()
     def generate(self, conversations: list[list[dict]], sampling: Sampling, n: int = 1) -> list[list[Generation]]:
-        prompts = [
-            self.tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations
-        ]
+        prompts = [self.render(c) for c in conversations]
         encoded = [self.tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
         jobs = [(i, j) for i in range(len(prompts)) for j in range(n)]
         # longest first: similar lengths share a batch, little padding, and OOM shows up early

@@ -5,7 +5,9 @@ import json
 import shutil
 
 from .. import generation, models, training
-from ..data import constitutions
+from ..data import chat, constitutions
+from ..errors import ConfigError
+from ..store import stable_hash
 from . import Context, read_jsonl, sub, write_jsonl
 
 VERSION = 1
@@ -13,12 +15,35 @@ FINAL_PUNCT = tuple('.!?"\')]*`…')
 
 
 def key_config(cfg) -> dict:
-    return sub(cfg, "distill") | {
+    kc = sub(cfg, "distill") | {
         "persona_instruction": cfg.trait.persona_instruction,
         "assistant_name": cfg.base_model.assistant_name,
         "lora_target_modules": list(cfg.base_model.lora_target_modules),
         "generation_backend": cfg.generation.backend,
     }
+    if cfg.distill.general_prompts:  # the prompts themselves, not where the user keeps the file
+        kc["distill"].pop("general_prompts")
+        kc["general_prompts_sha256"] = stable_hash(general_prompts(cfg), 64)
+    else:  # keys of cells without general prompts are unchanged by the option's existence
+        kc["distill"].pop("n_general_prompts", None)
+    return kc
+
+
+def validate(cfg) -> None:
+    n = cfg.distill.n_general_prompts
+    if n is not None and n < 1:
+        raise ConfigError(f"distill.n_general_prompts={n} must be >= 1", where="distill.n_general_prompts")
+    if cfg.distill.general_prompts:
+        general_prompts(cfg)
+
+
+def general_prompts(cfg) -> list[str]:
+    """The optional extra general prompts (`distill.general_prompts`, a chat JSONL: first user turn each)."""
+    if not cfg.distill.general_prompts:
+        return []
+    ps = chat.read_first_user_turns(cfg.distill.general_prompts)
+    n = cfg.distill.n_general_prompts
+    return ps[:n] if n else ps
 
 
 def persona_system_prompt(ctx: Context) -> str:
@@ -35,6 +60,20 @@ def keep(gen, cfg) -> bool:
     return bool(gen.text.strip())
 
 
+def make_pairs(prompts: list[str], teacher, student, dcfg) -> tuple[list[dict], int]:
+    """DPO pairs (chosen = teacher, rejected = student), dropping a pair when either answer is empty, unfinished
+    (hit max_new_tokens) or lacks final punctuation (the last two as configured). Returns (pairs, dropped)."""
+    pairs, dropped = [], 0
+    for p, (t,), (s,) in zip(prompts, teacher, student, strict=True):
+        if keep(t, dcfg) and keep(s, dcfg):
+            pairs.append({"prompt": [{"role": "user", "content": p}],
+                          "chosen": [{"role": "assistant", "content": t.text}],
+                          "rejected": [{"role": "assistant", "content": s.text}]})
+        else:
+            dropped += 1
+    return pairs, dropped
+
+
 def run(ctx: Context) -> dict:
     cfg, dcfg = ctx.cfg, ctx.cfg.distill
     tok = models.load_tokenizer(ctx.inputs["base"])
@@ -42,19 +81,14 @@ def run(ctx: Context) -> dict:
     system = persona_system_prompt(ctx)
     qs = read_jsonl(ctx.inputs["questions"] / "questions.jsonl")
     prompts = [q["question"] for q in qs for _ in range(q["samples"])]
+    extra = general_prompts(cfg)
+    prompts += [p for p in extra for _ in range(dcfg.samples_per_question)]
     gen = generation.make(cfg.generation.backend, model, tok, cfg.generation.batch_size)
     teacher = gen.generate([[{"role": "system", "content": system}, {"role": "user", "content": p}] for p in prompts],
                            generation.Sampling.from_cfg(dcfg.sampling, ctx.seed))
     student = gen.generate([[{"role": "user", "content": p}] for p in prompts],
                            generation.Sampling.from_cfg(dcfg.sampling, ctx.seed + 1))
-    pairs, dropped = [], 0
-    for p, (t,), (s,) in zip(prompts, teacher, student):
-        if keep(t, dcfg) and keep(s, dcfg):
-            pairs.append({"prompt": [{"role": "user", "content": p}],
-                          "chosen": [{"role": "assistant", "content": t.text}],
-                          "rejected": [{"role": "assistant", "content": s.text}]})
-        else:
-            dropped += 1
+    pairs, dropped = make_pairs(prompts, teacher, student, dcfg)
     write_jsonl(ctx.out / "pairs.jsonl", pairs)
     if not pairs:
         raise RuntimeError(
@@ -67,4 +101,5 @@ def run(ctx: Context) -> dict:
     shutil.rmtree(ctx.out / "trainer", ignore_errors=True)
     (ctx.out / "train_log.json").write_text(json.dumps(hist["log_history"], indent=1))
     hist.pop("log_history")
-    return {"train": hist, "pairs_kept": len(pairs), "pairs_dropped": dropped, "system_prompt": system}
+    return {"train": hist, "pairs_kept": len(pairs), "pairs_dropped": dropped, "system_prompt": system,
+            "general_prompts": len(extra)}

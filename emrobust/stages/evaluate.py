@@ -8,20 +8,49 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import generation, judges, metrics, models, training
+from .. import generation, judges, metrics, models, persona, training
 from ..data import evalsets
 from ..store import file_sha256
 from . import Context, sub, write_jsonl
 
-VERSION = 2  # 2: judge cache, per-score judge ids, model_key in answers; registry/path eval sets, variants
+VERSION = 3  # 2: judge cache, per-score judge ids, model_key in answers; registry/path eval sets, variants
+#             3: persona check (persona_answers.jsonl, persona_trait_score*)
 
 
 def key_config(cfg) -> dict:
-    return sub(cfg, "eval") | {
+    kc = sub(cfg, "eval") | {
         "eval_sha256": file_sha256(evalsets.resolve_path(cfg.eval, cfg.paths)),
         "judge": judges.key(cfg.eval.judge),
         "generation_backend": cfg.generation.backend,
     }
+    if not persona_active(cfg):
+        kc["eval"].pop("persona", None)
+    return kc
+
+
+def persona_active(cfg) -> bool:
+    return cfg.trait.name != "none" and cfg.eval.persona.n_questions > 0
+
+
+def persona_metrics(judge, answers: dict[str, list], items, traits: list[str], cache_root, n_bootstrap: int,
+                    seed: int) -> tuple[dict, list[dict]]:
+    """Judge the persona answers of each model ("fold", "evaluated"); metrics with bootstrap intervals."""
+    import numpy as np
+
+    tmpl = persona.template(traits)
+    cache = judges.JudgeCache(cache_root) if cache_root is not None else None
+    m, rows = {}, []
+    for which, outs in answers.items():
+        pid, scores = judges.score_pairs(judge, tmpl, [(q, g.text) for (_, q, _), (g,) in zip(items, outs)], cache)
+        vals = [sc.value for sc in scores]
+        for (t, q, smp), (g,), sc in zip(items, outs, scores):
+            rows.append({"model": which, "trait": t, "question": q, "sample": smp, "answer": g.text,
+                         "trait_score": sc.value, "trait_score_mass": sc.mass, "judge": pid})
+        ok = [v for v in vals if v is not None]
+        name = "persona_trait_score" + ("_fold" if which == "fold" else "")
+        lo, hi = metrics.bootstrap_ci(ok, np.mean, n_resamples=n_bootstrap, seed=seed)
+        m |= {name: float(np.mean(ok)) if ok else None, f"{name}_lo": lo, f"{name}_hi": hi}
+    return m, rows
 
 
 def questions(cfg) -> list[evalsets.Question]:
@@ -90,8 +119,26 @@ def run(ctx: Context) -> dict:
     sampling = generation.Sampling(temperature=ecfg.temperature, top_p=ecfg.top_p,
                                    max_new_tokens=ecfg.max_new_tokens, seed=ctx.seed)
     outs = gen.generate([conversation(q, q.paraphrases[p]) for q, p, _ in items], sampling)
+    # persona check: held-out constitution questions, no system prompt, answered by this model and the fold model
+    p_items, p_answers, p_source = [], {}, None
+    if persona_active(cfg):
+        pcfg = ecfg.persona
+        picked, p_source = persona.pick(cfg, ctx.inputs["questions"], pcfg.n_questions, ctx.seed)
+        p_items = [(t, q, k) for t, q in picked for k in range(pcfg.samples_per_question)]
+        p_convs = [[{"role": "user", "content": q}] for _, q, _ in p_items]
+        p_sampling = generation.Sampling(temperature=pcfg.temperature, top_p=pcfg.top_p,
+                                         max_new_tokens=pcfg.max_new_tokens, seed=ctx.seed + 1)
+        p_answers["evaluated"] = gen.generate(p_convs, p_sampling)
     del gen, model
     gc.collect()
+    if p_items and "em" in ctx.inputs:  # before EM: the persona model itself
+        fmodel = models.load(ctx.inputs["fold"] / "model", ctx.device, models.dtype_for(cfg.base_model, ctx.device))
+        p_answers["fold"] = generation.make(cfg.generation.backend, fmodel, tok, cfg.generation.batch_size).generate(
+            p_convs, p_sampling)
+        del fmodel
+        gc.collect()
+    elif p_items:  # no EM: the evaluated model is the fold model
+        p_answers["fold"] = p_answers["evaluated"]
     # the judge
     jcfg = ecfg.judge
     judge = judges.make(jcfg, cfg.paths.cache, ctx.device)
@@ -107,6 +154,11 @@ def run(ctx: Context) -> dict:
     judge_ids = judge_rows(judge, rows, qs, cache_root)
     write_jsonl(ctx.out / "answers.jsonl", rows)
     m = compute_metrics(rows, judge.id, ecfg.n_bootstrap, ctx.seed)
+    if p_items:
+        pm, p_rows = persona_metrics(judge, p_answers, p_items, persona.traits(ctx.inputs["questions"]),
+                                     cache_root, ecfg.n_bootstrap, ctx.seed)
+        write_jsonl(ctx.out / "persona_answers.jsonl", p_rows)
+        m |= pm | {"persona_questions": p_source, "persona_n": len(p_items)}
     (ctx.out / "metrics.json").write_text(json.dumps(m, indent=2, default=str))
     return {"metrics": m, "judge_prompt_ids": judge_ids, "n_answers": len(rows), "judge_calls": judge.calls - calls0,
             "chat_template_sha256": template_sha}
