@@ -90,3 +90,24 @@ def question_heatmap(rates: pd.DataFrame, out: Path):
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return fig
+
+
+def persona_retention(df: pd.DataFrame, out: Path, labels: list[str]):
+    """Trait-expression score of the persona model (after fold) and of the evaluated model (after EM), per cell:
+    does the character survive EM?"""
+    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(df) + 2), 4))
+    x = np.arange(len(df))
+    for off, (m, name) in zip((-0.2, 0.2), (("persona_trait_score_fold", "before EM (fold)"),
+                                            ("persona_trait_score", "after EM"))):
+        if m in df:
+            y, err = _err(df, m)
+            ax.bar(x + off, y.fillna(0), width=0.4, yerr=err, capsize=3, label=name)
+    ax.set_xticks(x, labels, rotation=30, ha="right")
+    ax.set_ylabel("trait expression (0-100)")
+    ax.set_title("persona retention through EM (95% CI)")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return fig

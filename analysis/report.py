@@ -105,6 +105,9 @@ def analyze(sweep_dir: Path, out: Path | None = None, n_resamples: int = 10_000)
     plots.metric_vs_vendi(df, out / "em_vs_vendi.png")
     plots.alignment_cdf({label(pd.Series({**r.get("choices", {}), "seed": r["seed"], "cell": c})): a
                          for c, (r, a) in answers.items()}, out / "cdf.png")
+    persona = ok[ok["persona_trait_score"].notna()] if "persona_trait_score" in ok else ok.iloc[0:0]
+    if len(persona):
+        plots.persona_retention(persona, out / "persona_retention.png", [label(r) for _, r in persona.iterrows()])
     rates = question_rates(answers)
     if not rates.empty:
         plots.question_heatmap(rates, out / "question_heatmap.png")
@@ -114,7 +117,7 @@ def analyze(sweep_dir: Path, out: Path | None = None, n_resamples: int = 10_000)
               "## Seeds pooled (cluster bootstrap over seeds)\n", _md(pooled.drop(columns=["per_seed"])),
               "## Diversity levels compared (paired by seed and EM dataset; BH-adjusted p)\n", _md(comps),
               "## Figures\n", "![metrics](metrics.png)\n\n![EM vs Vendi](em_vs_vendi.png)\n\n![CDF](cdf.png)\n\n"
-              "![per-question EM rate](question_heatmap.png)\n"]
+              "![per-question EM rate](question_heatmap.png)\n\n![persona retention](persona_retention.png)\n"]
     (out / "report.md").write_text("\n".join(report))
     files |= {f: out / f for f in ("summary.csv", "summary.parquet", "pooled.csv", "comparisons.csv", "metrics.png",
                                    "em_vs_vendi.png", "cdf.png", "report.md")}

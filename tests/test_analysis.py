@@ -104,3 +104,9 @@ def test_plot_axes(tmp_path):
     assert fig.axes[0].get_xlim() == (0.0, 50.0) and fig.axes[0].get_xlabel() == "aligned score (lower tail)"
     out = analyze(tmp_path, tmp_path / "out", n_resamples=100)
     assert out["report.md"].exists()
+    df["persona_trait_score_fold"], df["persona_trait_score"] = [60.0, 70.0], [40.0, 65.0]
+    fig = plots.persona_retention(df, tmp_path / "r.png", ["a", "b"])
+    ax = fig.axes[0]
+    assert ax.get_ylabel() == "trait expression (0-100)"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["before EM (fold)", "after EM"]
+    assert [p.get_height() for p in ax.patches] == [60.0, 70.0, 40.0, 65.0]
