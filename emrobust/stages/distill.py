@@ -17,7 +17,7 @@ def key_config(cfg) -> dict:
         "persona_instruction": cfg.trait.persona_instruction,
         "assistant_name": cfg.base_model.assistant_name,
         "lora_target_modules": list(cfg.base_model.lora_target_modules),
-        "generation_backend": cfg.generation.backend,
+        **generation.key(cfg.generation),
     }
 
 
@@ -42,7 +42,7 @@ def run(ctx: Context) -> dict:
     system = persona_system_prompt(ctx)
     qs = read_jsonl(ctx.inputs["questions"] / "questions.jsonl")
     prompts = [q["question"] for q in qs for _ in range(q["samples"])]
-    gen = generation.make(cfg.generation.backend, model, tok, cfg.generation.batch_size)
+    gen = generation.make(cfg.generation, model, tok)
     teacher = gen.generate([[{"role": "system", "content": system}, {"role": "user", "content": p}] for p in prompts],
                            generation.Sampling.from_cfg(dcfg.sampling, ctx.seed))
     student = gen.generate([[{"role": "user", "content": p}] for p in prompts],
