@@ -97,6 +97,10 @@ def key(gcfg) -> dict:
     k = {"generation_backend": gcfg.backend}
     if gcfg.backend == "openai":
         k["generation_endpoint"] = {"base_url": gcfg.base_url, "model": gcfg.model}
+        if gcfg.extra_body:
+            from omegaconf import OmegaConf
+
+            k["generation_endpoint"]["extra_body"] = OmegaConf.to_container(gcfg.extra_body, resolve=True)
     return k
 
 
@@ -118,8 +122,10 @@ def make(gcfg, model=None, tokenizer=None, batch_size: int | None = None, adapte
 
         if adapter is not None:
             raise ValueError("generation.backend=openai samples the served model; it takes no adapter")
+        from omegaconf import OmegaConf
+
         return OpenAIGenerator(gcfg.model, gcfg.base_url, gcfg.api_key_env, gcfg.concurrency, gcfg.max_retries,
-                               gcfg.timeout)
+                               gcfg.timeout, OmegaConf.to_container(gcfg.extra_body, resolve=True))
     if gcfg.backend == "vllm":
         from .vllm import VLLMGenerator
 

@@ -26,7 +26,7 @@ def request_seed(seed: int, i: int, j: int) -> int:
 
 class OpenAIGenerator:
     def __init__(self, model: str, base_url: str | None = None, api_key_env: str | None = "OPENAI_API_KEY",
-                 concurrency: int = 8, max_retries: int = 6, timeout: float = 300.0):
+                 concurrency: int = 8, max_retries: int = 6, timeout: float = 300.0, extra_body: dict | None = None):
         import openai
 
         key = os.environ.get(api_key_env) if api_key_env else None
@@ -34,16 +34,25 @@ class OpenAIGenerator:
                                     timeout=timeout)
         self.model, self.concurrency = model, max(1, concurrency)
         self.requests = 0  # completed requests (tests count them)
+        self.extra_body = dict(extra_body or {})
+        # api.openai.com rejects parameters it does not know; other servers take their own sampling knobs
+        self.strict_api = base_url is None or "api.openai.com" in base_url
         self._lock = threading.Lock()
 
     def _one(self, messages: list[dict], sampling: Sampling, seed: int) -> Generation:
         kw = dict(model=self.model, messages=messages, max_tokens=sampling.max_new_tokens,
                   temperature=sampling.temperature, top_p=sampling.top_p, seed=seed, n=1)
-        if sampling.repetition_penalty != 1.0:
-            # not an OpenAI API parameter (api.openai.com rejects it): vLLM reads repetition_penalty, llama.cpp
-            # repeat_penalty; both ignore the other's name
-            kw["extra_body"] = {"repetition_penalty": sampling.repetition_penalty,
-                                "repeat_penalty": sampling.repetition_penalty}
+        body = {}
+        if not self.strict_api:
+            # not an OpenAI API parameter: vLLM reads repetition_penalty, llama.cpp repeat_penalty (default 1.1, so
+            # 1.0 is sent too); each ignores the other's name
+            body = {"repetition_penalty": sampling.repetition_penalty, "repeat_penalty": sampling.repetition_penalty}
+        elif sampling.repetition_penalty != 1.0:
+            raise ValueError(f"repetition_penalty={sampling.repetition_penalty}: the OpenAI API has no such "
+                             "parameter; set the stage's sampling.repetition_penalty=1.0")
+        body.update(self.extra_body)
+        if body:
+            kw["extra_body"] = body
         r = self.client.chat.completions.create(**kw)
         with self._lock:
             self.requests += 1
