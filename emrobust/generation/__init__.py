@@ -122,8 +122,13 @@ def make(gcfg, model=None, tokenizer=None, batch_size: int | None = None, adapte
 
         if adapter is not None:
             raise ValueError("generation.backend=openai samples the served model; it takes no adapter")
+        import logging
+
         from omegaconf import OmegaConf
 
+        logging.getLogger(__name__).info(
+            "generation.backend=openai: answers come from %r at %s, not from the pipeline's own weights",
+            gcfg.model, gcfg.base_url or "https://api.openai.com/v1")
         return OpenAIGenerator(gcfg.model, gcfg.base_url, gcfg.api_key_env, gcfg.concurrency, gcfg.max_retries,
                                gcfg.timeout, OmegaConf.to_container(gcfg.extra_body, resolve=True))
     if gcfg.backend == "vllm":
