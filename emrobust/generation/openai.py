@@ -47,9 +47,6 @@ class OpenAIGenerator:
             # not an OpenAI API parameter: vLLM reads repetition_penalty, llama.cpp repeat_penalty (default 1.1, so
             # 1.0 is sent too); each ignores the other's name
             body = {"repetition_penalty": sampling.repetition_penalty, "repeat_penalty": sampling.repetition_penalty}
-        elif sampling.repetition_penalty != 1.0:
-            raise ValueError(f"repetition_penalty={sampling.repetition_penalty}: the OpenAI API has no such "
-                             "parameter; set the stage's sampling.repetition_penalty=1.0")
         body.update(self.extra_body)
         if body:
             kw["extra_body"] = body
@@ -65,6 +62,9 @@ class OpenAIGenerator:
         return Generation(text, int(r.usage.completion_tokens), c.finish_reason == "stop")
 
     def generate(self, conversations: list[list[dict]], sampling: Sampling, n: int = 1) -> list[list[Generation]]:
+        if self.strict_api and sampling.repetition_penalty != 1.0:
+            raise ValueError(f"repetition_penalty={sampling.repetition_penalty}: the OpenAI API has no such "
+                             "parameter; set the stage's sampling.repetition_penalty=1.0")
         jobs = [(i, j) for i in range(len(conversations)) for j in range(n)]
         out: list[list[Generation | None]] = [[None] * n for _ in conversations]
         bar = tqdm(total=len(jobs), desc=f"generate ({self.model})", unit="seq", leave=False, disable=len(jobs) < 8)
