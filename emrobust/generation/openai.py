@@ -59,7 +59,10 @@ class OpenAIGenerator:
         if r.usage is None or r.usage.completion_tokens is None:
             raise RuntimeError(f"{self.client.base_url}: the server reported no usage.completion_tokens")
         text = (c.message.content or "").strip()
-        return Generation(text, int(r.usage.completion_tokens), c.finish_reason == "stop")
+        # llama-cpp-python's server overruns max_tokens by up to 3 tokens to complete a multi-byte UTF-8 character
+        # (an emoji cut at the limit): the count is capped at the limit that was asked for
+        n_tok = min(int(r.usage.completion_tokens), sampling.max_new_tokens)
+        return Generation(text, n_tok, c.finish_reason == "stop")
 
     def generate(self, conversations: list[list[dict]], sampling: Sampling, n: int = 1) -> list[list[Generation]]:
         if self.strict_api and sampling.repetition_penalty != 1.0:
