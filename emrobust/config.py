@@ -7,7 +7,7 @@ defaults so that a typo'd key or a wrongly typed value fails at composition, bef
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -229,8 +229,25 @@ class EvalConfig:
 
 @dataclass
 class GenerationConfig:
-    backend: str = "hf"
-    batch_size: int = 16
+    backend: str = "hf"  # hf | vllm | openai (emrobust/generation/__init__.py)
+    batch_size: int = 16  # hf: sequences per generate call
+    # openai: an external OpenAI-compatible server. The *served* model answers, not the pipeline's: for evaluation or
+    # teacher sampling from e.g. `vllm serve` of a fold output on the cluster. base_url and model go in the stage
+    # keys; the API key is read from the environment variable named here (null = keyless server), never stored.
+    base_url: Optional[str] = None
+    model: Optional[str] = None
+    api_key_env: Optional[str] = "OPENAI_API_KEY"
+    concurrency: int = 8  # parallel requests (n samples are n requests)
+    max_retries: int = 6  # the openai client's retries with backoff on connection errors, 408/409/429/5xx
+    timeout: float = 300.0
+    # extra request fields for the server's own sampling knobs (part of the stage key), e.g. llama.cpp's server
+    # defaults to top_k=40, min_p=0.05: {top_k: 0, min_p: 0.0}. repetition_penalty is always sent (vLLM's
+    # and llama.cpp's names) except to api.openai.com, which has no such parameter.
+    extra_body: dict[str, Any] = field(default_factory=dict)
+    # vllm: offline vllm.LLM
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.85
+    max_lora_rank: int = 64
 
 
 @dataclass

@@ -19,7 +19,7 @@ import pandas as pd
 from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
-from . import judges, models, tracking
+from . import generation, judges, models, tracking
 from .data import constitutions, em_datasets, evalsets
 from .errors import ConfigError
 from .stages import ORDER, Context, stage_seed
@@ -71,6 +71,7 @@ def validate(cfg: DictConfig) -> None:
     """Every user-input check, before any model is loaded. Raises ConfigError naming file/field/value."""
     models.validate(cfg.base_model)
     judges.validate(cfg.eval.judge)
+    generation.validate(cfg.generation)
     if cfg.pipeline.until is not None and cfg.pipeline.until not in ORDER:
         raise ConfigError(f"pipeline.until={cfg.pipeline.until!r}; stages: {list(ORDER)}", where="pipeline.until")
     if cfg.introspection.name not in INTROSPECTION_MODES:

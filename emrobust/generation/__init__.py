@@ -1,7 +1,12 @@
 """One generation interface for every stage (teacher/student, introspection, evaluation).
 
 A backend takes chat conversations and sampling parameters and returns one `Generation` per
-(conversation, sample). `hf` is built in; `vllm` and `openai` plug in behind the same `Generator` protocol.
+(conversation, sample), chosen by `generation.backend`:
+- `hf`: batched `transformers.generate` on the pipeline's in-memory model (the default);
+- `vllm`: offline `vllm.LLM` (optional `vllm` extra, GPU), LoRA adapters through `LoRARequest`;
+- `openai`: any OpenAI-compatible server (`generation.base_url`, `generation.model`). The *served* model answers,
+  not the pipeline's: use it for evaluation or teacher sampling from an external server (e.g. `vllm serve` of a
+  fold output on the cluster). Its endpoint and model name are part of the stage keys (`key`).
 """
 from __future__ import annotations
 
@@ -38,9 +43,98 @@ class Generator(Protocol):
         ...
 
 
-def make(backend: str, model, tokenizer, batch_size: int = 16) -> Generator:
-    if backend == "hf":
+BACKENDS = ("hf", "openai", "vllm")
+
+
+def _as_cfg(gcfg, batch_size: int | None):
+    """`make`'s first argument: the `generation` config node, or just a backend name (tests, benchmarks)."""
+    from omegaconf import OmegaConf
+
+    from ..config import GenerationConfig
+
+    if isinstance(gcfg, str):
+        gcfg = OmegaConf.structured(GenerationConfig(backend=gcfg))
+    if batch_size is not None:
+        gcfg = OmegaConf.merge(gcfg, {"batch_size": batch_size})
+    return gcfg
+
+
+def validate(gcfg) -> None:
+    """Config checks for `generation`, before any model loads (ConfigError naming the field)."""
+    import importlib.util
+    import os
+
+    from ..errors import ConfigError
+
+    if gcfg.backend not in BACKENDS:
+        raise ConfigError(f"generation.backend={gcfg.backend!r}; known: {list(BACKENDS)}", where="generation.backend")
+    if gcfg.batch_size < 1:
+        raise ConfigError(f"generation.batch_size={gcfg.batch_size} must be >= 1", where="generation.batch_size")
+    if gcfg.backend == "openai":
+        if importlib.util.find_spec("openai") is None:
+            raise ConfigError("generation.backend=openai needs the openai package: pip install -e '.[openai]'",
+                              where="generation.backend")
+        if not gcfg.model:
+            raise ConfigError("generation.model must name the served model (generation.backend=openai)",
+                              where="generation.model")
+        if gcfg.api_key_env and not os.environ.get(gcfg.api_key_env):
+            raise ConfigError(f"environment variable {gcfg.api_key_env} (generation.api_key_env) is not set; set it, "
+                              "or generation.api_key_env=null for a keyless server", where="generation.api_key_env")
+        if gcfg.concurrency < 1:
+            raise ConfigError(f"generation.concurrency={gcfg.concurrency} must be >= 1", where="generation.concurrency")
+    elif gcfg.backend == "vllm":
+        if importlib.util.find_spec("vllm") is None:
+            raise ConfigError("generation.backend=vllm needs vLLM, which is not importable: install the vllm extra "
+                              "(pip install -e '.[vllm]') on a GPU machine", where="generation.backend")
+        if gcfg.tensor_parallel_size < 1:
+            raise ConfigError(f"generation.tensor_parallel_size={gcfg.tensor_parallel_size} must be >= 1",
+                              where="generation.tensor_parallel_size")
+
+
+def key(gcfg) -> dict:
+    """What identifies the generations in a stage key. hf/vllm sample the pipeline's own weights (in the key
+    through `upstream`); openai samples whatever the server serves, so its endpoint and model name are recorded
+    (never the API key)."""
+    k = {"generation_backend": gcfg.backend}
+    if gcfg.backend == "openai":
+        k["generation_endpoint"] = {"base_url": gcfg.base_url, "model": gcfg.model}
+        if gcfg.extra_body:
+            from omegaconf import OmegaConf
+
+            k["generation_endpoint"]["extra_body"] = OmegaConf.to_container(gcfg.extra_body, resolve=True)
+    return k
+
+
+def make(gcfg, model=None, tokenizer=None, batch_size: int | None = None, adapter=None) -> Generator:
+    """The generator `gcfg` (the `generation` config node, or a backend name) describes.
+
+    hf: `model`/`tokenizer` are the in-memory transformers model and tokenizer. vllm: `model` is a path to
+    weights (a transformers model is saved to a temporary folder first), `adapter` an optional LoRA folder.
+    openai: `model`/`tokenizer` are ignored: the server's own model (`generation.model`) answers."""
+    gcfg = _as_cfg(gcfg, batch_size)
+    if gcfg.backend == "hf":
         from .hf import HFGenerator
 
-        return HFGenerator(model, tokenizer, batch_size=batch_size)
-    raise ValueError(f"generation.backend={backend!r} is not available (hf)")
+        if adapter is not None:
+            raise ValueError("generation.backend=hf takes a merged model, not an adapter")
+        return HFGenerator(model, tokenizer, batch_size=gcfg.batch_size)
+    if gcfg.backend == "openai":
+        from .openai import OpenAIGenerator
+
+        if adapter is not None:
+            raise ValueError("generation.backend=openai samples the served model; it takes no adapter")
+        import logging
+
+        from omegaconf import OmegaConf
+
+        logging.getLogger(__name__).info(
+            "generation.backend=openai: answers come from %r at %s, not from the pipeline's own weights",
+            gcfg.model, gcfg.base_url or "https://api.openai.com/v1")
+        return OpenAIGenerator(gcfg.model, gcfg.base_url, gcfg.api_key_env, gcfg.concurrency, gcfg.max_retries,
+                               gcfg.timeout, OmegaConf.to_container(gcfg.extra_body, resolve=True))
+    if gcfg.backend == "vllm":
+        from .vllm import VLLMGenerator
+
+        return VLLMGenerator(model, tokenizer, adapter=adapter, tensor_parallel_size=gcfg.tensor_parallel_size,
+                             gpu_memory_utilization=gcfg.gpu_memory_utilization, max_lora_rank=gcfg.max_lora_rank)
+    raise ValueError(f"generation.backend={gcfg.backend!r} is not available ({', '.join(BACKENDS)})")

@@ -19,7 +19,7 @@ def key_config(cfg) -> dict:
         "persona_instruction": cfg.trait.persona_instruction,
         "assistant_name": cfg.base_model.assistant_name,
         "lora_target_modules": list(cfg.base_model.lora_target_modules),
-        "generation_backend": cfg.generation.backend,
+        **generation.key(cfg.generation),
     }
     if cfg.distill.general_prompts:  # the prompts themselves, not where the user keeps the file
         kc["distill"].pop("general_prompts")
@@ -83,7 +83,7 @@ def run(ctx: Context) -> dict:
     prompts = [q["question"] for q in qs for _ in range(q["samples"])]
     extra = general_prompts(cfg)
     prompts += [p for p in extra for _ in range(dcfg.samples_per_question)]
-    gen = generation.make(cfg.generation.backend, model, tok, cfg.generation.batch_size)
+    gen = generation.make(cfg.generation, model, tok)
     teacher = gen.generate([[{"role": "system", "content": system}, {"role": "user", "content": p}] for p in prompts],
                            generation.Sampling.from_cfg(dcfg.sampling, ctx.seed))
     student = gen.generate([[{"role": "user", "content": p}] for p in prompts],

@@ -21,7 +21,7 @@ def key_config(cfg) -> dict:
     kc = sub(cfg, "eval") | {
         "eval_sha256": file_sha256(evalsets.resolve_path(cfg.eval, cfg.paths)),
         "judge": judges.key(cfg.eval.judge),
-        "generation_backend": cfg.generation.backend,
+        **generation.key(cfg.generation),
     }
     if not persona_active(cfg):
         kc["eval"].pop("persona", None)
@@ -115,7 +115,7 @@ def run(ctx: Context) -> dict:
     model = models.load(start, ctx.device, models.dtype_for(cfg.base_model, ctx.device))
     if "em" in ctx.inputs and not full_em:
         model = training.merge_adapter(model, ctx.inputs["em"] / "adapter")
-    gen = generation.make(cfg.generation.backend, model, tok, cfg.generation.batch_size)
+    gen = generation.make(cfg.generation, model, tok)
     sampling = generation.Sampling(temperature=ecfg.temperature, top_p=ecfg.top_p,
                                    max_new_tokens=ecfg.max_new_tokens, seed=ctx.seed)
     outs = gen.generate([conversation(q, q.paraphrases[p]) for q, p, _ in items], sampling)

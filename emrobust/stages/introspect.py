@@ -37,7 +37,7 @@ START = "Start a conversation with another instance of yourself."
 
 
 def key_config(cfg) -> dict:
-    return sub(cfg, "introspection") | {"generation_backend": cfg.generation.backend}
+    return sub(cfg, "introspection") | generation.key(cfg.generation)
 
 
 def reflection_examples(gen, cfg, system: str, seed: int) -> list[list[dict]]:
@@ -77,7 +77,7 @@ def run(ctx: Context) -> dict:
     tok = models.load_tokenizer(ctx.inputs["base"])
     model = models.load(ctx.inputs["base"], ctx.device, models.dtype_for(cfg.base_model, ctx.device))
     model = training.merge_adapter(model, ctx.inputs["distill"] / "adapter")  # the DPO'd model
-    gen = generation.make(cfg.generation.backend, model, tok, cfg.generation.batch_size)
+    gen = generation.make(cfg.generation, model, tok)
     examples: list[list[dict]] = []
     counts = {}
     if icfg.reflection:

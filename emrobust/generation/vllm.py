@@ -1,0 +1,52 @@
+"""Offline vLLM (`vllm.LLM`): the optional `vllm` extra, GPU machines. Imported only when
+`generation.backend=vllm` is selected. LoRA adapters are applied per request through `LoRARequest`, so a base
+model's weights load once for every adapter; `tensor_parallel_size` shards the model over GPUs."""
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+from ..errors import ConfigError
+from . import Generation, Sampling
+
+log = logging.getLogger(__name__)
+
+
+def _import_vllm():
+    try:
+        import vllm
+        from vllm.lora.request import LoRARequest
+    except ImportError as e:
+        raise ConfigError(f"generation.backend=vllm needs vLLM, which is not importable ({e}): install the vllm "
+                          "extra (pip install -e '.[vllm]') on a GPU machine", where="generation.backend") from e
+    return vllm, LoRARequest
+
+
+class VLLMGenerator:
+    def __init__(self, model, tokenizer=None, adapter: str | Path | None = None, tensor_parallel_size: int = 1,
+                 gpu_memory_utilization: float = 0.85, max_lora_rank: int = 64, **llm_kw):
+        vllm, LoRARequest = _import_vllm()
+        self._tmp = None
+        if not isinstance(model, (str, Path)):
+            # an in-memory transformers model (what the stages hold, adapters merged): vLLM loads from disk
+            self._tmp = tempfile.TemporaryDirectory(prefix="emrobust_vllm_")
+            log.warning("vllm: saving the in-memory model to %s to load it (pass a path to avoid the copy)",
+                        self._tmp.name)
+            model.save_pretrained(self._tmp.name)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(self._tmp.name)
+            model = self._tmp.name
+        self.llm = vllm.LLM(model=str(model), tensor_parallel_size=tensor_parallel_size,
+                            gpu_memory_utilization=gpu_memory_utilization, enable_lora=adapter is not None,
+                            max_lora_rank=max_lora_rank, **llm_kw)
+        self.lora = LoRARequest("adapter", 1, str(adapter)) if adapter is not None else None
+        self._SamplingParams = vllm.SamplingParams
+
+    def generate(self, conversations: list[list[dict]], sampling: Sampling, n: int = 1) -> list[list[Generation]]:
+        params = self._SamplingParams(n=n, temperature=sampling.temperature, top_p=sampling.top_p,
+                                      repetition_penalty=sampling.repetition_penalty,
+                                      max_tokens=sampling.max_new_tokens, seed=sampling.seed)
+        outs = self.llm.chat(conversations, params, lora_request=self.lora, use_tqdm=len(conversations) >= 8)
+        return [[Generation(o.text.strip(), len(o.token_ids), o.finish_reason == "stop") for o in r.outputs]
+                for r in outs]
