@@ -133,7 +133,7 @@ def run(ctx: Context) -> dict:
     gc.collect()
     if p_items and "em" in ctx.inputs:  # before EM: the persona model itself
         fmodel = models.load(ctx.inputs["fold"] / "model", ctx.device, models.dtype_for(cfg.base_model, ctx.device))
-        p_answers["fold"] = generation.make(cfg.generation.backend, fmodel, tok, cfg.generation.batch_size).generate(
+        p_answers["fold"] = generation.make(cfg.generation, fmodel, tok).generate(
             p_convs, p_sampling)
         del fmodel
         gc.collect()

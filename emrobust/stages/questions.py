@@ -64,7 +64,7 @@ def key_config(cfg) -> dict:
         gen_cfg = generator_config(cfg)
         key["expansion"] = OmegaConf.to_container(cfg.trait.expansion, resolve=True) | {
             "target": target, "generator_weights": models.weights_key(gen_cfg),
-            "generator_dtype": gen_cfg.dtype, "generation_backend": cfg.generation.backend}
+            "generator_dtype": gen_cfg.dtype, **generation.key(cfg.generation)}
     return key
 
 
@@ -80,7 +80,7 @@ def expand(ctx: Context, const: constitutions.Constitution, target: int) -> cons
     path = ctx.inputs["base"] if cfg.trait.expansion.generator is None else models.prepare(gen_cfg, cfg.paths.cache)
     tok = models.load_tokenizer(path)
     model = models.load(path, ctx.device, models.dtype_for(gen_cfg, ctx.device))
-    gen = generation.make(cfg.generation.backend, model, tok, cfg.generation.batch_size)
+    gen = generation.make(cfg.generation, model, tok)
     expanded, stats = expansion.expand(const, gen, target, cfg.trait.expansion, ctx.seed)
     write_jsonl(ctx.out / "expanded.jsonl", expansion.few_shot_rows(const, expanded))
     (ctx.out / "expansion.json").write_text(json.dumps(stats, indent=2))
