@@ -12,7 +12,7 @@ import json
 
 from omegaconf import OmegaConf
 
-from .. import diversity, models
+from .. import diversity, generation, models
 from ..data import constitutions
 from ..errors import ConfigError
 from ..store import file_sha256
