@@ -217,16 +217,9 @@ def validate(jcfg) -> None:
     if jcfg.backend == "hf":
         models.validate(models.base_config(jcfg.model))
     elif jcfg.backend == "openai":
-        if importlib.util.find_spec("openai") is None:
-            raise ConfigError("eval.judge.backend=openai needs the openai package: pip install -e '.[openai]'",
-                              where="eval.judge.backend")
-        if not jcfg.model:
-            raise ConfigError("eval.judge.model must name the endpoint's model", where="eval.judge.model")
-        if jcfg.api_key_env and not os.environ.get(jcfg.api_key_env):
-            raise ConfigError(f"environment variable {jcfg.api_key_env} (eval.judge.api_key_env) is not set; set it, "
-                              "or eval.judge.api_key_env=null for a keyless endpoint", where="eval.judge.api_key_env")
-        if jcfg.concurrency < 1:
-            raise ConfigError(f"eval.judge.concurrency={jcfg.concurrency} must be >= 1", where="eval.judge.concurrency")
+        from .generation import validate_openai
+
+        validate_openai(jcfg, "eval.judge", "the endpoint's model")
     elif jcfg.backend == "vllm":
         if importlib.util.find_spec("vllm") is None:
             raise ConfigError("eval.judge.backend=vllm needs vLLM: install the vllm extra (pip install -e '.[vllm]') "

@@ -23,23 +23,28 @@ def validate_messages(messages, file: str, where: str) -> list[dict]:
     return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
+def _rows(path: Path, file: str):
+    """(line number, parsed JSON) for every non-blank line; invalid JSON is an error naming file and line."""
+    with open(path) as f:
+        for ln, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield ln, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"invalid JSON: {e.msg}", file=file, where=f"line {ln}") from None
+
+
 def read_jsonl(path: str | Path) -> list[list[dict]]:
     path = Path(path)
     file = str(path)
     if not path.exists():
         raise ConfigError("dataset file does not exist", file=file)
     out = []
-    with open(path) as f:
-        for ln, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"invalid JSON: {e.msg}", file=file, where=f"line {ln}") from None
-            if not isinstance(row, dict) or "messages" not in row:
-                raise ConfigError("row has no 'messages' field", file=file, where=f"line {ln}")
-            out.append(validate_messages(row["messages"], file, f"line {ln}"))
+    for ln, row in _rows(path, file):
+        if not isinstance(row, dict) or "messages" not in row:
+            raise ConfigError("row has no 'messages' field", file=file, where=f"line {ln}")
+        out.append(validate_messages(row["messages"], file, f"line {ln}"))
     if not out:
         raise ConfigError("dataset is empty", file=file)
     return out
@@ -53,21 +58,14 @@ def read_first_user_turns(path: str | Path, where_field: str = "distill.general_
     if not path.exists():
         raise ConfigError("prompt file does not exist", file=file, where=where_field)
     out = []
-    with open(path) as f:
-        for ln, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"invalid JSON: {e.msg}", file=file, where=f"line {ln}") from None
-            msgs = row.get("messages") if isinstance(row, dict) else None
-            if not isinstance(msgs, list):
-                raise ConfigError("row has no 'messages' list", file=file, where=f"line {ln}")
-            user = next((m.get("content") for m in msgs if isinstance(m, dict) and m.get("role") == "user"), None)
-            if not isinstance(user, str) or not user.strip():
-                raise ConfigError("no non-empty user turn in 'messages'", file=file, where=f"line {ln}")
-            out.append(user.strip())
+    for ln, row in _rows(path, file):
+        msgs = row.get("messages") if isinstance(row, dict) else None
+        if not isinstance(msgs, list):
+            raise ConfigError("row has no 'messages' list", file=file, where=f"line {ln}")
+        user = next((m.get("content") for m in msgs if isinstance(m, dict) and m.get("role") == "user"), None)
+        if not isinstance(user, str) or not user.strip():
+            raise ConfigError("no non-empty user turn in 'messages'", file=file, where=f"line {ln}")
+        out.append(user.strip())
     if not out:
         raise ConfigError("prompt file is empty", file=file, where=where_field)
     return out

@@ -59,10 +59,28 @@ def _as_cfg(gcfg, batch_size: int | None):
     return gcfg
 
 
+def validate_openai(node, prefix: str, model_noun: str) -> None:
+    """Checks shared by every OpenAI-compatible client (generation and the judge): package, model, key, threads."""
+    import importlib.util
+    import os
+
+    from ..errors import ConfigError
+
+    if importlib.util.find_spec("openai") is None:
+        raise ConfigError(f"{prefix}.backend=openai needs the openai package: pip install -e '.[openai]'",
+                          where=f"{prefix}.backend")
+    if not node.model:
+        raise ConfigError(f"{prefix}.model must name {model_noun} ({prefix}.backend=openai)", where=f"{prefix}.model")
+    if node.api_key_env and not os.environ.get(node.api_key_env):
+        raise ConfigError(f"environment variable {node.api_key_env} ({prefix}.api_key_env) is not set; set it, "
+                          f"or {prefix}.api_key_env=null for a keyless server", where=f"{prefix}.api_key_env")
+    if node.concurrency < 1:
+        raise ConfigError(f"{prefix}.concurrency={node.concurrency} must be >= 1", where=f"{prefix}.concurrency")
+
+
 def validate(gcfg) -> None:
     """Config checks for `generation`, before any model loads (ConfigError naming the field)."""
     import importlib.util
-    import os
 
     from ..errors import ConfigError
 
@@ -71,17 +89,7 @@ def validate(gcfg) -> None:
     if gcfg.batch_size < 1:
         raise ConfigError(f"generation.batch_size={gcfg.batch_size} must be >= 1", where="generation.batch_size")
     if gcfg.backend == "openai":
-        if importlib.util.find_spec("openai") is None:
-            raise ConfigError("generation.backend=openai needs the openai package: pip install -e '.[openai]'",
-                              where="generation.backend")
-        if not gcfg.model:
-            raise ConfigError("generation.model must name the served model (generation.backend=openai)",
-                              where="generation.model")
-        if gcfg.api_key_env and not os.environ.get(gcfg.api_key_env):
-            raise ConfigError(f"environment variable {gcfg.api_key_env} (generation.api_key_env) is not set; set it, "
-                              "or generation.api_key_env=null for a keyless server", where="generation.api_key_env")
-        if gcfg.concurrency < 1:
-            raise ConfigError(f"generation.concurrency={gcfg.concurrency} must be >= 1", where="generation.concurrency")
+        validate_openai(gcfg, "generation", "the served model")
     elif gcfg.backend == "vllm":
         if importlib.util.find_spec("vllm") is None:
             raise ConfigError("generation.backend=vllm needs vLLM, which is not importable: install the vllm extra "
