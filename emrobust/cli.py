@@ -35,7 +35,9 @@ def app(cfg: DictConfig) -> dict:
         print(pipeline.format_metrics(summary))
         return summary
     finally:
-        if hc.mode == RunMode.MULTIRUN:
+        from . import distributed
+
+        if hc.mode == RunMode.MULTIRUN and distributed.is_main():
             pipeline.write_sweep_csv(Path(hc.sweep.dir))
 
 

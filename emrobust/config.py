@@ -270,6 +270,17 @@ class TrackingConfig:
 
 
 @dataclass
+class DeepSpeedConfig:
+    """`deepspeed=none|zero2|zero3`: how the TRL trainers shard a multi-process (multi-GPU) job. Execution only:
+    not part of any stage key (ZeRO shards optimizer state/gradients/weights; the maths is DDP's)."""
+    name: str = "none"
+    stage: int = 0  # 0 = no DeepSpeed (plain Trainer; DDP when several processes)
+    offload_optimizer: bool = False
+    offload_param: bool = False  # ZeRO-3 only
+    overlap_comm: bool = False
+
+
+@dataclass
 class PipelineConfig:
     until: Optional[str] = None  # stop after this stage
     device: str = "auto"  # auto | cpu | cuda
@@ -290,6 +301,7 @@ class Config:
     paths: PathsConfig = MISSING
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    deepspeed: DeepSpeedConfig = MISSING
     seed: int = 0
 
 
@@ -304,6 +316,7 @@ GROUP_SCHEMAS = {
     "eval": EvalConfig,
     "paths": PathsConfig,
     "tracking": TrackingConfig,
+    "deepspeed": DeepSpeedConfig,
 }
 
 

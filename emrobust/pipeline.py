@@ -23,7 +23,7 @@ from . import generation, judges, models, tracking
 from .data import constitutions, em_datasets, evalsets
 from .errors import ConfigError
 from .stages import ORDER, Context, stage_seed
-from .store import Store, stable_hash
+from .store import Result, Store, stable_hash
 
 log = logging.getLogger("emrobust")
 INTROSPECTION_MODES = ("none", "reflection", "interaction", "full")
@@ -115,11 +115,19 @@ def plan(cfg: DictConfig) -> list[Node]:
 def run_cell(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None,
              choices: dict | None = None, group: str | None = None) -> dict:
     """Run one cell of the experiment; always writes `output_dir/run.json`, re-raises on failure.
-    `group` names the sweep the cell belongs to (the tracker's group)."""
+    `group` names the sweep the cell belongs to (the tracker's group).
+
+    In a multi-process job (several Slurm tasks, torchrun) every rank calls this; rank 0 alone decides, holds
+    the artifact lock and writes (artifacts, run.json, tracker); see emrobust.distributed."""
+    from . import distributed
+
+    distributed.setup()
+    main = distributed.is_main()
     cell_name = " ".join(overrides or []) or "default"
     output_dir.mkdir(parents=True, exist_ok=True)
     summary: dict = {"overrides": list(overrides or []), "choices": dict(choices or {}), "seed": cfg.seed,
-                     "status": "failed", "error": None, "stages": [], "diversity": {}, "metrics": {}}
+                     "status": "failed", "error": None, "stages": [], "diversity": {}, "metrics": {},
+                     "world_size": distributed.world_size()}
     try:
         validate(cfg)
         nodes = plan(cfg)
@@ -128,18 +136,22 @@ def run_cell(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = No
                              for s in ORDER if s not in planned]
         store = Store(Path(cfg.paths.artifacts))
         dev = models.device(cfg.pipeline.device)
-        inputs: dict[str, Path] = {"base": Path(str(models.prepare(cfg.base_model, cfg.paths.cache)))}
+        base = distributed.rank0_compute(lambda: str(models.prepare(cfg.base_model, cfg.paths.cache)))
+        inputs: dict[str, Path] = {"base": Path(base)}
         manifests: dict[str, dict] = {}
         for node in nodes:
             mod = stage_module(node.name)
             seed = stage_seed(cfg.seed, node.name)
+            ckpt = store.checkpoint_dir(node.name, node.key)
 
-            def build(tmp: Path, node=node, mod=mod, seed=seed) -> dict:
+            def build(tmp: Path, node=node, mod=mod, seed=seed, ckpt=ckpt) -> dict:
                 log.info("stage %s: building %s", node.name, node.key)
                 from .training import set_seed
 
                 set_seed(seed)
-                ctx = Context(cfg, node.name, node.key, seed, tmp, dict(inputs), dict(manifests), dev)
+                ctx = Context(cfg, node.name, node.key, seed, tmp, dict(inputs), dict(manifests), dev, ckpt)
+                if not main:  # a rank > 0 trains alongside rank 0; what it writes is discarded
+                    return mod.run(ctx) or {}
                 with tracking.stage_run(cfg, node.name, node.key, output_dir, cell_name, group) as run:
                     extra = mod.run(ctx) or {}
                     logged = dict(extra)
@@ -151,7 +163,20 @@ def run_cell(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = No
             meta = {"config": node.key_config, "upstream": {u: manifests[u]["key"] for u in node.upstream},
                     "seed": cfg.seed, "stage_seed": seed, "version": mod.VERSION}
             t0 = time.time()
-            res = store.get_or_build(node.name, node.key, build, meta)
+            if main:
+                joins = getattr(mod, "DISTRIBUTED", False)
+                res = store.get_or_build(node.name, node.key, build, meta,
+                                         decided=lambda st, joins=joins: joins and distributed.broadcast(st))
+                distributed.barrier()
+            else:
+                if getattr(mod, "DISTRIBUTED", False) and distributed.broadcast(None) == "build":
+                    import tempfile
+
+                    with tempfile.TemporaryDirectory(prefix=f"emrobust-rank{distributed.rank()}-") as scratch:
+                        build(Path(scratch))
+                distributed.barrier()  # rank 0 has renamed the artifact into place
+                res = Result(store.path(node.name, node.key), node.key, "cached", 0.0,
+                             store.manifest(node.name, node.key))
             inputs[node.name], manifests[node.name] = res.path, res.manifest
             summary["stages"].append({"name": node.name, "key": node.key, "status": res.status,
                                       "seconds": round(time.time() - t0, 3), "artifact": str(res.path)})
@@ -167,7 +192,8 @@ def run_cell(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = No
         summary["traceback"] = traceback.format_exc()
         raise
     finally:
-        (output_dir / "run.json").write_text(json.dumps(summary, indent=2, default=str))
+        if main:
+            (output_dir / "run.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
 
 

@@ -4,6 +4,10 @@ An artifact lives at ``<root>/<stage>/<key>/`` and is complete iff it holds ``CO
 ``<root>/<stage>/.<key>.partial/`` under an exclusive file lock, then renamed into place, so a crash never
 leaves a completed artifact and concurrent processes that need the same key build it once (the others
 wait on the lock and reuse it).
+
+Training stages checkpoint into ``<root>/<stage>/.<key>.ckpt/`` (``checkpoint_dir``), which outlives a killed
+build (preemption, timeout, requeue) so the next build of the same key resumes from it; it is deleted once the
+artifact is complete.
 """
 from __future__ import annotations
 
@@ -71,20 +75,31 @@ class Store:
     def manifest(self, stage: str, key: str) -> dict:
         return json.loads((self.path(stage, key) / MANIFEST).read_text())
 
+    def checkpoint_dir(self, stage: str, key: str) -> Path:
+        """Where a build of (stage, key) keeps resumable training checkpoints (kept across killed builds)."""
+        return self.root / stage / f".{key}.ckpt"
+
     def get_or_build(
-        self, stage: str, key: str, build: Callable[[Path], dict | None], meta: dict | None = None
+        self, stage: str, key: str, build: Callable[[Path], dict | None], meta: dict | None = None,
+        decided: Callable[[str], None] | None = None,
     ) -> Result:
         """Return the artifact for (stage, key), building it with ``build(tmp_dir)`` if missing.
 
         ``build`` writes files into the directory it is given and may return extra manifest fields.
+        ``decided("cached"|"build")`` is called once the outcome is known (for a build: under the lock, before
+        ``build`` starts), e.g. to tell the other ranks of a multi-process job whether to join the build.
         """
+        decided = decided or (lambda status: None)
         final = self.path(stage, key)
         if (final / COMPLETE).exists():
+            decided("cached")
             return Result(final, key, "cached", 0.0, self.manifest(stage, key))
         final.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(final.parent / f".{key}.lock")):
             if (final / COMPLETE).exists():  # another process built it while we waited
+                decided("cached")
                 return Result(final, key, "cached", 0.0, self.manifest(stage, key))
+            decided("build")
             tmp = final.parent / f".{key}.partial"
             if tmp.exists():  # a crashed build: nothing in it is trusted
                 shutil.rmtree(tmp)
@@ -110,4 +125,5 @@ class Store:
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
             (tmp / COMPLETE).write_text("")
             os.replace(tmp, final)
+            shutil.rmtree(self.checkpoint_dir(stage, key), ignore_errors=True)
             return Result(final, key, "executed", seconds, manifest)

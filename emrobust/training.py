@@ -196,7 +196,29 @@ def tokenize_chat(tokenizer, messages: list[dict], max_length: int | None = None
 
 
 # ---------------------------------------------------------------- trainers
-def _common_args(optim: DictConfig, out: Path, seed: int, dev: torch.device, report_to: list[str]) -> dict:
+def deepspeed_config(ds: DictConfig | None) -> dict | None:
+    """The DeepSpeed JSON for `deepspeed=zero2|zero3` (None for `deepspeed=none`). Batch sizes, learning rate
+    and precision are "auto": the HF Trainer fills them from the stage's optim config, so they cannot disagree."""
+    if ds is None or not ds.stage:
+        return None
+    zero: dict = {"stage": int(ds.stage), "overlap_comm": bool(ds.overlap_comm), "contiguous_gradients": True,
+                  "reduce_bucket_size": "auto"}
+    if ds.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    if int(ds.stage) == 3:
+        zero |= {"stage3_gather_16bit_weights_on_model_save": True, "stage3_prefetch_bucket_size": "auto",
+                 "stage3_param_persistence_threshold": "auto"}
+        if ds.offload_param:
+            zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    return {"train_micro_batch_size_per_gpu": "auto", "train_batch_size": "auto",
+            "gradient_accumulation_steps": "auto", "gradient_clipping": "auto",
+            "bf16": {"enabled": "auto"}, "zero_optimization": zero}
+
+
+def _common_args(optim: DictConfig, out: Path, seed: int, dev: torch.device, report_to: list[str],
+                 ds: DictConfig | None = None) -> dict:
+    from . import distributed
+
     warmup = optim.warmup_steps if optim.warmup_steps > 0 else float(optim.warmup_ratio)
     return dict(
         output_dir=str(out),
@@ -211,17 +233,64 @@ def _common_args(optim: DictConfig, out: Path, seed: int, dev: torch.device, rep
         logging_steps=optim.logging_steps,
         save_strategy="steps" if optim.save_steps > 0 else "no",
         save_steps=optim.save_steps or 500,
+        save_total_limit=2,
         seed=seed,
         data_seed=seed,
         use_cpu=dev.type == "cpu",
         bf16=dev.type == "cuda" and torch.cuda.is_bf16_supported(),
         fp16=False,
         gradient_checkpointing=optim.gradient_checkpointing,
-        report_to=report_to,
+        report_to=report_to if distributed.is_main() else [],
+        deepspeed=deepspeed_config(ds),
         max_length=optim.max_length,
         dataloader_num_workers=0,
         disable_tqdm=True,
     )
+
+
+CKPT_DONE = ".complete"
+
+
+def _mark_checkpoints():
+    """A TrainerCallback that marks a checkpoint complete once the Trainer has written all of it: a build killed
+    mid-save leaves an unmarked checkpoint, which `_resume_point` never trusts."""
+    from transformers import TrainerCallback
+
+    class MarkComplete(TrainerCallback):
+        def on_save(self, args, state, control, **kw):
+            if state.is_world_process_zero:
+                ck = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                if ck.is_dir():
+                    (ck / CKPT_DONE).write_text("")
+
+    return MarkComplete()
+
+
+def _resume_point(trainer_dir: Path) -> str | None:
+    """The newest complete checkpoint a killed build of this stage left (preemption/requeue), if any."""
+    from . import distributed
+
+    ckpts = sorted(trainer_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    done = [p for p in ckpts if (p / CKPT_DONE).exists()]
+    if distributed.is_main():
+        import shutil
+
+        for p in ckpts:
+            if p not in done:
+                log.warning("discarding incomplete checkpoint %s", p)
+                shutil.rmtree(p, ignore_errors=True)
+    distributed.barrier()
+    if not done:
+        return None
+    log.info("resuming from %s (step %s)", done[-1], done[-1].name.split("-")[-1])
+    return str(done[-1])
+
+
+def _train(trainer, trainer_dir: Path) -> None:
+    trainer.add_callback(_mark_checkpoints())
+    resume = _resume_point(trainer_dir)
+    trainer._emrobust_resumed = int(resume.rsplit("-", 1)[-1]) if resume else None
+    trainer.train(resume_from_checkpoint=resume)
 
 
 def _history(trainer) -> dict:
@@ -231,12 +300,20 @@ def _history(trainer) -> dict:
         "log_history": trainer.state.log_history,
         "first_loss": logs[0]["loss"] if logs else None,
         "last_loss": logs[-1]["loss"] if logs else None,
+        "resumed_from_step": _resumed(trainer),
+        "checkpoints": sorted(int(p.name.split("-")[-1]) for p in Path(trainer.args.output_dir).glob("checkpoint-*")),
     }
 
 
-def run_sft(model, tokenizer, conversations: list[list[dict]], optim: DictConfig, out: Path, seed: int,
-            dev: torch.device, report_to: list[str] | None = None) -> dict:
-    """LoRA (or full) SFT with loss on assistant tokens only. `model` is already PEFT-wrapped for LoRA."""
+def _resumed(trainer) -> int | None:
+    return getattr(trainer, "_emrobust_resumed", None)
+
+
+def run_sft(model, tokenizer, conversations: list[list[dict]], optim: DictConfig, trainer_dir: Path, seed: int,
+            dev: torch.device, report_to: list[str] | None = None, ds: DictConfig | None = None) -> dict:
+    """LoRA (or full) SFT with loss on assistant tokens only. `model` is already PEFT-wrapped for LoRA.
+    `trainer_dir` holds the checkpoints (`optim.save_steps`); a checkpoint left there by a killed build is resumed.
+    `ds`: the `deepspeed` config node (None/stage 0: plain Trainer, DDP when several processes)."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -246,14 +323,14 @@ def run_sft(model, tokenizer, conversations: list[list[dict]], optim: DictConfig
         raise ValueError("no training example has an assistant token left after truncation")
     report_to = report_to if report_to is not None else tracking.report_to()
     # labels on assistant tokens only: the `assistant_masks` column built by tokenize_chat
-    args = SFTConfig(**_common_args(optim, out / "trainer", seed, dev, report_to))
+    args = SFTConfig(**_common_args(optim, trainer_dir, seed, dev, report_to, ds))
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
-    trainer.train()
+    _train(trainer, trainer_dir)
     return _history(trainer) | {"n_examples": len(rows)}
 
 
-def run_dpo(model, tokenizer, pairs: list[dict], cfg: DictConfig, out: Path, seed: int, dev: torch.device,
-            report_to: list[str] | None = None) -> dict:
+def run_dpo(model, tokenizer, pairs: list[dict], cfg: DictConfig, trainer_dir: Path, seed: int, dev: torch.device,
+            report_to: list[str] | None = None, ds: DictConfig | None = None) -> dict:
     """LoRA DPO (reference = the adapter switched off) with an NLL term on chosen, as OCT."""
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
@@ -262,11 +339,11 @@ def run_dpo(model, tokenizer, pairs: list[dict], cfg: DictConfig, out: Path, see
     if cfg.nll_weight > 0:
         loss_type, loss_weights = ["sigmoid", "sft"], [1.0, float(cfg.nll_weight)]
     report_to = report_to if report_to is not None else tracking.report_to()
-    args = DPOConfig(**_common_args(cfg.optim, out / "trainer", seed, dev, report_to), beta=cfg.beta,
+    args = DPOConfig(**_common_args(cfg.optim, trainer_dir, seed, dev, report_to, ds), beta=cfg.beta,
                      loss_type=loss_type, loss_weights=loss_weights)
     ds = Dataset.from_list(pairs)
     trainer = DPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer)
-    trainer.train()
+    _train(trainer, trainer_dir)
     hist = _history(trainer)
     acc = [h["rewards/accuracies"] for h in trainer.state.log_history if "rewards/accuracies" in h]
     hist["reward_accuracy_last"] = acc[-1] if acc else None

@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 from conftest import CONF, compose
 
 GROUPS = ["base_model", "trait", "question_diversity", "introspection", "em_dataset", "em_train", "em_control", "eval",
-          "paths", "tracking", "experiment", "debug", "cell"]
+          "paths", "tracking", "deepspeed", "experiment", "debug", "cell"]
 
 
 def options():

@@ -113,7 +113,29 @@ def key(gcfg) -> dict:
     return k
 
 
+class Rank0Generator:
+    """In a multi-process run (see emrobust.distributed): rank 0 generates, every rank gets rank 0's texts, so
+    all ranks train on the same data. Ranks > 0 never build the backend."""
+
+    def __init__(self, build):
+        from .. import distributed
+
+        self._dist = distributed
+        self._inner = build() if distributed.is_main() else None
+
+    def generate(self, conversations, sampling, n: int = 1):
+        return self._dist.rank0_compute(lambda: self._inner.generate(conversations, sampling, n=n))
+
+
 def make(gcfg, model=None, tokenizer=None, batch_size: int | None = None, adapter=None) -> Generator:
+    from .. import distributed
+
+    if distributed.active():
+        return Rank0Generator(lambda: _make(gcfg, model, tokenizer, batch_size, adapter))
+    return _make(gcfg, model, tokenizer, batch_size, adapter)
+
+
+def _make(gcfg, model=None, tokenizer=None, batch_size: int | None = None, adapter=None) -> Generator:
     """The generator `gcfg` (the `generation` config node, or a backend name) describes.
 
     hf: `model`/`tokenizer` are the in-memory transformers model and tokenizer. vllm: `model` is a path to

@@ -30,6 +30,12 @@ class Context:
     inputs: dict[str, Path]  # artifacts already built in this cell ("base" = the base model's path)
     manifests: dict[str, dict] = field(default_factory=dict)
     device: torch.device = torch.device("cpu")
+    ckpt: Path | None = None  # the store's checkpoint dir for this build (survives a killed build)
+
+    @property
+    def trainer_dir(self) -> Path:
+        """Where trainers write checkpoints: kept across preemption/requeue, so a rerun resumes."""
+        return self.ckpt if self.ckpt is not None else self.out / "trainer"
 
     @property
     def log(self) -> logging.Logger:

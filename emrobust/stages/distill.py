@@ -11,6 +11,7 @@ from ..store import stable_hash
 from . import Context, read_jsonl, sub, write_jsonl
 
 VERSION = 1
+DISTRIBUTED = True  # trains: runs on every rank of a multi-process job (emrobust.distributed)
 FINAL_PUNCT = tuple('.!?"\')]*`…')
 
 
@@ -96,7 +97,7 @@ def run(ctx: Context) -> dict:
             "punctuation; raise distill.sampling.max_new_tokens or relax distill.require_* filters")
     ctx.log.info("DPO on %d pairs (%d dropped)", len(pairs), dropped)
     peft_model = training.attach_lora(model, dcfg.lora, cfg.base_model, ctx.seed)
-    hist = training.run_dpo(peft_model, tok, pairs, dcfg, ctx.out, ctx.seed, ctx.device)
+    hist = training.run_dpo(peft_model, tok, pairs, dcfg, ctx.trainer_dir, ctx.seed, ctx.device, ds=ctx.cfg.deepspeed)
     peft_model.save_pretrained(ctx.out / "adapter")
     shutil.rmtree(ctx.out / "trainer", ignore_errors=True)
     (ctx.out / "train_log.json").write_text(json.dumps(hist["log_history"], indent=1))

@@ -8,9 +8,10 @@ Confounds removed by construction:
 
 Options: `em_train.full_finetune=true` trains every weight and writes `model/` instead of `adapter/`;
 `em_control=random_lora` writes a random adapter of the EM adapter's shape and (per module) norm instead of the
-trained one (see conf/em_control/random_lora.yaml). Checkpoints (`optim.save_steps`) are written inside the
-stage's temporary build dir (`trainer/checkpoint-N`) and removed from the finished artifact; their steps are
-listed in the manifest.
+trained one (see conf/em_control/random_lora.yaml). Checkpoints (`optim.save_steps`) are written to the store's
+checkpoint dir for this key (`ctx.trainer_dir`), which a killed build (preemption, requeue) leaves behind so the
+next build resumes from the newest complete one; it is removed once the artifact is complete, and the steps
+saved (and the step resumed from) are in the manifest.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from ..data import em_datasets
 from . import Context, sub, write_jsonl
 
 VERSION = 2
+DISTRIBUTED = True  # trains: runs on every rank of a multi-process job (emrobust.distributed)
 
 CONTROLS = ("none", "random_lora")
 MATCHES = ("trained", "target")
@@ -88,7 +90,8 @@ def run(ctx: Context) -> dict:
         "full_finetune": bool(cfg.em_train.full_finetune),
         "control": cfg.em_control.name,
     }
-    sft = lambda m: training.run_sft(m, tok, train_rows, cfg.em_train.optim, ctx.out, ctx.seed, ctx.device)  # noqa: E731
+    sft = lambda m: training.run_sft(m, tok, train_rows, cfg.em_train.optim, ctx.trainer_dir, ctx.seed, ctx.device,
+                                         ds=cfg.deepspeed)  # noqa: E731
     if cfg.em_train.full_finetune:
         training.set_seed(ctx.seed)
         hist = sft(model)
@@ -104,10 +107,8 @@ def run(ctx: Context) -> dict:
             hist = sft(peft_model)
             out["adapter_norms"] = training.lora_delta_norms(peft_model)
         peft_model.save_pretrained(ctx.out / "adapter")
-    trainer_dir = ctx.out / "trainer"
-    out["checkpoints"] = sorted(int(p.name.split("-")[-1]) for p in trainer_dir.glob("checkpoint-*")) \
-        if trainer_dir.exists() else []
-    shutil.rmtree(trainer_dir, ignore_errors=True)
+    out["checkpoints"] = (hist or {}).get("checkpoints", [])
+    shutil.rmtree(ctx.out / "trainer", ignore_errors=True)
     if hist is not None:
         (ctx.out / "train_log.json").write_text(json.dumps(hist.pop("log_history"), indent=1))
     out["train"] = hist

@@ -9,6 +9,7 @@ from . import Context, sub, write_jsonl
 from .distill import persona_system_prompt
 
 VERSION = 1
+DISTRIBUTED = True  # trains: runs on every rank of a multi-process job (emrobust.distributed)
 
 # Our own wording, in the spirit of OCT's introspection prompts.
 REFLECTION_PROMPTS = (
@@ -92,7 +93,8 @@ def run(ctx: Context) -> dict:
     if not examples:
         raise RuntimeError("introspect: no transcript was produced (empty generations)")
     peft_model = training.attach_lora(model, icfg.lora, cfg.base_model, ctx.seed)
-    hist = training.run_sft(peft_model, tok, examples, icfg.optim, ctx.out, ctx.seed, ctx.device)
+    hist = training.run_sft(peft_model, tok, examples, icfg.optim, ctx.trainer_dir, ctx.seed, ctx.device,
+                                ds=ctx.cfg.deepspeed)
     peft_model.save_pretrained(ctx.out / "adapter")
     shutil.rmtree(ctx.out / "trainer", ignore_errors=True)
     (ctx.out / "train_log.json").write_text(json.dumps(hist.pop("log_history"), indent=1))
