@@ -57,7 +57,10 @@ def main(argv: list[str] | None = None) -> None:
             from .rescore import main as rescore
 
             sys.exit(rescore(rest))
-        sys.exit(f"emrobust {verb}: not implemented yet (see the open issues)")
+        if verb == "sweep":
+            from .sweep import main as sweep
+
+            sys.exit(sweep(rest))
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
     sys.argv = [sys.argv[0]] + argv
     app()

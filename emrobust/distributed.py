@@ -36,6 +36,8 @@ def setup() -> int:
     if world <= 1:
         return 1
     backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "gloo":  # DeepSpeed on CPU (tests, laptops): without this it probes for CUDA, then MPI
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(hours=2))

@@ -197,6 +197,18 @@ def run_cell(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = No
     return summary
 
 
+def record_failure(output_dir: Path, overrides: list[str], error: str) -> None:
+    """run.json for a cell that died without writing one (its Slurm job was killed or cancelled)."""
+    output_dir = Path(output_dir)
+    if (output_dir / "run.json").exists():
+        return
+    output_dir.mkdir(parents=True, exist_ok=True)
+    seed = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+") == "seed"), None)
+    summary = {"overrides": list(overrides), "choices": {}, "seed": int(seed) if seed is not None else None,
+               "status": "failed", "error": error, "stages": [], "diversity": {}, "metrics": {}}
+    (output_dir / "run.json").write_text(json.dumps(summary, indent=2))
+
+
 # ---------------------------------------------------------------- sweep table
 def sweep_table(sweep_dir: Path) -> pd.DataFrame:
     """One row per cell: overrides as columns, then status, diversity and metrics."""

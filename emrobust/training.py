@@ -301,6 +301,9 @@ def _history(trainer) -> dict:
         "first_loss": logs[0]["loss"] if logs else None,
         "last_loss": logs[-1]["loss"] if logs else None,
         "resumed_from_step": _resumed(trainer),
+        "world_size": trainer.args.world_size,
+        "deepspeed_zero_stage": (trainer.args.hf_deepspeed_config.config["zero_optimization"]["stage"]
+                                 if getattr(trainer, "is_deepspeed_enabled", False) else None),
         "checkpoints": sorted(int(p.name.split("-")[-1]) for p in Path(trainer.args.output_dir).glob("checkpoint-*")),
     }
 

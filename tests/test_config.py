@@ -82,13 +82,13 @@ def test_every_launcher_composes_and_instantiates(launcher, tmp_path):
     module, name = params.pop("_target_").rsplit(".", 1)
     cls = getattr(importlib.import_module(module), name)
     assert issubclass(cls, Launcher)
-    if module.startswith("hydra_plugins."):  # ours: Hydra builds it from these params (Hydra's own: no params)
+    if module.startswith("hydra_plugins.emrobust"):  # ours: Hydra builds it from these params (Hydra's own: no params)
         assert isinstance(cls(**params), Launcher)
 
 
 def test_slurm_launcher_presets_and_local_cluster_config(tmp_path):
     cfg = compose_hydra("hydra/launcher=slurm_multigpu", "hydra.launcher.gpus_per_node=2", tmp=tmp_path)
-    assert cfg.hydra.launcher.tasks_per_node == 2 and cfg.hydra.launcher._target_.endswith("emrobust_launcher.slurm.SlurmLauncher")
+    assert cfg.hydra.launcher.tasks_per_node == 2 and cfg.hydra.launcher._target_ == "hydra_plugins.emrobust_launcher.slurm.SlurmLauncher"
     # cluster-specific values from a user's untracked config dir (conf/local/ in the repo works the same way)
     (tmp_path / "local").mkdir()
     (tmp_path / "local" / "mycluster.yaml").write_text(

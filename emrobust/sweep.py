@@ -1,0 +1,262 @@
+"""`emrobust sweep <overrides...> [--dry-run] [--no-wait]`: a multirun planned on the login node.
+
+1. Expand the multirun exactly as `-m` would (Hydra's basic sweeper: command-line sweeps × the experiment's
+   `hydra.sweeper.params`).
+2. Compose and validate every cell (files, datasets, trait/eval names, judge key, GPU request vs model size,
+   no secrets in `setup` lines); the first problem stops the sweep, naming the cell and the field. Nothing has
+   been submitted yet.
+3. Compute every cell's stage keys and look them up in the store: a stage needed by several cells and not yet
+   built is a *shared* stage. Consecutive shared stages needed by the same cells (a persona's questions →
+   distill → introspect → fold) form one job: it runs a representative cell with `pipeline.until=<last stage>`.
+4. Print the plan (cells, unique stages, cached stages, jobs, GPU-hour bound), then submit the shared-stage jobs
+   and the cells with `afterok` dependencies through `emrobust.cluster`, so each missing shared stage is built
+   exactly once, and every cell job finds it cached.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from .errors import ConfigError
+
+log = logging.getLogger("emrobust.sweep")
+SECRET_LINE = ("API_KEY", "TOKEN", "SECRET", "PASSWORD")
+
+
+def compose(overrides: list[str], hydra: bool = False) -> DictConfig:
+    """One cell's config, composed like the app composes it (the same config dir and schema)."""
+    from hydra import compose as hcompose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from .config import register
+    from .models import CONF_DIR
+
+    register()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hcompose(config_name="config", overrides=list(overrides), return_hydra_config=hydra)
+
+
+def expand(argv: list[str]) -> tuple[list[list[str]], list[str], DictConfig]:
+    """(cells' overrides, the hydra/launcher overrides, the composed hydra config) of a multirun command line."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    launcher = [a for a in argv if a.startswith(("hydra.", "hydra/", "+local=", "local="))]
+    task = [a for a in argv if a not in launcher]
+    parser = OverridesParser.create()
+    parsed = parser.parse_overrides(task)
+    # the primary config (first value of each sweep) tells us the experiment's sweeper params and the launcher
+    first = [f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override()
+             else o.input_line for o in parsed]
+    primary = compose(first + launcher, hydra=True)
+    params = primary.hydra.sweeper.get("params") or {}
+    given = {o.get_key_element() for o in parsed}
+    extra = [f"{k}={v}" for k, v in params.items() if k not in given]
+    cells = BasicSweeper.split_arguments(parser.parse_overrides(task + extra), None)[0]
+    return [list(c) for c in cells], launcher, primary
+
+
+@dataclass
+class Job:
+    name: str  # e.g. "fold:1a2b..." or "cell:3"
+    overrides: list[str]
+    output_dir: Path
+    until: str | None = None
+    after: list[str] = field(default_factory=list)  # names of jobs this one waits for
+    stages: list[tuple[str, str]] = field(default_factory=list)  # (stage, key) it builds
+    is_cell: bool = False
+    slurm_id: str | None = None
+
+
+@dataclass
+class Plan:
+    sweep_dir: Path
+    cells: list[list[str]]
+    keys: list[list[tuple[str, str]]]  # per cell: (stage, key) in order
+    cached: set[tuple[str, str]]
+    jobs: list[Job]
+
+    @property
+    def unique(self) -> set[tuple[str, str]]:
+        return {sk for ks in self.keys for sk in ks}
+
+    def summary(self, launcher: dict) -> str:
+        shared = [j for j in self.jobs if not j.is_cell]
+        n_jobs = len(self.jobs)
+        gpus = (launcher.get("gpus_per_node") or 0) * (launcher.get("nodes") or 1)
+        hours = n_jobs * gpus * (launcher.get("timeout_min") or 0) / 60
+        uses = sum(len(k) for k in self.keys)
+        lines = [f"sweep dir: {self.sweep_dir}",
+                 f"cells: {len(self.cells)}",
+                 f"stages: {uses} uses of {len(self.unique)} unique stage keys, {len(self.cached)} cached, "
+                 f"{len(self.unique) - len(self.cached)} to build",
+                 f"jobs to submit: {n_jobs} ({len(shared)} shared-stage jobs + {n_jobs - len(shared)} cell jobs)",
+                 f"GPU-hours requested (upper bound = jobs x {gpus} GPU x {launcher.get('timeout_min')} min): "
+                 f"{hours:.1f}"]
+        for j in self.jobs:
+            what = " ".join(f"{s}:{k[:8]}" for s, k in j.stages) or "all cached"
+            dep = f"  after {','.join(j.after)}" if j.after else ""
+            lines.append(f"  {j.name:<18} {what}{dep}")
+        return "\n".join(lines)
+
+
+def validate_cell(i: int, overrides: list[str], cfg: DictConfig, launcher: dict) -> None:
+    """Login-node checks of one cell; ConfigError naming the cell and the field."""
+    from . import pipeline
+
+    try:
+        pipeline.validate(cfg)
+        gpus = launcher.get("gpus_per_node") or 0
+        if cfg.base_model.params_b >= 1.0 and not gpus:
+            raise ConfigError(f"base_model={cfg.base_model.name} has {cfg.base_model.params_b}B parameters but the "
+                              "job requests no GPU; set hydra.launcher.gpus_per_node", where="hydra.launcher.gpus_per_node")
+        if cfg.deepspeed.stage and (launcher.get("tasks_per_node") or 1) * (launcher.get("nodes") or 1) < 2:
+            log.warning("deepspeed=%s with one process per job: no sharding happens (use hydra/launcher="
+                        "slurm_multigpu)", cfg.deepspeed.name)
+    except ConfigError as e:
+        raise ConfigError(f"cell {i} ({' '.join(overrides)}): {e}") from None
+
+
+def check_launcher(launcher: dict) -> None:
+    """Secrets travel by environment, never in the job script."""
+    secrets = {v for k, v in os.environ.items() if any(s in k.upper() for s in SECRET_LINE) and len(v) >= 6}
+    for line in launcher.get("setup") or []:
+        if any(s in line for s in secrets) or any(f"{s}=" in line.upper() for s in SECRET_LINE):
+            raise ConfigError(f"hydra.launcher.setup line {line.split('=')[0]!r}... sets a secret; export it in the "
+                              "submitting shell instead (sbatch passes the environment, the script never holds it)",
+                              where="hydra.launcher.setup")
+
+
+def make_plan(cells: list[list[str]], cfgs: list[DictConfig], sweep_dir: Path) -> Plan:
+    from . import pipeline
+    from .store import Store
+
+    keys = [[(n.name, n.key) for n in pipeline.plan(c)] for c in cfgs]
+    store = Store(Path(cfgs[0].paths.artifacts))
+    users: dict[tuple[str, str], list[int]] = {}
+    for i, ks in enumerate(keys):
+        for sk in ks:
+            users.setdefault(sk, []).append(i)
+    cached = {sk for sk in users if store.is_complete(*sk)}
+    jobs: list[Job] = []
+    built_by: dict[tuple[str, str], Job] = {}  # (stage, key) -> the shared-stage job that builds it
+    for i, ks in enumerate(keys):
+        prev: Job | None = None
+        for sk in ks:
+            if sk in cached or len(users[sk]) < 2:
+                continue
+            if sk in built_by:  # an earlier cell's chain builds it
+                prev = built_by[sk]
+                continue
+            if prev is not None and prev.overrides is cells[i] and users[prev.stages[-1]] == users[sk]:
+                prev.stages.append(sk)  # needed by the same cells as the stage before: the same job
+                prev.until = sk[0]
+            else:
+                n = sum(not j.is_cell for j in jobs)
+                prev = Job(f"stages:{n}", cells[i], sweep_dir / ".stages" / str(n), sk[0],
+                           after=[prev.name] if prev else [], stages=[sk])
+                jobs.append(prev)
+            built_by[sk] = prev
+        deps = sorted({built_by[sk].name for sk in ks if sk in built_by}, key=lambda n: int(n.split(":")[1]))
+        own = [sk for sk in ks if sk not in cached and sk not in built_by]
+        jobs.append(Job(f"cell:{i}", cells[i], sweep_dir / str(i), None, deps, own, is_cell=True))
+    return Plan(sweep_dir, cells, keys, cached, jobs)
+
+
+def submit(plan: Plan, launcher: dict) -> dict[str, str]:
+    """sbatch every job of the plan in order (dependencies first); returns job name -> Slurm job id."""
+    from . import cluster
+
+    ex = cluster.executor(launcher, plan.sweep_dir / ".submitit" / "%j")
+    extra = dict(launcher.get("additional_parameters") or {})
+    ids: dict[str, str] = {}
+    group = plan.sweep_dir.name
+    for j in plan.jobs:
+        job = cluster.CellJob(j.overrides, str(j.output_dir), j.until,
+                              str(plan.sweep_dir) if j.is_cell else None, group)
+        name = f"{launcher.get('name') or 'emrobust'}-{group}-{j.name.replace(':', '-')}"
+        sj = cluster.submit(ex, job, name, [ids[a] for a in j.after], extra)
+        ids[j.name] = j.slurm_id = str(sj.job_id)
+        j._submitit = sj
+        log.info("submitted %s as Slurm job %s%s", j.name, sj.job_id, f" after {j.after}" if j.after else "")
+    return ids
+
+
+def wait(plan: Plan) -> list[str]:
+    """Wait for every job; a cell whose job died without run.json is recorded failed. Returns failed cells."""
+    from . import cluster, pipeline
+
+    failed = []
+    for j in plan.jobs:
+        sj = j._submitit
+        try:
+            sj.results()
+        except Exception:  # noqa: BLE001 - the job raised, was killed, or a dependency failed
+            if j.is_cell:
+                pipeline.record_failure(j.output_dir, j.overrides, cluster.job_failure(sj))
+                failed.append(j.name)
+    pipeline.write_sweep_csv(plan.sweep_dir)
+    return failed
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="emrobust sweep", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dry-run", action="store_true", help="print the plan, submit nothing")
+    ap.add_argument("--no-wait", action="store_true", help="return once everything is submitted")
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides, sweeps as a,b,c (hydra/launcher=slurm ...)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        cells, launcher_ov, primary = expand(args.overrides)
+        launcher = OmegaConf.to_container(primary.hydra.launcher, resolve=True)
+        if "submitit" not in str(launcher.get("_target_", "")) and "cluster" not in str(launcher.get("_target_", "")):
+            raise ConfigError("emrobust sweep submits to Slurm: add hydra/launcher=slurm (or slurm_multigpu)",
+                              where="hydra/launcher")
+        check_launcher(launcher)
+        sweep_dir = Path(str(primary.hydra.sweep.dir)).resolve()
+        # the store and cache as the login node sees them: the jobs must use the very same paths
+        pin = [f"paths.artifacts={Path(primary.paths.artifacts).resolve()}",
+               f"paths.cache={Path(primary.paths.cache).resolve()}"]
+        cells = [c + [p for p in pin if p.split("=")[0] not in {o.split("=")[0] for o in c}] for c in cells]
+        cfgs = []
+        for i, c in enumerate(cells):
+            cfg = compose(c)
+            validate_cell(i, c, cfg, launcher)
+            cfgs.append(cfg)
+    except ConfigError as e:
+        print(f"emrobust sweep: {e}\nnothing was submitted", file=sys.stderr)
+        return 2
+    plan = make_plan(cells, cfgs, sweep_dir)
+    print(plan.summary(launcher))
+    if args.dry_run:
+        return 0
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    ids = submit(plan, launcher)
+    (sweep_dir / "plan.json").write_text(json.dumps(
+        {"cells": plan.cells, "jobs": [{"name": j.name, "slurm_id": j.slurm_id, "after": j.after, "until": j.until,
+                                        "stages": j.stages, "overrides": j.overrides} for j in plan.jobs],
+         "unique_stages": len(plan.unique), "cached_stages": len(plan.cached)}, indent=1))
+    print(f"submitted {len(ids)} jobs ({sweep_dir / 'plan.json'})")
+    if args.no_wait:
+        return 0
+    failed = wait(plan)
+    import pandas as pd
+
+    df = pd.read_csv(sweep_dir / "sweep.csv")
+    print(f"sweep finished in {time.time() - t0:.0f}s: {(df['status'] == 'ok').sum()} cells ok, "
+          f"{(df['status'] != 'ok').sum()} failed ({len(failed)} of them killed or never started); "
+          f"{sweep_dir / 'sweep.csv'}")
+    print(df[[c for c in ("cell", "status", "executed", "cached", "error") if c in df]].to_string(index=False))
+    return 0 if (df["status"] == "ok").all() else 1
