@@ -220,7 +220,7 @@ def main(argv: list[str]) -> int:
     try:
         cells, launcher_ov, primary = expand(args.overrides)
         launcher = OmegaConf.to_container(primary.hydra.launcher, resolve=True)
-        if "submitit" not in str(launcher.get("_target_", "")) and "cluster" not in str(launcher.get("_target_", "")):
+        if not str(launcher.get("_target_", "")).endswith("SlurmLauncher"):
             raise ConfigError("emrobust sweep submits to Slurm: add hydra/launcher=slurm (or slurm_multigpu)",
                               where="hydra/launcher")
         check_launcher(launcher)

@@ -99,3 +99,165 @@ def test_fake_gpus_set_cuda_visible_devices(slurm_cluster, tmp_path):
         assert time.time() < deadline
         time.sleep(0.2)
     assert out.read_text().strip() == "CVD=0,1"
+
+
+# ---------------------------------------------------------------- emrobust sweep, requeue, killed cells, ZeRO-2
+def sacct_jobs(ids: list[str]) -> dict[str, tuple[str, str]]:
+    """JobID -> (JobName, State) for these jobs, from the accounting DB."""
+    out = subprocess.run(["sacct", "-X", "-n", "-P", "-j", ",".join(ids), "-o", "JobID,JobName%200,State"],
+                         capture_output=True, text=True, check=True).stdout
+    return {j: (n, s.split()[0]) for j, n, s in (ln.split("|") for ln in out.splitlines() if ln)}
+
+
+def ended(ids: list[str]) -> dict | None:
+    jobs = sacct_jobs(ids)
+    return jobs if len(jobs) == len(ids) and {s for _, s in jobs.values()} <= TERMINAL else None
+
+
+def wait_for(pred, timeout: float, what: str, step: float = 0.05):
+    deadline = time.time() + timeout
+    while not (v := pred()):
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(step)
+    return v
+
+
+def test_sweep_builds_each_shared_stage_once(slurm_cluster, tmp_path, tiny_path):
+    """2 traits x 2 diversities x 2 EM datasets: each persona (questions -> distill -> fold) is one job, built
+    once; the 8 cells wait for it (afterok) and find it cached."""
+    import collections
+    import json
+    import uuid
+
+    sweep = tmp_path / f"sweep-{uuid.uuid4().hex[:8]}"
+    grid = ["debug=tiny", "introspection=none", "trait=demo,neutral", "question_diversity=low,high",
+            "em_dataset=demo_insecure,insecure"]
+    dry = cli("sweep", "--dry-run", *grid, *JOB, f"hydra.sweep.dir={sweep}", tmp=tmp_path)
+    assert "cells: 8" in dry.stdout and "jobs to submit: 12 (4 shared-stage jobs + 8 cell jobs)" in dry.stdout
+    assert "40 uses of 28 unique stage keys, 0 cached" in dry.stdout and not sweep.exists()
+
+    p = cli("sweep", *grid, *JOB, f"hydra.sweep.dir={sweep}", tmp=tmp_path, timeout=1500)
+    plan = json.loads((sweep / "plan.json").read_text())
+    ids = [j["slurm_id"] for j in plan["jobs"]]
+    # the login node has every result; give slurmdbd a moment to record the last job's end
+    jobs = wait_for(lambda: ended(ids), 60, "sacct to show every job ended", 0.5)
+    # sbatch submissions of this sweep, counted in Slurm's own accounting: one per persona + one per cell
+    mine = {j: ns for j, ns in jobs.items() if ns[0].startswith(f"emrobust-{sweep.name}-")}
+    assert len(mine) == 12 == len(set(ids)), jobs
+    assert sum("-stages-" in n for n, _ in mine.values()) == 4
+    assert {s for _, s in mine.values()} == {"COMPLETED"}, mine
+    runs = [json.loads(r.read_text()) for r in [*sweep.glob("*/run.json"), *sweep.glob(".stages/*/run.json")]]
+    executed = collections.Counter((s["name"], s["key"]) for r in runs for s in r["stages"] if s["status"] == "executed")
+    assert len(executed) == plan["unique_stages"] == 28 and set(executed.values()) == {1}  # ratio 1.0
+    df = pd.read_csv(sweep / "sweep.csv")
+    assert len(df) == 8 and (df["status"] == "ok").all() and (df["cached"] == 3).all() and (df["executed"] == 2).all()
+    assert "8 cells ok, 0 failed" in p.stdout
+
+    again = cli("sweep", "--dry-run", *grid, *JOB, f"hydra.sweep.dir={tmp_path / 'again'}", tmp=tmp_path)
+    assert "28 cached, 0 to build" in again.stdout and "(0 shared-stage jobs + 8 cell jobs)" in again.stdout
+
+
+def test_sweep_validates_every_cell_before_submitting(tmp_path):
+    """Login-node checks: the first bad cell stops the sweep with its name and field; nothing is submitted
+    (no Slurm needed: nothing gets that far)."""
+    sweep = tmp_path / "sweep"
+    p = cli("sweep", "debug=tiny", "trait=none", "em_dataset.n_examples=8,100000", *JOB, f"hydra.sweep.dir={sweep}",
+            tmp=tmp_path, check=False)
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert "cell 1 (debug=tiny trait=none em_dataset.n_examples=100000" in p.stderr and "nothing was submitted" in p.stderr
+    assert not sweep.exists()
+    p = cli("sweep", "debug=tiny", "trait=none", "base_model=qwen2_5_7b_instruct", *JOB, f"hydra.sweep.dir={sweep}",
+            tmp=tmp_path, check=False)
+    assert p.returncode == 2 and "7.6B parameters" in p.stderr and "gpus_per_node" in p.stderr, p.stderr[-2000:]
+    env_secret = "sk-test-0123456789"
+    p = cli("sweep", "debug=tiny", "trait=none", *JOB, f"hydra.launcher.setup=['export OPENAI_API_KEY={env_secret}']",
+            f"hydra.sweep.dir={sweep}", tmp=tmp_path, check=False)
+    assert p.returncode == 2 and "hydra.launcher.setup" in p.stderr and env_secret not in p.stderr + p.stdout
+    assert not sweep.exists()
+
+
+RESUME = ["debug=tiny", "trait=none", "pipeline.until=em", "em_dataset.n_examples=40", "em_train.optim.max_steps=30",
+          "em_train.optim.save_steps=5"]
+
+
+def test_requeued_training_resumes_from_checkpoint(slurm_cluster, tmp_path, tiny_path):
+    """USR2 (what Slurm sends before a time limit or preemption) mid-training: submitit requeues the job, the
+    rerun resumes from the newest complete checkpoint, and the adapter is byte-identical to an uninterrupted run."""
+    import json
+    import signal
+
+    from emrobust.store import file_sha256
+
+    cli(*RESUME, f"paths.artifacts={tmp_path / 'reference'}", f"hydra.run.dir={tmp_path / 'ref_out'}", tmp=tmp_path)
+    ref = next((tmp_path / "reference" / "em").glob("*/adapter/adapter_model.safetensors"))
+
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "EMROBUST_ROOT": str(tmp_path), "HYDRA_FULL_ERROR": "1"}
+    job = [j if "max_num_timeout" not in j else "hydra.launcher.max_num_timeout=3" for j in JOB]
+    proc = subprocess.Popen([os.sys.executable, "-m", "emrobust.cli", "-m", *RESUME, *job, f"hydra.sweep.dir={sweep}"],
+                            env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        art = tmp_path / "artifacts" / "em"
+        wait_for(lambda: list(art.glob(".*.ckpt/checkpoint-10/.complete")), 600, "checkpoint-10")
+        jid = wait_for(lambda: subprocess.run(["squeue", "-h", "-o", "%i", "-n", "emrobust"], capture_output=True,
+                                              text=True).stdout.split(), 30, "the job in squeue")[0]
+        subprocess.run(["scancel", "--signal=USR2", jid], check=True)
+        # Slurm holds a requeued batch job ~2 min (BeginTime); let it start now
+        wait_for(lambda: "PENDING" in subprocess.run(["squeue", "-h", "-o", "%T", "-j", jid], capture_output=True,
+                                                     text=True).stdout, 120, "the requeue", 0.2)
+        subprocess.run(["scontrol", "update", f"JobId={jid}", "StartTime=now"], check=True)
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(30)
+    assert proc.returncode == 0, out[-3000:]
+    logs = "".join(p.read_text() for p in (sweep / ".submitit").rglob("*_log.*"))
+    assert "Caught signal SIGUSR2" in logs and "resuming from" in logs
+    manifest = json.loads(next(art.glob("*/manifest.json")).read_text())
+    assert 10 <= manifest["train"]["resumed_from_step"] < 30 and manifest["train"]["steps"] == 30
+    assert file_sha256(next(art.glob("*/adapter/adapter_model.safetensors"))) == file_sha256(ref)
+    assert not list(art.glob(".*.ckpt"))  # checkpoints are gone once the artifact is complete
+
+
+def test_cell_killed_by_slurm_is_failed_in_sweep_csv(slurm_cluster, tmp_path, tiny_path):
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "EMROBUST_ROOT": str(tmp_path), "HYDRA_FULL_ERROR": "1"}
+    proc = subprocess.Popen([os.sys.executable, "-m", "emrobust.cli", "-m", *RESUME[:-1], "em_train.optim.max_steps=5000",
+                             *JOB, "hydra.launcher.name=emr-kill", f"hydra.sweep.dir={sweep}"],
+                            env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    jid = wait_for(lambda: subprocess.run(["squeue", "-h", "-t", "R", "-o", "%i", "-n", "emr-kill"],
+                                          capture_output=True, text=True).stdout.split(), 120, "the job running", 0.2)[0]
+    subprocess.run(["scancel", jid], check=True)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode != 0
+    df = pd.read_csv(sweep / "sweep.csv")
+    assert list(df["status"]) == ["failed"] and "CANCELLED" in df["error"][0], df.to_dict()
+
+
+def test_zero2_two_task_job_matches_single_process(slurm_cluster, tmp_path, tiny_path):
+    """A 2-task Slurm job: torch.distributed (gloo) from the Slurm environment, DeepSpeed ZeRO-2 LoRA SFT of
+    tiny_random; rank 0 alone writes; the adapter has the single-process run's tensors and shapes."""
+    import json
+
+    from safetensors.torch import load_file
+
+    cell = ["debug=tiny", "trait=none", "pipeline.until=em"]
+    cli(*cell, f"paths.artifacts={tmp_path / 'single'}", f"hydra.run.dir={tmp_path / 'single_out'}", tmp=tmp_path)
+    sweep = tmp_path / "sweep"
+    cli("-m", *cell, "deepspeed=zero2", *JOB, "hydra/launcher=slurm_multigpu", "hydra.launcher.gpus_per_node=null",
+        "hydra.launcher.tasks_per_node=2", "hydra.launcher.mem_gb=6", "hydra.launcher.timeout_min=15",
+        f"hydra.sweep.dir={sweep}", tmp=tmp_path, timeout=1200)
+    logs = {p.name: p.read_text() for p in (sweep / ".submitit").rglob("*_log.*")}
+    text = "".join(logs.values())
+    assert "rank 0/2 joined the process group (gloo" in text and "rank 1/2 joined the process group (gloo" in text
+    single = next((tmp_path / "single" / "em").glob("*/"))
+    multi = list((tmp_path / "artifacts" / "em").glob("*/"))
+    assert len(multi) == 1 and multi[0].name == single.name  # the same stage key: execution details are not in it
+    m = json.loads((multi[0] / "manifest.json").read_text())
+    assert m["train"]["world_size"] == 2 and m["train"]["deepspeed_zero_stage"] == 2
+    a = load_file(multi[0] / "adapter" / "adapter_model.safetensors")
+    b = load_file(single / "adapter" / "adapter_model.safetensors")
+    assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in b.items()}
+    run = json.loads((sweep / "0" / "run.json").read_text())
+    assert run["status"] == "ok" and run["world_size"] == 2
