@@ -99,6 +99,13 @@ if _sl is not None:
 
             from . import pipeline
 
+            from .sweep import check_launcher, validate_cell
+
+            # login-node validation of every cell, before anything is submitted
+            check_launcher(self.params)
+            for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+                cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+                validate_cell(idx, list(overrides), cfg, self.params)
             sweep_dir = Path(str(self.config.hydra.sweep.dir))
             sweep_dir.mkdir(parents=True, exist_ok=True)
             ex = executor(self.params, self.params["submitit_folder"])

@@ -80,14 +80,15 @@ def test_two_cell_sweep_completes_on_slurm(slurm_cluster, root, tiny_path):
 
 def test_failed_cell_is_failed_in_sacct_and_sweep_csv(slurm_cluster, root, tiny_path):
     sweep = root / "sweep_fail"
-    p = cli("-m", "debug=tiny", "trait=none", "em_dataset.n_examples=8,100000", *JOB, f"hydra.sweep.dir={sweep}",
+    # max_length=1 passes login-node validation but leaves no assistant token to train on: run_sft raises in the job
+    p = cli("-m", "debug=tiny", "trait=none", "em_train.optim.max_length=128,1", *JOB, f"hydra.sweep.dir={sweep}",
             tmp=root, check=False, timeout=900)
     assert p.returncode != 0, p.stdout[-2000:]  # the sweep fails at the end, as with the local launcher...
     assert sacct_states(sweep, 2) == {0: "COMPLETED", 1: "FAILED"}  # ...after the other cell ran
     df = pd.read_csv(sweep / "sweep.csv")
     assert list(df["status"]) == ["ok", "failed"]
     assert df["cached"][0] == 2  # the ok cell is the first sweep's seed=0 cell: built once, reused from the store
-    assert "ConfigError" in df["error"][1] and "n_examples=100000" in df["error"][1]
+    assert "ValueError" in df["error"][1] and "no training example" in df["error"][1]
 
 
 def test_fake_gpus_set_cuda_visible_devices(slurm_cluster, tmp_path):
@@ -169,6 +170,11 @@ def test_sweep_validates_every_cell_before_submitting(tmp_path):
     p = cli("sweep", "debug=tiny", "trait=none", "base_model=qwen2_5_7b_instruct", *JOB, f"hydra.sweep.dir={sweep}",
             tmp=tmp_path, check=False)
     assert p.returncode == 2 and "7.6B parameters" in p.stderr and "gpus_per_node" in p.stderr, p.stderr[-2000:]
+    msweep = tmp_path / "multirun"  # plain -m through the Slurm launcher: validated on the login node too
+    p = cli("-m", "debug=tiny", "trait=none", "em_dataset.n_examples=8,100000", *JOB, f"hydra.sweep.dir={msweep}",
+            tmp=tmp_path, check=False)
+    assert p.returncode != 0 and "cell 1 (" in p.stderr and "n_examples=100000" in p.stderr, p.stderr[-2000:]
+    assert not (msweep / ".submitit").exists()
     env_secret = "sk-test-0123456789"
     p = cli("sweep", "debug=tiny", "trait=none", *JOB, f"hydra.launcher.setup=['export OPENAI_API_KEY={env_secret}']",
             f"hydra.sweep.dir={sweep}", tmp=tmp_path, check=False)
