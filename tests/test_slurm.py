@@ -248,6 +248,7 @@ def test_zero2_two_task_job_matches_single_process(slurm_cluster, tmp_path, tiny
 
     from safetensors.torch import load_file
 
+    pytest.importorskip("deepspeed", reason="the deepspeed extra is not installed (make install installs it)")
     cell = ["debug=tiny", "trait=none", "pipeline.until=em"]
     cli(*cell, f"paths.artifacts={tmp_path / 'single'}", f"hydra.run.dir={tmp_path / 'single_out'}", tmp=tmp_path)
     sweep = tmp_path / "sweep"
@@ -267,3 +268,11 @@ def test_zero2_two_task_job_matches_single_process(slurm_cluster, tmp_path, tiny
     assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in b.items()}
     run = json.loads((sweep / "0" / "run.json").read_text())
     assert run["status"] == "ok" and run["world_size"] == 2
+
+
+def test_sweep_dry_run_of_the_study_preset(tmp_path):
+    """experiment=diversity_sweep through the planner: the preset's sweeper params expand as with -m (5 cell kinds
+    x 2 EM datasets x 3 seeds); each persona (per diversity level and seed) is one shared job for its 2 EM cells."""
+    p = cli("sweep", "--dry-run", "experiment=diversity_sweep", "hydra/launcher=slurm", tmp=tmp_path, timeout=600)
+    assert "cells: 30" in p.stdout and "jobs to submit: 42 (12 shared-stage jobs + 30 cell jobs)" in p.stdout
+    assert "GPU-hours requested" in p.stdout and not (tmp_path / "outputs").exists()
