@@ -16,7 +16,7 @@ from .models import CONF_DIR
 
 VERBS = ("sweep", "analyze", "rescore", "data")
 GROUPS = ("base_model", "trait", "question_diversity", "introspection", "em_dataset", "em_train", "eval",
-          "experiment", "debug", "em_control")
+          "experiment", "debug", "em_control", "deepspeed")
 log = logging.getLogger("emrobust")
 
 register()

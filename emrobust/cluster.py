@@ -146,11 +146,18 @@ class CellJob:
         from . import distributed, pipeline
         from .sweep import compose
 
+        from omegaconf import open_dict
+
+        from .cli import GROUPS
+
         extra = [f"pipeline.until={self.until}"] if self.until else []
-        cfg = compose(self.overrides + extra)
+        cfg = compose(self.overrides + extra, hydra=True)
+        choices = {k: v for k, v in cfg.hydra.runtime.choices.items() if k in GROUPS}  # as -m records them
+        with open_dict(cfg):
+            del cfg["hydra"]
         logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
         try:
-            summary = pipeline.run_cell(cfg, Path(self.output_dir), self.overrides, None, self.group)
+            summary = pipeline.run_cell(cfg, Path(self.output_dir), self.overrides, choices, self.group)
             print(pipeline.format_metrics(summary))
             return summary["status"]
         finally:

@@ -76,6 +76,7 @@ class Job:
     stages: list[tuple[str, str]] = field(default_factory=list)  # (stage, key) it builds
     is_cell: bool = False
     slurm_id: str | None = None
+    handle: object = field(default=None, repr=False)  # the submitit Job once submitted
 
 
 @dataclass
@@ -187,7 +188,7 @@ def submit(plan: Plan, launcher: dict) -> dict[str, str]:
         name = f"{launcher.get('name') or 'emrobust'}-{group}-{j.name.replace(':', '-')}"
         sj = cluster.submit(ex, job, name, [ids[a] for a in j.after], extra)
         ids[j.name] = j.slurm_id = str(sj.job_id)
-        j._submitit = sj
+        j.handle = sj
         log.info("submitted %s as Slurm job %s%s", j.name, sj.job_id, f" after {j.after}" if j.after else "")
     return ids
 
@@ -198,7 +199,7 @@ def wait(plan: Plan) -> list[str]:
 
     failed = []
     for j in plan.jobs:
-        sj = j._submitit
+        sj = j.handle
         try:
             sj.results()
         except Exception:  # noqa: BLE001 - the job raised, was killed, or a dependency failed
