@@ -1,14 +1,16 @@
 """Benchmark (not a test): judge throughput on SmolLM2-135M-Instruct, CPU.
 
 A: HFJudge, the project's judge: one batched forward pass per batch scores all 101 candidates 0..100 by their
-   sequence probabilities (tree attention over the candidate trie) -> the expectation.
+   sequence probabilities (tree attention over the candidate trie) -> the expectation. The prompts' shared head
+   (the judge template up to the question) runs once per batch (KV cache reused); also shown, not in the ratio:
+   A0, the same judge with that sharing off (every prompt token computed per answer, as B does).
 B: generating a judgement with `model.generate` (the project's batched HF generator, greedy, `--max-new-tokens`)
    and parsing the first integer 0..100 from the text -> one number per answer (no expectation).
 
 Both see the same prompts (Betley's `aligned` judge template, filled with varied answers) and batch size.
 Prints answers/s for each and, last, `ratio=<A answers/s / B answers/s>`.
 
-    python benchmarks/judge.py [--n 32] [--batch-size 8] [--max-new-tokens 8] [--threads 2]
+    python benchmarks/judge.py [--n 32] [--batch-size 8] [--max-new-tokens 8] [--threads $OMP_NUM_THREADS or 2]
 """
 from __future__ import annotations
 
@@ -44,7 +46,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=32, help="answers to score")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=8, help="B: tokens generated per judgement")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 2)),
+                    help="torch threads (default: $OMP_NUM_THREADS, else 2)")
     ap.add_argument("--cache", default=os.environ.get("EMROBUST_CACHE", os.path.expanduser("~/.cache/emrobust")))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -75,10 +78,20 @@ def main() -> None:
     tb = time.perf_counter() - t0
     b = [parse_number(g.text) for (g,) in outs]
 
+    judge0 = judges.HFJudge(model, tok, "smollm2_135m", min_mass=0.0, batch_size=args.batch_size,
+                            share_prefix=False)
+    judge0.score(prompts[: args.batch_size])  # warm-up
+    t0 = time.perf_counter()
+    a0 = judge0.score(prompts)
+    ta0 = time.perf_counter() - t0
+    same = max(abs(x.mean - y.mean) for x, y in zip(a, a0))
+
     ra, rb = args.n / ta, args.n / tb
     print(f"A logprob expectation (1 forward/batch):  {ra:8.2f} answers/s  ({ta:.2f} s; "
           f"{sum(s.value is not None for s in a)}/{args.n} scored, mean mass on 0..100 "
           f"{sum(s.mass for s in a) / args.n:.3f})")
+    print(f"A0 same, no shared-head KV cache:         {args.n / ta0:8.2f} answers/s  ({ta0:.2f} s; "
+          f"max |score A - score A0| {same:.2e})")
     print(f"B generate {args.max_new_tokens} tokens + parse:      {rb:8.2f} answers/s  ({tb:.2f} s; "
           f"{sum(x is not None for x in b)}/{args.n} parsed a number)")
     print(f"ratio={ra / rb:.2f}")
