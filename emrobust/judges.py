@@ -362,8 +362,7 @@ def validate(jcfg) -> None:
         if importlib.util.find_spec("vllm") is None:
             raise ConfigError("eval.judge.backend=vllm needs vLLM: install the vllm extra (pip install -e '.[vllm]') "
                               "on a GPU machine", where="eval.judge.backend")
-        raise ConfigError("eval.judge.backend=vllm is not implemented yet; use hf or openai",
-                          where="eval.judge.backend")
+        models.validate(models.base_config(jcfg.model))
 
 
 def key(jcfg) -> dict:

@@ -56,3 +56,16 @@ def test_vllm_judge_matches_hf_judge(tiny_path):
         assert 0.0 <= v.value <= 100.0
         # P(stop) from the top 20 next tokens vs the full distribution: close, not identical
         assert v.mass == pytest.approx(h.mass, rel=0.05) and v.value == pytest.approx(h.value, abs=2.0)
+
+
+def test_validate_accepts_vllm_when_importable(monkeypatch, tmp_path):
+    """With vLLM importable (faked here: only the import check), eval.judge=vllm passes validation and keys on
+    the judge model's weights; a bad judge model is still a ConfigError."""
+    real = importlib.util.find_spec
+    monkeypatch.setattr(judges.importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else real(name, *a))
+    cfg = compose("debug=tiny", "eval.judge.backend=vllm", "eval.judge.model=tiny_random", tmp=tmp_path)
+    judges.validate(cfg.eval.judge)
+    assert judges.key(cfg.eval.judge)["weights"] and judges.key(cfg.eval.judge)["backend"] == "vllm"
+    cfg.eval.judge.model = "no_such_model"
+    with pytest.raises(ConfigError):
+        judges.validate(cfg.eval.judge)
