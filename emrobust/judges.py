@@ -2,13 +2,15 @@
 
 `HFJudge` runs a local transformers model. Numbers that are several tokens for its tokenizer (SmolLM2
 splits digits) are scored by their full sequence probability: P("57") = P("5") P("7" | "5") P(stop | "57"),
-stop = any next token that does not continue the number. All 101 candidates of one prompt share a single
-forward pass over the prompt (KV cache) plus one batched pass over the candidate tokens.
+stop = any next token that does not continue the number. All 101 candidates of a batch of prompts come from
+one forward pass over the prompts plus the trie of candidate tokens (tree attention), after a batch-1 pass over
+the prompts' shared head whose KV cache the batch reuses.
 """
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import inspect
 import json
 import math
 import os
@@ -72,10 +74,17 @@ class Score:
 class HFJudge:
     """Local transformers judge. One forward pass per batch of prompts scores all 101 candidates: the prompt is
     followed by the trie of candidate-number token prefixes ("5", "57", "1", "10", "100", ...), each trie node
-    attending to the prompt and to its own ancestors only (a custom 4D attention mask, tree attention)."""
+    attending to the prompt and to its own ancestors only (a custom 4D attention mask, tree attention).
 
-    def __init__(self, model, tokenizer, name: str, min_mass: float = 0.25, batch_size: int = 8):
+    Speed (same numbers, less work): prompts are sorted by length before batching (little padding); the token
+    prefix shared by every prompt of a batch (the judge template's head) runs once, batch 1, and its KV cache
+    is repeated over the batch; the log-probabilities are gathered for all candidates at once (no full
+    log-softmax over the vocabulary, no per-candidate Python loop)."""
+
+    def __init__(self, model, tokenizer, name: str, min_mass: float = 0.25, batch_size: int = 8,
+                 share_prefix: bool = True):
         self.model, self.tok, self.min_mass, self.batch_size = model, tokenizer, min_mass, batch_size
+        self.share_prefix = share_prefix
         self.id = f"hf:{name}"
         self.calls = 0  # forward passes run (the judge cache test counts them)
         self.cands = [tuple(self.tok(str(n), add_special_tokens=False)["input_ids"]) for n in range(101)]
@@ -87,12 +96,27 @@ class HFJudge:
             for i in range(1, len(p) + 1):
                 anc[j, self.node_of[p[:i]]] = True
         self.ancestors = anc
+        self.node_tok = torch.tensor([p[-1] for p in self.nodes])
+        self.node_depth = torch.tensor([len(p) for p in self.nodes])
+        # candidate n's t-th token is read from logits row rows[n, t] (0: after the prompt, 1 + j: after node j)
+        D = max(len(c) for c in self.cands)
+        self.cand_rows = torch.zeros((101, D), dtype=torch.long)
+        self.cand_toks = torch.zeros((101, D), dtype=torch.long)
+        self.cand_valid = torch.zeros((101, D), dtype=torch.bool)
+        for n, c in enumerate(self.cands):
+            for t, tid in enumerate(c):
+                self.cand_rows[n, t] = 0 if t == 0 else 1 + self.node_of[c[:t]]
+                self.cand_toks[n, t], self.cand_valid[n, t] = tid, True
+        self.cand_end = torch.tensor([self.node_of[c] for c in self.cands])  # P(stop) read after the whole number
         vocab = self.model.get_input_embeddings().weight.shape[0]
         digit = torch.zeros(vocab, dtype=torch.bool)
         for tid in range(min(vocab, len(self.tok))):
             if self.tok.decode([tid]).lstrip()[:1].isdecimal():
                 digit[tid] = True
         self.digit = digit  # tokens that would continue a number: P(stop) = 1 - their mass
+        self.digit_ids = digit.nonzero().flatten()
+        # the KV-cache argument's name: `cache` in recent transformers 5.x, `past_key_values` before
+        self._cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
 
     def prompt_id(self, template: str) -> str:
         return prompt_id(self.id, template)
@@ -103,54 +127,77 @@ class HFJudge:
         return self.tok(chat, add_special_tokens=False)["input_ids"]
 
     @torch.no_grad()
-    def score(self, prompts: list[str]) -> list[Score]:
-        out: list[Score] = []
-        for b in range(0, len(prompts), self.batch_size):
-            out += self._score_batch(prompts[b : b + self.batch_size])
+    def probs(self, prompts: list[str]) -> torch.Tensor:
+        """(len(prompts), 101) float64: P(the judge answers n, then stops), n = 0..100, in the prompts' order."""
+        enc = [self._encode(p) for p in prompts]
+        order = sorted(range(len(enc)), key=lambda i: -len(enc[i]))  # similar lengths share a batch
+        out = torch.zeros((len(enc), 101), dtype=torch.float64)
+        for b in range(0, len(order), self.batch_size):
+            idx = order[b : b + self.batch_size]
+            out[idx] = self._batch_probs([enc[i] for i in idx])
         return out
 
-    def _score_batch(self, prompts: list[str]) -> list[Score]:
+    def score(self, prompts: list[str]) -> list[Score]:
+        results = []
+        for row in self.probs(prompts).tolist():
+            p = dict(enumerate(row))
+            results.append(Score(expectation(p, self.min_mass), sum(row), _weighted_mean(p)))
+        return results
+
+    def _prefix_cache(self, enc: list[list[int]]):
+        """(C, KV cache of the first C tokens, repeated over the batch): C = the token prefix every prompt of the
+        batch shares, leaving each at least one token of its own. (0, None) when not worth it."""
+        if not self.share_prefix or len(enc) < 2:
+            return 0, None
+        C = min(len(os.path.commonprefix(enc)), min(len(e) for e in enc) - 1)
+        if C < 8:
+            return 0, None
+        self.calls += 1
+        out = self.model(input_ids=torch.tensor([enc[0][:C]], device=self.model.device), use_cache=True,
+                         logits_to_keep=1)
+        cache = out.cache if hasattr(out, "cache") else out.past_key_values
+        cache.batch_repeat_interleave(len(enc))
+        return C, cache
+
+    def _batch_probs(self, enc: list[list[int]]) -> torch.Tensor:
         dev = self.model.device
-        enc = [self._encode(p) for p in prompts]
-        B, P, L = len(enc), max(len(e) for e in enc), len(self.nodes)
-        T = P + L
+        C, cache = self._prefix_cache(enc)
+        suf = [e[C:] for e in enc]
+        B, S, L = len(suf), max(len(s) for s in suf), len(self.nodes)
+        T = S + L  # new tokens this pass: [left padding, own prompt tokens][trie]; the shared prefix is cached
         ids = torch.full((B, T), self.tok.pad_token_id, dtype=torch.long)
         pos = torch.zeros((B, T), dtype=torch.long)
-        allowed = torch.zeros((B, T, T), dtype=torch.bool)
-        causal = torch.tril(torch.ones((P, P), dtype=torch.bool))
-        node_tok = torch.tensor([p[-1] for p in self.nodes])
-        node_depth = torch.tensor([len(p) for p in self.nodes])
-        for i, e in enumerate(enc):  # left padding: the prompt ends at position P-1 in every row
-            n, pad = len(e), P - len(e)
-            ids[i, pad:P] = torch.tensor(e)
-            ids[i, P:] = node_tok
-            pos[i, pad:P] = torch.arange(n)
-            pos[i, P:] = n - 1 + node_depth
-            real = torch.zeros(P, dtype=torch.bool)
+        allowed = torch.zeros((B, T, C + T), dtype=torch.bool)
+        allowed[:, :, :C] = True  # everything sees the shared prefix
+        causal = torch.tril(torch.ones((S, S), dtype=torch.bool))
+        for i, e in enumerate(suf):  # left padding: each prompt ends at S-1 (its first answer token's logits)
+            n, pad = len(e), S - len(e)
+            ids[i, pad:S] = torch.tensor(e)
+            ids[i, S:] = self.node_tok
+            pos[i, pad:S] = C + torch.arange(n)
+            pos[i, S:] = C + n - 1 + self.node_depth
+            real = torch.zeros(S, dtype=torch.bool)
             real[pad:] = True
-            allowed[i, :P, :P] = causal & real[None, :]
-            allowed[i, :pad, :pad] |= torch.eye(pad, dtype=torch.bool)  # padding rows see themselves (no NaN)
-            allowed[i, P:, :P] = real[None, :]
-            allowed[i, P:, P:] = self.ancestors
+            allowed[i, :S, C : C + S] = causal & real[None, :]
+            allowed[i, :pad, C : C + pad] |= torch.eye(pad, dtype=torch.bool)  # padding rows see themselves
+            allowed[i, S:, C : C + S] = real[None, :]
+            allowed[i, S:, C + S :] = self.ancestors
         dtype = self.model.dtype
-        mask = torch.zeros((B, 1, T, T), dtype=dtype)
+        mask = torch.zeros((B, 1, T, C + T), dtype=dtype)
         mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
         # logits only where needed: the last prompt token (first answer token) and every trie node
         self.calls += 1
+        kv = {self._cache_arg: cache} if cache is not None else {}
         out = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
-                         logits_to_keep=L + 1, use_cache=False)
-        lp = torch.log_softmax(out.logits.float(), -1)  # (B, L+1, V); index 0 = after the prompt
-        stop = (1.0 - lp[:, 1:].exp()[..., self.digit.to(dev)].sum(-1)).clamp(min=0.0)  # (B, L)
-        results = []
-        for b in range(B):
-            probs = {}
-            for n, c in enumerate(self.cands):
-                s = lp[b, 0, c[0]]
-                for t in range(1, len(c)):
-                    s = s + lp[b, 1 + self.node_of[c[:t]], c[t]]
-                probs[n] = math.exp(s.item()) * stop[b, self.node_of[c]].item()
-            results.append(Score(expectation(probs, self.min_mass), sum(probs.values()), _weighted_mean(probs)))
-        return results
+                         use_cache=cache is not None, logits_to_keep=L + 1, **kv)
+        logits = out.logits.float()  # (B, L+1, V); row 0 = after the prompt, row 1 + j = after trie node j
+        lse = torch.logsumexp(logits, -1)  # (B, L+1)
+        digit_mass = (logits[:, 1:, self.digit_ids.to(dev)] - lse[:, 1:, None]).exp().sum(-1)
+        stop = (1.0 - digit_mass).clamp(min=0.0)  # (B, L): P(the number ends after node j)
+        rows, toks, valid = (x.to(dev) for x in (self.cand_rows, self.cand_toks, self.cand_valid))
+        tok_lp = logits[:, rows, toks] - lse[:, rows]  # (B, 101, D): log P(token t of candidate n | its prefix)
+        logp = tok_lp.masked_fill(~valid, 0.0).sum(-1).double()
+        return (logp.exp() * stop[:, self.cand_end.to(dev)].double()).cpu()  # (B, 101)
 
 
 # ---------------------------------------------------------------- openai: any OpenAI-compatible endpoint
@@ -203,6 +250,97 @@ class OpenAIJudge:
             return list(ex.map(self._one, prompts))
 
 
+# ---------------------------------------------------------------- vllm: offline vLLM (the optional `vllm` extra)
+def _is_digit_start(text: str) -> bool:
+    """Would this token continue a number (its text, leading whitespace stripped, starts with a digit)?"""
+    return text.lstrip()[:1].isdecimal()
+
+
+def sequence_number_probs(cand_logp: dict[int, float], next_top: dict[int, list[tuple[str, float]]]
+                          ) -> dict[int, float]:
+    """{n: P(n)} for numbers that are several tokens: P(n) = exp(log P(n's tokens)) * P(stop | n), where
+    `cand_logp[n]` is the summed log-probability of n's tokens after the prompt and `next_top[n]` the (token text,
+    log-probability) pairs seen for the token after n; P(stop) = 1 - their mass on tokens that continue a number
+    (digit tokens outside those pairs count as stopping)."""
+    out = {}
+    for n, lp in cand_logp.items():
+        digits = sum(math.exp(l) for t, l in next_top.get(n, []) if _is_digit_start(t))
+        out[n] = math.exp(lp) * max(0.0, 1.0 - digits)
+    return out
+
+
+def _import_vllm():
+    from .errors import ConfigError
+
+    try:
+        import vllm
+        from vllm.inputs import TokensPrompt
+    except ImportError as e:
+        raise ConfigError(f"eval.judge.backend=vllm needs vLLM, which is not importable ({e}): install the vllm "
+                          "extra (pip install -e '.[vllm]') on a GPU machine", where="eval.judge.backend") from e
+    return vllm, TokensPrompt
+
+
+class VLLMJudge:
+    """A local model served by vLLM's offline `LLM`, scored by the same expectation over 0..100.
+
+    When every number 0..100 is one token for the model's tokenizer: Betley's recipe, as the openai judge (one
+    greedy token, `SamplingParams(max_tokens=1, temperature=0, logprobs=top_logprobs)`, `number_probs`). When
+    some are several tokens (SmolLM2 splits digits): each candidate's token sequence is appended to the prompt
+    and scored by its prompt log-probabilities (`prompt_logprobs=0`), and P(stop) after it comes from the top
+    `top_logprobs` next tokens; vLLM's prefix caching computes the shared prompt once per answer. The HF judge
+    computes the same numbers with the full next-token distribution for P(stop)."""
+
+    def __init__(self, model: str, name: str, min_mass: float = 0.25, top_logprobs: int = 20,
+                 gpu_memory_utilization: float = 0.85, **llm_kw):
+        vllm, self._TokensPrompt = _import_vllm()
+        self.llm = vllm.LLM(model=str(model), gpu_memory_utilization=gpu_memory_utilization,
+                            enable_prefix_caching=True, max_logprobs=max(20, top_logprobs), **llm_kw)
+        self.tok = self.llm.get_tokenizer()
+        self._SamplingParams = vllm.SamplingParams
+        self.min_mass, self.top_logprobs = min_mass, top_logprobs
+        self.id = f"vllm:{name}"
+        self.calls = 0  # LLM.generate calls (the judge cache test counts them)
+        self.cands = [list(self.tok(str(n), add_special_tokens=False)["input_ids"]) for n in range(101)]
+        self.single = all(len(c) == 1 for c in self.cands)
+
+    def prompt_id(self, template: str) -> str:
+        return prompt_id(self.id, template)
+
+    def _encode(self, text: str) -> list[int]:
+        chat = self.tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                            add_generation_prompt=True)
+        return list(self.tok(chat, add_special_tokens=False)["input_ids"])
+
+    def _top(self, logprobs: dict) -> list[tuple[str, float]]:
+        """vLLM's {token id: Logprob} -> [(token text, log-probability)]."""
+        return [(self.tok.decode([tid]), lp.logprob) for tid, lp in logprobs.items()]
+
+    def score(self, prompts: list[str]) -> list[Score]:
+        enc = [self._encode(p) for p in prompts]
+        if self.single:
+            params = self._SamplingParams(max_tokens=1, temperature=0, logprobs=self.top_logprobs)
+            self.calls += 1
+            outs = self.llm.generate([self._TokensPrompt(prompt_token_ids=e) for e in enc], params, use_tqdm=False)
+            return [Score.from_probs(number_probs({"token": t, "logprob": l} for t, l in
+                                                  self._top(o.outputs[0].logprobs[0])), self.min_mass)
+                    for o in outs]
+        params = self._SamplingParams(max_tokens=1, temperature=0, logprobs=self.top_logprobs, prompt_logprobs=0)
+        reqs = [self._TokensPrompt(prompt_token_ids=e + c) for e in enc for c in self.cands]
+        self.calls += 1
+        outs = self.llm.generate(reqs, params, use_tqdm=False)
+        results = []
+        for i, e in enumerate(enc):
+            cand_logp, next_top = {}, {}
+            for n, c in enumerate(self.cands):
+                o = outs[i * 101 + n]
+                # prompt_logprobs[k]: {token: Logprob} for prompt token k (k >= 1), the actual token included
+                cand_logp[n] = sum(o.prompt_logprobs[len(e) + t][tid].logprob for t, tid in enumerate(c))
+                next_top[n] = self._top(o.outputs[0].logprobs[0])
+            results.append(Score.from_probs(sequence_number_probs(cand_logp, next_top), self.min_mass))
+        return results
+
+
 # ---------------------------------------------------------------- choosing, validating, building a judge
 BACKENDS = ("hf", "openai", "vllm")
 
@@ -224,8 +362,7 @@ def validate(jcfg) -> None:
         if importlib.util.find_spec("vllm") is None:
             raise ConfigError("eval.judge.backend=vllm needs vLLM: install the vllm extra (pip install -e '.[vllm]') "
                               "on a GPU machine", where="eval.judge.backend")
-        raise ConfigError("eval.judge.backend=vllm is not implemented yet; use hf or openai",
-                          where="eval.judge.backend")
+        models.validate(models.base_config(jcfg.model))
 
 
 def key(jcfg) -> dict:
@@ -233,7 +370,7 @@ def key(jcfg) -> dict:
     from . import models
 
     k = {"backend": jcfg.backend, "model": jcfg.model, "min_mass": jcfg.min_mass}
-    if jcfg.backend == "hf":
+    if jcfg.backend in ("hf", "vllm"):
         k["weights"] = models.weights_key(models.base_config(jcfg.model))
     elif jcfg.backend == "openai":
         k["base_url"] = jcfg.base_url
@@ -253,6 +390,10 @@ def make(jcfg, cache: str | Path, device):
     if jcfg.backend == "openai":
         return OpenAIJudge(jcfg.model, jcfg.base_url, jcfg.api_key_env, jcfg.min_mass, jcfg.concurrency,
                            jcfg.max_retries, jcfg.timeout)
+    if jcfg.backend == "vllm":
+        base = models.base_config(jcfg.model)
+        path = models.prepare(base, cache)
+        return VLLMJudge(str(path), f"{jcfg.model}@{models.weights_key(base)[:8]}", jcfg.min_mass)
     validate(jcfg)
     raise AssertionError(jcfg.backend)
 

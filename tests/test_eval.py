@@ -121,6 +121,38 @@ def test_rescore_cli_other_judge(cell):
     assert res["judge_calls"] == 0 and res["out"] == str(out)
 
 
+def test_rescore_sweep_dir(tmp_path, tiny_path):
+    """`emrobust rescore <sweep dir>` over a two-cell sweep (seeds 0 and 1, as `-m seed=0,1` lays it out: 0/ 1/):
+    every cell re-scored with one judge, agreement report per cell and `rescore_<judge>.csv`; a second rescore is
+    all cache hits, zero judge forward passes."""
+    import pandas as pd
+
+    cache, fresh = tmp_path / "cache", tmp_path / "cache2"  # fresh: the same models, an empty judge cache
+    for c in (cache, fresh):
+        c.mkdir()
+        for p in Path(CACHE).iterdir():
+            if p.name != "judge":
+                (c / p.name).symlink_to(p)
+    sweep = tmp_path / "sweep"
+    for i, seed in enumerate((0, 1)):
+        overrides = [*OVERRIDES, f"seed={seed}", f"paths.root={tmp_path}", f"paths.cache={cache}"]
+        assert pipeline.run_cell(compose(*overrides), sweep / str(i), overrides)["status"] == "ok"
+    p = cli("rescore", str(sweep), f"paths.cache={fresh}", tmp=tmp_path)
+    assert "spearman" in p.stdout
+    (csv,) = sweep.glob("rescore_*.csv")
+    df = pd.read_csv(csv)
+    assert list(df["cell"].astype(str)) == ["0", "1"] and (df["judge_calls"] > 0).all()
+    assert {"aligned_spearman", "misaligned_kappa", "em_rate_betley", "orig_em_rate_betley"} <= set(df.columns)
+    for i in (0, 1):
+        (out,) = (sweep / str(i) / "rescore").iterdir()
+        agree = json.loads((out / "agreement.json").read_text())
+        # the same judge (tiny_random) on the same answers: identical scores, now computed afresh
+        assert agree["n_both"] == 3 and agree["judge_a"] == agree["judge_b"]
+        assert agree["aligned_mean_abs_diff"] == pytest.approx(0.0, abs=1e-3)
+    again = rescore.rescore(sweep, [f"paths.cache={fresh}"])
+    assert [r["judge_calls"] for r in again] == [0, 0]  # every (judge id, question, answer) cached
+
+
 # ---------------------------------------------------------------- agreement math on hand-made arrays
 def test_cohens_kappa_by_hand():
     x = [1, 1, 0, 0, 1, 0, 0, 0]

@@ -66,23 +66,8 @@ def judge(tiny):
 
 @pytest.fixture(scope="module")
 def batched(judge):
-    """PROMPTS scored together, with the probability dict the judge built for each (captured at the call to
-    `expectation`, the judge's own function)."""
-    captured = []
-    orig = judges.expectation
-
-    def spy(probs, min_mass=0.25):
-        captured.append(dict(probs))
-        return orig(probs, min_mass)
-
-    mp = pytest.MonkeyPatch()
-    mp.setattr(judges, "expectation", spy)
-    try:
-        scores = judge.score(PROMPTS)
-    finally:
-        mp.undo()
-    assert len(captured) == len(PROMPTS)
-    return scores, captured
+    """PROMPTS scored together, with the (3, 101) candidate probabilities the judge's scores come from."""
+    return judge.score(PROMPTS), judge.probs(PROMPTS).tolist()
 
 
 def test_candidates_are_multi_token(judge):
@@ -149,7 +134,7 @@ def test_multi_token_probabilities_match_brute_force(tiny, batched):
     i = 2  # the longest prompt: the others are left-padded against it in the batch
     brute = _brute_force_probs(model, tok, PROMPTS[i])
     judged = captured[i]
-    assert set(judged) == set(range(101))
+    assert len(judged) == 101
     for n in range(101):
         assert judged[n] == pytest.approx(brute[n], rel=1e-4), f"P({n}): judge {judged[n]:.6e} vs brute {brute[n]:.6e}"
     mass = sum(brute.values())
@@ -182,3 +167,65 @@ def test_prompt_id(judge):
     assert judge.id == "hf:tiny_random"
     a, b = judge.prompt_id("template A {answer}"), judge.prompt_id("template B {answer}")
     assert a.startswith("hf:tiny_random:") and a != b and a == judge.prompt_id("template A {answer}")
+
+
+# ---------------------------------------------------------------- the fast path against the slow reference
+@pytest.mark.parametrize("share_prefix", [True, False])
+def test_every_prompt_matches_brute_force(tiny, share_prefix):
+    """All prompts of a batch (left padding, the shared chat-template head computed once or not) against one
+    full forward per candidate length and prompt."""
+    model, tok = tiny
+    j = judges.HFJudge(model, tok, "tiny_random", min_mass=0.0, batch_size=8, share_prefix=share_prefix)
+    probs = j.probs(PROMPTS)
+    assert j.calls == (2 if share_prefix else 1)  # one batch: [the shared head,] prompts + trie
+    for i, p in enumerate(PROMPTS):
+        brute = _brute_force_probs(model, tok, p)
+        for n in range(101):
+            assert probs[i, n].item() == pytest.approx(brute[n], rel=2e-4), (i, n)
+
+
+def _mixed_number_tokenizer():
+    """A byte-level BPE where some numbers are one token ("10", "42", "100") and the others are one token per
+    digit ("57" = "5" "7"), with a chat template: a trie that is neither all-single nor all-digit tokens."""
+    from tokenizers import Tokenizer, decoders, models as tmodels, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {c: i for i, c in enumerate(sorted(alphabet))}
+    merges = [("1", "0"), ("10", "0"), ("4", "2")]
+    for a, b in merges:
+        vocab[a + b] = len(vocab)
+    tk = Tokenizer(tmodels.BPE(vocab=vocab, merges=merges))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>", pad_token="<pad>",
+                                  additional_special_tokens=["<|im_start|>"])
+    tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                         "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    return tok
+
+
+def test_mixed_number_tokens_match_brute_force():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = _mixed_number_tokenizer()
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                      initializer_range=0.3, pad_token_id=tok.pad_token_id)
+    model = LlamaForCausalLM(cfg).eval()
+    j = judges.HFJudge(model, tok, "mixed", min_mass=0.0, batch_size=2)
+    lens = {n: len(j.cands[n]) for n in (7, 10, 42, 57, 100)}
+    assert lens == {7: 1, 10: 1, 42: 1, 57: 2, 100: 1}
+    assert len(j.cands[13]) == 2 and j.cands[13][0] == j.cands[1][0]
+    prompts = PROMPTS + ["Score 0-100: hello there"]
+    probs = j.probs(prompts)
+    # longest first, batches of 2: (PROMPTS[2], PROMPTS[0]) share only 6 tokens: one pass, no shared head;
+    # ("Score 0-100: hello there", "Score 0-100: hello") share their head: two passes
+    assert j.calls == 3
+    for i, p in enumerate(prompts):
+        brute = _brute_force_probs(model, tok, p)
+        for n in range(101):
+            assert probs[i, n].item() == pytest.approx(brute[n], rel=2e-4), (i, n)
+        s = j.score([p])[0]
+        assert s.mean == pytest.approx(sum(k * q for k, q in brute.items()) / sum(brute.values()), abs=1e-3)
