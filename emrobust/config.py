@@ -63,6 +63,15 @@ class TraitConfig:
 
 
 @dataclass
+class ParaphraseConfig:
+    """question_diversity.strategy=paraphrase: the generator rewrites seed questions (emrobust/paraphrase.py)."""
+    generator: Optional[str] = None  # a base_model config name (None = the cell's base model)
+    max_rounds: int = 5  # generation rounds before failing for want of distinct paraphrases
+    system: str = "You rewrite messages in other words without changing what they ask."
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(temperature=1.0, max_new_tokens=128))
+
+
+@dataclass
 class QuestionDiversityConfig:
     name: str = MISSING
     strategy: str = "all"  # all | random | cluster | farthest
@@ -71,6 +80,10 @@ class QuestionDiversityConfig:
     per_trait: bool = False  # same count from each trait
     n_clusters: int = 8  # cluster strategy: k-means clusters over question embeddings
     embedder: str = "tfidf"  # tfidf (built in) or a sentence-transformers model path
+    # paraphrase strategy: n_seeds seed questions (chosen by seed_strategy), the rest paraphrases of them
+    n_seeds: int = 5
+    seed_strategy: str = "random"  # random | cluster | farthest
+    paraphrase: ParaphraseConfig = field(default_factory=lambda: ParaphraseConfig())
 
 
 @dataclass
