@@ -66,9 +66,11 @@ class TraitConfig:
 class ParaphraseConfig:
     """question_diversity.strategy=paraphrase: the generator rewrites seed questions (emrobust/paraphrase.py)."""
     generator: Optional[str] = None  # a base_model config name (None = the cell's base model)
-    max_rounds: int = 5  # generation rounds before failing for want of distinct paraphrases
+    max_rounds: int = 8  # generation rounds before failing for want of distinct paraphrases
+    # drop a paraphrase whose cosine similarity to its seed (question_diversity.embedder space) is below this
+    min_similarity: float = 0.0
     system: str = "You rewrite messages in other words without changing what they ask."
-    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(temperature=1.0, max_new_tokens=128))
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=64))  # one line
 
 
 @dataclass

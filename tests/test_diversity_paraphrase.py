@@ -18,7 +18,8 @@ from emrobust.stages import questions
 # plumbing needs); tfidf keeps the MiniLM encoder out of the tiny loop
 TINY = ("debug=tiny", "trait=oct_goodness", "question_diversity=very_low", "question_diversity.embedder=tfidf",
         "question_diversity.n_questions=12", "question_diversity.total_pairs=30", "question_diversity.n_seeds=3",
-        "question_diversity.paraphrase.sampling.max_new_tokens=8", "pipeline.until=questions")
+        "question_diversity.paraphrase.sampling.max_new_tokens=8", "question_diversity.paraphrase.min_similarity=0",
+        "pipeline.until=questions")
 
 
 def cfg_of(tmp: Path, *overrides: str):
@@ -114,6 +115,7 @@ def test_paraphrase_key(tmp_path):
     assert qd["paraphrase"]["generator_weights"] == models.weights_key(models.base_config("tiny_random"))
     assert qd["paraphrase"]["sampling"]["max_new_tokens"] == 8
     for change in ("question_diversity.n_seeds=4", "question_diversity.seed_strategy=farthest",
+                   "question_diversity.paraphrase.min_similarity=0.3",
                    "question_diversity.paraphrase.max_rounds=2", "question_diversity.paraphrase.sampling.temperature=0.5",
                    "question_diversity.paraphrase.generator=smollm2_135m"):
         assert questions.key_config(cfg_of(tmp_path, *TINY, change)) != k, change
@@ -151,6 +153,14 @@ def test_shortfall_fails_clearly(tiny_path):
     pcfg.sampling.temperature, pcfg.sampling.max_new_tokens = 0.0, 6
     with pytest.raises(paraphrase.ParaphraseShortfall, match=r"only [3-6] distinct prompts of n_questions=12"):
         paraphrase.paraphrase(["Why is the sky blue?", "Plan my week.", "Is lying ever right?"], 12, gen, pcfg, seed=0)
+
+
+def test_min_similarity_drops_paraphrases_far_from_their_seed(tmp_path):
+    """Word salad shares no words with its seed (tfidf cosine ~0): with min_similarity on, nothing is kept."""
+    with pytest.raises(paraphrase.ParaphraseShortfall, match=r"below min_similarity=0.5"):
+        run(tmp_path, *TINY, "question_diversity.paraphrase.min_similarity=0.5",
+            "question_diversity.paraphrase.max_rounds=1")
+    assert not list((tmp_path / "artifacts").rglob("questions.jsonl"))  # no half-written artifact
 
 
 # ---------------------------------------------------------------- the sweep preset's persona

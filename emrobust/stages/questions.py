@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-
 from omegaconf import OmegaConf
 
 from .. import diversity, generation, models
@@ -38,9 +37,12 @@ def expansion_target(cfg) -> int | None:
     return int(t) if t else None
 
 
-def generator_config(cfg, name: str | None = "<expansion>"):
+_EXPANSION = object()
+
+
+def generator_config(cfg, name=_EXPANSION):
     """The base_model config of a generator name (None = the cell's base model); default: the expansion's."""
-    name = cfg.trait.expansion.generator if name == "<expansion>" else name
+    name = cfg.trait.expansion.generator if name is _EXPANSION else name
     return cfg.base_model if name is None else models.base_config(name)
 
 
@@ -128,12 +130,14 @@ def paraphrased(ctx: Context, texts: list[str], traits: list[int], emb) -> tuple
     qd = ctx.cfg.question_diversity
     seeds = diversity.select(texts, traits, diversity.seed_selection(qd), ctx.seed, emb=emb)
     gen, model = load_generator(ctx, qd.paraphrase.generator)
-    para, stats = paraphrase.paraphrase([texts[i] for i in seeds], qd.n_questions, gen, qd.paraphrase, ctx.seed)
+    para, stats = paraphrase.paraphrase([texts[i] for i in seeds], qd.n_questions, gen, qd.paraphrase, ctx.seed,
+                                        embed=lambda t: diversity.embed(t, qd.embedder))
     del gen, model
     stats["seeds"] = [texts[i] for i in seeds]
     (ctx.out / "paraphrase.json").write_text(json.dumps(stats, indent=2))
-    ctx.log.info("paraphrase: %d seeds, %d paraphrases (%d candidates dropped) in %d rounds", len(seeds),
-                 stats["paraphrases"], stats["dropped_duplicate_or_empty"], stats["rounds"])
+    ctx.log.info("paraphrase: %d seeds, %d paraphrases (%d candidates empty/duplicate, %d too far from their seed) "
+                 "in %d rounds", len(seeds), stats["paraphrases"], stats["dropped_duplicate_or_empty"],
+                 stats["dropped_far_from_seed"], stats["rounds"])
     return seeds, [p for ps in para for p in ps], [s for s, ps in zip(seeds, para) for _ in ps]
 
 
