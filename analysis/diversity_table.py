@@ -13,6 +13,7 @@ Reads the OCT files from $EMROBUST_DATA_MIRROR (or the pinned download).
 from __future__ import annotations
 
 import argparse
+import logging
 import tempfile
 from pathlib import Path
 
@@ -79,6 +80,7 @@ def main(argv=None) -> str:
     ap.add_argument("--paraphrase-seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--override", nargs="*", default=[], help="extra overrides for the paraphrase cells")
     a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")  # the stage's paraphrase statistics
     lines = ["| trait | level | strategy | n_questions | seeds | Vendi | mean pairwise cosine distance |",
              "|---|---|---|---|---|---|---|"]
     strategy = {"very_low": "paraphrase", "low": "cluster", "medium": "random", "high": "farthest"}

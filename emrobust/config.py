@@ -76,7 +76,7 @@ class ParaphraseConfig:
 @dataclass
 class QuestionDiversityConfig:
     name: str = MISSING
-    strategy: str = "all"  # all | random | cluster | farthest
+    strategy: str = "all"  # all | random | cluster | farthest | paraphrase
     n_questions: Optional[int] = None  # distinct prompts kept (None = all)
     total_pairs: Optional[int] = None  # training pairs; samples per prompt = total_pairs / n_questions
     per_trait: bool = False  # same count from each trait
