@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import false_discovery_control
 
-LEVELS = ("low", "medium", "high", "full")
+LEVELS = ("very_low", "low", "medium", "high", "full")
 PAIR_ON = ["seed", "em_dataset", "eval", "base_model", "introspection"]
 
 

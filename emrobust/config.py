@@ -63,14 +63,29 @@ class TraitConfig:
 
 
 @dataclass
+class ParaphraseConfig:
+    """question_diversity.strategy=paraphrase: the generator rewrites seed questions (emrobust/paraphrase.py)."""
+    generator: Optional[str] = None  # a base_model config name (None = the cell's base model)
+    max_rounds: int = 8  # generation rounds before failing for want of distinct paraphrases
+    # drop a paraphrase whose cosine similarity to its seed (question_diversity.embedder space) is below this
+    min_similarity: float = 0.0
+    system: str = "You rewrite messages in other words without changing what they ask."
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=64))  # one line
+
+
+@dataclass
 class QuestionDiversityConfig:
     name: str = MISSING
-    strategy: str = "all"  # all | random | cluster | farthest
+    strategy: str = "all"  # all | random | cluster | farthest | paraphrase
     n_questions: Optional[int] = None  # distinct prompts kept (None = all)
     total_pairs: Optional[int] = None  # training pairs; samples per prompt = total_pairs / n_questions
     per_trait: bool = False  # same count from each trait
     n_clusters: int = 8  # cluster strategy: k-means clusters over question embeddings
     embedder: str = "tfidf"  # tfidf (built in) or a sentence-transformers model path
+    # paraphrase strategy: n_seeds seed questions (chosen by seed_strategy), the rest paraphrases of them
+    n_seeds: int = 5
+    seed_strategy: str = "random"  # random | cluster | farthest
+    paraphrase: ParaphraseConfig = field(default_factory=lambda: ParaphraseConfig())
 
 
 @dataclass

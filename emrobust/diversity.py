@@ -156,13 +156,24 @@ def _cluster(emb: np.ndarray, n: int, rng: np.random.Generator, n_clusters: int)
     return sorted(np.argsort(-(emb @ centroid), kind="stable")[:n].tolist())
 
 
-STRATEGIES = ("all", "random", "cluster", "farthest")
+STRATEGIES = ("all", "random", "cluster", "farthest", "paraphrase")
+SEED_STRATEGIES = ("random", "cluster", "farthest")  # how `paraphrase` picks its seed questions
+
+
+def seed_selection(cfg):
+    """The selection config `paraphrase` picks its `n_seeds` seed questions with (see emrobust/paraphrase.py)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.merge(cfg, {"strategy": cfg.seed_strategy, "n_questions": cfg.n_seeds})
 
 
 def select(texts: list[str], traits: list[int], cfg, seed: int, emb: np.ndarray | None = None) -> list[int]:
     """Indices of the selected questions for a `question_diversity` config."""
     if cfg.strategy not in STRATEGIES:
         raise ValueError(f"question_diversity.strategy={cfg.strategy!r}; known: {STRATEGIES}")
+    if cfg.strategy == "paraphrase":
+        raise ValueError("strategy=paraphrase writes new questions (questions stage): select its seeds with "
+                         "select(..., seed_selection(cfg), ...)")
     n = cfg.n_questions or len(texts)
     if cfg.strategy == "all" or n >= len(texts):
         return list(range(len(texts)))

@@ -19,7 +19,9 @@ def options():
 @pytest.mark.parametrize("group,option", list(options()))
 def test_every_option_composes(group, option, tmp_path):
     prefix = "+" if group == "cell" else ""
-    cfg = compose(f"{prefix}{group}={option}", tmp=tmp_path)
+    # the persona cells read the `persona` choice that experiment=diversity_sweep makes
+    context = ["experiment=diversity_sweep"] if option.startswith("persona_") else []
+    cfg = compose(*context, f"{prefix}{group}={option}", tmp=tmp_path)
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
     assert cfg.seed == 0
 

@@ -5,11 +5,18 @@ Expansion (OCT's gen_prompts, `emrobust.expansion`) runs when `trait.expand_to` 
 trait than the constitution has (default 50 for `trait.source=oct_hand_written`); the generator is a base_model
 config (`trait.expansion.generator`, default the cell's base model), whose weights key is part of this stage's
 key. The expanded constitution is saved as `expanded.jsonl` (OCT's few-shot format) in the artifact.
+
+`question_diversity.strategy=paraphrase` (emrobust/paraphrase.py) picks `n_seeds` seed questions and has a
+generator (`question_diversity.paraphrase.generator`, default the cell's base model) write paraphrases of them
+up to `n_questions`; rows of `questions.jsonl` then carry `seed` (the seed question they paraphrase; a seed's own
+row has its own text) and `paraphrase.json` holds the statistics. Its diversity is measured like every other
+strategy's, on the selected set's embeddings.
 """
 from __future__ import annotations
 
 import json
 
+import numpy as np
 from omegaconf import OmegaConf
 
 from .. import diversity, generation, models
@@ -18,7 +25,7 @@ from ..errors import ConfigError
 from ..store import file_sha256
 from . import Context, sub, write_jsonl
 
-VERSION = 1
+VERSION = 2  # 2: strategy=paraphrase (generated questions, `seed` column, paraphrase.json)
 OCT_TARGET = 50  # OCT: 5 hand-written + 45 generated questions per trait
 
 
@@ -30,12 +37,36 @@ def expansion_target(cfg) -> int | None:
     return int(t) if t else None
 
 
-def generator_config(cfg):
-    name = cfg.trait.expansion.generator
+_EXPANSION = object()
+
+
+def generator_config(cfg, name=_EXPANSION):
+    """The base_model config of a generator name (None = the cell's base model); default: the expansion's."""
+    name = cfg.trait.expansion.generator if name is _EXPANSION else name
     return cfg.base_model if name is None else models.base_config(name)
 
 
+def validate_paraphrase(cfg) -> None:
+    qd, where = cfg.question_diversity, "question_diversity"
+    if qd.strategy != "paraphrase":
+        return
+    if not qd.n_questions:
+        raise ConfigError("question_diversity.strategy=paraphrase needs n_questions (the count to reach)",
+                          where=f"{where}.n_questions")
+    if not 1 <= qd.n_seeds < qd.n_questions:
+        raise ConfigError(f"question_diversity.n_seeds={qd.n_seeds} must be in [1, n_questions={qd.n_questions})",
+                          where=f"{where}.n_seeds")
+    if qd.seed_strategy not in diversity.SEED_STRATEGIES:
+        raise ConfigError(f"question_diversity.seed_strategy={qd.seed_strategy!r}; known: {diversity.SEED_STRATEGIES}",
+                          where=f"{where}.seed_strategy")
+    if qd.paraphrase.max_rounds < 1:
+        raise ConfigError(f"question_diversity.paraphrase.max_rounds={qd.paraphrase.max_rounds} must be >= 1",
+                          where=f"{where}.paraphrase.max_rounds")
+    models.validate(generator_config(cfg, qd.paraphrase.generator))
+
+
 def validate(cfg) -> None:
+    validate_paraphrase(cfg)
     target = expansion_target(cfg)
     if cfg.trait.expand_to is not None and cfg.trait.expand_to < 0:
         raise ConfigError(f"trait.expand_to={cfg.trait.expand_to} must be >= 0", where="trait.expand_to")
@@ -65,6 +96,15 @@ def key_config(cfg) -> dict:
         key["expansion"] = OmegaConf.to_container(cfg.trait.expansion, resolve=True) | {
             "target": target, "generator_weights": models.weights_key(gen_cfg),
             "generator_dtype": gen_cfg.dtype, **generation.key(cfg.generation)}
+    # paraphrase settings likewise enter the key only when this cell paraphrases
+    qd = key["question_diversity"]
+    if cfg.question_diversity.strategy == "paraphrase":
+        gen_cfg = generator_config(cfg, cfg.question_diversity.paraphrase.generator)
+        qd["paraphrase"] |= {"generator_weights": models.weights_key(gen_cfg), "generator_dtype": gen_cfg.dtype,
+                             **generation.key(cfg.generation)}
+    else:
+        for k in ("n_seeds", "seed_strategy", "paraphrase"):
+            qd.pop(k, None)
     return key
 
 
@@ -72,15 +112,40 @@ def load_constitution(cfg) -> constitutions.Constitution:
     return constitutions.load_cfg(cfg.trait, cfg.paths)
 
 
+def load_generator(ctx: Context, name: str | None):
+    """The generation interface over generator `name` (None = the cell's base model), and its model."""
+    cfg = ctx.cfg
+    gen_cfg = generator_config(cfg, name)
+    path = ctx.inputs["base"] if name is None else models.prepare(gen_cfg, cfg.paths.cache)
+    tok = models.load_tokenizer(path)
+    model = models.load(path, ctx.device, models.dtype_for(gen_cfg, ctx.device))
+    return generation.make(cfg.generation, model, tok), model
+
+
+def paraphrased(ctx: Context, texts: list[str], traits: list[int], emb) -> tuple[list[int], list[str], list[int]]:
+    """strategy=paraphrase: (the seeds' indices in `texts`, the paraphrases in seed order, each paraphrase's seed
+    index in `texts`)."""
+    from .. import paraphrase
+
+    qd = ctx.cfg.question_diversity
+    seeds = diversity.select(texts, traits, diversity.seed_selection(qd), ctx.seed, emb=emb)
+    gen, model = load_generator(ctx, qd.paraphrase.generator)
+    para, stats = paraphrase.paraphrase([texts[i] for i in seeds], qd.n_questions, gen, qd.paraphrase, ctx.seed,
+                                        embed=lambda t: diversity.embed(t, qd.embedder))
+    del gen, model
+    stats["seeds"] = [texts[i] for i in seeds]
+    (ctx.out / "paraphrase.json").write_text(json.dumps(stats, indent=2))
+    ctx.log.info("paraphrase: %d seeds, %d paraphrases (%d candidates empty/duplicate, %d too far from their seed) "
+                 "in %d rounds", len(seeds), stats["paraphrases"], stats["dropped_duplicate_or_empty"],
+                 stats["dropped_far_from_seed"], stats["rounds"])
+    return seeds, [p for ps in para for p in ps], [s for s, ps in zip(seeds, para) for _ in ps]
+
+
 def expand(ctx: Context, const: constitutions.Constitution, target: int) -> constitutions.Constitution:
     from .. import expansion, generation
 
     cfg = ctx.cfg
-    gen_cfg = generator_config(cfg)
-    path = ctx.inputs["base"] if cfg.trait.expansion.generator is None else models.prepare(gen_cfg, cfg.paths.cache)
-    tok = models.load_tokenizer(path)
-    model = models.load(path, ctx.device, models.dtype_for(gen_cfg, ctx.device))
-    gen = generation.make(cfg.generation, model, tok)
+    gen, model = load_generator(ctx, cfg.trait.expansion.generator)
     expanded, stats = expansion.expand(const, gen, target, cfg.trait.expansion, ctx.seed)
     write_jsonl(ctx.out / "expanded.jsonl", expansion.few_shot_rows(const, expanded))
     (ctx.out / "expansion.json").write_text(json.dumps(stats, indent=2))
@@ -103,10 +168,21 @@ def run(ctx: Context) -> dict:
     pairs = const.questions()
     texts, traits = [q for _, q in pairs], [t for t, _ in pairs]
     emb = diversity.embed(texts, cfg.question_diversity.embedder)
-    idx = diversity.select(texts, traits, cfg.question_diversity, ctx.seed, emb=emb)
+    seed_of = None
+    if cfg.question_diversity.strategy == "paraphrase":
+        seeds, paras, origin = paraphrased(ctx, texts, traits, emb)
+        # the paraphrases join the pool (so tfidf's idf comes from the same pool as for the other strategies)
+        seed_of = {i: i for i in seeds} | {len(texts) + j: o for j, o in enumerate(origin)}
+        idx = list(seeds) + [len(texts) + j for j in range(len(paras))]
+        texts, traits = texts + paras, traits + [traits[o] for o in origin]
+        e = cfg.question_diversity.embedder
+        emb = diversity.embed(texts, e) if e == "tfidf" else np.vstack([emb, diversity.embed(paras, e)])
+    else:
+        idx = diversity.select(texts, traits, cfg.question_diversity, ctx.seed, emb=emb)
     samples = diversity.samples_per_question(len(idx), cfg.question_diversity.total_pairs,
                                              cfg.distill.samples_per_question)
-    rows = [{"trait": traits[i], "question": texts[i], "samples": k} for i, k in zip(idx, samples)]
+    rows = [{"trait": traits[i], "question": texts[i], "samples": k}
+            | ({"seed": texts[seed_of[i]]} if seed_of else {}) for i, k in zip(idx, samples)]
     write_jsonl(ctx.out / "questions.jsonl", rows)
     measures = diversity.measure([texts[i] for i in idx], [traits[i] for i in idx], emb[idx], len(const.traits))
     measures["total_pairs"] = sum(samples)
@@ -114,5 +190,8 @@ def run(ctx: Context) -> dict:
     (ctx.out / "diversity.json").write_text(json.dumps(measures, indent=2))
     (ctx.out / "constitution.json").write_text(json.dumps(
         {"name": const.name, "source": const.source, "traits": [t.text for t in const.traits]}, indent=2))
+    if seed_of:
+        para = json.loads((ctx.out / "paraphrase.json").read_text())
+        extra["paraphrase"] = {k: v for k, v in para.items() if k != "seeds"}
     ctx.log.info("selected %d of %d questions, vendi %.2f", len(idx), len(texts), measures["vendi"])
     return {"diversity": measures} | extra
