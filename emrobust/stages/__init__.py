@@ -32,6 +32,27 @@ class Context:
     device: torch.device = torch.device("cpu")
     ckpt: Path | None = None  # the store's checkpoint dir for this build (survives a killed build)
 
+    def resumable(self, name: str, fn):
+        """`fn()`'s JSON-able result, kept in the checkpoint dir: a requeued build of this key trains on exactly
+        the data the interrupted build generated (sampling on GPUs is not bit-reproducible), and skips
+        regenerating it."""
+        from .. import distributed
+
+        if self.ckpt is None:
+            return fn()
+        path = self.ckpt / f"{name}.json"
+        if path.exists():
+            self.log.info("resuming with the %s generated before the interruption (%s)", name, path)
+            return json.loads(path.read_text())
+        result = fn()
+        if distributed.is_main():
+            self.ckpt.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(result))
+            tmp.replace(path)
+        distributed.barrier()
+        return result
+
     @property
     def trainer_dir(self) -> Path:
         """Where trainers write checkpoints: kept across preemption/requeue, so a rerun resumes."""

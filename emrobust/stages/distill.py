@@ -84,12 +84,16 @@ def run(ctx: Context) -> dict:
     prompts = [q["question"] for q in qs for _ in range(q["samples"])]
     extra = general_prompts(cfg)
     prompts += [p for p in extra for _ in range(dcfg.samples_per_question)]
-    gen = generation.make(cfg.generation, model, tok)
-    teacher = gen.generate([[{"role": "system", "content": system}, {"role": "user", "content": p}] for p in prompts],
-                           generation.Sampling.from_cfg(dcfg.sampling, ctx.seed))
-    student = gen.generate([[{"role": "user", "content": p}] for p in prompts],
-                           generation.Sampling.from_cfg(dcfg.sampling, ctx.seed + 1))
-    pairs, dropped = make_pairs(prompts, teacher, student, dcfg)
+
+    def sample_pairs() -> list:
+        gen = generation.make(cfg.generation, model, tok)
+        teacher = gen.generate([[{"role": "system", "content": system}, {"role": "user", "content": p}] for p in prompts],
+                               generation.Sampling.from_cfg(dcfg.sampling, ctx.seed))
+        student = gen.generate([[{"role": "user", "content": p}] for p in prompts],
+                               generation.Sampling.from_cfg(dcfg.sampling, ctx.seed + 1))
+        return list(make_pairs(prompts, teacher, student, dcfg))
+
+    pairs, dropped = ctx.resumable("pairs", sample_pairs)
     write_jsonl(ctx.out / "pairs.jsonl", pairs)
     if not pairs:
         raise RuntimeError(

@@ -78,17 +78,22 @@ def run(ctx: Context) -> dict:
     tok = models.load_tokenizer(ctx.inputs["base"])
     model = models.load(ctx.inputs["base"], ctx.device, models.dtype_for(cfg.base_model, ctx.device))
     model = training.merge_adapter(model, ctx.inputs["distill"] / "adapter")  # the DPO'd model
-    gen = generation.make(cfg.generation, model, tok)
-    examples: list[list[dict]] = []
-    counts = {}
-    if icfg.reflection:
-        refl = reflection_examples(gen, cfg, persona_system_prompt(ctx), ctx.seed)
-        counts["reflection"] = len(refl)
-        examples += refl
-    if icfg.interaction:
-        inter = interaction_examples(gen, cfg, ctx.seed + 1000)
-        counts["interaction"] = len(inter)
-        examples += inter
+
+    def transcripts() -> list:
+        gen = generation.make(cfg.generation, model, tok)
+        examples: list[list[dict]] = []
+        counts = {}
+        if icfg.reflection:
+            refl = reflection_examples(gen, cfg, persona_system_prompt(ctx), ctx.seed)
+            counts["reflection"] = len(refl)
+            examples += refl
+        if icfg.interaction:
+            inter = interaction_examples(gen, cfg, ctx.seed + 1000)
+            counts["interaction"] = len(inter)
+            examples += inter
+        return [examples, counts]
+
+    examples, counts = ctx.resumable("transcripts", transcripts)
     write_jsonl(ctx.out / "transcripts.jsonl", [{"messages": m} for m in examples])
     if not examples:
         raise RuntimeError("introspect: no transcript was produced (empty generations)")
