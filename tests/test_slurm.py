@@ -68,7 +68,9 @@ def sacct_states(sweep: Path, n: int, timeout: float = 120) -> dict[int, str]:
         time.sleep(1)
 
 
-def test_two_cell_sweep_completes_on_slurm(slurm_cluster, root, tiny_path):
+def test_two_cell_sweep_completes_on_slurm(slurm_cluster, root, tiny_path, monkeypatch):
+    secret = "sk-fake-0123456789abcdef"  # reaches the jobs by environment only: never in a script, pickle or log
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
     sweep = root / "sweep_ok"
     p = cli("-m", "debug=tiny", "trait=none", "seed=0,1", *JOB, f"hydra.sweep.dir={sweep}", tmp=root, timeout=900)
     assert "Submitit 'slurm' sweep output dir" in p.stdout + p.stderr
@@ -76,6 +78,8 @@ def test_two_cell_sweep_completes_on_slurm(slurm_cluster, root, tiny_path):
     df = pd.read_csv(sweep / "sweep.csv")
     assert list(df["status"]) == ["ok", "ok"] and list(df["seed"]) == [0, 1]
     assert df["mean_aligned"].notna().all() and list(df["executed"]) == [2, 2]  # em + evaluate, per seed
+    for f in (p for p in sweep.rglob("*") if p.is_file()):
+        assert secret.encode() not in f.read_bytes(), f
 
 
 def test_failed_cell_is_failed_in_sacct_and_sweep_csv(slurm_cluster, root, tiny_path):
