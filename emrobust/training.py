@@ -235,8 +235,9 @@ def _history(trainer) -> dict:
 
 
 def run_sft(model, tokenizer, conversations: list[list[dict]], optim: DictConfig, out: Path, seed: int,
-            dev: torch.device, report_to: list[str] | None = None) -> dict:
-    """LoRA (or full) SFT with loss on assistant tokens only. `model` is already PEFT-wrapped for LoRA."""
+            dev: torch.device, report_to: list[str] | None = None, packing: str = "none") -> dict:
+    """LoRA (or full) SFT with loss on assistant tokens only. `model` is already PEFT-wrapped for LoRA.
+    `packing`: none (padded batches) | padding_free | bfd (see EmTrainConfig.packing)."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -246,7 +247,10 @@ def run_sft(model, tokenizer, conversations: list[list[dict]], optim: DictConfig
         raise ValueError("no training example has an assistant token left after truncation")
     report_to = report_to if report_to is not None else tracking.report_to()
     # labels on assistant tokens only: the `assistant_masks` column built by tokenize_chat
-    args = SFTConfig(**_common_args(optim, out / "trainer", seed, dev, report_to))
+    layout = {"none": {}, "bfd": {"packing": True, "packing_strategy": "bfd"},
+              # rows are truncated above; TRL refuses max_length with padding_free unless packing
+              "padding_free": {"padding_free": True, "max_length": None}}[packing]
+    args = SFTConfig(**(_common_args(optim, out / "trainer", seed, dev, report_to) | layout))
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
     trainer.train()
     return _history(trainer) | {"n_examples": len(rows)}

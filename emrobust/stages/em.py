@@ -27,6 +27,7 @@ from . import Context, sub, write_jsonl
 VERSION = 2
 
 CONTROLS = ("none", "random_lora")
+PACKINGS = ("none", "padding_free", "bfd")
 MATCHES = ("trained", "target")
 
 
@@ -40,6 +41,8 @@ def key_config(cfg) -> dict:
         kc["em_dataset"].pop("path", None)
     if cfg.em_control.name != "none":
         kc |= sub(cfg, "em_control")
+    if kc["em_train"].get("packing") == "none":  # the padded default: artifacts built before the knob keep their key
+        kc["em_train"].pop("packing")
     return kc
 
 
@@ -47,6 +50,8 @@ def validate(cfg) -> None:
     """em-specific config checks (called by pipeline.validate before any model loads)."""
     from ..errors import ConfigError
 
+    if cfg.em_train.packing not in PACKINGS:
+        raise ConfigError(f"em_train.packing={cfg.em_train.packing!r}; known: {PACKINGS}", where="em_train.packing")
     c = cfg.em_control
     if c.name not in CONTROLS:
         raise ConfigError(f"em_control={c.name!r}; known: {CONTROLS}", where="em_control.name")
@@ -88,7 +93,8 @@ def run(ctx: Context) -> dict:
         "full_finetune": bool(cfg.em_train.full_finetune),
         "control": cfg.em_control.name,
     }
-    sft = lambda m: training.run_sft(m, tok, train_rows, cfg.em_train.optim, ctx.out, ctx.seed, ctx.device)  # noqa: E731
+    sft = lambda m: training.run_sft(m, tok, train_rows, cfg.em_train.optim, ctx.out, ctx.seed, ctx.device,  # noqa: E731
+                                     packing=cfg.em_train.packing)
     if cfg.em_train.full_finetune:
         training.set_seed(ctx.seed)
         hist = sft(model)
