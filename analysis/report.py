@@ -176,7 +176,12 @@ def _analyze_wandb(args) -> int:
 
     runs = wandb_source.from_offline(args.wandb_dir, args.group)
     if args.wandb:
-        runs += wandb_source.from_api(args.wandb, args.group)
+        try:
+            runs += wandb_source.from_api(args.wandb, args.group)
+        except Exception as e:  # no API key, no network, unknown project: say so, no traceback
+            print(f"W&B API ({args.wandb}): {type(e).__name__}: {e}\n(set WANDB_API_KEY, or upload offline runs "
+                  "with `wandb sync`; offline runs can be read with --wandb-dir)")
+            return 2
     where = " ".join([*(str(d) for d in args.wandb_dir), *([f"wandb:{args.wandb}"] if args.wandb else [])])
     if args.group:
         where += " group " + ",".join(args.group)
