@@ -32,6 +32,11 @@ def test_offline_runs_per_stage_and_no_secret(tmp_path, monkeypatch, tiny_path):
     out = tmp_path / "out"
     s = pipeline.run_cell(compose(*overrides, tmp=tmp_path), out, list(overrides), group="sweep-x")
     assert [x["name"] for x in s["stages"] if x["status"] == "executed"] == ["em", "evaluate"]
+    # run.finish() can return before wandb's core process has written the run file out (seen once under load:
+    # a file without its records); teardown waits for it, as process exit does after a real sweep
+    import wandb
+
+    wandb.teardown()
     runs = _run_dirs(out)
     assert len(runs) == 2  # em, evaluate
     seen = {}
