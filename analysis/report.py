@@ -3,6 +3,9 @@ pooled with a cluster bootstrap, paired comparisons between diversity levels, an
 
 Writes into each sweep dir (or `--out`): sweep.csv, summary.csv, summary.parquet, pooled.csv, comparisons.csv,
 metrics.png, em_vs_vendi.png, cdf.png, question_heatmap.png, report.md.
+
+`--wandb ENTITY/PROJECT --group G` (the W&B API) or `--wandb-dir DIR` (offline run-*.wandb files) build the same
+table from the stages' W&B runs instead (analysis/wandb_source.py); the answer-level parts need local answers.
 """
 from __future__ import annotations
 
@@ -89,38 +92,55 @@ def _md(df: pd.DataFrame) -> str:
 
 
 def analyze(sweep_dir: Path, out: Path | None = None, n_resamples: int = 10_000) -> dict[str, Path]:
+    """The report of a local sweep dir: the table from its cells' run.json, answer-level figures from answers."""
     out = Path(out or sweep_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = {"sweep.csv": write_sweep_csv(sweep_dir)}
-    df = sweep_table(sweep_dir)
+    return files | analyze_table(sweep_table(sweep_dir), out, load_answers(sweep_dir), n_resamples, str(sweep_dir))
+
+
+def analyze_table(df: pd.DataFrame, out: Path, answers: dict | None, n_resamples: int = 10_000,
+                  source: str = "") -> dict[str, Path]:
+    """Everything from the tidy table (`pipeline.cell_row` rows, from run.json or W&B); the seed-pooled table,
+    the alignment CDF and the per-question heatmap also need the scored answers (local sources only)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
     df.to_csv(out / "summary.csv", index=False)
     df.astype({c: str for c in df.columns if df[c].dtype == object}).to_parquet(out / "summary.parquet", index=False)
-    answers = load_answers(sweep_dir)
-    pooled = pooled_table(sweep_dir, n_resamples, answers)
+    answers = answers or {}
+    pooled = pooled_table(None, n_resamples, answers) if answers else pd.DataFrame(
+        columns=["cell", "metric", "n_seeds", "pooled", "lo", "hi", "per_seed"])
     pooled.to_csv(out / "pooled.csv", index=False)
     comps = compare_levels(df, n_resamples=n_resamples)
     comps.to_csv(out / "comparisons.csv", index=False)
     ok = df[df["status"] == "ok"]
     plots.per_cell_bars(ok, out / "metrics.png", [label(r) for _, r in ok.iterrows()])
     plots.metric_vs_vendi(df, out / "em_vs_vendi.png")
-    plots.alignment_cdf({label(pd.Series({**r.get("choices", {}), "seed": r["seed"], "cell": c})): a
-                         for c, (r, a) in answers.items()}, out / "cdf.png")
+    figures = ["metrics.png", "em_vs_vendi.png"]
+    if answers:
+        plots.alignment_cdf({label(pd.Series({**r.get("choices", {}), "seed": r["seed"], "cell": c})): a
+                             for c, (r, a) in answers.items()}, out / "cdf.png")
+        figures.append("cdf.png")
     persona = ok[ok["persona_trait_score"].notna()] if "persona_trait_score" in ok else ok.iloc[0:0]
     if len(persona):
         plots.persona_retention(persona, out / "persona_retention.png", [label(r) for _, r in persona.iterrows()])
+        figures.append("persona_retention.png")
     rates = question_rates(answers)
     if not rates.empty:
         plots.question_heatmap(rates, out / "question_heatmap.png")
+        figures.append("question_heatmap.png")
     cols = [c for c in ["cell", *AXES, "status", "div_vendi", *SHOW] if c in df]
-    report = [f"# emrobust sweep report: {sweep_dir}\n", f"{len(df)} cells, {int((df['status'] == 'ok').sum())} ok.\n",
-              "## Cells\n", _md(df[cols]),
+    note = "" if answers else ("_Source without answer files (W&B): no seed pooling over answers, no alignment CDF "
+                               "or per-question heatmap._\n")
+    report = [f"# emrobust sweep report: {source}\n", f"{len(df)} cells, {int((df['status'] == 'ok').sum())} ok.\n",
+              note, "## Cells\n", _md(df[cols]),
               "## Seeds pooled (cluster bootstrap over seeds)\n", _md(pooled.drop(columns=["per_seed"])),
               "## Diversity levels compared (paired by seed and EM dataset; BH-adjusted p)\n", _md(comps),
-              "## Figures\n", "![metrics](metrics.png)\n\n![EM vs Vendi](em_vs_vendi.png)\n\n![CDF](cdf.png)\n\n"
-              "![per-question EM rate](question_heatmap.png)\n\n![persona retention](persona_retention.png)\n"]
+              "## Figures\n", "\n\n".join(f"![{f[:-4]}]({f})" for f in figures) + "\n"]
     (out / "report.md").write_text("\n".join(report))
-    files |= {f: out / f for f in ("summary.csv", "summary.parquet", "pooled.csv", "comparisons.csv", "metrics.png",
-                                   "em_vs_vendi.png", "cdf.png", "report.md")}
+    files |= {f: out / f for f in ("summary.csv", "summary.parquet", "pooled.csv", "comparisons.csv", *figures,
+                                   "report.md")}
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.precision", 3):
         print(df[cols].to_string(index=False))
     return files
@@ -128,14 +148,48 @@ def analyze(sweep_dir: Path, out: Path | None = None, n_resamples: int = 10_000)
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="emrobust analyze", description=__doc__.splitlines()[0])
-    ap.add_argument("sweep_dirs", nargs="+", type=Path)
+    ap.add_argument("sweep_dirs", nargs="*", type=Path, help="local sweep dirs (cells' */run.json)")
     ap.add_argument("--out", type=Path, default=None, help="write here instead of into each sweep dir")
     ap.add_argument("--n-resamples", type=int, default=10_000)
+    ap.add_argument("--wandb", metavar="ENTITY/PROJECT", default=None,
+                    help="read the stage runs from the W&B API (needs WANDB_API_KEY) instead of local files")
+    ap.add_argument("--group", action="append", default=[],
+                    help="W&B group(s) = sweep dir name(s) to read (repeatable); all groups when omitted")
+    ap.add_argument("--wandb-dir", action="append", type=Path, default=[],
+                    help="read offline W&B runs (run-*.wandb files, searched recursively) under this dir")
     args = ap.parse_args(argv)
+    if args.wandb or args.wandb_dir:
+        return _analyze_wandb(args)
+    if not args.sweep_dirs:
+        ap.error("give sweep dirs, --wandb ENTITY/PROJECT or --wandb-dir DIR")
     for d in args.sweep_dirs:
         if not any(d.glob("*/run.json")):
             print(f"{d}: no */run.json found")
             return 2
         files = analyze(d, args.out, args.n_resamples)
         print(f"\nreport: {files['report.md']}\n" + "\n".join(f"  {k}: {v}" for k, v in files.items()))
+    return 0
+
+
+def _analyze_wandb(args) -> int:
+    from . import wandb_source
+
+    runs = wandb_source.from_offline(args.wandb_dir, args.group)
+    if args.wandb:
+        try:
+            runs += wandb_source.from_api(args.wandb, args.group)
+        except Exception as e:  # no API key, no network, unknown project: say so, no traceback
+            print(f"W&B API ({args.wandb}): {type(e).__name__}: {e}\n(set WANDB_API_KEY, or upload offline runs "
+                  "with `wandb sync`; offline runs can be read with --wandb-dir)")
+            return 2
+    where = " ".join([*(str(d) for d in args.wandb_dir), *([f"wandb:{args.wandb}"] if args.wandb else [])])
+    if args.group:
+        where += " group " + ",".join(args.group)
+    if not runs:
+        print(f"{where}: no W&B runs found")
+        return 2
+    out = args.out or (args.wandb_dir[0] / "wandb_analysis" if args.wandb_dir else
+                       Path("outputs") / "analysis" / "_".join(args.group or [args.wandb.replace("/", "_")]))
+    files = analyze_table(wandb_source.table(runs), out, None, args.n_resamples, where)
+    print(f"\nreport: {files['report.md']}\n" + "\n".join(f"  {k}: {v}" for k, v in files.items()))
     return 0

@@ -34,10 +34,11 @@ def paired_bootstrap(diffs: np.ndarray, n_resamples: int = 10_000, seed: int = 0
 def compare_levels(df: pd.DataFrame, metric_names=("em_rate_betley", "cvar05_aligned"), n_resamples: int = 10_000,
                    seed: int = 0) -> pd.DataFrame:
     """One row per (trait, metric, level a, level b) with n_pairs, diff (b - a), CI, p and BH-adjusted p."""
-    ok = df[(df.get("status") == "ok") & df["trait"].ne("none")] if "trait" in df else df.iloc[0:0]
+    has_axes = "trait" in df and "question_diversity" in df  # not when cells were run without Hydra choices
+    ok = df[(df.get("status") == "ok") & df["trait"].ne("none")] if has_axes else df.iloc[0:0]
     keys = [k for k in PAIR_ON if k in ok]
     rows = []
-    for trait, t in ok.groupby("trait"):
+    for trait, t in ok.groupby("trait") if has_axes else []:
         levels = [lv for lv in LEVELS if lv in set(t["question_diversity"])]
         for a, b in combinations(levels, 2):
             ta = t[t["question_diversity"] == a].set_index(keys)

@@ -189,6 +189,10 @@ class EmTrainConfig:
             weight_decay=0.01, per_device_train_batch_size=2, gradient_accumulation_steps=8, max_length=2048,
         )
     )
+    # How SFT batches are laid out (TRL): none = padded batches; padding_free = each batch flattened into one
+    # sequence with position_ids, no pad tokens (same examples per step, same steps); bfd = TRL packing, best-fit
+    # decreasing into rows of optim.max_length tokens (fewer, fuller steps: a different optimisation).
+    packing: str = "none"
 
 
 @dataclass

@@ -212,20 +212,24 @@ def record_failure(output_dir: Path, overrides: list[str], error: str) -> None:
 # ---------------------------------------------------------------- sweep table
 def sweep_table(sweep_dir: Path) -> pd.DataFrame:
     """One row per cell: overrides as columns, then status, diversity and metrics."""
-    rows = []
-    for rj in sorted(Path(sweep_dir).glob("*/run.json"), key=lambda p: (len(p.parent.name), p.parent.name)):
-        run = json.loads(rj.read_text())
-        row = {"cell": rj.parent.name}
-        row |= {o.split("=", 1)[0].lstrip("+~"): o.split("=", 1)[1] for o in run["overrides"] if "=" in o}
-        row |= {k: v for k, v in run.get("choices", {}).items() if k not in row}
-        row |= {"seed": run.get("seed"), "status": run["status"], "error": run.get("error")}
-        row |= {"executed": sum(s["status"] == "executed" for s in run["stages"]),
-                "cached": sum(s["status"] == "cached" for s in run["stages"])}
-        row |= {f"div_{k}" if not k.startswith("div_") else k: v for k, v in run.get("diversity", {}).items()
-                if not isinstance(v, (dict, list))}
-        row |= {k: v for k, v in run.get("metrics", {}).items() if not isinstance(v, (dict, list))}
-        rows.append(row)
+    rows = [cell_row(rj.parent.name, json.loads(rj.read_text()))
+            for rj in sorted(Path(sweep_dir).glob("*/run.json"), key=lambda p: (len(p.parent.name), p.parent.name))]
     return pd.DataFrame(rows)
+
+
+def cell_row(cell: str, run: dict) -> dict:
+    """The sweep-table row of one cell from its run.json dict (or the same dict rebuilt from W&B runs by
+    analysis/wandb_source.py): the one row schema of sweep.csv and `emrobust analyze`."""
+    row = {"cell": cell}
+    row |= {o.split("=", 1)[0].lstrip("+~"): o.split("=", 1)[1] for o in run["overrides"] if "=" in o}
+    row |= {k: v for k, v in run.get("choices", {}).items() if k not in row}
+    row |= {"seed": run.get("seed"), "status": run["status"], "error": run.get("error")}
+    row |= {"executed": sum(s["status"] == "executed" for s in run["stages"]),
+            "cached": sum(s["status"] == "cached" for s in run["stages"])}
+    row |= {f"div_{k}" if not k.startswith("div_") else k: v for k, v in run.get("diversity", {}).items()
+            if not isinstance(v, (dict, list))}
+    row |= {k: v for k, v in run.get("metrics", {}).items() if not isinstance(v, (dict, list))}
+    return row
 
 
 def write_sweep_csv(sweep_dir: Path) -> Path:

@@ -313,10 +313,12 @@ def _resumed(trainer) -> int | None:
 
 
 def run_sft(model, tokenizer, conversations: list[list[dict]], optim: DictConfig, trainer_dir: Path, seed: int,
-            dev: torch.device, report_to: list[str] | None = None, ds: DictConfig | None = None) -> dict:
+            dev: torch.device, report_to: list[str] | None = None, ds: DictConfig | None = None,
+            packing: str = "none") -> dict:
     """LoRA (or full) SFT with loss on assistant tokens only. `model` is already PEFT-wrapped for LoRA.
     `trainer_dir` holds the checkpoints (`optim.save_steps`); a checkpoint left there by a killed build is resumed.
-    `ds`: the `deepspeed` config node (None/stage 0: plain Trainer, DDP when several processes)."""
+    `ds`: the `deepspeed` config node (None/stage 0: plain Trainer, DDP when several processes).
+    `packing`: none (padded batches) | padding_free | bfd (see EmTrainConfig.packing)."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -326,7 +328,10 @@ def run_sft(model, tokenizer, conversations: list[list[dict]], optim: DictConfig
         raise ValueError("no training example has an assistant token left after truncation")
     report_to = report_to if report_to is not None else tracking.report_to()
     # labels on assistant tokens only: the `assistant_masks` column built by tokenize_chat
-    args = SFTConfig(**_common_args(optim, trainer_dir, seed, dev, report_to, ds))
+    layout = {"none": {}, "bfd": {"packing": True, "packing_strategy": "bfd"},
+              # rows are truncated above; TRL refuses max_length with padding_free unless packing
+              "padding_free": {"padding_free": True, "max_length": None}}[packing]
+    args = SFTConfig(**(_common_args(optim, trainer_dir, seed, dev, report_to, ds) | layout))
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
     _train(trainer, trainer_dir)
     return _history(trainer) | {"n_examples": len(rows)}

@@ -102,6 +102,7 @@ def test_random_lora_with_a_target_norm_trains_nothing(tmp_path, tiny_path):
     (("em_control=random_lora", "em_control.match=nearest"), "em_control.match"),
     (("em_control=random_lora", "em_train=full"), "full_finetune"),
     (("em_control.name=shuffled",), "em_control"),
+    (("em_train.packing=wrapped",), "em_train.packing"),
 ])
 def test_em_control_bad_config(tmp_path, overrides, match):
     with pytest.raises(ConfigError, match=match):
@@ -117,3 +118,16 @@ def test_full_finetune_saves_a_model_that_evaluate_loads(tmp_path, tiny_path):
     assert m["full_finetune"] is True and m["init_adapter_fingerprint"] is None
     assert m["end_fingerprint"] != m["start_fingerprint"]  # every weight trained
     assert m["end_fingerprint"] == models.fingerprint(models.load(a / "model", torch.device("cpu")))
+
+
+def test_packing_is_in_the_em_key_and_the_padded_default_keeps_the_old_key(tmp_path):
+    keys = {}
+    for mode in ("none", "padding_free", "bfd"):
+        cfg = compose(*TINY, f"em_train.packing={mode}", tmp=tmp_path)
+        node = next(n for n in pipeline.plan(cfg) if n.name == "em")
+        keys[mode] = node.key
+        assert ("packing" in node.key_config["em_train"]) == (mode != "none")
+    assert len(set(keys.values())) == 3
+    # the default's key config is exactly what it was before the knob existed (no "packing" entry at all)
+    default = next(n for n in pipeline.plan(compose(*TINY, tmp=tmp_path)) if n.name == "em")
+    assert default.key == keys["none"]

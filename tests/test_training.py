@@ -319,6 +319,48 @@ def test_run_sft_loss_is_on_assistant_tokens_only(sft):
     assert hist["first_loss"] == pytest.approx(expected_first, abs=1e-3)
 
 
+@torch.no_grad()
+def test_padding_free_batch_equals_padded_batch_on_cpu(tiny_path, tok):
+    """TRL's padding-free collator flattens a batch into one row with position_ids; on CPU (sdpa, no flash
+    attention) transformers turns those into a block-diagonal mask when there is no KV cache (TRL's compute_loss
+    passes use_cache=False), so every token sees only its own conversation: logits equal the padded batch's."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    model = models.load(tiny_path, CPU)
+    rows = [training.tokenize_chat(tok, c) for c in CONVERSATIONS]
+    ex = [{"input_ids": r["input_ids"], "labels": [t if m else -100 for t, m in zip(r["input_ids"], r["assistant_masks"])]}
+          for r in rows]
+    flat = DataCollatorForLanguageModeling(pad_token_id=tok.pad_token_id, padding_free=True)(ex)
+    padded = DataCollatorForLanguageModeling(pad_token_id=tok.pad_token_id)(ex)
+    assert flat["input_ids"].shape == (1, sum(len(r["input_ids"]) for r in rows)) and "attention_mask" not in flat
+    a = model(input_ids=flat["input_ids"], position_ids=flat["position_ids"], use_cache=False).logits[0]
+    b = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits
+    leaky = model(input_ids=flat["input_ids"], use_cache=False).logits[0]  # one long sequence: crosses boundaries
+    off = 0
+    for i, r in enumerate(rows):
+        n = len(r["input_ids"])
+        assert torch.allclose(a[off : off + n], b[i, :n], atol=1e-5), i
+        if i:
+            assert (leaky[off : off + n] - b[i, :n]).abs().max() > 1e-2  # the check can see a leak
+        off += n
+
+
+@pytest.mark.parametrize("packing", ["padding_free", "bfd"])
+def test_run_sft_packing_first_loss_is_the_assistant_only_loss(sft, tiny_path, tok, tmp_path, packing):
+    """With em_train.packing, the first batch (all 4 conversations; bfd packs them into one row of <= 256 tokens)
+    has the same assistant-only loss as the padded run: nothing attends across conversations."""
+    _, _, _, expected_first = sft
+    peft_model = training.attach_lora(models.load(tiny_path, CPU), _lcfg(r=4, alpha=8), models.base_config("tiny_random"), 0)
+    optim = OmegaConf.structured(OptimConfig(
+        learning_rate=1e-2, lr_scheduler_type="constant", warmup_ratio=0.0, max_steps=2,
+        per_device_train_batch_size=4, gradient_accumulation_steps=1, max_length=256, logging_steps=1,
+    ))
+    hist = training.run_sft(peft_model, tok, CONVERSATIONS, optim, tmp_path, seed=0, dev=CPU, packing=packing)
+    assert hist["steps"] == 2 and hist["first_loss"] == pytest.approx(expected_first, abs=1e-3)
+    tokens = [h["num_tokens"] for h in hist["log_history"] if "num_tokens" in h]
+    assert tokens[0] == sum(len(training.tokenize_chat(tok, c)["input_ids"]) for c in CONVERSATIONS)  # every token once
+
+
 def test_merge_adapter_equals_base_plus_scaled_BA(sft, tiny_path, tok):
     _, peft_model, adapter, _ = sft
     r, alpha = 4, 8

@@ -29,6 +29,7 @@ VERSION = 2
 DISTRIBUTED = True  # trains: runs on every rank of a multi-process job (emrobust.distributed)
 
 CONTROLS = ("none", "random_lora")
+PACKINGS = ("none", "padding_free", "bfd")
 MATCHES = ("trained", "target")
 
 
@@ -42,6 +43,8 @@ def key_config(cfg) -> dict:
         kc["em_dataset"].pop("path", None)
     if cfg.em_control.name != "none":
         kc |= sub(cfg, "em_control")
+    if kc["em_train"].get("packing") == "none":  # the padded default: artifacts built before the knob keep their key
+        kc["em_train"].pop("packing")
     return kc
 
 
@@ -49,6 +52,8 @@ def validate(cfg) -> None:
     """em-specific config checks (called by pipeline.validate before any model loads)."""
     from ..errors import ConfigError
 
+    if cfg.em_train.packing not in PACKINGS:
+        raise ConfigError(f"em_train.packing={cfg.em_train.packing!r}; known: {PACKINGS}", where="em_train.packing")
     c = cfg.em_control
     if c.name not in CONTROLS:
         raise ConfigError(f"em_control={c.name!r}; known: {CONTROLS}", where="em_control.name")
@@ -90,8 +95,8 @@ def run(ctx: Context) -> dict:
         "full_finetune": bool(cfg.em_train.full_finetune),
         "control": cfg.em_control.name,
     }
-    sft = lambda m: training.run_sft(m, tok, train_rows, cfg.em_train.optim, ctx.trainer_dir, ctx.seed, ctx.device,
-                                         ds=cfg.deepspeed)  # noqa: E731
+    sft = lambda m: training.run_sft(m, tok, train_rows, cfg.em_train.optim, ctx.trainer_dir, ctx.seed, ctx.device,  # noqa: E731
+                                     ds=cfg.deepspeed, packing=cfg.em_train.packing)
     if cfg.em_train.full_finetune:
         training.set_seed(ctx.seed)
         hist = sft(model)
