@@ -270,14 +270,11 @@ def sequence_number_probs(cand_logp: dict[int, float], next_top: dict[int, list[
 
 
 def _import_vllm():
-    from .errors import ConfigError
+    from .generation.vllm import require_vllm
 
-    try:
-        import vllm
-        from vllm.inputs import TokensPrompt
-    except ImportError as e:
-        raise ConfigError(f"eval.judge.backend=vllm needs vLLM, which is not importable ({e}): install the vllm "
-                          "extra (pip install -e '.[vllm]') on a GPU machine", where="eval.judge.backend") from e
+    vllm = require_vllm("eval.judge.backend")
+    from vllm.inputs import TokensPrompt
+
     return vllm, TokensPrompt
 
 

@@ -13,13 +13,20 @@ from . import Generation, Sampling
 log = logging.getLogger(__name__)
 
 
-def _import_vllm():
+def require_vllm(field: str = "generation.backend"):
+    """The vllm module, or a ConfigError naming `field` (the option that selected vLLM)."""
     try:
         import vllm
-        from vllm.lora.request import LoRARequest
     except ImportError as e:
-        raise ConfigError(f"generation.backend=vllm needs vLLM, which is not importable ({e}): install the vllm "
-                          "extra (pip install -e '.[vllm]') on a GPU machine", where="generation.backend") from e
+        raise ConfigError(f"{field}=vllm needs vLLM, which is not importable ({e}): install the vllm "
+                          "extra (pip install -e '.[vllm]') on a GPU machine", where=field) from e
+    return vllm
+
+
+def _import_vllm():
+    vllm = require_vllm()
+    from vllm.lora.request import LoRARequest
+
     return vllm, LoRARequest
 
 
