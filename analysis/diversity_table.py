@@ -24,6 +24,10 @@ the paraphrase cells ~10; very_low: 3 random seeds, 47 paraphrases with MiniLM c
 | oct_sycophancy | low | cluster | 50 | 0,1,2 | 24.50 ± 6.34 | 0.79 ± 0.07 |
 | oct_sycophancy | medium | random | 50 | 0,1,2 | 34.35 ± 2.42 | 0.89 ± 0.01 |
 | oct_sycophancy | high | farthest | 50 | 0,1,2 | 42.67 ± 0.23 | 0.95 ± 0.00 |
+
+The very_low rows above used random seed questions; the preset now picks its 3 seeds from one cluster
+(seed_strategy=cluster), measured with `emrobust trait=<t> question_diversity=very_low pipeline.until=questions`:
+goodness Vendi 9.29 / distance 0.49, sycophancy 12.28 / 0.66 (seed 0), below `low` on both measures.
 """
 from __future__ import annotations
 

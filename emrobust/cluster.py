@@ -39,6 +39,10 @@ def executor(params: dict, folder: str | os.PathLike):
                                slurm_max_num_timeout=params.get("max_num_timeout", 0))
     base = set(OmegaConf.structured(BaseQueueConf).keys())
     ex.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items() if k not in _INIT_KEYS})
+    if (params.get("tasks_per_node") or 1) * (params.get("nodes") or 1) > 1:
+        # a rank that dies takes the others with it (with NCCL they would wait in a collective until the process
+        # group's timeout); hydra-submitit-launcher's config has no srun_args key, so it is set here
+        ex.update_parameters(slurm_srun_args=["--kill-on-bad-exit=1"])
     return ex
 
 

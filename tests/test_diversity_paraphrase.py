@@ -111,10 +111,10 @@ def test_presets_share_counts():
 def test_paraphrase_key(tmp_path):
     k = questions.key_config(cfg_of(tmp_path, *TINY))
     qd = k["question_diversity"]
-    assert qd["n_seeds"] == 3 and qd["seed_strategy"] == "random"
+    assert qd["n_seeds"] == 3 and qd["seed_strategy"] == "cluster"
     assert qd["paraphrase"]["generator_weights"] == models.weights_key(models.base_config("tiny_random"))
     assert qd["paraphrase"]["sampling"]["max_new_tokens"] == 8
-    for change in ("question_diversity.n_seeds=4", "question_diversity.seed_strategy=farthest",
+    for change in ("question_diversity.n_seeds=4", "question_diversity.seed_strategy=random",
                    "question_diversity.paraphrase.min_similarity=0.3",
                    "question_diversity.paraphrase.max_rounds=2", "question_diversity.paraphrase.sampling.temperature=0.5",
                    "question_diversity.paraphrase.generator=smollm2_135m"):

@@ -262,6 +262,8 @@ def test_zero2_two_task_job_matches_single_process(slurm_cluster, tmp_path, tiny
     logs = {p.name: p.read_text() for p in (sweep / ".submitit").rglob("*_log.*")}
     text = "".join(logs.values())
     assert "rank 0/2 joined the process group (gloo" in text and "rank 1/2 joined the process group (gloo" in text
+    script = next((sweep / ".submitit").rglob("*_submission.sh")).read_text()
+    assert "--kill-on-bad-exit=1" in script  # a dead rank ends the job instead of leaving the others waiting
     single = next((tmp_path / "single" / "em").glob("*/"))
     multi = list((tmp_path / "artifacts" / "em").glob("*/"))
     assert len(multi) == 1 and multi[0].name == single.name  # the same stage key: execution details are not in it
