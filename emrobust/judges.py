@@ -9,7 +9,6 @@ the prompts' shared head whose KV cache the batch reuses.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import inspect
 import json
 import math
@@ -356,9 +355,9 @@ def validate(jcfg) -> None:
 
         validate_openai(jcfg, "eval.judge", "the endpoint's model")
     elif jcfg.backend == "vllm":
-        if importlib.util.find_spec("vllm") is None:
-            raise ConfigError("eval.judge.backend=vllm needs vLLM: install the vllm extra (pip install -e '.[vllm]') "
-                              "on a GPU machine", where="eval.judge.backend")
+        from .generation import validate_vllm
+
+        validate_vllm("eval.judge.backend")
         models.validate(models.base_config(jcfg.model))
 
 

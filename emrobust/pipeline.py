@@ -123,7 +123,6 @@ def run_cell(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = No
 
     distributed.setup()
     main = distributed.is_main()
-    cell_name = " ".join(overrides or []) or "default"
     output_dir.mkdir(parents=True, exist_ok=True)
     summary: dict = {"overrides": list(overrides or []), "choices": dict(choices or {}), "seed": cfg.seed,
                      "status": "failed", "error": None, "stages": [], "diversity": {}, "metrics": {},
@@ -152,7 +151,7 @@ def run_cell(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = No
                 ctx = Context(cfg, node.name, node.key, seed, tmp, dict(inputs), dict(manifests), dev, ckpt)
                 if not main:  # a rank > 0 trains alongside rank 0; what it writes is discarded
                     return mod.run(ctx) or {}
-                with tracking.stage_run(cfg, node.name, node.key, output_dir, cell_name, group) as run:
+                with tracking.stage_run(cfg, node.name, node.key, output_dir, summary, group) as run:
                     extra = mod.run(ctx) or {}
                     logged = dict(extra)
                     if node.name == "evaluate" and "questions" in manifests:  # the cell's measured diversity too

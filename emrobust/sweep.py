@@ -219,7 +219,7 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        cells, launcher_ov, primary = expand(args.overrides)
+        cells, _, primary = expand(args.overrides)
         launcher = OmegaConf.to_container(primary.hydra.launcher, resolve=True)
         if not str(launcher.get("_target_", "")).endswith("SlurmLauncher"):
             raise ConfigError("emrobust sweep submits to Slurm: add hydra/launcher=slurm (or slurm_multigpu)",

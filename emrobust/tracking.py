@@ -57,29 +57,10 @@ def _flat(d: dict, prefix: str = "", scalars: bool = False) -> dict:
     return out
 
 
-def cell_info(cell_name: str, output_dir: Path) -> dict:
-    """What run.json knows about the cell besides its results: the override list (run_cell names the run by
-    joining it with spaces), the Hydra config-group choices when the Hydra app runs this cell, the dir name."""
-    overrides = [] if cell_name == "default" else cell_name.split(" ")
-    choices: dict = {}
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        if HydraConfig.initialized():
-            hc = HydraConfig.get()
-            if " ".join(hc.overrides.task) == cell_name:
-                from .cli import GROUPS
-
-                overrides = list(hc.overrides.task)
-                choices = {k: v for k, v in hc.runtime.choices.items() if k in GROUPS}
-    except ImportError:
-        pass
-    return {"overrides": overrides, "choices": choices, "dir": Path(output_dir).name}
-
-
 @contextmanager
-def stage_run(cfg: DictConfig, stage: str, key: str, output_dir: Path, cell_name: str, group: str | None):
-    """A W&B run around one stage execution (a no-op when tracking is off)."""
+def stage_run(cfg: DictConfig, stage: str, key: str, output_dir: Path, cell: dict, group: str | None):
+    """A W&B run around one stage execution (a no-op when tracking is off). `cell`: what run.json knows about the
+    cell besides its results (`overrides`, Hydra `choices`); stored in the config as `emrobust_cell`."""
     if cfg.tracking.backend != "wandb" or cfg.tracking.mode == "disabled":
         yield None
         return
@@ -87,9 +68,11 @@ def stage_run(cfg: DictConfig, stage: str, key: str, output_dir: Path, cell_name
 
     output_dir.mkdir(parents=True, exist_ok=True)
     config = redact(OmegaConf.to_container(cfg, resolve=True))
-    config["emrobust_cell"] = redact(cell_info(cell_name, output_dir))
+    config["emrobust_cell"] = redact({"overrides": list(cell["overrides"]), "choices": dict(cell["choices"]),
+                                      "dir": Path(output_dir).name})
     run = wandb.init(project=cfg.tracking.project, entity=cfg.tracking.entity, mode=cfg.tracking.mode,
-                     dir=str(output_dir), job_type=stage, group=cfg.tracking.group or group, name=cell_name,
+                     dir=str(output_dir), job_type=stage, group=cfg.tracking.group or group,
+                     name=" ".join(cell["overrides"]) or "default",
                      config={**config, "stage": stage, "stage_key": key}, reinit="finish_previous")
     global _ACTIVE
     _ACTIVE = run

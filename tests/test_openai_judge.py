@@ -2,6 +2,7 @@
 OpenAI-compatible server (llama-cpp-python serving SmolLM2)."""
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import pytest
@@ -39,13 +40,13 @@ def _jcfg(**kw):
 
 def test_config_checks(monkeypatch):
     monkeypatch.delenv("EMROBUST_TEST_NO_SUCH_KEY", raising=False)
-    if judges.importlib.util.find_spec("openai") is not None:
+    if importlib.util.find_spec("openai") is not None:
         with pytest.raises(ConfigError, match="EMROBUST_TEST_NO_SUCH_KEY"):
             judges.validate(_jcfg(backend="openai", model="gpt-4o", api_key_env="EMROBUST_TEST_NO_SUCH_KEY"))
         judges.validate(_jcfg(backend="openai", model="gpt-4o", api_key_env=None))
     with pytest.raises(ConfigError, match="backend"):
         judges.validate(_jcfg(backend="claude"))
-    if judges.importlib.util.find_spec("vllm") is None:
+    if importlib.util.find_spec("vllm") is None:
         with pytest.raises(ConfigError, match="install the vllm extra"):
             judges.validate(_jcfg(backend="vllm"))
 

@@ -62,7 +62,7 @@ def test_validate_accepts_vllm_when_importable(monkeypatch, tmp_path):
     """With vLLM importable (faked here: only the import check), eval.judge=vllm passes validation and keys on
     the judge model's weights; a bad judge model is still a ConfigError."""
     real = importlib.util.find_spec
-    monkeypatch.setattr(judges.importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else real(name, *a))
     cfg = compose("debug=tiny", "eval.judge.backend=vllm", "eval.judge.model=tiny_random", tmp=tmp_path)
     judges.validate(cfg.eval.judge)
     assert judges.key(cfg.eval.judge)["weights"] and judges.key(cfg.eval.judge)["backend"] == "vllm"

@@ -78,10 +78,19 @@ def validate_openai(node, prefix: str, model_noun: str) -> None:
         raise ConfigError(f"{prefix}.concurrency={node.concurrency} must be >= 1", where=f"{prefix}.concurrency")
 
 
-def validate(gcfg) -> None:
-    """Config checks for `generation`, before any model loads (ConfigError naming the field)."""
+def validate_vllm(field: str) -> None:
+    """Login-time check that vLLM is installed, without importing it (ConfigError naming the selecting field)."""
     import importlib.util
 
+    from ..errors import ConfigError
+
+    if importlib.util.find_spec("vllm") is None:
+        raise ConfigError(f"{field}=vllm needs vLLM, which is not importable: install the vllm extra "
+                          "(pip install -e '.[vllm]') on a GPU machine", where=field)
+
+
+def validate(gcfg) -> None:
+    """Config checks for `generation`, before any model loads (ConfigError naming the field)."""
     from ..errors import ConfigError
 
     if gcfg.backend not in BACKENDS:
@@ -91,9 +100,7 @@ def validate(gcfg) -> None:
     if gcfg.backend == "openai":
         validate_openai(gcfg, "generation", "the served model")
     elif gcfg.backend == "vllm":
-        if importlib.util.find_spec("vllm") is None:
-            raise ConfigError("generation.backend=vllm needs vLLM, which is not importable: install the vllm extra "
-                              "(pip install -e '.[vllm]') on a GPU machine", where="generation.backend")
+        validate_vllm("generation.backend")
         if gcfg.tensor_parallel_size < 1:
             raise ConfigError(f"generation.tensor_parallel_size={gcfg.tensor_parallel_size} must be >= 1",
                               where="generation.tensor_parallel_size")

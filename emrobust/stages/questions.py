@@ -142,7 +142,7 @@ def paraphrased(ctx: Context, texts: list[str], traits: list[int], emb) -> tuple
 
 
 def expand(ctx: Context, const: constitutions.Constitution, target: int) -> constitutions.Constitution:
-    from .. import expansion, generation
+    from .. import expansion
 
     cfg = ctx.cfg
     gen, model = load_generator(ctx, cfg.trait.expansion.generator)
