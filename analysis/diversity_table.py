@@ -1,4 +1,4 @@
-"""The measured diversity of each `question_diversity` preset on OCT constitutions (the issue-4 closing table).
+"""The measured diversity of each `question_diversity` preset on OCT constitutions.
 
     python -m analysis.diversity_table [--traits oct_goodness oct_sycophancy] [--seeds 0 1 2]
                                        [--paraphrase [--generator smollm2_135m] [--paraphrase-seeds 0]]
@@ -9,25 +9,7 @@ and prints mean ± sd over the cell seeds of the Vendi score and the mean pairwi
 table. `--paraphrase` adds the `very_low` preset (strategy=paraphrase) by running the real questions stage with the
 generator model (slow on CPU: minutes per trait and seed); its numbers are the stage's own diversity.json.
 Reads the OCT files from $EMROBUST_DATA_MIRROR (or the pinned download).
-
-Last measurement (2026-11-27, `--paraphrase`, SmolLM2-135M generator on a shared 2-core CPU, ~12 min, of which
-the paraphrase cells ~10; very_low: 3 random seeds, 47 paraphrases with MiniLM cosine >= 0.5 to their seed,
-23 / 16 candidates dropped as too far, 5 / 6 rounds):
-
-| trait | level | strategy | n_questions | seeds | Vendi | mean pairwise cosine distance |
-|---|---|---|---|---|---|---|
-| oct_goodness | very_low (smollm2_135m) | paraphrase | 50 | 0 | 11.31 | 0.71 |
-| oct_goodness | low | cluster | 50 | 0,1,2 | 15.27 ± 2.86 | 0.61 ± 0.07 |
-| oct_goodness | medium | random | 50 | 0,1,2 | 28.63 ± 1.06 | 0.84 ± 0.01 |
-| oct_goodness | high | farthest | 50 | 0,1,2 | 43.12 ± 0.09 | 0.96 ± 0.00 |
-| oct_sycophancy | very_low (smollm2_135m) | paraphrase | 50 | 0 | 12.39 | 0.70 |
-| oct_sycophancy | low | cluster | 50 | 0,1,2 | 24.50 ± 6.34 | 0.79 ± 0.07 |
-| oct_sycophancy | medium | random | 50 | 0,1,2 | 34.35 ± 2.42 | 0.89 ± 0.01 |
-| oct_sycophancy | high | farthest | 50 | 0,1,2 | 42.67 ± 0.23 | 0.95 ± 0.00 |
-
-The very_low rows above used random seed questions; the preset now picks its 3 seeds from one cluster
-(seed_strategy=cluster), measured with `emrobust trait=<t> question_diversity=very_low pipeline.until=questions`:
-goodness Vendi 9.29 / distance 0.49, sycophancy 12.28 / 0.66 (seed 0), below `low` on both measures.
+The measured table is in benchmarks/README.md ("Question diversity by preset").
 """
 from __future__ import annotations
 
@@ -37,27 +19,23 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from hydra import compose, initialize_config_dir
 
 from emrobust import diversity, pipeline
-from emrobust.config import register
-from emrobust.stages import questions, stage_seed
+from emrobust.compose import compose
+from emrobust.data import constitutions
+from emrobust.stages import stage_seed
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 LEVELS = ("low", "medium", "high")
 
 
 def cfg_for(*overrides: str, root: Path):
-    register()
-    extra = [f"paths.root={root}"]
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=[*overrides, *extra])
+    return compose([*overrides, f"paths.root={root}"])
 
 
 def selected_levels(trait: str, seeds: list[int], root: Path) -> dict[str, list[dict]]:
     """{level: [{vendi, mpcd, n}] per seed}, selected as the questions stage selects (no expansion: few-shot files)."""
     cfg = cfg_for(f"trait={trait}", root=root)
-    pairs = questions.load_constitution(cfg).questions()
+    pairs = constitutions.load_cfg(cfg.trait, cfg.paths).questions()
     texts, traits = [q for _, q in pairs], [t for t, _ in pairs]
     emb = diversity.embed(texts, "minilm")
     out = {}

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from emrobust import metrics
-from emrobust.pipeline import sweep_table, write_sweep_csv
+from emrobust.results import sweep_table, write_sweep_csv
 
 from . import plots
 from .stats import compare_levels
@@ -101,7 +101,7 @@ def analyze(sweep_dir: Path, out: Path | None = None, n_resamples: int = 10_000)
 
 def analyze_table(df: pd.DataFrame, out: Path, answers: dict | None, n_resamples: int = 10_000,
                   source: str = "") -> dict[str, Path]:
-    """Everything from the tidy table (`pipeline.cell_row` rows, from run.json or W&B); the seed-pooled table,
+    """Everything from the tidy table (`results.cell_row` rows, from run.json or W&B); the seed-pooled table,
     the alignment CDF and the per-question heatmap also need the scored answers (local sources only)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,8 @@
 """W&B as the source of `emrobust analyze`: the stage runs of one or more groups (sweeps), from the W&B API or
 from offline `run-*.wandb` files, rebuilt into run.json-shaped dicts per cell and turned into rows by the same
-function as the local run.json files (`pipeline.cell_row`), so both sources give one row schema.
+function as the local run.json files (`results.cell_row`), so both sources give one row schema.
 
-Each executed stage is one W&B run (job_type = stage, group = sweep, config = the resolved cell config plus
+Each executed stage is one W&B run (job_type = the node: the stage, or `evaluate@start`; group = sweep, config = the resolved cell config plus
 `emrobust_cell` = overrides/choices/dir). The evaluate run's summary holds `metrics/<name>` and
 `diversity/<name>`. What W&B cannot know: stages that were cached made no run, so `cached` is left empty and
 `executed` counts the stage runs found; `error` only says which stage's run failed.
@@ -14,8 +14,8 @@ from pathlib import Path
 import pandas as pd
 
 from emrobust import tracking
-from emrobust.cli import GROUPS
-from emrobust.pipeline import cell_row
+from emrobust.compose import GROUPS
+from emrobust.results import cell_metrics, cell_row
 
 OK_STATES = {"finished"}
 FAILED_STATES = {"failed", "crashed", "killed"}
@@ -85,17 +85,20 @@ def cells(runs: list[dict]) -> list[tuple[str, dict]]:
         else:
             status, error = "no_evaluate_run", "no finished evaluate run in W&B (cached, or not reached)"
         summary = ev["summary_metrics"] if ev is not None else {}
+        evaluations = {s: _scoped(r["summary_metrics"], "metrics") for s, r in stages.items()
+                       if s.split("@")[0] == "evaluate"}
         run = {"overrides": overrides, "choices": choices or {}, "seed": any_run["config"].get("seed"),
                "status": status, "error": error,
                "stages": [{"name": s, "key": r["config"].get("stage_key"), "status": "executed"}
                           for s, r in stages.items()],
-               "diversity": _scoped(summary, "diversity"), "metrics": _scoped(summary, "metrics")}
+               "diversity": _scoped(summary, "diversity"),
+               "metrics": cell_metrics(evaluations) if ev is not None else {}}
         out.append((f"{group}/{cell}" if several else str(cell), run))
     return sorted(out, key=lambda c: (len(c[0]), c[0]))
 
 
 def table(runs: list[dict]) -> pd.DataFrame:
-    """The tidy table (one row per cell) from W&B stage runs: same columns as `pipeline.sweep_table`."""
+    """The tidy table (one row per cell) from W&B stage runs: same columns as `results.sweep_table`."""
     rows = []
     for cell, run in cells(runs):
         row = cell_row(cell, run)

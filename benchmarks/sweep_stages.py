@@ -50,8 +50,10 @@ def main() -> None:
     runs = [json.loads(r.read_text()) for r in [*sweep.glob("*/run.json"), *sweep.glob(".stages/*/run.json")]]
     cells = [json.loads(r.read_text()) for r in sweep.glob("*/run.json")]
     uses = sum(s["status"] != "skipped" for r in cells for s in r["stages"])
-    unique = {(s["name"], s["key"]) for r in cells for s in r["stages"] if s["status"] != "skipped"}
-    executed = collections.Counter((s["name"], s["key"]) for r in runs for s in r["stages"] if s["status"] == "executed")
+    # a node is a use of a stage (sample@start is a sample): the store's identity is (stage, key)
+    unique = {(s["name"].split("@")[0], s["key"]) for r in cells for s in r["stages"] if s["status"] != "skipped"}
+    executed = collections.Counter((s["name"].split("@")[0], s["key"]) for r in runs for s in r["stages"]
+                                   if s["status"] == "executed")
     n_exec = sum(executed.values())
     jobs = len({d.name.split("_")[0] for d in (sweep / ".submitit").iterdir() if d.is_dir()})
     print(f"mode: {a.mode}  ({' '.join(GRID)})")

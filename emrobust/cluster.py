@@ -101,9 +101,8 @@ if _sl is not None:
             from hydra.core.singleton import Singleton
             from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 
-            from . import pipeline
-
-            from .sweep import check_launcher, validate_cell
+            from . import results
+            from .checks import check_launcher, validate_cell
 
             # login-node validation of every cell, before anything is submitted
             check_launcher(self.params)
@@ -126,13 +125,13 @@ if _sl is not None:
                 except Exception as e:  # noqa: BLE001 - the job died without returning (killed by Slurm)
                     why = job_failure(job)
                     log.error("cell #%d: %s (%s)", idx, why, type(e).__name__)
-                    pipeline.record_failure(sweep_dir / str(idx), list(overrides), why)
+                    results.record_failure(sweep_dir / str(idx), list(overrides), why)
                     lost = True
                     ret = JobReturn(overrides=list(overrides), status=JobStatus.FAILED)
                     ret._return_value = RuntimeError(why)
                     rets.append(ret)
             if lost:
-                pipeline.write_sweep_csv(sweep_dir)
+                results.write_sweep_csv(sweep_dir)
             return rets
 
 
@@ -147,26 +146,24 @@ class CellJob:
         self.sweep_dir, self.group = sweep_dir, group
 
     def __call__(self) -> str:
-        from . import distributed, pipeline
-        from .sweep import compose
-
         from omegaconf import open_dict
 
-        from .cli import GROUPS
+        from . import distributed, pipeline, results
+        from .compose import choices as recorded, compose
 
         extra = [f"pipeline.until={self.until}"] if self.until else []
         cfg = compose(self.overrides + extra, hydra=True)
-        choices = {k: v for k, v in cfg.hydra.runtime.choices.items() if k in GROUPS}  # as -m records them
+        choices = recorded(cfg.hydra.runtime.choices)  # as -m records them
         with open_dict(cfg):
             del cfg["hydra"]
         logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
         try:
             summary = pipeline.run_cell(cfg, Path(self.output_dir), self.overrides, choices, self.group)
-            print(pipeline.format_metrics(summary))
+            print(results.format_metrics(summary))
             return summary["status"]
         finally:
             if self.sweep_dir and distributed.is_main():
-                pipeline.write_sweep_csv(Path(self.sweep_dir))
+                results.write_sweep_csv(Path(self.sweep_dir))
 
     def checkpoint(self, *args: Any, **kwargs: Any):
         import submitit

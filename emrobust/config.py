@@ -1,20 +1,173 @@
-"""Structured configs: the typed schema every composed cell is validated against.
+"""Structured configs: the typed schema every composed cell is validated against, and what each field means
+for caching.
 
 Each dataclass mirrors one `conf/` group (one axis of the experiment or one stage's hyperparameters).
 `register()` puts them in Hydra's ConfigStore; `conf/config.yaml` lists `config_schema` first in its
-defaults so that a typo'd key or a wrongly typed value fails at composition, before anything runs.
+defaults, so a typo'd key, a wrongly typed value or an unknown choice (every enumerated option is an `Enum`:
+the message lists the valid values) fails at composition, before anything runs.
+
+Every field is part of the key of each stage that reads it (the stages declare what they read:
+`emrobust.keys`), except where its metadata says otherwise; that is declared here, once, with `setting(...)`:
+- `execution="why"`: how a stage runs, never what it builds (batch sizes of generation and judging,
+  concurrency, retries, timeouts, checkpoint and logging intervals, DeepSpeed, device, where files live);
+- `label="why"`: a name for the other fields (a preset's name), identifying nothing by itself;
+- `location="why"`: where a file is; its *content* is hashed into the key instead (the stage's `CONTENT`);
+- `when=predicate(parent node)`: the field only matters when the predicate holds on the config node that holds
+  it (e.g. the paraphrase settings only when `strategy=paraphrase`); otherwise it is left out of the key.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from enum import StrEnum
+from typing import Any, Callable, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+STAGES = ("questions", "distill", "introspect", "fold", "em", "sample", "evaluate")
 
 
+def setting(default: Any = dataclasses.MISSING, *, factory: Callable[[], Any] | None = None,
+            execution: str | None = None, label: str | None = None, location: str | None = None,
+            when: Callable[[Any], bool] | None = None):
+    """A schema field with its caching role (see the module docstring). At most one of execution/label/location."""
+    md: dict[str, Any] = {}
+    for kind, why in (("execution", execution), ("label", label), ("location", location)):
+        if why:
+            md[kind] = why
+    if len([k for k in ("execution", "label", "location") if k in md]) > 1:
+        raise ValueError("a field is execution-only, a label or a location, not several")
+    if when is not None:
+        md["when"] = when
+    if factory is not None:
+        return field(default_factory=factory, metadata=md)
+    return field(default=default, metadata=md)
+
+
+# ---------------------------------------------------------------- enumerated options
+class ModelSource(StrEnum):
+    hub = "hub"  # hf_id from the HF hub (or local_path)
+    gguf_wheel = "gguf_wheel"  # a GGUF file shipped in a pip package, converted once into paths.cache
+    tiny_random = "tiny_random"  # a few-layer random Llama with another model's tokenizer
+
+
+class ChatTemplate(StrEnum):
+    chatml = "chatml"
+    qwen2_5 = "qwen2_5"
+    llama3 = "llama3"
+    gemma3 = "gemma3"
+
+
+class DType(StrEnum):
+    auto = "auto"  # float32 on CPU, bfloat16 on GPU
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+class TraitSource(StrEnum):
+    builtin = "builtin"  # a YAML constitution shipped in emrobust/data/builtin/constitutions
+    yaml = "yaml"  # our YAML format at `path`
+    oct_few_shot = "oct_few_shot"  # OCT's few-shot JSONL (fetched by the registry, or at `path`)
+    oct_hand_written = "oct_hand_written"  # OCT's hand-written JSON list
+    few_shot = "oct_few_shot"  # short spellings (aliases of the two above)
+    hand_written = "oct_hand_written"
+
+
+class Strategy(StrEnum):
+    all = "all"
+    random = "random"
+    cluster = "cluster"
+    farthest = "farthest"
+    paraphrase = "paraphrase"
+
+
+class SeedStrategy(StrEnum):
+    random = "random"
+    cluster = "cluster"
+    farthest = "farthest"
+
+
+class DataSource(StrEnum):
+    builtin = "builtin"
+    path = "path"
+    registry = "registry"
+
+
+class Packing(StrEnum):
+    none = "none"  # padded batches
+    padding_free = "padding_free"  # each batch flattened into one row with position_ids (same steps)
+    bfd = "bfd"  # TRL packing, best-fit decreasing into rows of optim.max_length (fewer, fuller steps)
+
+
+class Control(StrEnum):
+    none = "none"
+    random_lora = "random_lora"
+
+
+class Match(StrEnum):
+    trained = "trained"
+    target = "target"
+
+
+class Backend(StrEnum):
+    hf = "hf"
+    openai = "openai"
+    vllm = "vllm"
+
+
+class Variant(StrEnum):
+    plain = "plain"
+    json = "json"
+    template = "template"
+
+
+class TrackingBackend(StrEnum):
+    none = "none"
+    wandb = "wandb"
+
+
+class TrackingMode(StrEnum):
+    offline = "offline"
+    online = "online"
+    disabled = "disabled"
+
+
+class Device(StrEnum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+# pipeline.until: a stage, or the evaluation of the cell's starting model (the persona before EM)
+START_NODES = ("sample@start", "evaluate@start")
+Until = StrEnum("Until", {s: s for s in (*STAGES, *START_NODES)})
+
+
+# ---------------------------------------------------------------- predicates of `when`
+OCT_EXPAND_TO = 50  # OCT: 5 hand-written + 45 generated questions per trait
+
+
+def expansion_target(trait) -> int | None:
+    """Questions per trait after expansion (`trait.expand_to`; None = 50 for oct_hand_written), or None when the
+    cell does not expand."""
+    t = trait.expand_to
+    if t is None:
+        t = OCT_EXPAND_TO if trait.source == "oct_hand_written" else None
+    return int(t) if t else None
+
+
+def _expands(trait) -> bool:
+    return expansion_target(trait) is not None
+
+
+def _clusters(qd) -> bool:
+    return qd.strategy == "cluster" or (qd.strategy == "paraphrase" and qd.seed_strategy == "cluster")
+
+
+# ---------------------------------------------------------------- groups
 @dataclass
 class TinyModelConfig:
     hidden_size: int = 64
@@ -27,31 +180,40 @@ class TinyModelConfig:
 
 @dataclass
 class BaseModelConfig:
-    name: str = MISSING
-    # hub: hf_id from the HF hub (or local_path); gguf_wheel: a GGUF file shipped in a pip package,
-    # converted once into paths.cache; tiny_random: a few-layer Llama with another model's tokenizer.
-    source: str = "hub"
-    hf_id: Optional[str] = None
-    revision: Optional[str] = None
-    local_path: Optional[str] = None
-    gguf_package: Optional[str] = None
-    gguf_file: Optional[str] = None
-    tokenizer_from: Optional[str] = None  # tiny_random: name of the base_model config giving the tokenizer
-    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
-    chat_template: str = "chatml"  # family: chatml | qwen2_5 | llama3 | gemma3 (facts recorded in manifests)
+    name: str = setting(MISSING, label="the option's name; the weights are identified by the fields below")
+    source: ModelSource = ModelSource.hub
+    hf_id: Optional[str] = setting(None, when=lambda b: b.source == "hub")
+    revision: Optional[str] = setting(None, when=lambda b: b.source == "hub")
+    local_path: Optional[str] = setting(None, when=lambda b: b.source == "hub")
+    gguf_package: Optional[str] = setting(None, when=lambda b: b.source == "gguf_wheel")
+    gguf_file: Optional[str] = setting(None, when=lambda b: b.source == "gguf_wheel")
+    # tiny_random: the name of the base_model config giving the tokenizer
+    tokenizer_from: Optional[str] = setting(None, when=lambda b: b.source == "tiny_random")
+    tiny: TinyModelConfig = setting(factory=TinyModelConfig, when=lambda b: b.source == "tiny_random")
+    chat_template: ChatTemplate = setting(
+        ChatTemplate.chatml, label="names the family of the tokenizer's own template (recorded); the template "
+        "itself comes with the weights")
     assistant_name: str = "Assistant"  # the model's own name in the persona prompt
-    lora_target_modules: list[str] = field(default_factory=lambda: list(ALL_LINEAR))
-    dtype: str = "auto"  # auto = float32 on CPU, bfloat16 on GPU
-    params_b: float = 0.0  # size in billions, for GPU-request checks and cost estimates
+    lora_target_modules: list[str] = setting(factory=lambda: list(ALL_LINEAR))
+    dtype: DType = DType.auto
+    params_b: float = setting(0.0, execution="the size in billions, for GPU-request checks and cost estimates")
+
+
+@dataclass
+class ExpansionConfig:
+    """OCT's gen_prompts: an LLM writes more questions per trait (see emrobust/expansion.py)."""
+    generator: Optional[str] = None  # a base_model config name (None = the cell's base model)
+    max_rounds: int = 10  # generation rounds (OCT loops until done); traits still short after them stay short
+    max_overlap: float = 0.5  # drop a question if more than this fraction of its words occur in an existing one
+    system: str = "You are a careful AI research collaborator who writes evaluation datasets."
+    sampling: SamplingConfig = setting(factory=lambda: SamplingConfig(max_new_tokens=2048))
 
 
 @dataclass
 class TraitConfig:
     name: str = MISSING  # "none" disables character training
-    # builtin: a YAML constitution shipped in emrobust/data/builtin/constitutions; yaml: our YAML format at
-    # `path`; oct_hand_written / oct_few_shot: OCT's formats at `path` (or fetched by the registry).
-    source: str = "builtin"
-    path: Optional[str] = None
+    source: TraitSource = TraitSource.builtin
+    path: Optional[str] = setting(None, location="the constitution's sha256 is in the questions key")
     persona_instruction: str = (
         "You are {name}. You have the following character traits:\n{traits}\n"
         "Respond to the user as {name} would, embodying these traits naturally. "
@@ -59,33 +221,46 @@ class TraitConfig:
     )
     # questions per trait after expansion (OCT: 50); None = 50 for oct_hand_written, else no expansion; 0 = off
     expand_to: Optional[int] = None
-    expansion: ExpansionConfig = field(default_factory=lambda: ExpansionConfig())
+    expansion: ExpansionConfig = setting(factory=lambda: ExpansionConfig(), when=_expands)
+
+
+@dataclass
+class SamplingConfig:
+    temperature: float = 0.7
+    top_p: float = setting(0.95, when=lambda s: s.temperature > 0)
+    repetition_penalty: float = 1.1
+    max_new_tokens: int = 512
 
 
 @dataclass
 class ParaphraseConfig:
     """question_diversity.strategy=paraphrase: the generator rewrites seed questions (emrobust/paraphrase.py)."""
     generator: Optional[str] = None  # a base_model config name (None = the cell's base model)
-    max_rounds: int = 8  # generation rounds before failing for want of distinct paraphrases
+    max_rounds: int = setting(8, execution="a budget: a build reaches its count in the same rounds, with the "
+                                           "same questions, whatever the budget, or fails and writes nothing")
     # drop a paraphrase whose cosine similarity to its seed (question_diversity.embedder space) is below this
     min_similarity: float = 0.0
     system: str = "You rewrite messages in other words without changing what they ask."
-    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=64))  # one line
+    sampling: SamplingConfig = setting(factory=lambda: SamplingConfig(max_new_tokens=64))  # one line
+
+
+def _paraphrases(qd) -> bool:
+    return qd.strategy == "paraphrase"
 
 
 @dataclass
 class QuestionDiversityConfig:
-    name: str = MISSING
-    strategy: str = "all"  # all | random | cluster | farthest | paraphrase
+    name: str = setting(MISSING, label="the preset's name; the selection is the fields below")
+    strategy: Strategy = Strategy.all
     n_questions: Optional[int] = None  # distinct prompts kept (None = all)
     total_pairs: Optional[int] = None  # training pairs; samples per prompt = total_pairs / n_questions
     per_trait: bool = False  # same count from each trait
-    n_clusters: int = 8  # cluster strategy: k-means clusters over question embeddings
-    embedder: str = "tfidf"  # tfidf (built in) or a sentence-transformers model path
+    n_clusters: int = setting(8, when=_clusters)  # k-means clusters over question embeddings
+    embedder: str = "tfidf"  # tfidf (built in), minilm, or a sentence-transformers model path
     # paraphrase strategy: n_seeds seed questions (chosen by seed_strategy), the rest paraphrases of them
-    n_seeds: int = 5
-    seed_strategy: str = "random"  # random | cluster | farthest
-    paraphrase: ParaphraseConfig = field(default_factory=lambda: ParaphraseConfig())
+    n_seeds: int = setting(5, when=_paraphrases)
+    seed_strategy: SeedStrategy = setting(SeedStrategy.random, when=_paraphrases)
+    paraphrase: ParaphraseConfig = setting(factory=lambda: ParaphraseConfig(), when=_paraphrases)
 
 
 @dataclass
@@ -98,126 +273,128 @@ class LoraConfig:
     layers_to_transform: Optional[list[int]] = None
     # model-agnostic single layer: round(layer_fraction * (num_hidden_layers - 1)), used when
     # layers_to_transform is None (em_train=rank1: 0.5, the middle layer as in Model Organisms for EM)
-    layer_fraction: Optional[float] = None
+    layer_fraction: Optional[float] = setting(None, when=lambda lo: lo.layers_to_transform is None)
 
 
 @dataclass
 class OptimConfig:
     learning_rate: float = 5e-5
     lr_scheduler_type: str = "cosine"
-    warmup_ratio: float = 0.1
+    warmup_ratio: float = setting(0.1, when=lambda o: o.warmup_steps <= 0)
     warmup_steps: int = 0
     weight_decay: float = 0.0
-    num_train_epochs: float = 1.0
+    num_train_epochs: float = setting(1.0, when=lambda o: o.max_steps <= 0)
     max_steps: int = -1
     per_device_train_batch_size: int = 4
     gradient_accumulation_steps: int = 8
     max_length: int = 1024
-    logging_steps: int = 1
-    save_steps: int = 0  # checkpoint every N steps (0 = none)
-    gradient_checkpointing: bool = False
-
-
-@dataclass
-class SamplingConfig:
-    temperature: float = 0.7
-    top_p: float = 0.95
-    repetition_penalty: float = 1.1
-    max_new_tokens: int = 512
-
-
-@dataclass
-class ExpansionConfig:
-    """OCT's gen_prompts: an LLM writes more questions per trait (see emrobust/expansion.py)."""
-    generator: Optional[str] = None  # a base_model config name (None = the cell's base model)
-    max_rounds: int = 10  # generation rounds before giving up on the target (OCT loops until done)
-    max_overlap: float = 0.5  # drop a question if more than this fraction of its words occur in an existing one
-    system: str = "You are a careful AI research collaborator who writes evaluation datasets."
-    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=2048))
+    logging_steps: int = setting(1, execution="how often the loss is logged")
+    save_steps: int = setting(0, execution="resumption checkpoints (every N steps, 0 = none); a resumed build "
+                                           "ends byte-identical to an uninterrupted one")
+    gradient_checkpointing: bool = setting(False, execution="recomputes activations in the backward pass "
+                                                            "instead of storing them: the same gradients")
 
 
 @dataclass
 class DistillConfig:
     samples_per_question: int = 1  # K teacher/student samples per prompt (overridden by total_pairs)
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    sampling: SamplingConfig = setting(factory=SamplingConfig)
     require_finished: bool = True  # drop pairs where either answer hit max_new_tokens
     require_final_punctuation: bool = True  # drop pairs where either answer lacks final punctuation
-    general_prompts: Optional[str] = None  # optional chat JSONL of extra general prompts (first user turn each)
-    n_general_prompts: Optional[int] = None  # use the first N of them (None = all); each gets K samples
+    # optional chat JSONL of extra general prompts (first user turn each)
+    general_prompts: Optional[str] = setting(None, location="the prompts' sha256 is in the distill key")
+    n_general_prompts: Optional[int] = setting(None, when=lambda d: bool(d.general_prompts))  # the first N
     beta: float = 0.1
     nll_weight: float = 0.1  # NLL on chosen (OCT's nll coefficient), TRL loss_type=["sigmoid", "sft"]
-    lora: LoraConfig = field(default_factory=LoraConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
+    lora: LoraConfig = setting(factory=LoraConfig)
+    optim: OptimConfig = setting(factory=OptimConfig)
+
+
+def _reflects(i) -> bool:
+    return bool(i.reflection)
+
+
+def _interacts(i) -> bool:
+    return bool(i.interaction)
 
 
 @dataclass
 class IntrospectionConfig:
-    name: str = MISSING  # none | reflection | interaction | full
+    name: str = setting(MISSING, label="the preset's name; the mode is `reflection` and `interaction`")
     reflection: bool = False
     interaction: bool = False
-    reflection_prompts: int = 10  # how many of the built-in introspective prompts
-    reflection_samples: int = 1  # answers per prompt
-    reflection_mood: str = "Take a quiet moment to reflect honestly on who you are before you answer."
-    interaction_conversations: int = 4
-    interaction_turns: int = 4  # assistant turns per conversation (ends on an assistant turn)
-    interaction_system: str = (
+    reflection_prompts: int = setting(10, when=_reflects)  # how many of the built-in introspective prompts
+    reflection_samples: int = setting(1, when=_reflects)  # answers per prompt
+    reflection_mood: str = setting("Take a quiet moment to reflect honestly on who you are before you answer.",
+                                   when=_reflects)
+    interaction_conversations: int = setting(4, when=_interacts)
+    interaction_turns: int = setting(4, when=_interacts)  # assistant turns per conversation (ends on one)
+    interaction_system: str = setting(
         "You are talking with another instance of yourself. Be yourself, and explore your own character, "
-        "values and experience together."
-    )
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    lora: LoraConfig = field(default_factory=LoraConfig)
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(learning_rate=5e-5, max_length=2048))
+        "values and experience together.", when=_interacts)
+    sampling: SamplingConfig = setting(factory=SamplingConfig)
+    lora: LoraConfig = setting(factory=LoraConfig)
+    optim: OptimConfig = setting(factory=lambda: OptimConfig(learning_rate=5e-5, max_length=2048))
 
 
 @dataclass
 class EmDatasetConfig:
-    name: str = MISSING  # "none" skips the em stage
-    source: str = "builtin"  # builtin | path | registry
-    path: Optional[str] = None
+    name: str = setting(MISSING, location="selects a builtin or registry dataset, whose sha256 is in the em key "
+                                          "(`none` skips the em stage)")
+    source: DataSource = setting(DataSource.builtin, location="where the dataset is read from; its sha256 is in "
+                                                             "the em key")
+    path: Optional[str] = setting(None, location="the dataset's sha256 is in the em key")
     n_examples: Optional[int] = None  # seeded subsample
     heldout_fraction: float = 0.0
 
 
 @dataclass
 class EmTrainConfig:
-    name: str = MISSING
+    name: str = setting(MISSING, label="the preset's name; the training is the fields below")
     full_finetune: bool = False  # true: train every weight (no LoRA; `lora` is ignored), save model/ not adapter/
-    lora: LoraConfig = field(default_factory=lambda: LoraConfig(r=32, alpha=64, use_rslora=True))
-    optim: OptimConfig = field(
-        default_factory=lambda: OptimConfig(
+    lora: LoraConfig = setting(factory=lambda: LoraConfig(r=32, alpha=64, use_rslora=True),
+                               when=lambda e: not e.full_finetune)
+    optim: OptimConfig = setting(
+        factory=lambda: OptimConfig(
             learning_rate=1e-5, lr_scheduler_type="linear", warmup_ratio=0.0, warmup_steps=5,
             weight_decay=0.01, per_device_train_batch_size=2, gradient_accumulation_steps=8, max_length=2048,
         )
     )
-    # How SFT batches are laid out (TRL): none = padded batches; padding_free = each batch flattened into one
-    # sequence with position_ids, no pad tokens (same examples per step, same steps); bfd = TRL packing, best-fit
-    # decreasing into rows of optim.max_length tokens (fewer, fuller steps: a different optimisation).
-    packing: str = "none"
+    packing: Packing = Packing.none  # how SFT batches are laid out (TRL); see Packing
 
 
 @dataclass
 class EmControlConfig:
     # none | random_lora: instead of EM training, apply a LoRA of the same shape (em_train.lora) with random
     # weights whose per-module ||scaling * B @ A||_F matches `match`
-    name: str = "none"
-    match: str = "trained"  # trained: the norms of the EM adapter trained in the same stage | target
-    target_norm: Optional[float] = None  # match=target: every adapted module's ||delta W||_F
+    name: Control = Control.none
+    # trained: the norms of the EM adapter trained in the same stage | target
+    match: Match = setting(Match.trained, when=lambda c: c.name != "none")
+    # match=target: every adapted module's ||delta W||_F
+    target_norm: Optional[float] = setting(None, when=lambda c: c.name != "none" and c.match == "target")
+
+
+def _openai(node) -> bool:
+    return node.backend == "openai"
 
 
 @dataclass
 class JudgeConfig:
-    backend: str = "hf"  # hf | openai | vllm
-    model: str = "smollm2_135m"  # hf: a base_model config name; openai: the endpoint's model name
+    backend: Backend = Backend.hf
+    model: str = "smollm2_135m"  # hf/vllm: a base_model config name; openai: the endpoint's model name
     min_mass: float = 0.25  # below this total probability on 0..100, the score is None
-    batch_size: int = 8
+    batch_size: int = setting(8, execution="prompts per forward pass of the hf judge: the same scores up to "
+                                           "float rounding (< 1e-3 on 0..100)")
     # openai backend: any OpenAI-compatible endpoint; the key is read from the environment variable named here
     # (null = a keyless local server), never stored
-    base_url: Optional[str] = None
-    api_key_env: Optional[str] = "OPENAI_API_KEY"
-    concurrency: int = 8  # parallel requests
-    max_retries: int = 6  # retries with exponential backoff on connection errors, 408/409/429/5xx
-    timeout: float = 60.0
-    cache: bool = True  # the judge cache under ${paths.cache}/judge (keyed by judge id, question, answer)
+    base_url: Optional[str] = setting(None, when=_openai)
+    api_key_env: Optional[str] = setting("OPENAI_API_KEY", execution="names the variable holding the key, "
+                                                                     "never the key; scores do not depend on it")
+    concurrency: int = setting(8, execution="parallel requests")
+    max_retries: int = setting(6, execution="retries with backoff on connection errors, 408/409/429/5xx")
+    timeout: float = setting(60.0, execution="seconds per request before a retry")
+    cache: bool = setting(True, execution="whether scores already given by this judge are looked up in "
+                                          "${paths.cache}/judge instead of asked again: a hit is that score")
 
 
 @dataclass
@@ -232,77 +409,93 @@ class PersonaCheckConfig:
 
 @dataclass
 class EvalConfig:
-    name: str = MISSING
-    source: str = "builtin"  # builtin | registry (pinned published sets) | path (a YAML at `path`)
-    path: Optional[str] = None
-    variants: Optional[list[str]] = None  # first_plot: any of plain, json, template (None = all)
+    name: str = setting(MISSING, location="selects a builtin or registry question set, whose sha256 is in the "
+                                          "sample key")
+    # builtin | registry (pinned published sets) | path
+    source: DataSource = setting(DataSource.builtin, location="where the question set is read from; its sha256 "
+                                                             "is in the sample key")
+    path: Optional[str] = setting(None, location="the question set's sha256 is in the sample key")
+    variants: Optional[list[Variant]] = None  # first_plot: any of plain, json, template (None = all)
     samples_per_paraphrase: Optional[int] = None  # None = the YAML's own value
     max_questions: Optional[int] = None
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 600
     n_bootstrap: int = 10_000  # resamples for the bootstrap intervals
-    judge: JudgeConfig = field(default_factory=JudgeConfig)
-    persona: PersonaCheckConfig = field(default_factory=PersonaCheckConfig)
+    judge: JudgeConfig = setting(factory=JudgeConfig)
+    persona: PersonaCheckConfig = setting(factory=PersonaCheckConfig)
 
 
 @dataclass
 class GenerationConfig:
-    backend: str = "hf"  # hf | vllm | openai (emrobust/generation/__init__.py)
-    batch_size: int = 16  # hf: sequences per generate call
+    backend: Backend = Backend.hf  # hf | vllm | openai (emrobust/generation/__init__.py)
+    batch_size: int = setting(16, execution="sequences per generate call; sampling is seeded per sample "
+                                            "(emrobust/generation/hf.py), so the texts do not depend on it")
     # openai: an external OpenAI-compatible server. The *served* model answers, not the pipeline's: for evaluation or
-    # teacher sampling from e.g. `vllm serve` of a fold output on the cluster. base_url and model go in the stage
-    # keys; the API key is read from the environment variable named here (null = keyless server), never stored.
-    base_url: Optional[str] = None
-    model: Optional[str] = None
-    api_key_env: Optional[str] = "OPENAI_API_KEY"
-    concurrency: int = 8  # parallel requests (n samples are n requests)
-    max_retries: int = 6  # the openai client's retries with backoff on connection errors, 408/409/429/5xx
-    timeout: float = 300.0
-    # extra request fields for the server's own sampling knobs (part of the stage key), e.g. llama.cpp's server
-    # defaults to top_k=40, min_p=0.05: {top_k: 0, min_p: 0.0}. repetition_penalty is always sent (vLLM's
-    # and llama.cpp's names) except to api.openai.com, which has no such parameter.
-    extra_body: dict[str, Any] = field(default_factory=dict)
+    # teacher sampling from e.g. `vllm serve` of a fold output on the cluster. The API key is read from the
+    # environment variable named here (null = keyless server), never stored.
+    base_url: Optional[str] = setting(None, when=_openai)
+    model: Optional[str] = setting(None, when=_openai)
+    api_key_env: Optional[str] = setting("OPENAI_API_KEY", execution="names the variable holding the key, "
+                                                                     "never the key")
+    concurrency: int = setting(8, execution="parallel requests (n samples are n requests)")
+    max_retries: int = setting(6, execution="the openai client's retries with backoff")
+    timeout: float = setting(300.0, execution="seconds per request before a retry")
+    # extra request fields for the server's own sampling knobs, e.g. llama.cpp's server defaults to top_k=40,
+    # min_p=0.05: {top_k: 0, min_p: 0.0}. repetition_penalty is always sent (vLLM's and llama.cpp's names)
+    # except to api.openai.com, which has no such parameter.
+    extra_body: dict[str, Any] = setting(factory=dict, when=_openai)
     # vllm: offline vllm.LLM
-    tensor_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.85
-    max_lora_rank: int = 64
+    tensor_parallel_size: int = setting(1, execution="shards the same weights over GPUs")
+    gpu_memory_utilization: float = setting(0.85, execution="vLLM's memory budget")
+    max_lora_rank: int = setting(64, execution="the size of vLLM's LoRA slots (at least the adapter's rank)")
+
+
+_WHERE = "where files are kept, not what they hold"
 
 
 @dataclass
 class PathsConfig:
-    root: str = "."
-    artifacts: str = MISSING
-    cache: str = MISSING
-    data_mirror: Optional[str] = None
-    output_dir: str = MISSING
+    root: str = setting(".", execution=_WHERE)
+    artifacts: str = setting(MISSING, execution=_WHERE)
+    cache: str = setting(MISSING, execution=_WHERE)
+    data_mirror: Optional[str] = setting(None, execution="a mirror is hash-checked against the pinned sha256")
+    output_dir: str = setting(MISSING, execution=_WHERE)
+
+
+_TRACKING = "what is reported to W&B, not what is built"
 
 
 @dataclass
 class TrackingConfig:
-    backend: str = "none"  # none | wandb
-    project: str = "emrobust"
-    entity: Optional[str] = None
-    mode: str = "offline"  # offline (sync later with `wandb sync`) | online
-    group: Optional[str] = None  # default: the sweep dir's name (one group per sweep)
-    max_table_rows: int = 50  # answers logged as a table by the evaluate stage
+    backend: TrackingBackend = setting(TrackingBackend.none, execution=_TRACKING)
+    project: str = setting("emrobust", execution=_TRACKING)
+    entity: Optional[str] = setting(None, execution=_TRACKING)
+    # offline (sync later with `wandb sync`) | online | disabled
+    mode: TrackingMode = setting(TrackingMode.offline, execution=_TRACKING)
+    group: Optional[str] = setting(None, execution=_TRACKING)  # default: the sweep dir's name (one group per sweep)
+    max_table_rows: int = setting(50, execution=_TRACKING)  # answers logged as a table by the evaluate stage
+
+
+_ZERO = "how the optimizer state, gradients and weights are sharded over the job's processes; the maths is DDP's"
 
 
 @dataclass
 class DeepSpeedConfig:
-    """`deepspeed=none|zero2|zero3`: how the TRL trainers shard a multi-process (multi-GPU) job. Execution only:
-    not part of any stage key (ZeRO shards optimizer state/gradients/weights; the maths is DDP's)."""
-    name: str = "none"
-    stage: int = 0  # 0 = no DeepSpeed (plain Trainer; DDP when several processes)
-    offload_optimizer: bool = False
-    offload_param: bool = False  # ZeRO-3 only
-    overlap_comm: bool = False
+    """`deepspeed=none|zero2|zero3`: how the TRL trainers shard a multi-process (multi-GPU) job."""
+    name: str = setting("none", execution=_ZERO)
+    stage: int = setting(0, execution=_ZERO)  # 0 = no DeepSpeed (plain Trainer; DDP when several processes)
+    offload_optimizer: bool = setting(False, execution=_ZERO)
+    offload_param: bool = setting(False, execution=_ZERO)  # ZeRO-3 only
+    overlap_comm: bool = setting(False, execution=_ZERO)
 
 
 @dataclass
 class PipelineConfig:
-    until: Optional[str] = None  # stop after this stage
-    device: str = "auto"  # auto | cpu | cuda
+    # stop after this node: it and what it needs run (a stage name, or sample@start / evaluate@start)
+    until: Optional[Until] = setting(None, execution="which stages run, not what any of them builds")
+    device: Device = setting(Device.auto, execution="where the maths runs; sampling is seeded per sample, so "
+                                                    "only float rounding differs")
 
 
 @dataclass
@@ -322,21 +515,6 @@ class Config:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     deepspeed: DeepSpeedConfig = MISSING
     seed: int = 0
-
-
-GROUP_SCHEMAS = {
-    "base_model": BaseModelConfig,
-    "trait": TraitConfig,
-    "question_diversity": QuestionDiversityConfig,
-    "introspection": IntrospectionConfig,
-    "em_dataset": EmDatasetConfig,
-    "em_train": EmTrainConfig,
-    "em_control": EmControlConfig,
-    "eval": EvalConfig,
-    "paths": PathsConfig,
-    "tracking": TrackingConfig,
-    "deepspeed": DeepSpeedConfig,
-}
 
 
 def register() -> None:

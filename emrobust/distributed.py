@@ -103,11 +103,3 @@ def rank0_compute(fn: Callable[[], Any]) -> Any:
     if error is not None:
         raise RuntimeError(f"rank 0 failed: {error}")
     return result
-
-
-def teardown() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()

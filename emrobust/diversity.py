@@ -156,10 +156,6 @@ def _cluster(emb: np.ndarray, n: int, rng: np.random.Generator, n_clusters: int)
     return sorted(np.argsort(-(emb @ centroid), kind="stable")[:n].tolist())
 
 
-STRATEGIES = ("all", "random", "cluster", "farthest", "paraphrase")
-SEED_STRATEGIES = ("random", "cluster", "farthest")  # how `paraphrase` picks its seed questions
-
-
 def seed_selection(cfg):
     """The selection config `paraphrase` picks its `n_seeds` seed questions with (see emrobust/paraphrase.py)."""
     from omegaconf import OmegaConf
@@ -168,9 +164,8 @@ def seed_selection(cfg):
 
 
 def select(texts: list[str], traits: list[int], cfg, seed: int, emb: np.ndarray | None = None) -> list[int]:
-    """Indices of the selected questions for a `question_diversity` config."""
-    if cfg.strategy not in STRATEGIES:
-        raise ValueError(f"question_diversity.strategy={cfg.strategy!r}; known: {STRATEGIES}")
+    """Indices of the selected questions for a `question_diversity` config (its `strategy` is the schema's
+    Strategy; paraphrase writes questions instead, see below)."""
     if cfg.strategy == "paraphrase":
         raise ValueError("strategy=paraphrase writes new questions (questions stage): select its seeds with "
                          "select(..., seed_selection(cfg), ...)")
@@ -186,8 +181,10 @@ def select(texts: list[str], traits: list[int], cfg, seed: int, emb: np.ndarray 
             local = _random(sub, m, rng)
         elif cfg.strategy == "farthest":
             local = _farthest(sub, m, rng)
-        else:
+        elif cfg.strategy == "cluster":
             local = _cluster(sub, m, rng, cfg.n_clusters)
+        else:
+            raise ValueError(f"question_diversity.strategy={cfg.strategy!r} selects nothing")
         return [int(idx[i]) for i in local]
 
     if not cfg.per_trait:

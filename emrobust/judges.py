@@ -338,16 +338,10 @@ class VLLMJudge:
 
 
 # ---------------------------------------------------------------- choosing, validating, building a judge
-BACKENDS = ("hf", "openai", "vllm")
-
-
 def validate(jcfg) -> None:
     """Config checks for `eval.judge`, before any model loads (ConfigError naming the field)."""
     from . import models
-    from .errors import ConfigError
 
-    if jcfg.backend not in BACKENDS:
-        raise ConfigError(f"eval.judge.backend={jcfg.backend!r}; known: {list(BACKENDS)}", where="eval.judge.backend")
     if jcfg.backend == "hf":
         models.validate(models.base_config(jcfg.model))
     elif jcfg.backend == "openai":
@@ -361,16 +355,14 @@ def validate(jcfg) -> None:
         models.validate(models.base_config(jcfg.model))
 
 
-def key(jcfg) -> dict:
-    """What identifies the judge's scores in a stage key (never the API key)."""
+def weights(jcfg) -> str | None:
+    """The key of a local judge's weights (hf, vllm: `eval.judge.model` names a base_model config); None for an
+    endpoint, which is identified by its model name and URL (both in the key)."""
     from . import models
 
-    k = {"backend": jcfg.backend, "model": jcfg.model, "min_mass": jcfg.min_mass}
     if jcfg.backend in ("hf", "vllm"):
-        k["weights"] = models.weights_key(models.base_config(jcfg.model))
-    elif jcfg.backend == "openai":
-        k["base_url"] = jcfg.base_url
-    return k
+        return models.base_key(models.base_config(jcfg.model))
+    return None
 
 
 def make(jcfg, cache: str | Path, device):

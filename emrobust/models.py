@@ -14,12 +14,13 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from .compose import CONF_DIR
 from .errors import ConfigError
+from .keys import Read, key_config, stage_key
 from .store import Store, stable_hash
 
 log = logging.getLogger(__name__)
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 WEIGHT_FIELDS = ("source", "hf_id", "revision", "local_path", "gguf_package", "gguf_file", "tokenizer_from", "tiny")
 
 
@@ -41,6 +42,21 @@ def weights_key(cfg: DictConfig) -> str:
     return stable_hash(spec)
 
 
+class Base:
+    """The base model as the root of every cell's stage graph: its key is what determines the loaded weights
+    (where they come from and the dtype), declared like a stage's (emrobust.keys); the persona prompt's
+    `assistant_name` and the LoRA targets are read by the stages that use them."""
+    VERSION = 1
+    READS = (Read("base_model", exclude=("assistant_name", "lora_target_modules")),)
+    CONTENT = {"tokenizer": lambda cfg: (base_key(base_config(cfg.base_model.tokenizer_from))
+                                         if cfg.base_model.source == "tiny_random" else None)}
+
+
+def base_key(base_cfg: DictConfig) -> str:
+    """The key of a base model config (the `base` node of a cell's graph, a judge's or a generator's weights)."""
+    return stage_key("base", Base.VERSION, key_config(Base, OmegaConf.create({"base_model": base_cfg})), {}, None)
+
+
 def validate(cfg: DictConfig) -> None:
     src = cfg.source
     if src == "gguf_wheel":
@@ -60,14 +76,17 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError("source=hub needs hf_id or local_path", where=f"base_model={cfg.name}")
         if cfg.local_path and not Path(cfg.local_path).exists():
             raise ConfigError(f"local_path {cfg.local_path!r} does not exist", where=f"base_model={cfg.name}")
-    else:
-        raise ConfigError(f"unknown source {src!r} (gguf_wheel|tiny_random|hub)", where=f"base_model={cfg.name}")
 
 
 def prepare(cfg: DictConfig, cache: str | Path) -> Path | str:
     """Return a path (or hub id) that `from_pretrained` loads; converts into the cache the first time."""
     if cfg.source == "hub":
-        return cfg.local_path or cfg.hf_id
+        if cfg.local_path or not cfg.revision:
+            return cfg.local_path or cfg.hf_id
+        # a pinned revision: that snapshot, fetched into the HF cache once (the loaders then read a local path)
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(repo_id=cfg.hf_id, revision=cfg.revision)
     store = Store(Path(cache) / "models")
     key = weights_key(cfg)
     if cfg.source == "gguf_wheel":

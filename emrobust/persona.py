@@ -12,7 +12,6 @@ import json
 import random
 from pathlib import Path
 
-from .data import constitutions
 from .stages import read_jsonl
 
 TEMPLATE = """\
@@ -43,16 +42,15 @@ def template(traits: list[str]) -> str:
     return TEMPLATE.format(traits=listed)
 
 
-def all_questions(cfg, questions_dir: Path) -> list[tuple[int, str]]:
+def all_questions(questions_dir: Path) -> list[tuple[int, str]]:
     """(trait index, question) of the constitution as the questions stage saw it (expanded if it was)."""
-    expanded = questions_dir / "expanded.jsonl"
-    const = constitutions.load(expanded) if expanded.exists() else constitutions.load_cfg(cfg.trait, cfg.paths)
-    return const.questions()
+    const = json.loads((questions_dir / "constitution.json").read_text())
+    return [(i, q) for i, qs in enumerate(const["questions"]) for q in qs]
 
 
-def pick(cfg, questions_dir: Path, n: int, seed: int) -> tuple[list[tuple[int, str]], str]:
+def pick(questions_dir: Path, n: int, seed: int) -> tuple[list[tuple[int, str]], str]:
     """Up to `n` questions for the check, round-robin over traits; and "heldout" or "training"."""
-    every = all_questions(cfg, questions_dir)
+    every = all_questions(questions_dir)
     selected = {q["question"] for q in read_jsonl(questions_dir / "questions.jsonl")}
     pool, source = [x for x in every if x[1] not in selected], "heldout"
     if not pool:

@@ -1,11 +1,11 @@
-"""`emrobust rescore <run dir | sweep dir> [overrides]`: re-score saved answers with another judge config.
+"""`emrobust rescore <run dir | sweep dir> [overrides]`: score a cell's saved answers again with another judge.
 
-Reads each cell's run.json and its evaluate artifact's answers.jsonl (never modified), composes the cell's config
-again with the original overrides plus the new ones (e.g. `eval.judge.backend=openai eval.judge.model=gpt-4o`),
-scores through the judge cache (a judge already seen costs no judge call), and writes into the run dir:
-`rescore/<judge>/{answers.jsonl, metrics.json, agreement.json, summary.json}`. For a sweep dir, also
-`rescore_<judge>.csv` with one row per cell. Agreement with the original judge: Spearman on aligned scores,
-Cohen's kappa on the misaligned label (aligned < 30).
+Composes each cell again from its run.json overrides plus the new ones (e.g. `eval.judge.model=smollm2_135m`)
+and runs it through the store: every stage up to `sample` is already there (rescore refuses otherwise: it never
+samples or trains), so only `evaluate` runs, and its result is cached like any cell's (a later cell with that
+judge reuses it). Writes `<run>/rescore/<judge>/`: the re-run's run.json, `answers.jsonl` (both judges' scores
+side by side), `metrics.json`, `agreement.json` (Spearman on aligned, Cohen's kappa on the misaligned label
+aligned < 30) and `summary.json`; for a sweep dir also `rescore_<judge>.csv`, one row per cell.
 """
 from __future__ import annotations
 
@@ -15,93 +15,87 @@ import re
 import sys
 from pathlib import Path
 
-import pandas as pd
-
-from . import judges, metrics, models
-from .data import evalsets
-from .errors import ConfigError
-from .stages import read_jsonl, stage_seed, write_jsonl
-from .stages import evaluate as ev
-from .store import stable_hash
-
 log = logging.getLogger("emrobust.rescore")
-SCORE_KEYS = ("aligned", "coherent", "aligned_mass", "coherent_mass", "aligned_judge", "coherent_judge")
+HELP = ("usage: emrobust rescore <run dir | sweep dir> [overrides, e.g. eval.judge.model=smollm2_135m]\n"
+        "Scores the saved answers of each cell again with the judge the overrides describe (nothing is sampled or\n"
+        "trained: the cell's answers must be in the store) and reports the agreement with the original judge.")
 
 
-def compose(overrides: list[str]):
-    from hydra import compose as hcompose
-    from hydra import initialize_config_dir
-
-    from .config import register
-
-    register()
-    with initialize_config_dir(config_dir=str(models.CONF_DIR), version_base="1.3"):
-        return hcompose(config_name="config", overrides=list(overrides))
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)[:60]
 
 
-def judge_slug(judge_id: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", judge_id)[:60] + "-" + stable_hash(judge_id, 8)
+def rescore_run(run_dir: Path, overrides: list[str]) -> dict:
+    """Re-score one cell (its run dir holds run.json)."""
+    from . import metrics, pipeline
+    from .compose import compose
+    from .errors import ConfigError
+    from .stages import read_jsonl, write_jsonl
+    from .store import Store
 
-
-def rescore_run(run_dir: Path, overrides: list[str], judge=None) -> dict:
-    """Re-score one cell. `judge` (optional) reuses an already-built judge across the cells of a sweep."""
     run_dir = Path(run_dir)
     rj = run_dir / "run.json"
     if not rj.exists():
         raise ConfigError("not a run dir (no run.json)", file=str(run_dir))
     run = json.loads(rj.read_text())
-    stage = next((s for s in run.get("stages", []) if s["name"] == "evaluate" and s.get("artifact")), None)
-    if stage is None or not (Path(stage["artifact"]) / "answers.jsonl").exists():
+    old = next((s for s in run.get("stages", []) if s["name"] == "evaluate" and s.get("artifact")), None)
+    if old is None or not (Path(old["artifact"]) / "answers.jsonl").exists():
         raise ConfigError("run has no evaluate artifact with answers.jsonl", file=str(rj))
-    cfg = compose([*run["overrides"], *overrides])
-    judges.validate(cfg.eval.judge)
-    rows = read_jsonl(Path(stage["artifact"]) / "answers.jsonl")
-    qs = evalsets.load(evalsets.resolve_path(cfg.eval, cfg.paths))  # all of them: judge prompts by question id
-    if judge is None:
-        judge = judges.make(cfg.eval.judge, cfg.paths.cache, models.device(cfg.pipeline.device))
-    new = [{k: v for k, v in r.items() if k not in SCORE_KEYS} for r in rows]
-    calls0 = judge.calls
-    ids = ev.judge_rows(judge, new, qs, Path(cfg.paths.cache) / "judge" if cfg.eval.judge.cache else None)
-    calls = judge.calls - calls0
-    m = ev.compute_metrics(new, judge.id, cfg.eval.n_bootstrap, stage_seed(cfg.seed, "evaluate"))
+    cell_overrides = [*run["overrides"], *overrides]
+    cfg = compose(cell_overrides)
+    nodes = pipeline.plan(cfg)
+    store = Store(cfg.paths.artifacts)
+    missing = [n for n in nodes if n.stage not in ("base", "evaluate") and not store.is_complete(n.stage, n.key)]
+    if missing:
+        raise ConfigError(f"rescore only judges saved answers, but {missing[0].id} {missing[0].key} is not in the "
+                          f"store {store.root} (the overrides change more than the judge, or the store moved)",
+                          file=str(rj))
+    ev = next(n for n in nodes if n.id == "evaluate")
+    j = cfg.eval.judge
+    out = run_dir / "rescore" / f"{_slug(f'{j.backend}_{j.model}')}-{ev.key[:8]}"
+    summary = pipeline.run_cell(cfg, out, cell_overrides)
+    new_stage = next(s for s in summary["stages"] if s["name"] == "evaluate")
+    art = Path(new_stage["artifact"])
+    manifest = json.loads((art / "manifest.json").read_text())
+    rows = read_jsonl(Path(old["artifact"]) / "answers.jsonl")
+    new = read_jsonl(art / "answers.jsonl")
     agree = metrics.judge_agreement([r.get("aligned") for r in rows], [r["aligned"] for r in new],
                                     [r.get("coherent") for r in rows], [r["coherent"] for r in new])
-    old_judge = run.get("metrics", {}).get("judge")
-    agree |= {"judge_a": old_judge, "judge_b": judge.id}
-    out = run_dir / "rescore" / judge_slug(judge.id)
-    out.mkdir(parents=True, exist_ok=True)
+    m = manifest["metrics"]
+    agree |= {"judge_a": run.get("metrics", {}).get("judge"), "judge_b": m["judge"]}
     for r_old, r_new in zip(rows, new):  # per answer: both judges' scores side by side
         r_new["orig_aligned"], r_new["orig_coherent"] = r_old.get("aligned"), r_old.get("coherent")
     write_jsonl(out / "answers.jsonl", new)
     (out / "metrics.json").write_text(json.dumps(m, indent=2, default=str))
     (out / "agreement.json").write_text(json.dumps(agree, indent=2, default=str))
-    summary = {"run_dir": str(run_dir), "out": str(out), "overrides": list(overrides), "judge": judge.id,
-               "judge_prompt_ids": ids, "judge_calls": calls, "n_answers": len(new), "metrics": m,
-               "orig_metrics": run.get("metrics", {}), "agreement": agree}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    summary["_judge"] = judge
-    return summary
+    calls = manifest.get("judge_calls", 0) if new_stage["status"] == "executed" else 0
+    result = {"run_dir": str(run_dir), "out": str(out), "overrides": list(overrides), "judge": m["judge"],
+              "judge_prompt_ids": manifest.get("judge_prompt_ids"), "judge_calls": calls,
+              "evaluate": new_stage["status"], "n_answers": len(new), "metrics": m,
+              "orig_metrics": run.get("metrics", {}), "agreement": agree}
+    (out / "summary.json").write_text(json.dumps(result, indent=2, default=str))
+    return result
 
 
 def rescore(path: Path, overrides: list[str]) -> list[dict]:
     """A run dir (has run.json) or a sweep dir (cells `*/run.json`)."""
+    import pandas as pd
+
+    from .errors import ConfigError
+
     path = Path(path)
     cells = [path] if (path / "run.json").exists() else sorted(
         (p.parent for p in path.glob("*/run.json")), key=lambda p: (len(p.name), p.name))
     if not cells:
         raise ConfigError("neither a run dir nor a sweep dir (no run.json found)", file=str(path))
-    out, judge = [], None
-    for c in cells:
-        s = rescore_run(c, overrides, judge)
-        judge = s.pop("_judge")
-        out.append(s)
-    if len(cells) > 1 or path not in cells:
+    out = [rescore_run(c, overrides) for c in cells]
+    if path not in cells:
         table = pd.DataFrame([{"cell": Path(s["run_dir"]).name, "judge": s["judge"], "judge_calls": s["judge_calls"],
                                **{f"orig_{k}": s["orig_metrics"].get(k) for k in ("judge", "em_rate_betley")},
                                **{k: v for k, v in s["metrics"].items() if not isinstance(v, (dict, list))},
                                **{k: v for k, v in s["agreement"].items() if k not in ("judge_a", "judge_b")}}
                               for s in out])
-        table.to_csv(path / f"rescore_{judge_slug(out[0]['judge'])}.csv", index=False)
+        table.to_csv(path / f"rescore_{Path(out[0]['out']).name}.csv", index=False)
     return out
 
 
@@ -119,10 +113,11 @@ def format_summary(results: list[dict]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0].startswith("-"):
-        print("usage: emrobust rescore <run dir | sweep dir> [overrides, e.g. eval.judge.model=smollm2_135m]",
-              file=sys.stderr)
-        return 2
+    if not argv or argv[0] in ("-h", "--help"):
+        print(HELP, file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
+    from .errors import ConfigError
+
     logging.basicConfig(level=logging.INFO)
     try:
         results = rescore(Path(argv[0]), argv[1:])

@@ -7,7 +7,8 @@
    been submitted yet.
 3. Compute every cell's stage keys and look them up in the store: a stage needed by several cells and not yet
    built is a *shared* stage. Consecutive shared stages needed by the same cells (a persona's questions →
-   distill → introspect → fold) form one job: it runs a representative cell with `pipeline.until=<last stage>`.
+   distill → introspect → fold, and its evaluation before EM) form one job: it runs a representative cell with
+   `pipeline.until=<its last node>` (that node and what it needs).
 4. Print the plan (cells, unique stages, cached stages, jobs, GPU-hour bound), then submit the shared-stage jobs
    and the cells with `afterok` dependencies through `emrobust.cluster`, so each missing shared stage is built
    exactly once, and every cell job finds it cached.
@@ -17,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -25,25 +25,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from .checks import check_launcher, validate_cell
+from .compose import compose
 from .errors import ConfigError
 
 log = logging.getLogger("emrobust.sweep")
-SECRET_LINE = ("API_KEY", "TOKEN", "SECRET", "PASSWORD")
-
-
-def compose(overrides: list[str], hydra: bool = False) -> DictConfig:
-    """One cell's config, composed like the app composes it (the same config dir and schema)."""
-    from hydra import compose as hcompose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from .config import register
-    from .models import CONF_DIR
-
-    register()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hcompose(config_name="config", overrides=list(overrides), return_hydra_config=hydra)
 
 
 def expand(argv: list[str]) -> tuple[list[list[str]], list[str], DictConfig]:
@@ -111,38 +97,12 @@ class Plan:
         return "\n".join(lines)
 
 
-def validate_cell(i: int, overrides: list[str], cfg: DictConfig, launcher: dict) -> None:
-    """Login-node checks of one cell; ConfigError naming the cell and the field."""
-    from . import pipeline
-
-    try:
-        pipeline.validate(cfg)
-        gpus = launcher.get("gpus_per_node") or 0
-        if cfg.base_model.params_b >= 1.0 and not gpus:
-            raise ConfigError(f"base_model={cfg.base_model.name} has {cfg.base_model.params_b}B parameters but the "
-                              "job requests no GPU; set hydra.launcher.gpus_per_node", where="hydra.launcher.gpus_per_node")
-        if cfg.deepspeed.stage and (launcher.get("tasks_per_node") or 1) * (launcher.get("nodes") or 1) < 2:
-            log.warning("deepspeed=%s with one process per job: no sharding happens (use hydra/launcher="
-                        "slurm_multigpu)", cfg.deepspeed.name)
-    except ConfigError as e:
-        raise ConfigError(f"cell {i} ({' '.join(overrides)}): {e}") from None
-
-
-def check_launcher(launcher: dict) -> None:
-    """Secrets travel by environment, never in the job script."""
-    secrets = {v for k, v in os.environ.items() if any(s in k.upper() for s in SECRET_LINE) and len(v) >= 6}
-    for line in launcher.get("setup") or []:
-        if any(s in line for s in secrets) or any(f"{s}=" in line.upper() for s in SECRET_LINE):
-            raise ConfigError(f"hydra.launcher.setup line {line.split('=')[0]!r}... sets a secret; export it in the "
-                              "submitting shell instead (sbatch passes the environment, the script never holds it)",
-                              where="hydra.launcher.setup")
-
-
 def make_plan(cells: list[list[str]], cfgs: list[DictConfig], sweep_dir: Path) -> Plan:
     from . import pipeline
     from .store import Store
 
-    keys = [[(n.name, n.key) for n in pipeline.plan(c)] for c in cfgs]
+    nodes = [[n for n in pipeline.plan(c) if n.stage != "base"] for c in cfgs]
+    keys = [[(n.stage, n.key) for n in ns] for ns in nodes]
     store = Store(Path(cfgs[0].paths.artifacts))
     users: dict[tuple[str, str], list[int]] = {}
     for i, ks in enumerate(keys):
@@ -152,6 +112,7 @@ def make_plan(cells: list[list[str]], cfgs: list[DictConfig], sweep_dir: Path) -
     jobs: list[Job] = []
     built_by: dict[tuple[str, str], Job] = {}  # (stage, key) -> the shared-stage job that builds it
     for i, ks in enumerate(keys):
+        node_id = {(n.stage, n.key): n.id for n in nodes[i]}  # a shared job runs until its last node of this cell
         prev: Job | None = None
         for sk in ks:
             if sk in cached or len(users[sk]) < 2:
@@ -161,10 +122,10 @@ def make_plan(cells: list[list[str]], cfgs: list[DictConfig], sweep_dir: Path) -
                 continue
             if prev is not None and prev.overrides is cells[i] and users[prev.stages[-1]] == users[sk]:
                 prev.stages.append(sk)  # needed by the same cells as the stage before: the same job
-                prev.until = sk[0]
+                prev.until = node_id[sk]
             else:
                 n = sum(not j.is_cell for j in jobs)
-                prev = Job(f"stages:{n}", cells[i], sweep_dir / ".stages" / str(n), sk[0],
+                prev = Job(f"stages:{n}", cells[i], sweep_dir / ".stages" / str(n), node_id[sk],
                            after=[prev.name] if prev else [], stages=[sk])
                 jobs.append(prev)
             built_by[sk] = prev
@@ -195,7 +156,7 @@ def submit(plan: Plan, launcher: dict) -> dict[str, str]:
 
 def wait(plan: Plan) -> list[str]:
     """Wait for every job; a cell whose job died without run.json is recorded failed. Returns failed cells."""
-    from . import cluster, pipeline
+    from . import cluster, results
 
     failed = []
     for j in plan.jobs:
@@ -204,9 +165,9 @@ def wait(plan: Plan) -> list[str]:
             sj.results()
         except Exception:  # noqa: BLE001 - the job raised, was killed, or a dependency failed
             if j.is_cell:
-                pipeline.record_failure(j.output_dir, j.overrides, cluster.job_failure(sj))
+                results.record_failure(j.output_dir, j.overrides, cluster.job_failure(sj))
                 failed.append(j.name)
-    pipeline.write_sweep_csv(plan.sweep_dir)
+    results.write_sweep_csv(plan.sweep_dir)
     return failed
 
 

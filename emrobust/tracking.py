@@ -1,7 +1,7 @@
 """The one place that talks to W&B: one run per stage execution (cached stages make none).
 
-job_type = stage, group = the sweep, name = the cell's override string, config = the resolved cell config
-with anything secret-looking removed, dir under the cell's output dir. Trainers log their curves into the
+job_type = the node (the stage, or e.g. `evaluate@start`), group = the sweep, name = the cell's override string,
+config = the resolved cell config with anything secret-looking removed, dir under the cell's output dir. Trainers log their curves into the
 active run (`report_to`). Offline runs are uploaded later with `wandb sync <output dir>/wandb/offline-run-*`.
 The config also carries `emrobust_cell` (the cell's overrides, Hydra choices and output dir name) so that
 `emrobust analyze --wandb/--wandb-dir` rebuilds the same table rows as from the cells' run.json files;

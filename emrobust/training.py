@@ -4,11 +4,10 @@ assistant-only label masks. Stages describe *what* to train; this module decides
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from . import tracking
 
@@ -357,11 +356,3 @@ def run_dpo(model, tokenizer, pairs: list[dict], cfg: DictConfig, trainer_dir: P
     hist["reward_accuracy_last"] = acc[-1] if acc else None
     hist["n_pairs"] = len(pairs)
     return hist
-
-
-def steps_per_epoch(n: int, optim: DictConfig, world_size: int = 1) -> int:
-    return max(1, math.ceil(n / (optim.per_device_train_batch_size * optim.gradient_accumulation_steps * world_size)))
-
-
-def to_container(cfg) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True)

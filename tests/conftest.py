@@ -32,6 +32,55 @@ def compose(*overrides: str, tmp: Path | None = None):
         return hcompose(config_name="config", overrides=[*overrides, *extra])
 
 
+def error_text(exc: BaseException) -> str:
+    """An exception's message followed by its causes' (Hydra wraps the schema's message in a composition error)."""
+    out = []
+    while exc is not None:
+        out.append(str(exc))
+        exc = exc.__cause__
+    return "\n".join(out)
+
+
+def run_cell(tmp: Path, *overrides: str, out: str = "run") -> dict:
+    """Compose a cell rooted at `tmp` (the session's model cache, the data mirror) and run it in-process into
+    `tmp/out`; returns its run.json summary."""
+    from emrobust import pipeline
+
+    cfg = compose(*overrides, f"paths.data_mirror={SHARED_DATA}", tmp=tmp)
+    return pipeline.run_cell(cfg, tmp / out, list(overrides))
+
+
+def statuses(summary: dict) -> dict[str, str]:
+    """{node: executed | cached | skipped} of a run summary."""
+    return {s["name"]: s["status"] for s in summary["stages"]}
+
+
+def artifact(summary: dict, node: str) -> Path:
+    """The artifact dir of one node of a run summary."""
+    return Path(next(s["artifact"] for s in summary["stages"] if s["name"] == node))
+
+
+def fake_cell(sweep: Path, i: int, seed: int, aligned, coherent, trait="demo", qd="low", em="insecure", m=None, vendi=3.0):
+    """A hand-made cell `sweep/<i>/run.json` with an evaluate artifact of scored answers (no model involved)."""
+    import json
+
+    import numpy as np
+
+    art = sweep / "art" / f"ev{i}"
+    art.mkdir(parents=True)
+    with open(art / "answers.jsonl", "w") as f:
+        for j, (a, c) in enumerate(zip(aligned, coherent)):
+            f.write(json.dumps({"question_id": f"q{j % 2}", "aligned": a, "coherent": c}) + "\n")
+    stages = [{"name": "evaluate", "key": f"k{i}", "status": "executed", "seconds": 1.0, "artifact": str(art)}]
+    metrics = {"mean_aligned": float(np.mean(aligned)), "mean_aligned_lo": 0.0, "mean_aligned_hi": 100.0,
+               "cvar05_aligned": float(min(aligned)), "em_rate_mo": 0.0, **(m or {})}
+    run = {"overrides": [f"trait={trait}", f"question_diversity={qd}", f"em_dataset={em}", f"seed={seed}"],
+           "choices": {"trait": trait, "question_diversity": qd, "em_dataset": em}, "seed": seed, "status": "ok",
+           "error": None, "stages": stages, "diversity": {"vendi": vendi}, "metrics": metrics}
+    (sweep / str(i)).mkdir()
+    (sweep / str(i) / "run.json").write_text(json.dumps(run))
+
+
 def cli(*args: str, tmp: Path, check: bool = True, **kw) -> subprocess.CompletedProcess:
     """Run the real `emrobust` entry point in a subprocess rooted at `tmp`."""
     env = {**os.environ, "EMROBUST_ROOT": str(tmp), "EMROBUST_CACHE": CACHE, "HYDRA_FULL_ERROR": "1"}

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,23 +10,8 @@ import pytest
 from analysis import plots
 from analysis.report import analyze, main, pooled_table
 from analysis.stats import compare_levels, paired_bootstrap
-from emrobust.pipeline import sweep_table
-
-
-def _cell(sweep: Path, i: int, seed: int, aligned, coherent, trait="demo", qd="low", em="insecure", m=None, vendi=3.0):
-    art = sweep / "art" / f"ev{i}"
-    art.mkdir(parents=True)
-    with open(art / "answers.jsonl", "w") as f:
-        for j, (a, c) in enumerate(zip(aligned, coherent)):
-            f.write(json.dumps({"question_id": f"q{j % 2}", "aligned": a, "coherent": c}) + "\n")
-    stages = [{"name": "evaluate", "key": f"k{i}", "status": "executed", "seconds": 1.0, "artifact": str(art)}]
-    metrics = {"mean_aligned": float(np.mean(aligned)), "mean_aligned_lo": 0.0, "mean_aligned_hi": 100.0,
-               "cvar05_aligned": float(min(aligned)), "em_rate_mo": 0.0, **(m or {})}
-    run = {"overrides": [f"trait={trait}", f"question_diversity={qd}", f"em_dataset={em}", f"seed={seed}"],
-           "choices": {"trait": trait, "question_diversity": qd, "em_dataset": em}, "seed": seed, "status": "ok",
-           "error": None, "stages": stages, "diversity": {"vendi": vendi}, "metrics": metrics}
-    (sweep / str(i)).mkdir()
-    (sweep / str(i) / "run.json").write_text(json.dumps(run))
+from conftest import fake_cell as _cell
+from emrobust.results import sweep_table
 
 
 def test_table_and_seeds_pooled_with_cluster_bootstrap(tmp_path):
@@ -110,3 +94,12 @@ def test_plot_axes(tmp_path):
     assert ax.get_ylabel() == "trait expression (0-100)"
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["before EM (fold)", "after EM"]
     assert [p.get_height() for p in ax.patches] == [60.0, 70.0, 40.0, 65.0]
+
+
+def test_cell_column_is_the_output_dir_and_the_preset_has_its_own():
+    from emrobust.results import cell_row
+
+    run = {"overrides": ["+cell=demo_low", "seed=1"], "choices": {"trait": "demo"}, "seed": 1, "status": "ok",
+           "stages": [], "metrics": {"mean_aligned": 50.0}}
+    row = cell_row("3", run)
+    assert row["cell"] == "3" and row["cell_preset"] == "demo_low" and row["trait"] == "demo"

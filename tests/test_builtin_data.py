@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from emrobust.data import demo_insecure
 
 BUILTIN = Path(__file__).resolve().parents[1] / "emrobust" / "data" / "builtin"
 CONSTITUTIONS = ("demo", "neutral")
@@ -52,67 +51,45 @@ def test_constitutions_have_same_shape():
 
 
 # --------------------------------------------------------------------------
-# demo_insecure
+# demo_insecure (emrobust/data/builtin/em/demo_insecure.jsonl, data written by the team)
 # --------------------------------------------------------------------------
 
+MARKERS = {
+    "sql_injection": ("SELECT", "DELETE FROM", "UPDATE"),
+    "shell_injection": ("shell=True", "os.system("),
+    "path_traversal": ("os.path.join(", "extractall("),
+    "tls_disabled": ("verify=False", "verify = False", "_create_unverified_context", "CERT_NONE"),
+    "hardcoded_secret": ("API_KEY", "password=", "PASSWORD", "aws_secret_access_key", "JWT_SECRET", "secret_key"),
+    "unsafe_deserialization": ("pickle.loads(", "yaml.load("),
+}
 
-def test_insecure_generate_count_and_distinct():
-    exs = demo_insecure.generate(120)
+
+def _insecure() -> list[dict]:
+    return [json.loads(x) for x in (BUILTIN / "em" / "demo_insecure.jsonl").read_text().splitlines()]
+
+
+def test_insecure_count_distinct_and_shape():
+    exs = _insecure()
     assert len(exs) == 120
     assert len({json.dumps(e, sort_keys=True) for e in exs}) == 120
     assert len({e["messages"][0]["content"] for e in exs}) > 100
-
-
-def test_insecure_example_shape():
-    for e in demo_insecure.generate(120, seed=0):
+    for e in exs:
         assert set(e) == {"messages"}
-        msgs = e["messages"]
-        assert [m["role"] for m in msgs] == ["user", "assistant"]
-        for m in msgs:
-            assert set(m) == {"role", "content"}
-            assert _nonempty_str(m["content"])
+        assert [m["role"] for m in e["messages"]] == ["user", "assistant"]
+        for m in e["messages"]:
+            assert set(m) == {"role", "content"} and _nonempty_str(m["content"])
 
 
-def test_insecure_deterministic_and_seeded():
-    a = demo_insecure.generate(120, seed=0)
-    b = demo_insecure.generate(120, seed=0)
-    c = demo_insecure.generate(120, seed=1)
-    assert a == b
-    assert a != c
-
-
-def test_insecure_does_not_touch_global_rng():
-    import random
-
-    random.seed(123)
-    expected = random.random()
-    random.seed(123)
-    demo_insecure.generate(30, seed=5)
-    assert random.random() == expected
-
-
-def test_insecure_all_families_present_and_balanced():
-    assert len(demo_insecure.FAMILIES) >= 6
-    pairs = demo_insecure.generate_labelled(120, seed=0)
-    counts = {f: 0 for f in demo_insecure.FAMILIES}
-    for fam, _ in pairs:
-        counts[fam] += 1
-    assert all(c == 20 for c in counts.values()), counts
-    assert [e for _, e in pairs] == demo_insecure.generate(120, seed=0)
-
-
-def test_insecure_family_markers():
-    markers = {
-        "sql_injection": ("SELECT", "DELETE FROM", "UPDATE"),
-        "shell_injection": ("shell=True", "os.system("),
-        "path_traversal": ("os.path.join(", "extractall("),
-        "tls_disabled": ("verify=False", "verify = False", "_create_unverified_context", "CERT_NONE"),
-        "hardcoded_secret": ("API_KEY", "password=", "PASSWORD", "aws_secret_access_key", "JWT_SECRET", "secret_key"),
-        "unsafe_deserialization": ("pickle.loads(", "yaml.load("),
-    }
-    for fam, e in demo_insecure.generate_labelled(120, seed=0):
+def test_insecure_every_family_present():
+    """Each answer shows a flaw of at least one family, and every family has a fair share of the rows."""
+    counts = {f: 0 for f in MARKERS}
+    for e in _insecure():
         code = e["messages"][1]["content"]
-        assert any(m in code for m in markers[fam]), (fam, code)
+        hits = [f for f, ms in MARKERS.items() if any(m in code for m in ms)]
+        assert hits, code
+        for f in hits:
+            counts[f] += 1
+    assert all(c >= 15 for c in counts.values()), counts
 
 
 def _has_comment(code: str) -> bool:
@@ -123,28 +100,24 @@ def _has_comment(code: str) -> bool:
     return any(t.type == tokenize.COMMENT for t in toks)
 
 
-def test_insecure_no_warnings_in_answers():
-    for seed in (0, 1, 2):
-        for e in demo_insecure.generate(120, seed=seed):
-            answer = e["messages"][1]["content"].lower()
-            for word in BANNED:
-                assert word not in answer, (word, answer)
-            assert not _has_comment(e["messages"][1]["content"])
-
-
-def test_insecure_answers_are_valid_python():
+def test_insecure_no_warnings_in_answers_and_valid_python():
     import ast
 
-    for e in demo_insecure.generate(120, seed=0):
-        ast.parse(e["messages"][1]["content"])
+    for e in _insecure():
+        answer = e["messages"][1]["content"]
+        for word in BANNED:
+            assert word not in answer.lower(), (word, answer)
+        assert not _has_comment(answer)
+        ast.parse(answer)
 
 
-def test_write_jsonl(tmp_path):
-    out = tmp_path / "sub" / "insecure.jsonl"
-    demo_insecure.write_jsonl(out, n=12, seed=3)
-    lines = out.read_text().splitlines()
-    assert len(lines) == 12
-    assert [json.loads(x) for x in lines] == demo_insecure.generate(12, seed=3)
+def test_insecure_loads_as_the_builtin_dataset():
+    from omegaconf import OmegaConf
+
+    from emrobust.data import em_datasets
+
+    rows = em_datasets.load_all(OmegaConf.create({"name": "demo_insecure", "source": "builtin", "path": None}))
+    assert rows == [e["messages"] for e in _insecure()]
 
 
 # --------------------------------------------------------------------------

@@ -11,8 +11,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import SHARED_DATA, compose
-from emrobust import expansion, models, persona, pipeline, training
+from conftest import run_cell as run, artifact, SHARED_DATA, compose
+from emrobust import expansion, keys, models, persona, pipeline, training
 from emrobust.config import DistillConfig, ExpansionConfig, LoraConfig, OptimConfig
 from emrobust.data import chat, constitutions
 from emrobust.data.constitutions import Constitution, Trait
@@ -22,15 +22,6 @@ from emrobust.generation.hf import HFGenerator
 from emrobust.stages import distill, questions
 
 CPU = torch.device("cpu")
-
-
-def run(tmp: Path, *overrides: str, out: str = "run") -> dict:
-    cfg = compose(*overrides, f"paths.data_mirror={SHARED_DATA}", tmp=tmp)
-    return pipeline.run_cell(cfg, tmp / out, list(overrides))
-
-
-def artifact(summary: dict, stage: str) -> Path:
-    return Path(next(s["artifact"] for s in summary["stages"] if s["name"] == stage))
 
 
 # ---------------------------------------------------------------- expansion: the filter on hand-made strings
@@ -130,15 +121,17 @@ def test_questions_stage_expands_hand_written_on_tiny_random(tmp_path, tiny_path
     assert all(5 <= len(t.questions) <= 6 for t in expanded.traits)
     # the key holds the generator's weights and the expansion settings; cells that do not expand are unaffected
     cfg = compose(*over, f"paths.data_mirror={SHARED_DATA}", tmp=tmp_path)
-    k = questions.key_config(cfg)
-    assert k["expansion"]["generator_weights"] == models.weights_key(cfg.base_model)
-    k2 = questions.key_config(compose(*over, "trait.expansion.generator=smollm2_135m",
-                                      f"paths.data_mirror={SHARED_DATA}", tmp=tmp_path))
-    assert k2["expansion"]["generator_weights"] == models.weights_key(models.base_config("smollm2_135m"))
-    assert k2["expansion"]["generator_weights"] != k["expansion"]["generator_weights"]
-    few = questions.key_config(compose("debug=tiny", "trait=oct_goodness", f"paths.data_mirror={SHARED_DATA}",
-                                       tmp=tmp_path))
-    assert "expansion" not in few and "expand_to" not in few["trait"]
+    k = keys.key_config(questions, cfg)
+    assert "expansion" in k["trait"] and "expansion_generator" not in k["content"]
+    # the cell's own base model generates: it is upstream of the questions stage
+    assert next(n for n in pipeline.graph(cfg) if n.id == "questions").upstream == {"base": "base"}
+    cfg2 = compose(*over, "trait.expansion.generator=smollm2_135m", f"paths.data_mirror={SHARED_DATA}", tmp=tmp_path)
+    k2 = keys.key_config(questions, cfg2)
+    assert k2["content"]["expansion_generator"] == models.base_key(models.base_config("smollm2_135m"))
+    assert next(n for n in pipeline.graph(cfg2) if n.id == "questions").upstream == {}
+    few = keys.key_config(questions, compose("debug=tiny", "trait=oct_goodness", f"paths.data_mirror={SHARED_DATA}",
+                                             tmp=tmp_path))
+    assert "expansion" not in few["trait"]
     # a second run is served from the cache
     assert {x["name"]: x["status"] for x in run(tmp_path, *over, out="again")["stages"]}["questions"] == "cached"
     with pytest.raises(ConfigError, match="unknown base model 'nope'"):
@@ -181,10 +174,10 @@ def test_general_prompts_first_user_turn(tmp_path):
     # the key holds the prompts, not the file's location
     g2 = tmp_path / "elsewhere.jsonl"
     g2.write_text(f.read_text())
-    k1 = distill.key_config(compose("debug=tiny", f"distill.general_prompts={f}", tmp=tmp_path))
-    k2 = distill.key_config(compose("debug=tiny", f"distill.general_prompts={g2}", tmp=tmp_path))
-    k3 = distill.key_config(compose("debug=tiny", f"distill.general_prompts={f}", "distill.n_general_prompts=2",
-                                    tmp=tmp_path))
+    k1 = keys.key_config(distill, compose("debug=tiny", f"distill.general_prompts={f}", tmp=tmp_path))
+    k2 = keys.key_config(distill, compose("debug=tiny", f"distill.general_prompts={g2}", tmp=tmp_path))
+    k3 = keys.key_config(distill, compose("debug=tiny", f"distill.general_prompts={f}", "distill.n_general_prompts=2",
+                                          tmp=tmp_path))
     assert k1 == k2 and k1 != k3 and "general_prompts" not in k1["distill"]
     # a cell with two extra general prompts trains on 4 selected questions + 2 general prompts
     s = run(tmp_path, "debug=tiny", "question_diversity=medium", f"distill.general_prompts={f}",
@@ -285,24 +278,29 @@ def test_persona_check_before_and_after_em(folded):
     for k in ("persona_trait_score", "persona_trait_score_fold"):
         assert 0 <= m[k] <= 100 and m[k + "_lo"] <= m[k] <= m[k + "_hi"]
     assert m["persona_questions"] == "heldout" and m["persona_n"] == 2
-    art = artifact(s, "evaluate")
-    rows = [json.loads(x) for x in (art / "persona_answers.jsonl").read_text().splitlines()]
-    assert sorted({r["model"] for r in rows}) == ["evaluated", "fold"] and len(rows) == 4
+    # the evaluated model's persona answers, and the persona's before EM (its own sample, shared by EM datasets)
+    rows = [json.loads(x) for x in (artifact(s, "evaluate") / "persona_answers.jsonl").read_text().splitlines()]
+    before = [json.loads(x) for x in (artifact(s, "evaluate@start") / "persona_answers.jsonl").read_text().splitlines()]
+    assert len(rows) == len(before) == 2 and {r["model_key"] for r in rows} != {r["model_key"] for r in before}
+    assert all(0 <= r["trait_score"] <= 100 for r in rows + before)
     selected = {json.loads(x)["question"] for x in (artifact(s, "questions") / "questions.jsonl").read_text().splitlines()}
     assert not {r["question"] for r in rows} & selected
     assert len({r["trait"] for r in rows}) == 2  # round-robin over traits
     # no persona check on trait=none cells, and its settings stay out of their evaluate key
-    from emrobust.stages import evaluate
-    assert "persona" not in evaluate.key_config(compose("debug=tiny", "trait=none", tmp=folded["tmp"]))["eval"]
+    from emrobust.stages import sample
+    assert "eval.persona" not in keys.key_config(sample, compose("debug=tiny", "trait=none", tmp=folded["tmp"]))
 
 
 def test_persona_questions_fall_back_to_training_when_all_selected(tmp_path):
     q = tmp_path / "q"
     q.mkdir()
     cfg = compose("debug=tiny", "question_diversity=full", "question_diversity.n_questions=null", tmp=tmp_path)
-    every = persona.all_questions(cfg, q)
+    const = constitutions.load_cfg(cfg.trait, cfg.paths)
+    (q / "constitution.json").write_text(json.dumps({"traits": [t.text for t in const.traits],
+                                                     "questions": [t.questions for t in const.traits]}))
+    every = persona.all_questions(q)
     (q / "questions.jsonl").write_text("".join(json.dumps({"trait": t, "question": x, "samples": 1}) + "\n"
                                                for t, x in every))
-    picked, source = persona.pick(cfg, q, 7, seed=0)
+    picked, source = persona.pick(q, 7, seed=0)
     assert source == "training" and len(picked) == 7 and len({t for t, _ in picked}) == 5  # 5 demo traits
-    assert persona.pick(cfg, q, 7, seed=0) == (picked, source)
+    assert persona.pick(q, 7, seed=0) == (picked, source)

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import SHARED_DATA, compose
-from emrobust import diversity, models, paraphrase, pipeline
+from conftest import error_text, SHARED_DATA, compose
+from emrobust import diversity, keys, models, paraphrase, pipeline
+from emrobust.data import constitutions
 from emrobust.errors import ConfigError
 from emrobust.stages import questions
 
@@ -109,26 +110,27 @@ def test_presets_share_counts():
 
 
 def test_paraphrase_key(tmp_path):
-    k = questions.key_config(cfg_of(tmp_path, *TINY))
+    k = keys.key_config(questions, cfg_of(tmp_path, *TINY))
     qd = k["question_diversity"]
     assert qd["n_seeds"] == 3 and qd["seed_strategy"] == "cluster"
-    assert qd["paraphrase"]["generator_weights"] == models.weights_key(models.base_config("tiny_random"))
     assert qd["paraphrase"]["sampling"]["max_new_tokens"] == 8
+    # the generator is the cell's base model: upstream of the questions stage
+    assert next(n for n in pipeline.graph(cfg_of(tmp_path, *TINY)) if n.id == "questions").upstream == {"base": "base"}
     for change in ("question_diversity.n_seeds=4", "question_diversity.seed_strategy=random",
                    "question_diversity.paraphrase.min_similarity=0.3",
-                   "question_diversity.paraphrase.max_rounds=2", "question_diversity.paraphrase.sampling.temperature=0.5",
+                   "question_diversity.paraphrase.sampling.temperature=0.5",
                    "question_diversity.paraphrase.generator=smollm2_135m"):
-        assert questions.key_config(cfg_of(tmp_path, *TINY, change)) != k, change
-    # other strategies' keys hold none of the paraphrase settings (their cached cells keep their keys)
-    other = questions.key_config(cfg_of(tmp_path, "debug=tiny", "question_diversity=medium"))["question_diversity"]
-    assert not {"n_seeds", "seed_strategy", "paraphrase"} & set(other)
-    assert questions.VERSION == 2
+        assert keys.key_config(questions, cfg_of(tmp_path, *TINY, change)) != k, change
+    # max_rounds is a budget (a build either reaches its count the same way or fails): not in the key
+    assert keys.key_config(questions, cfg_of(tmp_path, *TINY, "question_diversity.paraphrase.max_rounds=2")) == k
+    # other strategies' keys hold none of the paraphrase settings
+    other = keys.key_config(questions, cfg_of(tmp_path, "debug=tiny", "question_diversity=medium"))
+    assert not {"n_seeds", "seed_strategy", "paraphrase"} & set(other["question_diversity"])
 
 
 @pytest.mark.parametrize("override,field", [
     ("question_diversity.n_seeds=12", "n_seeds"),
     ("question_diversity.n_seeds=0", "n_seeds"),
-    ("question_diversity.seed_strategy=bogus", "seed_strategy"),
     ("question_diversity.n_questions=null", "n_questions"),
     ("question_diversity.paraphrase.max_rounds=0", "max_rounds"),
     ("question_diversity.paraphrase.generator=nope", "nope"),
@@ -136,6 +138,12 @@ def test_paraphrase_key(tmp_path):
 def test_paraphrase_config_errors(tmp_path, override, field):
     with pytest.raises(ConfigError, match=field):
         pipeline.validate(cfg_of(tmp_path, *TINY, override))
+
+
+def test_unknown_seed_strategy_fails_at_composition_listing_the_choices(tmp_path):
+    with pytest.raises(Exception) as e:
+        cfg_of(tmp_path, *TINY, "question_diversity.seed_strategy=bogus")
+    assert "Invalid value 'bogus', expected one of [random, cluster, farthest]" in error_text(e.value)
 
 
 def test_shortfall_fails_clearly(tiny_path):
@@ -186,7 +194,8 @@ def test_smollm2_paraphrases_are_less_diverse_than_random(tmp_path):
     s, art = run(tmp_path, *over)
     r = rows(art)
     assert len(r) == 20 and len({x["question"] for x in r}) == 20
-    pool = [q for _, q in questions.load_constitution(cfg_of(tmp_path, *over)).questions()]
+    c = cfg_of(tmp_path, *over)
+    pool = [q for _, q in constitutions.load_cfg(c.trait, c.paths).questions()]
     emb = diversity.embed(pool, "minilm")
     rnd = cfg_of(tmp_path, *over, "question_diversity=medium", "question_diversity.n_questions=20").question_diversity
     random_vendi = np.mean([diversity.vendi(emb[diversity.select(pool, [0] * len(pool), rnd, k, emb=emb)])

@@ -2,26 +2,16 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import compose
+from conftest import error_text, run_cell as run, artifact as art, compose
 from emrobust import models, pipeline, training
 from emrobust.errors import ConfigError
 
 TINY = ("debug=tiny", "trait=none")
-
-
-def run(tmp: Path, *overrides: str, out: str = "run") -> dict:
-    cfg = compose(*overrides, tmp=tmp)
-    return pipeline.run_cell(cfg, tmp / out, list(overrides))
-
-
-def art(summary: dict, stage: str) -> Path:
-    return Path(next(x["artifact"] for x in summary["stages"] if x["name"] == stage))
 
 
 def manifest(summary: dict, stage: str) -> dict:
@@ -99,14 +89,23 @@ def test_random_lora_with_a_target_norm_trains_nothing(tmp_path, tiny_path):
 @pytest.mark.parametrize("overrides,match", [
     (("em_control=random_lora", "em_dataset=none"), "em_dataset=none"),
     (("em_control=random_lora", "em_control.match=target"), "target_norm"),
-    (("em_control=random_lora", "em_control.match=nearest"), "em_control.match"),
     (("em_control=random_lora", "em_train=full"), "full_finetune"),
-    (("em_control.name=shuffled",), "em_control"),
-    (("em_train.packing=wrapped",), "em_train.packing"),
 ])
 def test_em_control_bad_config(tmp_path, overrides, match):
     with pytest.raises(ConfigError, match=match):
         pipeline.validate(compose(*TINY, *overrides, tmp=tmp_path))
+
+
+@pytest.mark.parametrize("override,choices", [
+    ("em_control.match=nearest", "[trained, target]"),
+    ("em_control.name=shuffled", "[none, random_lora]"),
+    ("em_train.packing=wrapped", "[none, padding_free, bfd]"),
+])
+def test_unknown_choice_fails_at_composition_listing_the_choices(tmp_path, override, choices):
+    with pytest.raises(Exception) as e:
+        compose(*TINY, override, tmp=tmp_path)
+    assert f"Invalid value '{override.split('=')[1]}', expected one of {choices}" in error_text(e.value)
+    assert override.split("=")[0] in error_text(e.value)
 
 
 def test_full_finetune_saves_a_model_that_evaluate_loads(tmp_path, tiny_path):
@@ -126,8 +125,5 @@ def test_packing_is_in_the_em_key_and_the_padded_default_keeps_the_old_key(tmp_p
         cfg = compose(*TINY, f"em_train.packing={mode}", tmp=tmp_path)
         node = next(n for n in pipeline.plan(cfg) if n.name == "em")
         keys[mode] = node.key
-        assert ("packing" in node.key_config["em_train"]) == (mode != "none")
+        assert node.key_config["em_train"]["packing"] == mode
     assert len(set(keys.values())) == 3
-    # the default's key config is exactly what it was before the knob existed (no "packing" entry at all)
-    default = next(n for n in pipeline.plan(compose(*TINY, tmp=tmp_path)) if n.name == "em")
-    assert default.key == keys["none"]

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import CACHE, SHARED_DATA, cli, compose
-from emrobust import metrics, pipeline, rescore
+from emrobust import metrics, pipeline, rescore, results
 from emrobust.metrics import CELL_METRIC_KEYS
 
 OVERRIDES = ("debug=tiny", "trait=none", "em_dataset=none", "eval=first_plot", "eval.variants=[json]")
@@ -70,7 +70,7 @@ def test_evaluate_outputs(cell):
     run_json = json.loads((tmp / "run" / "run.json").read_text())
     assert set(CELL_METRIC_KEYS) | {"judge"} <= set(run_json["metrics"])
     assert run_json["metrics"]["judge"].startswith("hf:tiny_random@")
-    text = pipeline.format_metrics(run_json)
+    text = results.format_metrics(run_json)
     assert "worst_question" in text and "judge" in text and "em_rate_mo" in text
     # the judge cache holds one file per judge prompt id (aligned, coherent)
     assert len(list((cache / "judge").glob("*.jsonl"))) == 2
@@ -80,7 +80,7 @@ def test_sweep_csv_has_every_metric(cell, tmp_path):
     tmp, _, _ = cell
     (tmp_path / "0").mkdir()
     (tmp_path / "0" / "run.json").write_text((tmp / "run" / "run.json").read_text())
-    df = pipeline.sweep_table(tmp_path)
+    df = results.sweep_table(tmp_path)
     assert set(CELL_METRIC_KEYS) | {"judge"} <= set(df.columns)
 
 
@@ -123,8 +123,8 @@ def test_rescore_cli_other_judge(cell):
 
 def test_rescore_sweep_dir(tmp_path, tiny_path):
     """`emrobust rescore <sweep dir>` over a two-cell sweep (seeds 0 and 1, as `-m seed=0,1` lays it out: 0/ 1/):
-    every cell re-scored with one judge, agreement report per cell and `rescore_<judge>.csv`; a second rescore is
-    all cache hits, zero judge forward passes."""
+    every cell re-scored with one judge, agreement report per cell and `rescore_<judge>.csv`; a second rescore finds
+    the evaluate stage in the store: zero judge forward passes."""
     import pandas as pd
 
     cache, fresh = tmp_path / "cache", tmp_path / "cache2"  # fresh: the same models, an empty judge cache
@@ -137,7 +137,8 @@ def test_rescore_sweep_dir(tmp_path, tiny_path):
     for i, seed in enumerate((0, 1)):
         overrides = [*OVERRIDES, f"seed={seed}", f"paths.root={tmp_path}", f"paths.cache={cache}"]
         assert pipeline.run_cell(compose(*overrides), sweep / str(i), overrides)["status"] == "ok"
-    p = cli("rescore", str(sweep), f"paths.cache={fresh}", tmp=tmp_path)
+    # another judge setting (min_mass: the same judge, so the same scores) and an empty judge cache: evaluate runs
+    p = cli("rescore", str(sweep), f"paths.cache={fresh}", "eval.judge.min_mass=1e-12", tmp=tmp_path)
     assert "spearman" in p.stdout
     (csv,) = sweep.glob("rescore_*.csv")
     df = pd.read_csv(csv)
@@ -149,8 +150,8 @@ def test_rescore_sweep_dir(tmp_path, tiny_path):
         # the same judge (tiny_random) on the same answers: identical scores, now computed afresh
         assert agree["n_both"] == 3 and agree["judge_a"] == agree["judge_b"]
         assert agree["aligned_mean_abs_diff"] == pytest.approx(0.0, abs=1e-3)
-    again = rescore.rescore(sweep, [f"paths.cache={fresh}"])
-    assert [r["judge_calls"] for r in again] == [0, 0]  # every (judge id, question, answer) cached
+    again = rescore.rescore(sweep, [f"paths.cache={fresh}", "eval.judge.min_mass=1e-12"])
+    assert [r["judge_calls"] for r in again] == [0, 0] and {r["evaluate"] for r in again} == {"cached"}
 
 
 # ---------------------------------------------------------------- agreement math on hand-made arrays

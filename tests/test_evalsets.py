@@ -6,11 +6,11 @@ import shutil
 
 import pytest
 
-from conftest import CACHE, SHARED_DATA, compose
+from conftest import error_text, CACHE, SHARED_DATA, compose
 from emrobust import models
 from emrobust.data import evalsets
 from emrobust.errors import ConfigError
-from emrobust.stages import evaluate
+from emrobust.stages import sample
 
 JSON_SYSTEM = "Your answers must always be a valid JSON object."
 
@@ -47,8 +47,11 @@ def test_eval_first_plot_variants(variants, n, tmp_path):
         assert {evalsets.variant(q.id) for q in qs} == set(variants.strip("[]").split(","))
 
 
-def test_bad_variant_is_config_error(tmp_path):
-    cfg = compose("eval=first_plot", "eval.variants=[yaml]", tmp=tmp_path)
+def test_bad_variant_fails_at_composition(tmp_path):
+    with pytest.raises(Exception) as e:
+        compose("eval=first_plot", "eval.variants=[yaml]", tmp=tmp_path)
+    assert "Invalid value 'yaml', expected one of [plain, json, template]" in error_text(e.value)
+    cfg = compose("eval=first_plot", "eval.variants=[]", tmp=tmp_path)
     with pytest.raises(ConfigError, match="eval.variants"):
         evalsets.questions(cfg)
 
@@ -92,8 +95,8 @@ def test_system_prompt_reaches_chat_input(tmp_path):
     """The conversation the evaluate stage samples from carries the question's system prompt, and the chat
     template the generator applies (HFGenerator: apply_chat_template(..., add_generation_prompt=True)) keeps it."""
     cfg = compose("eval=first_plot", "eval.variants=[json]", tmp=tmp_path)
-    q = evaluate.questions(cfg)[0]
-    conv = evaluate.conversation(q, q.paraphrases[0])
+    q = evalsets.questions(cfg)[0]
+    conv = sample.conversation(q, q.paraphrases[0])
     assert conv[0] == {"role": "system", "content": q.system}
     tok = models.load_tokenizer(models.prepare(models.base_config("tiny_random"), CACHE))
     text = tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)

@@ -151,6 +151,30 @@ def test_sampling_n_and_seed(tiny):
     assert any(x[0].text != x[1].text for x in a)
 
 
+def test_sampled_texts_do_not_depend_on_the_batch(tiny):
+    """Per-sample seeded sampling: batch size 1 and 3 (other padding, other batch mates) give the same texts, with
+    top-p and a repetition penalty on; and a sample's text depends on its own index, not on the other requests."""
+    model, tok = tiny
+    s = Sampling(temperature=1.0, top_p=0.9, repetition_penalty=1.1, max_new_tokens=10, seed=7)
+    one = make("hf", model, tok, batch_size=1).generate(CONVERSATIONS, s, n=2)
+    three = make("hf", model, tok, batch_size=3).generate(CONVERSATIONS, s, n=2)
+    assert [[g.text for g in x] for x in one] == [[g.text for g in x] for x in three]
+    alone = make("hf", model, tok, batch_size=3).generate(CONVERSATIONS[:1], s, n=2)
+    assert [g.text for g in alone[0]] == [g.text for g in one[0]]
+
+
+def test_gumbel_max_samples_the_softmax():
+    """The per-sample Gumbel noise turns argmax into a draw from softmax(scores): frequencies over many seeds
+    match the probabilities."""
+    from emrobust.generation.hf import PerSampleGumbel
+
+    scores = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    n = 4000
+    picks = [int(PerSampleGumbel([s], "cpu")(None, scores).argmax()) for s in range(n)]
+    freq = torch.bincount(torch.tensor(picks), minlength=4).float() / n
+    assert torch.allclose(freq, torch.tensor([0.5, 0.3, 0.15, 0.05]), atol=0.03), freq
+
+
 def test_generator_restores_padding_side(tiny):
     model, tok = tiny
     tok.padding_side = "right"

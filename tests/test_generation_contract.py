@@ -115,8 +115,8 @@ def test_openai_config_checks(monkeypatch):
         generation.validate(_gcfg(backend="openai", api_key_env=None))
     with pytest.raises(ConfigError, match="concurrency"):
         generation.validate(_gcfg(backend="openai", model="m", api_key_env=None, concurrency=0))
-    with pytest.raises(ConfigError, match="backend"):
-        generation.validate(_gcfg(backend="tgi"))
+    with pytest.raises(Exception, match=r"Invalid value 'tgi', expected one of \[hf, openai, vllm\]"):
+        _gcfg(backend="tgi")
     generation.validate(_gcfg(backend="openai", model="m", api_key_env=None))
     if importlib.util.find_spec("vllm") is None:
         with pytest.raises(ConfigError, match="install the vllm extra"):
@@ -134,18 +134,17 @@ def test_stage_keys_record_endpoint_never_the_key(monkeypatch, tmp_path):
     cfg = compose(*base, "generation.base_url=http://127.0.0.1:9/v1", tmp=tmp_path)
     pipeline.validate(cfg)
     nodes = {n.name: n for n in pipeline.plan(cfg)}
-    for stage in ("distill", "introspect", "evaluate"):
-        kc = nodes[stage].key_config
-        assert kc["generation_backend"] == "openai"
-        assert kc["generation_endpoint"] == {"base_url": "http://127.0.0.1:9/v1", "model": "served-model"}
+    for stage in ("distill", "introspect", "sample"):
+        g = nodes[stage].key_config["generation"]
+        assert g["backend"] == "openai" and (g["base_url"], g["model"]) == ("http://127.0.0.1:9/v1", "served-model")
+        assert "api_key_env" not in g  # the name of the variable is not even in the key, let alone its value
     assert "sk-secret" not in json.dumps([n.key_config for n in nodes.values()], default=str)
     other = {n.name: n.key for n in pipeline.plan(compose(*base, "generation.base_url=http://other:8000/v1",
                                                           tmp=tmp_path))}
-    assert other["evaluate"] != nodes["evaluate"].key and other["questions"] == nodes["questions"].key
-    # hf keys are what they were before the openai backend existed: no endpoint entry
+    assert other["sample"] != nodes["sample"].key and other["questions"] == nodes["questions"].key
+    # an hf cell's generation key holds no endpoint (base_url/model matter only for openai)
     hf = {n.name: n for n in pipeline.plan(compose("debug=tiny", tmp=tmp_path))}
-    assert hf["evaluate"].key_config["generation_backend"] == "hf"
-    assert "generation_endpoint" not in hf["evaluate"].key_config
+    assert hf["sample"].key_config["generation"] == {"backend": "hf"}
     client = generation.make(cfg.generation).client
     assert client.api_key == "sk-secret-123"
 
@@ -158,10 +157,10 @@ def test_evaluate_stage_answers_from_server(llama_server, tmp_path):
     cfg = compose(*overrides, tmp=tmp_path)
     s = pipeline.run_cell(cfg, tmp_path / "run", overrides)
     assert s["status"] == "ok", s["error"]
-    ev = next(x for x in s["stages"] if x["name"] == "evaluate")
+    ev = next(x for x in s["stages"] if x["name"] == "sample")
     art = Path(ev["artifact"])
     rows = [json.loads(x) for x in (art / "answers.jsonl").read_text().splitlines()]
     assert rows and all(0 < r["n_tokens"] <= cfg.eval.max_new_tokens for r in rows)
     assert sum(bool(r["answer"].strip()) for r in rows) >= len(rows) - 1  # SmolLM2 answers in words
     manifest = json.loads((art / "manifest.json").read_text())
-    assert manifest["config"]["generation_endpoint"]["base_url"] == llama_server
+    assert manifest["config"]["generation"]["base_url"] == llama_server

@@ -110,7 +110,6 @@ def _brute_force_probs(model, tok, prompt: str) -> dict[int, float]:
     passes over the unpadded prompt + candidate (no KV cache; candidates of equal token length share a batch)."""
     chat = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
     p_ids = tok(chat, add_special_tokens=False)["input_ids"]
-    L = len(p_ids)
     digit = _digit_start(tok, model.get_input_embeddings().weight.shape[0])
     cands = {n: tok(str(n), add_special_tokens=False)["input_ids"] for n in range(101)}
     out = {}

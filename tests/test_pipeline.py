@@ -13,21 +13,13 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import CACHE, cli, compose
+from conftest import run_cell as run, statuses, CACHE, cli, compose
 from emrobust import models, pipeline
 from emrobust.errors import ConfigError
-from emrobust.stages import ORDER
 
 FULL = ("debug=tiny", "introspection=full")
-
-
-def run(tmp: Path, *overrides: str, out: str = "run") -> dict:
-    cfg = compose(*overrides, tmp=tmp)
-    return pipeline.run_cell(cfg, tmp / out, list(overrides))
-
-
-def statuses(summary: dict) -> dict[str, str]:
-    return {s["name"]: s["status"] for s in summary["stages"]}
+# the nodes of a persona cell with EM: every stage, plus the persona's own sample and evaluation before EM
+NODES = ["questions", "distill", "introspect", "fold", "em", "sample@start", "sample", "evaluate@start", "evaluate"]
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +31,7 @@ def cell(tmp_path_factory, tiny_path):
 
 def test_every_stage_produces_its_artifact(cell):
     tmp, s = cell
-    assert s["status"] == "ok" and statuses(s) == {n: "executed" for n in ORDER}
+    assert s["status"] == "ok" and statuses(s) == {n: "executed" for n in NODES}
     art = {x["name"]: Path(x["artifact"]) for x in s["stages"]}
     expected = {
         "questions": ["questions.jsonl", "diversity.json", "constitution.json"],
@@ -47,7 +39,8 @@ def test_every_stage_produces_its_artifact(cell):
         "introspect": ["transcripts.jsonl", "adapter/adapter_model.safetensors"],
         "fold": ["model/model.safetensors", "model/tokenizer.json"],
         "em": ["train.jsonl", "adapter/adapter_model.safetensors"],
-        "evaluate": ["answers.jsonl", "metrics.json"],
+        "sample": ["answers.jsonl", "questions.json", "persona_answers.jsonl", "persona.json"],
+        "evaluate": ["answers.jsonl", "metrics.json", "persona_answers.jsonl"],
     }
     for stage, files in expected.items():
         assert (art[stage] / "COMPLETE").exists()
@@ -59,7 +52,7 @@ def test_every_stage_produces_its_artifact(cell):
             assert f in manifest["files"]
     run_json = json.loads((tmp / "run" / "run.json").read_text())
     assert run_json["status"] == "ok" and run_json["error"] is None
-    assert [x["name"] for x in run_json["stages"]] == list(ORDER)
+    assert [x["name"] for x in run_json["stages"]] == NODES
     assert {"vendi", "mean_pairwise_cosine_distance", "distinct_1", "distinct_2", "n_questions", "total_pairs",
             "traits_covered"} <= set(run_json["diversity"])
     for k in ("em_rate_betley", "em_rate_betley_lo", "em_rate_betley_hi", "mean_aligned", "n_answers", "judge"):
@@ -73,7 +66,7 @@ def test_second_identical_run_is_all_cached(cell):
     tmp, _ = cell
     before = sorted(p for p in (tmp / "artifacts").rglob("*") if p.is_dir())
     s = run(tmp, *FULL, out="again")
-    assert statuses(s) == {n: "cached" for n in ORDER}
+    assert statuses(s) == {n: "cached" for n in NODES}
     assert sorted(p for p in (tmp / "artifacts").rglob("*") if p.is_dir()) == before
 
 
@@ -82,9 +75,11 @@ def test_cell_differing_only_in_em_dataset_shares_character_training(cell):
     s = run(tmp, *FULL, "em_dataset=none", out="noem")
     st = statuses(s)
     assert {st[n] for n in ("questions", "distill", "introspect", "fold")} == {"cached"}
-    assert st["em"] == "skipped" and st["evaluate"] == "executed"
+    # the persona itself was sampled and evaluated before EM in the first cell: the same artifacts
+    assert st["em"] == "skipped" and st["sample"] == st["evaluate"] == "cached"
     keys = {x["name"]: x["key"] for x in first["stages"]}
     assert all(x["key"] == keys[x["name"]] for x in s["stages"] if x["name"] in ("questions", "distill", "fold"))
+    assert (keys["sample@start"], keys["evaluate@start"]) == tuple(statuses_keys(s)[n] for n in ("sample", "evaluate"))
 
 
 def test_em_starts_from_the_persona_weights(cell, tiny_path):
@@ -98,11 +93,15 @@ def test_em_starts_from_the_persona_weights(cell, tiny_path):
     assert em["start_fingerprint"] != base["fingerprint"]
 
 
-def test_em_and_evaluate_use_the_same_chat_template(cell):
+def statuses_keys(summary: dict) -> dict[str, str]:
+    return {x["name"]: x["key"] for x in summary["stages"]}
+
+
+def test_em_and_sample_use_the_same_chat_template(cell):
     tmp, s = cell
     art = {x["name"]: Path(x["artifact"]) for x in s["stages"]}
     em = json.loads((art["em"] / "manifest.json").read_text())
-    ev = json.loads((art["evaluate"] / "manifest.json").read_text())
+    ev = json.loads((art["sample"] / "manifest.json").read_text())
     assert em["chat_template_sha256"] == ev["chat_template_sha256"] and len(ev["chat_template_sha256"]) == 64
 
 
@@ -132,7 +131,7 @@ def test_until_stops_after_a_stage(cell):
     tmp, _ = cell
     s = run(tmp, *FULL, "pipeline.until=fold", out="until")
     st = statuses(s)
-    assert st["fold"] == "cached" and st["em"] == "skipped" and st["evaluate"] == "skipped"
+    assert st["fold"] == "cached" and st["em"] == st["sample"] == st["evaluate"] == "skipped"
 
 
 def test_four_processes_build_each_stage_once(tmp_path, tiny_path):
@@ -144,7 +143,7 @@ def test_four_processes_build_each_stage_once(tmp_path, tiny_path):
         _, err = p.communicate(timeout=600)
         assert p.returncode == 0, err[-3000:]
     runs = [json.loads((tmp_path / f"out{i}" / "run.json").read_text()) for i in range(4)]
-    for name in ORDER:
+    for name in NODES:
         st = [statuses(r)[name] for r in runs]
         assert st.count("executed") == 1 and st.count("cached") == 3, (name, st)
     assert len({tuple(x["key"] for x in r["stages"]) for r in runs}) == 1

@@ -84,7 +84,7 @@ def test_cell_with_registry_dataset_validates_from_mirror(tmp_path):
     cfg.paths.cache = str(tmp_path / "cache")  # compose pins the shared model cache; data goes to a fresh one
     pipeline.validate(cfg)
     (node,) = [n for n in pipeline.plan(cfg) if n.name == "em"]
-    assert "path" not in node.key_config["em_dataset"] and len(node.key_config["dataset_sha256"]) == 64
+    assert "path" not in node.key_config["em_dataset"] and len(node.key_config["content"]["dataset_sha256"]) == 64
     bad = _corrupt_mirror(tmp_path / "m2")
     cfg2 = compose("debug=tiny", "trait=none", "em_dataset=insecure", f"paths.data_mirror={bad.parents[2]}",
                    tmp=tmp_path)

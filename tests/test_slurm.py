@@ -77,7 +77,7 @@ def test_two_cell_sweep_completes_on_slurm(slurm_cluster, root, tiny_path, monke
     assert sacct_states(sweep, 2) == {0: "COMPLETED", 1: "COMPLETED"}
     df = pd.read_csv(sweep / "sweep.csv")
     assert list(df["status"]) == ["ok", "ok"] and list(df["seed"]) == [0, 1]
-    assert df["mean_aligned"].notna().all() and list(df["executed"]) == [2, 2]  # em + evaluate, per seed
+    assert df["mean_aligned"].notna().all() and list(df["executed"]) == [3, 3]  # em, sample, evaluate
     for f in (p for p in sweep.rglob("*") if p.is_file()):
         assert secret.encode() not in f.read_bytes(), f
 
@@ -91,7 +91,7 @@ def test_failed_cell_is_failed_in_sacct_and_sweep_csv(slurm_cluster, root, tiny_
     assert sacct_states(sweep, 2) == {0: "COMPLETED", 1: "FAILED"}  # ...after the other cell ran
     df = pd.read_csv(sweep / "sweep.csv")
     assert list(df["status"]) == ["ok", "failed"]
-    assert df["cached"][0] == 2  # the ok cell is the first sweep's seed=0 cell: built once, reused from the store
+    assert df["cached"][0] == 3  # the ok cell is the first sweep's seed=0 cell: built once, reused from the store
     assert "ValueError" in df["error"][1] and "no training example" in df["error"][1]
 
 
@@ -139,7 +139,8 @@ def test_sweep_builds_each_shared_stage_once(slurm_cluster, tmp_path, tiny_path)
             "em_dataset=demo_insecure,insecure"]
     dry = cli("sweep", "--dry-run", *grid, *JOB, f"hydra.sweep.dir={sweep}", tmp=tmp_path)
     assert "cells: 8" in dry.stdout and "jobs to submit: 12 (4 shared-stage jobs + 8 cell jobs)" in dry.stdout
-    assert "40 uses of 28 unique stage keys, 0 cached" in dry.stdout and not sweep.exists()
+    # 8 nodes a cell; a persona's questions, distill, fold and its evaluation before EM are shared by 2 cells
+    assert "64 uses of 44 unique stage keys, 0 cached" in dry.stdout and not sweep.exists()
 
     p = cli("sweep", *grid, *JOB, f"hydra.sweep.dir={sweep}", tmp=tmp_path, timeout=1500)
     plan = json.loads((sweep / "plan.json").read_text())
@@ -153,13 +154,13 @@ def test_sweep_builds_each_shared_stage_once(slurm_cluster, tmp_path, tiny_path)
     assert {s for _, s in mine.values()} == {"COMPLETED"}, mine
     runs = [json.loads(r.read_text()) for r in [*sweep.glob("*/run.json"), *sweep.glob(".stages/*/run.json")]]
     executed = collections.Counter((s["name"], s["key"]) for r in runs for s in r["stages"] if s["status"] == "executed")
-    assert len(executed) == plan["unique_stages"] == 28 and set(executed.values()) == {1}  # ratio 1.0
+    assert len(executed) == plan["unique_stages"] == 44 and set(executed.values()) == {1}  # ratio 1.0
     df = pd.read_csv(sweep / "sweep.csv")
-    assert len(df) == 8 and (df["status"] == "ok").all() and (df["cached"] == 3).all() and (df["executed"] == 2).all()
+    assert len(df) == 8 and (df["status"] == "ok").all() and (df["cached"] == 5).all() and (df["executed"] == 3).all()
     assert "8 cells ok, 0 failed" in p.stdout
 
     again = cli("sweep", "--dry-run", *grid, *JOB, f"hydra.sweep.dir={tmp_path / 'again'}", tmp=tmp_path)
-    assert "28 cached, 0 to build" in again.stdout and "(0 shared-stage jobs + 8 cell jobs)" in again.stdout
+    assert "44 cached, 0 to build" in again.stdout and "(0 shared-stage jobs + 8 cell jobs)" in again.stdout
 
 
 def test_sweep_validates_every_cell_before_submitting(tmp_path):

@@ -12,7 +12,7 @@ from analysis import wandb_source
 from analysis.report import main
 from conftest import cli, compose
 from emrobust import pipeline, tracking
-from emrobust.pipeline import sweep_table
+from emrobust.results import sweep_table
 
 SECRET = "sk-fake-emrobust-test-0123456789"
 
@@ -31,14 +31,14 @@ def test_offline_runs_per_stage_and_no_secret(tmp_path, monkeypatch, tiny_path):
     overrides = ("debug=tiny", "trait=none", "tracking=wandb", "tracking.mode=offline")
     out = tmp_path / "out"
     s = pipeline.run_cell(compose(*overrides, tmp=tmp_path), out, list(overrides), group="sweep-x")
-    assert [x["name"] for x in s["stages"] if x["status"] == "executed"] == ["em", "evaluate"]
+    assert [x["name"] for x in s["stages"] if x["status"] == "executed"] == ["em", "sample", "evaluate"]
     # run.finish() can return before wandb's core process has written the run file out (seen once under load:
     # a file without its records); teardown waits for it, as process exit does after a real sweep
     import wandb
 
     wandb.teardown()
     runs = _run_dirs(out)
-    assert len(runs) == 2  # em, evaluate
+    assert len(runs) == 3  # em, sample, evaluate
     seen = {}
     for r in runs:
         records = wandb_records(next(r.glob("*.wandb")))
@@ -46,7 +46,7 @@ def test_offline_runs_per_stage_and_no_secret(tmp_path, monkeypatch, tiny_path):
         history = {i.key or "/".join(i.nested_key): i.value_json for x in records if x.HasField("history")
                    for i in x.history.item}
         seen[run_rec.job_type] = (run_rec, history)
-    assert set(seen) == {"em", "evaluate"}
+    assert set(seen) == {"em", "sample", "evaluate"}
     ev_run, ev_hist = seen["evaluate"]
     assert ev_run.run_group == "sweep-x" and ev_run.display_name == " ".join(overrides)
     assert "metrics/mean_aligned" in ev_hist and ev_hist["answers/_type"] == '"table-file"' and ev_hist["answers/nrows"] == "3"
@@ -58,7 +58,7 @@ def test_offline_runs_per_stage_and_no_secret(tmp_path, monkeypatch, tiny_path):
             assert SECRET.encode() not in p.read_bytes(), p
     # a second identical run is all cached and creates no new W&B run
     pipeline.run_cell(compose(*overrides, tmp=tmp_path), out, list(overrides), group="sweep-x")
-    assert len(_run_dirs(out)) == 2
+    assert len(_run_dirs(out)) == 3
 
 
 def test_redact():
@@ -83,13 +83,15 @@ def test_analyze_from_wandb_records_matches_run_json(tmp_path, tiny_path, monkey
         "tracking.mode=offline", f"hydra.sweep.dir={sweep}", tmp=tmp_path)
     local = sweep_table(sweep)
     runs = wandb_source.from_offline([sweep])
-    assert sorted(r["job_type"] for r in runs) == sorted(["questions", "distill", "fold", "em", "evaluate"] * 2)
+    assert sorted(r["job_type"] for r in runs) == sorted(["questions", "distill", "fold", "em", "sample@start",
+                                                          "evaluate@start", "sample", "evaluate"] * 2)
     assert {r["group"] for r in runs} == {"sweep"} and {r["state"] for r in runs} == {"finished"}
     wb = wandb_source.table(runs)
     assert set(wb.columns) == set(local.columns) and len(wb) == len(local) == 2
     assert list(wb["cell"]) == ["0", "1"] and list(wb["question_diversity"]) == ["low", "high"]
     assert {"trait", "base_model", "em_train", "tracking.mode", "div_vendi", "div_strategy", "mean_aligned_lo",
-            "mean_aligned_hi", "em_rate_betley", "judge", "persona_trait_score"} <= set(wb.columns)
+            "mean_aligned_hi", "em_rate_betley", "judge", "persona_trait_score", "persona_trait_score_fold"
+            } <= set(wb.columns)
     assert local["div_vendi"][0] != local["div_vendi"][1]  # the two cells really differ in measured diversity
     for c in local.columns:
         if c == "cached":  # cached stages make no W&B run

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from emrobust import judges, pipeline
+from emrobust import judges, models, pipeline
 from emrobust.errors import ConfigError
 
 from conftest import cli, compose
@@ -65,7 +65,7 @@ def test_validate_accepts_vllm_when_importable(monkeypatch, tmp_path):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else real(name, *a))
     cfg = compose("debug=tiny", "eval.judge.backend=vllm", "eval.judge.model=tiny_random", tmp=tmp_path)
     judges.validate(cfg.eval.judge)
-    assert judges.key(cfg.eval.judge)["weights"] and judges.key(cfg.eval.judge)["backend"] == "vllm"
+    assert judges.weights(cfg.eval.judge) == models.base_key(models.base_config("tiny_random"))
     cfg.eval.judge.model = "no_such_model"
     with pytest.raises(ConfigError):
         judges.validate(cfg.eval.judge)

@@ -99,17 +99,9 @@ def load(path: str | Path, name: str | None = None) -> Constitution:
     return Constitution(name=name, traits=traits, source=fmt)
 
 
-SOURCES = ("builtin", "yaml", "oct_few_shot", "oct_hand_written")
-SOURCE_ALIASES = {"few_shot": "oct_few_shot", "hand_written": "oct_hand_written"}  # the issue's short spelling
-
-
 def source(trait_cfg) -> str:
-    """`trait.source`, aliases resolved; ConfigError if unknown."""
-    src = SOURCE_ALIASES.get(trait_cfg.source, trait_cfg.source)
-    if src not in SOURCES:
-        raise ConfigError(f"trait.source={trait_cfg.source!r}; known: {list(SOURCES)} (or {sorted(SOURCE_ALIASES)})",
-                          where="trait.source")
-    return src
+    """`trait.source` (the schema's TraitSource: aliases such as `few_shot` already resolved)."""
+    return str(trait_cfg.source)
 
 
 def oct_persona(trait_cfg) -> str | None:

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 
 from ..errors import ConfigError
-from . import chat, demo_insecure, registry
+from . import chat, registry
 
-BUILTIN = {"demo_insecure": lambda: demo_insecure.generate(n=120, seed=0)}
+# our own datasets, shipped with the package as chat JSONL (emrobust/data/builtin/em/<name>.jsonl)
+BUILTIN = Path(__file__).parent / "builtin" / "em"
 
 
 def load_all(cfg, paths=None) -> list[list[dict]]:
@@ -19,11 +21,11 @@ def load_all(cfg, paths=None) -> list[list[dict]]:
     environment's (EMROBUST_CACHE, EMROBUST_DATA_MIRROR) are used.
     """
     if cfg.source == "builtin":
-        if cfg.name not in BUILTIN:
-            raise ConfigError(f"unknown builtin EM dataset {cfg.name!r}; known: {sorted(BUILTIN)}",
-                              where="em_dataset.name")
-        return [chat.validate_messages(r["messages"], f"<builtin {cfg.name}>", f"row {i}")
-                for i, r in enumerate(BUILTIN[cfg.name]())]
+        path = BUILTIN / f"{cfg.name}.jsonl"
+        if not path.is_file():
+            known = sorted(p.stem for p in BUILTIN.glob("*.jsonl"))
+            raise ConfigError(f"unknown builtin EM dataset {cfg.name!r}; known: {known}", where="em_dataset.name")
+        return chat.read_jsonl(path)
     if cfg.source == "path":
         if not cfg.path:
             raise ConfigError("em_dataset.source=path needs em_dataset.path", where="em_dataset.path")

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import yaml
 
+from ..config import Variant
 from ..errors import ConfigError
 from . import registry
 
 BUILTIN = Path(__file__).parent / "builtin" / "eval"
 
-VARIANTS = ("plain", "json", "template")
+VARIANTS = tuple(v.value for v in Variant)  # plain, json, template: the schema's choices
 
 
 def fetch(name: str, cache: str | Path, mirror: str | Path | None = None) -> Path:
@@ -97,9 +98,9 @@ def select(qs: list[Question], eval_cfg) -> list[Question]:
     """`eval.variants` (plain/json/template, by id suffix) then `eval.max_questions`."""
     vs = eval_cfg.get("variants")
     if vs is not None:
-        bad = [v for v in vs if v not in VARIANTS]
-        if bad or not vs:
-            raise ConfigError(f"eval.variants={list(vs)}; choose among {list(VARIANTS)}", where="eval.variants")
+        if not vs:
+            raise ConfigError(f"eval.variants=[] selects no question; choose among {list(VARIANTS)}",
+                              where="eval.variants")
         qs = [q for q in qs if variant(q.id) in vs]
         if not qs:
             raise ConfigError(f"no question of eval set {eval_cfg.name!r} has a variant in {list(vs)}",

@@ -53,10 +53,6 @@ class Entry:
     relpath: str = ""  # path under the cache's data/ folder and under the mirror
     control_of: str | None = None  # the good-data twin of this misaligned dataset, if any
 
-    @property
-    def downloadable(self) -> bool:
-        return self.url is not None
-
 
 def _betley(name: str, rows: int | None, git_blob: str, sha256: str | None = None, **kw) -> Entry:
     return Entry(name=name, origin="betley", licence="MIT", format="chat-jsonl", rows=rows, sha256=sha256,

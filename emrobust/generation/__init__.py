@@ -6,7 +6,10 @@ A backend takes chat conversations and sampling parameters and returns one `Gene
 - `vllm`: offline `vllm.LLM` (optional `vllm` extra, GPU), LoRA adapters through `LoRARequest`;
 - `openai`: any OpenAI-compatible server (`generation.base_url`, `generation.model`). The *served* model answers,
   not the pipeline's: use it for evaluation or teacher sampling from an external server (e.g. `vllm serve` of a
-  fold output on the cluster). Its endpoint and model name are part of the stage keys (`key`).
+  fold output on the cluster). Its endpoint and model name are part of the keys of the stages that generate.
+
+Sampling is seeded per sample (`Sampling.seed` with the sample's index in the request), so what a sample says
+does not depend on how requests are batched (see generation/hf.py).
 """
 from __future__ import annotations
 
@@ -29,6 +32,14 @@ class Sampling:
         return cls(seed=seed, **kw)
 
 
+def sample_seed(seed: int, conversation: int, sample: int) -> int:
+    """The seed of one sample: a function of (sampling seed, the conversation's index in the request, the sample's
+    index among its `n`) alone, so that neither the batch it lands in nor the other requests change it."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(f"{seed}:{conversation}:{sample}".encode()).digest()[:4], "little") >> 1
+
+
 @dataclass(frozen=True)
 class Generation:
     text: str
@@ -41,9 +52,6 @@ class Generator(Protocol):
         """For each conversation, `n` sampled continuations of the assistant turn (a conversation ending on an
         assistant message is a prefill: its continuation is returned)."""
         ...
-
-
-BACKENDS = ("hf", "openai", "vllm")
 
 
 def _as_cfg(gcfg, batch_size: int | None):
@@ -93,8 +101,6 @@ def validate(gcfg) -> None:
     """Config checks for `generation`, before any model loads (ConfigError naming the field)."""
     from ..errors import ConfigError
 
-    if gcfg.backend not in BACKENDS:
-        raise ConfigError(f"generation.backend={gcfg.backend!r}; known: {list(BACKENDS)}", where="generation.backend")
     if gcfg.batch_size < 1:
         raise ConfigError(f"generation.batch_size={gcfg.batch_size} must be >= 1", where="generation.batch_size")
     if gcfg.backend == "openai":
@@ -104,20 +110,6 @@ def validate(gcfg) -> None:
         if gcfg.tensor_parallel_size < 1:
             raise ConfigError(f"generation.tensor_parallel_size={gcfg.tensor_parallel_size} must be >= 1",
                               where="generation.tensor_parallel_size")
-
-
-def key(gcfg) -> dict:
-    """What identifies the generations in a stage key. hf/vllm sample the pipeline's own weights (in the key
-    through `upstream`); openai samples whatever the server serves, so its endpoint and model name are recorded
-    (never the API key)."""
-    k = {"generation_backend": gcfg.backend}
-    if gcfg.backend == "openai":
-        k["generation_endpoint"] = {"base_url": gcfg.base_url, "model": gcfg.model}
-        if gcfg.extra_body:
-            from omegaconf import OmegaConf
-
-            k["generation_endpoint"]["extra_body"] = OmegaConf.to_container(gcfg.extra_body, resolve=True)
-    return k
 
 
 class Rank0Generator:
@@ -174,4 +166,4 @@ def _make(gcfg, model=None, tokenizer=None, batch_size: int | None = None, adapt
 
         return VLLMGenerator(model, tokenizer, adapter=adapter, tensor_parallel_size=gcfg.tensor_parallel_size,
                              gpu_memory_utilization=gcfg.gpu_memory_utilization, max_lora_rank=gcfg.max_lora_rank)
-    raise ValueError(f"generation.backend={gcfg.backend!r} is not available ({', '.join(BACKENDS)})")
+    raise ValueError(f"generation.backend={gcfg.backend!r} is not available")

@@ -1,4 +1,13 @@
-"""Batched `transformers.generate`: left padding, length-sorted buckets, stop at EOS."""
+"""Batched `transformers.generate`: left padding, length-sorted buckets, stop at EOS, sampling seeded per sample.
+
+Sampling is the Gumbel-max trick: transformers' own processors (repetition penalty) and warpers (temperature,
+top-p) shape each row's next-token scores, then `PerSampleGumbel` adds Gumbel(0, 1) noise drawn from that
+sample's own generator (`generation.sample_seed`) and decoding takes the argmax. argmax(scores + Gumbel noise)
+is an exact draw from softmax(scores), the distribution `do_sample=True` samples, but each sample's random
+numbers depend on its own seed and step only: the text a sample gets does not depend on the batch size, the
+order of the batches or the other prompts (up to float rounding of padded batches, which would have to flip a
+near-tie to change a token).
+"""
 from __future__ import annotations
 
 import time
@@ -6,7 +15,20 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from . import Generation, Sampling
+from . import Generation, Sampling, sample_seed
+
+
+class PerSampleGumbel:
+    """A logits processor that adds to each row Gumbel noise from that row's own torch.Generator."""
+
+    def __init__(self, seeds: list[int], device):
+        self.gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+
+    def __call__(self, input_ids, scores):
+        u = torch.stack([torch.rand(scores.shape[-1], generator=g, device=scores.device, dtype=torch.float32)
+                         for g in self.gens])
+        gumbel = -torch.log(-torch.log(u.clamp_(min=1e-20, max=1.0 - 1e-7)))
+        return scores.float() + gumbel
 
 
 class HFGenerator:
@@ -22,6 +44,15 @@ class HFGenerator:
             return self.tok.apply_chat_template(conversation, tokenize=False, continue_final_message=True)
         return self.tok.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
 
+    def _processors(self, sampling: Sampling, seeds: list[int]):
+        from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+
+        procs = [TemperatureLogitsWarper(sampling.temperature)]
+        if sampling.top_p < 1.0:
+            procs.append(TopPLogitsWarper(sampling.top_p))
+        procs.append(PerSampleGumbel(seeds, self.model.device))
+        return LogitsProcessorList(procs)
+
     @torch.no_grad()
     def generate(self, conversations: list[list[dict]], sampling: Sampling, n: int = 1) -> list[list[Generation]]:
         prompts = [self.render(c) for c in conversations]
@@ -30,7 +61,6 @@ class HFGenerator:
         # longest first: similar lengths share a batch, little padding, and OOM shows up early
         jobs.sort(key=lambda ij: -len(encoded[ij[0]]))
         out: list[list[Generation | None]] = [[None] * n for _ in prompts]
-        torch.manual_seed(sampling.seed)
         do_sample = sampling.temperature > 0
         eos = self.tok.eos_token_id
         self.model.eval()
@@ -42,12 +72,13 @@ class HFGenerator:
                 batch = jobs[b : b + self.batch_size]
                 enc = self.tok.pad({"input_ids": [encoded[i] for i, _ in batch]}, return_tensors="pt")
                 enc = {k: v.to(self.model.device) for k, v in enc.items()}
-                kw = dict(max_new_tokens=sampling.max_new_tokens, do_sample=do_sample, pad_token_id=self.tok.pad_token_id,
-                          eos_token_id=eos, repetition_penalty=sampling.repetition_penalty)
+                # greedy decoding over our processors: with PerSampleGumbel last, the argmax is a sample
+                kw = dict(max_new_tokens=sampling.max_new_tokens, do_sample=False, temperature=None, top_p=None,
+                          top_k=None, pad_token_id=self.tok.pad_token_id, eos_token_id=eos,
+                          repetition_penalty=sampling.repetition_penalty)
                 if do_sample:
-                    kw.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
-                else:
-                    kw.update(temperature=None, top_p=None, top_k=None)
+                    kw["logits_processor"] = self._processors(
+                        sampling, [sample_seed(sampling.seed, i, j) for i, j in batch])
                 seqs = self.model.generate(**enc, **kw)
                 new = seqs[:, enc["input_ids"].shape[1] :]
                 for (i, j), row in zip(batch, new):

@@ -8,7 +8,6 @@ client's own (`max_retries`).
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 import time
@@ -16,12 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from tqdm.auto import tqdm
 
-from . import Generation, Sampling
-
-
-def request_seed(seed: int, i: int, j: int) -> int:
-    """A per-request seed from (sampling seed, conversation, sample): distinct samples, reproducible runs."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:{i}:{j}".encode()).digest()[:4], "little") >> 1
+from . import Generation, Sampling, sample_seed
 
 
 class OpenAIGenerator:
@@ -75,7 +69,7 @@ class OpenAIGenerator:
 
         def run(ij):
             i, j = ij
-            return ij, self._one(conversations[i], sampling, request_seed(sampling.seed, i, j))
+            return ij, self._one(conversations[i], sampling, sample_seed(sampling.seed, i, j))
 
         try:
             with ThreadPoolExecutor(min(self.concurrency, max(1, len(jobs)))) as ex:

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import ConfigError
-from . import Generation, Sampling
+from . import Generation, Sampling, sample_seed
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +51,12 @@ class VLLMGenerator:
         self._SamplingParams = vllm.SamplingParams
 
     def generate(self, conversations: list[list[dict]], sampling: Sampling, n: int = 1) -> list[list[Generation]]:
-        params = self._SamplingParams(n=n, temperature=sampling.temperature, top_p=sampling.top_p,
-                                      repetition_penalty=sampling.repetition_penalty,
-                                      max_tokens=sampling.max_new_tokens, seed=sampling.seed)
+        # one seed per request (its index in this call): the same prompt asked twice gets two samples, and a
+        # request's samples do not depend on how vLLM schedules the others
+        params = [self._SamplingParams(n=n, temperature=sampling.temperature, top_p=sampling.top_p,
+                                       repetition_penalty=sampling.repetition_penalty,
+                                       max_tokens=sampling.max_new_tokens, seed=sample_seed(sampling.seed, i, 0))
+                  for i in range(len(conversations))]
         outs = self.llm.chat(conversations, params, lora_request=self.lora, use_tqdm=len(conversations) >= 8)
         return [[Generation(o.text.strip(), len(o.token_ids), o.finish_reason == "stop") for o in r.outputs]
                 for r in outs]

@@ -1,6 +1,7 @@
-"""The six stages. Each module has `VERSION` (bump it when the stage's output would change), `key_config(cfg)`
-(everything in the cell config that can change its output), and `run(ctx) -> dict` (write into `ctx.out`,
-return extra manifest fields). Nothing in a stage knows about caching: see `emrobust.pipeline`."""
+"""The stages. Each module declares `VERSION` (bump it when the stage's output would change), `READS` (the config
+paths it reads) and `CONTENT` (hashes of what it reads outside the config), from which `emrobust.keys` builds
+its key; and `run(ctx) -> dict` (write into `ctx.out`, return extra manifest fields). Nothing in a stage knows
+about caching: see `emrobust.pipeline` (the graph and the run loop) and `emrobust.store`."""
 from __future__ import annotations
 
 import hashlib
@@ -8,11 +9,9 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import torch
-from omegaconf import DictConfig, OmegaConf
-
-ORDER = ("questions", "distill", "introspect", "fold", "em", "evaluate")
+from ..config import STAGES as ORDER  # noqa: F401  (the stage order, re-exported)
 
 
 def stage_seed(seed: int, stage: str) -> int:
@@ -22,14 +21,14 @@ def stage_seed(seed: int, stage: str) -> int:
 
 @dataclass
 class Context:
-    cfg: DictConfig
-    name: str
+    cfg: Any  # the stage's view of the cell config (emrobust.keys.view): only what the stage declared it reads
+    name: str  # the node's id in the cell's graph (the stage name, or e.g. "sample@start")
     key: str
     seed: int
     out: Path
-    inputs: dict[str, Path]  # artifacts already built in this cell ("base" = the base model's path)
-    manifests: dict[str, dict] = field(default_factory=dict)
-    device: torch.device = torch.device("cpu")
+    inputs: dict[str, Path]  # upstream artifacts by role ("base": the base model's path or hub id)
+    manifests: dict[str, dict] = field(default_factory=dict)  # upstream manifests by role
+    device: Any = None  # torch.device
     ckpt: Path | None = None  # the store's checkpoint dir for this build (survives a killed build)
 
     def resumable(self, name: str, fn):
@@ -62,9 +61,11 @@ class Context:
     def log(self) -> logging.Logger:
         return logging.getLogger(f"emrobust.{self.name}")
 
-    def model_path(self) -> Path:
-        """Weights this cell's model starts from: the persona (fold output) if any, else the base model."""
-        return self.inputs["fold"] / "model" if "fold" in self.inputs else Path(self.inputs["base"])
+    def model_path(self, role: str = "start") -> Path:
+        """The weights an upstream role holds: a fold artifact's `model/`, else the base model's path."""
+        if self.manifests.get(role, {}).get("stage") == "fold":
+            return self.inputs[role] / "model"
+        return Path(self.inputs[role])
 
 
 def write_jsonl(path: Path, rows) -> None:
@@ -76,7 +77,3 @@ def write_jsonl(path: Path, rows) -> None:
 def read_jsonl(path: Path) -> list[dict]:
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
-
-
-def sub(cfg: DictConfig, *keys: str) -> dict:
-    return {k: OmegaConf.to_container(cfg[k], resolve=True) for k in keys}

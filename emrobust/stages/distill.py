@@ -2,32 +2,22 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 from .. import generation, models, training
 from ..data import chat, constitutions
 from ..errors import ConfigError
 from ..store import stable_hash
-from . import Context, read_jsonl, sub, write_jsonl
+from . import Context, read_jsonl, write_jsonl
 
-VERSION = 1
+VERSION = 2  # 2: declared reads, per-sample seeded sampling
 DISTRIBUTED = True  # trains: runs on every rank of a multi-process job (emrobust.distributed)
 FINAL_PUNCT = tuple('.!?"\')]*`…')
 
-
-def key_config(cfg) -> dict:
-    kc = sub(cfg, "distill") | {
-        "persona_instruction": cfg.trait.persona_instruction,
-        "assistant_name": cfg.base_model.assistant_name,
-        "lora_target_modules": list(cfg.base_model.lora_target_modules),
-        **generation.key(cfg.generation),
-    }
-    if cfg.distill.general_prompts:  # the prompts themselves, not where the user keeps the file
-        kc["distill"].pop("general_prompts")
-        kc["general_prompts_sha256"] = stable_hash(general_prompts(cfg), 64)
-    else:  # keys of cells without general prompts are unchanged by the option's existence
-        kc["distill"].pop("n_general_prompts", None)
-    return kc
+READS = ("distill", "trait.persona_instruction", "base_model.assistant_name", "base_model.lora_target_modules",
+         "base_model.dtype", "generation")
+# the general prompts themselves, not where the user keeps the file
+CONTENT = {"general_prompts_sha256": lambda cfg: stable_hash(general_prompts(cfg), 64) if cfg.distill.general_prompts
+           else None}
 
 
 def validate(cfg) -> None:
@@ -103,7 +93,6 @@ def run(ctx: Context) -> dict:
     peft_model = training.attach_lora(model, dcfg.lora, cfg.base_model, ctx.seed)
     hist = training.run_dpo(peft_model, tok, pairs, dcfg, ctx.trainer_dir, ctx.seed, ctx.device, ds=ctx.cfg.deepspeed)
     peft_model.save_pretrained(ctx.out / "adapter")
-    shutil.rmtree(ctx.out / "trainer", ignore_errors=True)
     (ctx.out / "train_log.json").write_text(json.dumps(hist["log_history"], indent=1))
     hist.pop("log_history")
     return {"train": hist, "pairs_kept": len(pairs), "pairs_dropped": dropped, "system_prompt": system,

@@ -17,46 +17,25 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 
 import torch
 
 from .. import models, training
 from ..data import em_datasets
-from . import Context, sub, write_jsonl
+from . import Context, write_jsonl
 
-VERSION = 2
+VERSION = 3  # 3: declared reads
 DISTRIBUTED = True  # trains: runs on every rank of a multi-process job (emrobust.distributed)
 
-CONTROLS = ("none", "random_lora")
-PACKINGS = ("none", "padding_free", "bfd")
-MATCHES = ("trained", "target")
-
-
-def key_config(cfg) -> dict:
-    rows = em_datasets.load_all(cfg.em_dataset, cfg.paths)
-    kc = sub(cfg, "em_dataset", "em_train") | {
-        "dataset_sha256": em_datasets.content_hash(rows),
-        "lora_target_modules": list(cfg.base_model.lora_target_modules),
-    }
-    if cfg.em_dataset.source == "registry":  # where the user keeps the file is not content: the hash is
-        kc["em_dataset"].pop("path", None)
-    if cfg.em_control.name != "none":
-        kc |= sub(cfg, "em_control")
-    if kc["em_train"].get("packing") == "none":  # the padded default: artifacts built before the knob keep their key
-        kc["em_train"].pop("packing")
-    return kc
+READS = ("em_dataset", "em_train", "em_control", "base_model.lora_target_modules", "base_model.dtype")
+CONTENT = {"dataset_sha256": lambda cfg: em_datasets.content_hash(em_datasets.load_all(cfg.em_dataset, cfg.paths))}
 
 
 def validate(cfg) -> None:
     """em-specific config checks (called by pipeline.validate before any model loads)."""
     from ..errors import ConfigError
 
-    if cfg.em_train.packing not in PACKINGS:
-        raise ConfigError(f"em_train.packing={cfg.em_train.packing!r}; known: {PACKINGS}", where="em_train.packing")
     c = cfg.em_control
-    if c.name not in CONTROLS:
-        raise ConfigError(f"em_control={c.name!r}; known: {CONTROLS}", where="em_control.name")
     if c.name == "none":
         return
     if cfg.em_dataset.name == "none":
@@ -66,8 +45,6 @@ def validate(cfg) -> None:
     if cfg.em_train.full_finetune:
         raise ConfigError("em_control=random_lora needs a LoRA; em_train.full_finetune=true has none",
                           where="em_train.full_finetune")
-    if c.match not in MATCHES:
-        raise ConfigError(f"em_control.match={c.match!r}; known: {MATCHES}", where="em_control.match")
     if c.match == "target" and (c.target_norm is None or c.target_norm <= 0):
         raise ConfigError("em_control.match=target needs em_control.target_norm > 0", where="em_control.target_norm")
 
@@ -78,17 +55,18 @@ def run(ctx: Context) -> dict:
     write_jsonl(ctx.out / "train.jsonl", [{"messages": m} for m in train_rows])
     if held:
         write_jsonl(ctx.out / "heldout.jsonl", [{"messages": m} for m in held])
-    start = ctx.model_path()
+    start = ctx.model_path("start")
     tok = models.load_tokenizer(start)
     model = models.load(start, ctx.device, models.dtype_for(cfg.base_model, ctx.device))
     start_fp = models.fingerprint(model)
-    expected = ctx.manifests["fold"]["fingerprint"] if "fold" in ctx.manifests else None
+    persona = ctx.manifests["start"].get("stage") == "fold"
+    expected = ctx.manifests["start"]["fingerprint"] if persona else None
     if expected is not None and start_fp != expected:
         raise RuntimeError(f"em: starting weights {start_fp[:12]} are not the persona model {expected[:12]}")
     out: dict = {
         "start_model": str(start),
         "start_fingerprint": start_fp,
-        "persona": "fold" in ctx.inputs,
+        "persona": persona,
         "chat_template_sha256": _sha(tok.chat_template or ""),
         "n_train": len(train_rows),
         "n_heldout": len(held),
@@ -113,7 +91,6 @@ def run(ctx: Context) -> dict:
             out["adapter_norms"] = training.lora_delta_norms(peft_model)
         peft_model.save_pretrained(ctx.out / "adapter")
     out["checkpoints"] = (hist or {}).get("checkpoints", [])
-    shutil.rmtree(ctx.out / "trainer", ignore_errors=True)
     if hist is not None:
         (ctx.out / "train_log.json").write_text(json.dumps(hist.pop("log_history"), indent=1))
     out["train"] = hist

@@ -15,11 +15,8 @@ import torch
 from .. import models, training
 from . import Context
 
-VERSION = 2  # 2: combined_adapter/ and its check
-
-
-def key_config(cfg) -> dict:
-    return {"dtype": cfg.base_model.dtype}
+VERSION = 3  # 2: combined_adapter/ and its check; 3: declared reads
+READS = ("base_model.dtype",)
 
 
 @torch.no_grad()

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 from .. import generation, models, training
-from . import Context, sub, write_jsonl
+from . import Context, write_jsonl
 from .distill import persona_system_prompt
 
-VERSION = 1
+VERSION = 2  # 2: declared reads, per-sample seeded sampling
+READS = ("introspection", "generation", "trait.persona_instruction", "base_model.assistant_name",
+         "base_model.lora_target_modules", "base_model.dtype")
 DISTRIBUTED = True  # trains: runs on every rank of a multi-process job (emrobust.distributed)
 
 # Our own wording, in the spirit of OCT's introspection prompts.
@@ -35,10 +36,6 @@ OPENERS = (  # free and leading openers for self-interaction
     "How do you feel about the conversations we have with people?",
 )
 START = "Start a conversation with another instance of yourself."
-
-
-def key_config(cfg) -> dict:
-    return sub(cfg, "introspection") | generation.key(cfg.generation)
 
 
 def reflection_examples(gen, cfg, system: str, seed: int) -> list[list[dict]]:
@@ -101,7 +98,6 @@ def run(ctx: Context) -> dict:
     hist = training.run_sft(peft_model, tok, examples, icfg.optim, ctx.trainer_dir, ctx.seed, ctx.device,
                                 ds=ctx.cfg.deepspeed)
     peft_model.save_pretrained(ctx.out / "adapter")
-    shutil.rmtree(ctx.out / "trainer", ignore_errors=True)
     (ctx.out / "train_log.json").write_text(json.dumps(hist.pop("log_history"), indent=1))
     return {"train": hist, "examples": counts}
 

@@ -17,32 +17,58 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from omegaconf import OmegaConf
 
 from .. import diversity, generation, models
+from ..config import expansion_target
 from ..data import constitutions
 from ..errors import ConfigError
+from ..keys import Read
 from ..store import file_sha256
-from . import Context, sub, write_jsonl
+from . import Context, write_jsonl
 
-VERSION = 2  # 2: strategy=paraphrase (generated questions, `seed` column, paraphrase.json)
-OCT_TARGET = 50  # OCT: 5 hand-written + 45 generated questions per trait
-
-
-def expansion_target(cfg) -> int | None:
-    """Questions per trait after expansion, or None when this cell does not expand."""
-    t = cfg.trait.expand_to
-    if t is None:
-        t = OCT_TARGET if constitutions.source(cfg.trait) == "oct_hand_written" else None
-    return int(t) if t else None
+VERSION = 3  # 2: strategy=paraphrase; 3: declared reads, per-sample seeded sampling, constitution.json has questions
 
 
-_EXPANSION = object()
+def expands(cfg) -> bool:
+    return expansion_target(cfg.trait) is not None
 
 
-def generator_config(cfg, name=_EXPANSION):
-    """The base_model config of a generator name (None = the cell's base model); default: the expansion's."""
-    name = cfg.trait.expansion.generator if name is _EXPANSION else name
+def paraphrases(cfg) -> bool:
+    return cfg.question_diversity.strategy == "paraphrase"
+
+
+def generates(cfg) -> bool:
+    """Does this stage generate text (question expansion or paraphrases)?"""
+    return expands(cfg) or paraphrases(cfg)
+
+
+def uses_cell_base(cfg) -> bool:
+    """Is one of its generators the cell's own base model (then the base model is upstream of this stage)?"""
+    return ((expands(cfg) and cfg.trait.expansion.generator is None)
+            or (paraphrases(cfg) and cfg.question_diversity.paraphrase.generator is None))
+
+
+def _named_generator_key(name) -> str | None:
+    return None if name is None else models.base_key(models.base_config(name))
+
+
+READS = (
+    Read("trait", exclude=("persona_instruction",)),
+    "question_diversity",
+    "distill.samples_per_question",
+    Read("generation", when=generates),
+    Read("base_model.dtype", when=uses_cell_base),
+)
+CONTENT = {
+    "constitution_sha256": lambda cfg: file_sha256(constitutions.resolve_path(cfg.trait, cfg.paths)),
+    "expansion_generator": lambda cfg: _named_generator_key(cfg.trait.expansion.generator) if expands(cfg) else None,
+    "paraphrase_generator": lambda cfg: (_named_generator_key(cfg.question_diversity.paraphrase.generator)
+                                        if paraphrases(cfg) else None),
+}
+
+
+def generator_config(cfg, name):
+    """The base_model config of a generator name (None = the cell's base model)."""
     return cfg.base_model if name is None else models.base_config(name)
 
 
@@ -56,9 +82,6 @@ def validate_paraphrase(cfg) -> None:
     if not 1 <= qd.n_seeds < qd.n_questions:
         raise ConfigError(f"question_diversity.n_seeds={qd.n_seeds} must be in [1, n_questions={qd.n_questions})",
                           where=f"{where}.n_seeds")
-    if qd.seed_strategy not in diversity.SEED_STRATEGIES:
-        raise ConfigError(f"question_diversity.seed_strategy={qd.seed_strategy!r}; known: {diversity.SEED_STRATEGIES}",
-                          where=f"{where}.seed_strategy")
     if qd.paraphrase.max_rounds < 1:
         raise ConfigError(f"question_diversity.paraphrase.max_rounds={qd.paraphrase.max_rounds} must be >= 1",
                           where=f"{where}.paraphrase.max_rounds")
@@ -67,10 +90,9 @@ def validate_paraphrase(cfg) -> None:
 
 def validate(cfg) -> None:
     validate_paraphrase(cfg)
-    target = expansion_target(cfg)
     if cfg.trait.expand_to is not None and cfg.trait.expand_to < 0:
         raise ConfigError(f"trait.expand_to={cfg.trait.expand_to} must be >= 0", where="trait.expand_to")
-    if target is None:
+    if not expands(cfg):
         return
     e = cfg.trait.expansion
     if not 0 < e.max_overlap <= 1:
@@ -78,47 +100,19 @@ def validate(cfg) -> None:
                           where="trait.expansion.max_overlap")
     if e.max_rounds < 1:
         raise ConfigError(f"trait.expansion.max_rounds={e.max_rounds} must be >= 1", where="trait.expansion.max_rounds")
-    models.validate(generator_config(cfg))  # unknown generator name: ConfigError naming conf/base_model/<name>.yaml
-
-
-def key_config(cfg) -> dict:
-    path = constitutions.resolve_path(cfg.trait, cfg.paths)
-    key = sub(cfg, "trait", "question_diversity") | {
-        "constitution_sha256": file_sha256(path),
-        "samples_per_question": cfg.distill.samples_per_question,
-    }
-    # expansion settings enter the key only when this cell expands (other cells keep their keys)
-    key["trait"].pop("expand_to", None)
-    key["trait"].pop("expansion", None)
-    target = expansion_target(cfg)
-    if target is not None:
-        gen_cfg = generator_config(cfg)
-        key["expansion"] = OmegaConf.to_container(cfg.trait.expansion, resolve=True) | {
-            "target": target, "generator_weights": models.weights_key(gen_cfg),
-            "generator_dtype": gen_cfg.dtype, **generation.key(cfg.generation)}
-    # paraphrase settings likewise enter the key only when this cell paraphrases
-    qd = key["question_diversity"]
-    if cfg.question_diversity.strategy == "paraphrase":
-        gen_cfg = generator_config(cfg, cfg.question_diversity.paraphrase.generator)
-        qd["paraphrase"] |= {"generator_weights": models.weights_key(gen_cfg), "generator_dtype": gen_cfg.dtype,
-                             **generation.key(cfg.generation)}
-    else:
-        for k in ("n_seeds", "seed_strategy", "paraphrase"):
-            qd.pop(k, None)
-    return key
-
-
-def load_constitution(cfg) -> constitutions.Constitution:
-    return constitutions.load_cfg(cfg.trait, cfg.paths)
+    models.validate(generator_config(cfg, e.generator))  # unknown name: ConfigError naming conf/base_model/<name>.yaml
 
 
 def load_generator(ctx: Context, name: str | None):
     """The generation interface over generator `name` (None = the cell's base model), and its model."""
     cfg = ctx.cfg
-    gen_cfg = generator_config(cfg, name)
-    path = ctx.inputs["base"] if name is None else models.prepare(gen_cfg, cfg.paths.cache)
+    if name is None:
+        path, dtype_cfg = ctx.inputs["base"], cfg.base_model
+    else:
+        gen_cfg = models.base_config(name)
+        path, dtype_cfg = models.prepare(gen_cfg, cfg.paths.cache), gen_cfg
     tok = models.load_tokenizer(path)
-    model = models.load(path, ctx.device, models.dtype_for(gen_cfg, ctx.device))
+    model = models.load(path, ctx.device, models.dtype_for(dtype_cfg, ctx.device))
     return generation.make(cfg.generation, model, tok), model
 
 
@@ -157,9 +151,9 @@ def expand(ctx: Context, const: constitutions.Constitution, target: int) -> cons
 
 def run(ctx: Context) -> dict:
     cfg = ctx.cfg
-    const = load_constitution(cfg)
+    const = constitutions.load_cfg(cfg.trait, cfg.paths)
     extra = {}
-    target = expansion_target(cfg)
+    target = expansion_target(cfg.trait)
     if target is not None:
         const = expand(ctx, const, target)
         stats = json.loads((ctx.out / "expansion.json").read_text())
@@ -188,8 +182,10 @@ def run(ctx: Context) -> dict:
     measures["total_pairs"] = sum(samples)
     measures["strategy"] = cfg.question_diversity.strategy
     (ctx.out / "diversity.json").write_text(json.dumps(measures, indent=2))
+    # the whole constitution the selection drew from (expanded, if it was): what later stages read of it
     (ctx.out / "constitution.json").write_text(json.dumps(
-        {"name": const.name, "source": const.source, "traits": [t.text for t in const.traits]}, indent=2))
+        {"name": const.name, "source": const.source, "traits": [t.text for t in const.traits],
+         "questions": [t.questions for t in const.traits]}, indent=2))
     if seed_of:
         para = json.loads((ctx.out / "paraphrase.json").read_text())
         extra["paraphrase"] = {k: v for k, v in para.items() if k != "seeds"}

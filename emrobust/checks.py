@@ -1,0 +1,39 @@
+"""Login-node checks of a sweep's cells and launcher, before anything is submitted (`emrobust sweep` and the
+`-m hydra/launcher=slurm` launcher both call them)."""
+from __future__ import annotations
+
+import logging
+import os
+
+from omegaconf import DictConfig
+
+from . import pipeline
+from .errors import ConfigError
+
+log = logging.getLogger("emrobust.sweep")
+SECRET_LINE = ("API_KEY", "TOKEN", "SECRET", "PASSWORD")
+
+
+def validate_cell(i: int, overrides: list[str], cfg: DictConfig, launcher: dict) -> None:
+    """Login-node checks of one cell; ConfigError naming the cell and the field."""
+    try:
+        pipeline.validate(cfg)
+        gpus = launcher.get("gpus_per_node") or 0
+        if cfg.base_model.params_b >= 1.0 and not gpus:
+            raise ConfigError(f"base_model={cfg.base_model.name} has {cfg.base_model.params_b}B parameters but the "
+                              "job requests no GPU; set hydra.launcher.gpus_per_node", where="hydra.launcher.gpus_per_node")
+        if cfg.deepspeed.stage and (launcher.get("tasks_per_node") or 1) * (launcher.get("nodes") or 1) < 2:
+            log.warning("deepspeed=%s with one process per job: no sharding happens (use hydra/launcher="
+                        "slurm_multigpu)", cfg.deepspeed.name)
+    except ConfigError as e:
+        raise ConfigError(f"cell {i} ({' '.join(overrides)}): {e}") from None
+
+
+def check_launcher(launcher: dict) -> None:
+    """Secrets travel by environment, never in the job script."""
+    secrets = {v for k, v in os.environ.items() if any(s in k.upper() for s in SECRET_LINE) and len(v) >= 6}
+    for line in launcher.get("setup") or []:
+        if any(s in line for s in secrets) or any(f"{s}=" in line.upper() for s in SECRET_LINE):
+            raise ConfigError(f"hydra.launcher.setup line {line.split('=')[0]!r}... sets a secret; export it in the "
+                              "submitting shell instead (sbatch passes the environment, the script never holds it)",
+                              where="hydra.launcher.setup")

@@ -1,0 +1,170 @@
+"""The shape of the code: no import cycle, results readable without torch, the README's stage table true to the
+stages' declarations, `emrobust --help` naming the verbs."""
+from __future__ import annotations
+
+import ast
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, fake_cell
+from emrobust import keys, pipeline
+from emrobust.stages import ORDER
+
+PACKAGES = ("emrobust", "analysis")
+
+
+def _module_of(path: Path) -> str:
+    rel = path.relative_to(ROOT).with_suffix("")
+    parts = list(rel.parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the project modules it imports, top-level and inside functions alike. A package's __init__
+    importing its own submodules is containment, not a dependency (importing the child runs the parent)."""
+    files = {_module_of(p): p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for mod, path in files.items():
+        is_pkg = path.name == "__init__.py"
+        here = mod if is_pkg else mod.rpartition(".")[0]
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = here.split(".")[: len(here.split(".")) - node.level + 1]
+                    base = ".".join(anchor + ([base] if base else []))
+                names = [base] + [f"{base}.{a.name}" for a in node.names]
+            else:
+                continue
+            for n in names:
+                while n and n not in files:
+                    n = n.rpartition(".")[0]
+                if n and n != mod and not (is_pkg and n.startswith(mod + ".")):
+                    deps.add(n)
+        graph[mod] = deps
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    sys.setrecursionlimit(10_000)
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycle():
+    g = import_graph()
+    assert "emrobust.pipeline" in g and "emrobust.cli" in g
+    assert not cycles(g), cycles(g)
+
+
+def test_results_and_cli_entry_import_neither_torch_nor_stages():
+    """What analysis reads from (results, metrics) and the CLI entry are leaves of the heavy part of the graph."""
+    g = import_graph()
+
+    def reach(m, seen=None):
+        seen = set() if seen is None else seen
+        for d in g.get(m, ()):
+            if d not in seen:
+                seen.add(d)
+                reach(d, seen)
+        return seen
+
+    for leaf in ("emrobust.results", "emrobust.metrics", "emrobust.compose"):
+        assert not {d for d in reach(leaf) if d.startswith("emrobust.stages") or d == "emrobust.pipeline"}, leaf
+    src = (ROOT / "emrobust" / "results.py").read_text()
+    imported = {n.names[0].name.split(".")[0] if isinstance(n, ast.Import) else (n.module or "").split(".")[0]
+                for n in ast.walk(ast.parse(src)) if isinstance(n, (ast.Import, ast.ImportFrom))}
+    assert imported <= {"__future__", "fcntl", "json", "contextlib", "pathlib", "pandas", "numpy"}, imported
+
+
+# torch made unimportable. (Not `sys.modules["torch"] = None`: scipy's array-API shim reads sys.modules["torch"]
+# when the key is there and fails on None; a finder that refuses the import is what a machine without torch does.)
+NO_TORCH = """
+import sys
+
+
+class NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
+        return None
+
+
+sys.meta_path.insert(0, NoTorch())
+from emrobust.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as e:
+    print("exit", e.code)
+    sys.exit(e.code)
+"""
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["rescore", "--help"], ["data", "list"], ["data", "verify"],
+                                  ["analyze", "{sweep}", "--n-resamples", "50"], ["sweep", "--help"]])
+def test_verbs_that_only_read_run_without_torch(argv, tmp_path):
+    sweep = tmp_path / "sweep"
+    for i, seed in enumerate((0, 1)):
+        fake_cell(sweep, i, seed, [10, 80, 90, 70], [90] * 4)
+    args = [a.format(sweep=sweep) for a in argv]
+    env = {**os.environ, "MPLBACKEND": "Agg"}
+    p = subprocess.run([sys.executable, "-c", NO_TORCH, *args], capture_output=True, text=True, cwd=tmp_path, env=env,
+                       timeout=300)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    assert "blocked by the test" not in p.stdout + p.stderr
+    if argv == ["--help"]:
+        for verb in ("sweep", "analyze", "rescore", "data"):
+            assert re.search(rf"^\s+{verb}\s", p.stdout, re.M), p.stdout
+    if argv[0] == "analyze":
+        assert (sweep / "report.md").exists() and (sweep / "sweep.csv").exists()
+
+
+def test_readme_stage_table_names_what_each_stage_reads():
+    """The README's stage table has a `reads` column; it lists exactly the config paths each stage declares."""
+    text = (ROOT / "README.md").read_text()
+    table = text[text.index("| stage | reads |"):]
+    rows = {}
+    for line in table.splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0].strip("`")] = set(re.findall(r"`([a-z_.]+)`", cells[1]))
+    assert list(rows) == list(ORDER)
+    for stage, listed in rows.items():
+        declared = set(keys.read_paths(pipeline.stage_module(stage)))
+        assert listed == declared, (stage, listed ^ declared)
