@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-
 PATH = (
     Path(__file__).resolve().parents[1]
     / "emrobust" / "data" / "builtin" / "judge" / "judge_reference.yaml"
