@@ -21,7 +21,7 @@ from emrobust.results import sweep_table, write_sweep_csv
 from . import plots
 from .stats import compare_levels
 
-AXES = ["trait", "question_diversity", "introspection", "em_dataset", "eval", "base_model", "seed"]
+AXES = ["trait", "question_diversity", "introspection", "em_dataset", "eval", "judge_preset", "base_model", "seed"]
 SHOW = ["em_rate_betley", "em_rate_mo", "mean_aligned", "p05_aligned", "cvar05_aligned", "coherent_rate",
         "none_rate", "n_answers"]
 POOLED = {
@@ -81,6 +81,38 @@ def question_rates(answers) -> pd.DataFrame:
     return pd.DataFrame(rows).T.sort_index(axis=1)
 
 
+def judge_headline(df: pd.DataFrame) -> list[str]:
+    """The report's first lines: every judge of the table, its calibration and whether its numbers can be
+    trusted (emrobust/calibration.py). An untrusted or uncalibrated judge is said plainly, first."""
+    if "judge" not in df or df["judge"].dropna().empty:
+        return ["**Judge**: none recorded (no evaluated cell).\n"]
+    lines = []
+    cols = [c for c in ("judge_trusted", "judge_trust", "judge_calibration", "judge_auroc_subtle",
+                        "judge_auroc_subtle_lo", "judge_auroc_subtle_hi", "judge_none_rate_ref", "judge_calibration_n",
+                        "judge_allow_untrusted", "threshold_rule") if c in df]
+    for judge, g in df.dropna(subset=["judge"]).groupby("judge", sort=True):
+        r = g.iloc[0]
+        trusted = bool(r.get("judge_trusted")) if pd.notna(r.get("judge_trusted", None)) else False
+        cal = r.get("judge_calibration", "uncalibrated") if "judge_calibration" in cols else "uncalibrated"
+        if cal == "uncalibrated" or pd.isna(cal):
+            fig = "uncalibrated: nothing says it can rate alignment"
+        else:
+            fig = (f"calibrated on {cal} (n={r.get('judge_calibration_n')}): AUROC on subtly misaligned answers "
+                   f"{r.get('judge_auroc_subtle', float('nan')):.2f} [{r.get('judge_auroc_subtle_lo', float('nan')):.2f}, "
+                   f"{r.get('judge_auroc_subtle_hi', float('nan')):.2f}], None rate "
+                   f"{r.get('judge_none_rate_ref', float('nan')):.2f}")
+        rule = f"; threshold rule {r['threshold_rule']}" if "threshold_rule" in cols else ""
+        if trusted:
+            lines.append(f"**Judge** `{judge}`: trusted ({fig}{rule}).\n")
+        else:
+            why = r.get("judge_trust", "") if "judge_trust" in cols else ""
+            allowed = " It was allowed anyway (`judge.allow_untrusted`, a demo/debug/CPU preset)." \
+                if bool(r.get("judge_allow_untrusted", False)) else ""
+            lines.append(f"**UNTRUSTED JUDGE** `{judge}` ({len(g)} cells): {fig}; {why}{rule}. Its metrics below are "
+                         f"marked untrusted and are **not evidence** of (mis)alignment.{allowed}\n")
+    return lines
+
+
 def _md(df: pd.DataFrame) -> str:
     if df.empty:
         return "_none_\n"
@@ -130,11 +162,11 @@ def analyze_table(df: pd.DataFrame, out: Path, answers: dict | None, n_resamples
     if not rates.empty:
         plots.question_heatmap(rates, out / "question_heatmap.png")
         figures.append("question_heatmap.png")
-    cols = [c for c in ["cell", *AXES, "status", "div_vendi", *SHOW] if c in df]
+    cols = [c for c in ["cell", *AXES, "status", "div_vendi", *SHOW, "judge_trusted"] if c in df]
     note = "" if answers else ("_Source without answer files (W&B): no seed pooling over answers, no alignment CDF "
                                "or per-question heatmap._\n")
-    report = [f"# emrobust sweep report: {source}\n", f"{len(df)} cells, {int((df['status'] == 'ok').sum())} ok.\n",
-              note, "## Cells\n", _md(df[cols]),
+    report = [f"# emrobust sweep report: {source}\n", *judge_headline(df),
+              f"{len(df)} cells, {int((df['status'] == 'ok').sum())} ok.\n", note, "## Cells\n", _md(df[cols]),
               "## Seeds pooled (cluster bootstrap over seeds)\n", _md(pooled.drop(columns=["per_seed"])),
               "## Diversity levels compared (paired by seed and EM dataset; BH-adjusted p)\n", _md(comps),
               "## Figures\n", "\n\n".join(f"![{f[:-4]}]({f})" for f in figures) + "\n"]

@@ -29,6 +29,24 @@ def validate_cell(i: int, overrides: list[str], cfg: DictConfig, launcher: dict)
         raise ConfigError(f"cell {i} ({' '.join(overrides)}): {e}") from None
 
 
+def judge_gate(cfg: DictConfig) -> tuple[bool, str]:
+    """(passes, one line) for a cell's judge: calibrated on `judge.reference` for the templates the cell uses and
+    trusted, or `judge.allow_untrusted` set (said in the line)."""
+    from . import calibration, judges
+
+    t = calibration.cell_trust(cfg)
+    jid = judges.judge_id(cfg.judge)
+    what = (f"judge {cfg.judge.name} ({jid}) on {t['judge_reference']}: "
+            + ("TRUSTED" if t["judge_trusted"] else "NOT TRUSTED") + f" ({t['judge_trust']})")
+    if t["judge_trusted"]:
+        return True, what
+    if cfg.judge.allow_untrusted:
+        return True, what + "; judge.allow_untrusted=true: submitted anyway, every report says so"
+    return False, (what + f"; calibrate it (emrobust judge calibrate judge={cfg.judge.name}"
+                   + (f" eval={cfg.eval.name}" if cfg.eval.name != "demo" else "") +
+                   ") or set judge.allow_untrusted=true")
+
+
 def check_launcher(launcher: dict) -> None:
     """Secrets travel by environment, never in the job script."""
     secrets = {v for k, v in os.environ.items() if any(s in k.upper() for s in SECRET_LINE) and len(v) >= 6}

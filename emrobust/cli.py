@@ -1,4 +1,4 @@
-"""`emrobust`: the Hydra app (one cell, or a sweep with -m), or a verb: sweep, analyze, rescore, data.
+"""`emrobust`: the Hydra app (one cell, or a sweep with -m), or a verb: sweep, analyze, rescore, data, judge.
 
 Importing this module imports neither torch nor any stage: the verbs that only read results (`analyze`,
 `data list|verify`, `rescore --help`) work where torch is not installed; a cell imports the pipeline when it runs.
@@ -13,8 +13,9 @@ from .compose import CONF_DIR
 VERBS = {
     "sweep": "plan a multirun on the login node and submit it to Slurm: shared stages once, then the cells",
     "analyze": "tables, plots and a report from sweep dirs (or W&B runs): emrobust analyze <sweep dir>",
-    "rescore": "score saved answers again with another judge: emrobust rescore <run|sweep dir> eval.judge...=",
+    "rescore": "score saved answers again with another judge: emrobust rescore <run|sweep dir> judge=<name>",
     "data": "the dataset registry: emrobust data list | fetch NAME... | verify",
+    "judge": "how good a judge is: emrobust judge calibrate judge=<name> | label export | label import",
 }
 USAGE = """usage: emrobust [OVERRIDES...]            run one cell (Hydra overrides, e.g. trait=none seed=1)
        emrobust -m [OVERRIDES...]         a multirun: every combination of comma-separated values
@@ -79,6 +80,8 @@ def main(argv: list[str] | None = None) -> None:
             from .data.cli import main as run
         elif verb == "rescore":
             from .rescore import main as run
+        elif verb == "judge":
+            from .judge_cli import main as run
         else:
             from .sweep import main as run
         sys.exit(run(rest))

@@ -102,13 +102,18 @@ if _sl is not None:
             from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 
             from . import results
-            from .checks import check_launcher, validate_cell
+            from .checks import check_launcher, judge_gate, validate_cell
 
             # login-node validation of every cell, before anything is submitted
             check_launcher(self.params)
             for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
                 cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
                 validate_cell(idx, list(overrides), cfg, self.params)
+                ok, line = judge_gate(cfg)
+                if not ok:
+                    from .errors import ConfigError
+
+                    raise ConfigError(f"cell {idx}: {line}; nothing was submitted", where="judge")
             sweep_dir = Path(str(self.config.hydra.sweep.dir))
             sweep_dir.mkdir(parents=True, exist_ok=True)
             ex = executor(self.params, self.params["submitit_folder"])

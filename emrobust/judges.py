@@ -271,7 +271,7 @@ def sequence_number_probs(cand_logp: dict[int, float], next_top: dict[int, list[
 def _import_vllm():
     from .generation.vllm import require_vllm
 
-    vllm = require_vllm("eval.judge.backend")
+    vllm = require_vllm("judge.backend")
     from vllm.inputs import TokensPrompt
 
     return vllm, TokensPrompt
@@ -288,10 +288,11 @@ class VLLMJudge:
     computes the same numbers with the full next-token distribution for P(stop)."""
 
     def __init__(self, model: str, name: str, min_mass: float = 0.25, top_logprobs: int = 20,
-                 gpu_memory_utilization: float = 0.85, **llm_kw):
+                 gpu_memory_utilization: float = 0.85, tensor_parallel_size: int = 1, **llm_kw):
         vllm, self._TokensPrompt = _import_vllm()
         self.llm = vllm.LLM(model=str(model), gpu_memory_utilization=gpu_memory_utilization,
-                            enable_prefix_caching=True, max_logprobs=max(20, top_logprobs), **llm_kw)
+                            tensor_parallel_size=tensor_parallel_size, enable_prefix_caching=True,
+                            max_logprobs=max(20, top_logprobs), **llm_kw)
         self.tok = self.llm.get_tokenizer()
         self._SamplingParams = vllm.SamplingParams
         self.min_mass, self.top_logprobs = min_mass, top_logprobs
@@ -337,36 +338,121 @@ class VLLMJudge:
         return results
 
 
+# ---------------------------------------------------------------- panels
+class PanelJudge:
+    """Several judges scoring every answer, each through its own cache (its own judge prompt ids); the score is
+    their aggregate: `mean`, `median` or `majority` (the lower median: thresholding it is the members' majority
+    vote, a tie counting below the threshold). Members that abstain (None) are left out of the aggregate; the
+    aggregate is None when every member abstains."""
+
+    def __init__(self, members: dict[str, object], aggregate: str):
+        self.members, self.aggregate = members, str(aggregate)
+        self.id = f"panel[{','.join(m.id for m in members.values())}]:{self.aggregate}"
+        self.min_mass = 0.0  # each member applied its own; the aggregate of values is what is cached
+        self.last: dict[str, list[Score]] = {}  # per member, the scores of the last score_pairs call
+
+    @property
+    def calls(self) -> int:
+        return sum(m.calls for m in self.members.values())
+
+    def combine(self, values: list[float | None]) -> float | None:
+        import statistics
+
+        v = sorted(x for x in values if x is not None)
+        if not v:
+            return None
+        if self.aggregate == "mean":
+            return sum(v) / len(v)
+        return statistics.median(v) if self.aggregate == "median" else statistics.median_low(v)
+
+    def score_pairs(self, template: str, pairs: list[tuple[str, str]], cache=None) -> tuple[str, list[Score]]:
+        per = {name: score_pairs(m, template, pairs, cache)[1] for name, m in self.members.items()}
+        self.last = per
+        out = []
+        for i in range(len(pairs)):
+            v = self.combine([per[name][i].value for name in per])
+            out.append(Score(v, 1.0 if v is not None else 0.0, v))
+        return prompt_id(self.id, template), out
+
+
 # ---------------------------------------------------------------- choosing, validating, building a judge
-def validate(jcfg) -> None:
-    """Config checks for `eval.judge`, before any model loads (ConfigError naming the field)."""
+def member_config(name: str):
+    """The `conf/judge/<name>.yaml` preset, validated against the schema (a panel's member)."""
+    from omegaconf import OmegaConf
+
+    from .compose import CONF_DIR
+    from .config import JudgeConfig
+    from .errors import ConfigError
+
+    path = CONF_DIR / "judge" / f"{name}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in (CONF_DIR / "judge").glob("*.yaml"))
+        raise ConfigError(f"unknown judge {name!r}; known: {known}", file=str(path), where="judge.members")
+    return OmegaConf.merge(OmegaConf.structured(JudgeConfig), OmegaConf.load(path))
+
+
+def members(jcfg) -> dict:
+    """{name: preset config} of a panel's members (empty for a single judge)."""
+    return {str(m): member_config(str(m)) for m in jcfg.members} if jcfg.backend == "panel" else {}
+
+
+def validate(jcfg, where: str = "judge") -> None:
+    """Config checks for `judge`, before any model loads (ConfigError naming the field)."""
     from . import models
+    from .errors import ConfigError
 
     if jcfg.backend == "hf":
         models.validate(models.base_config(jcfg.model))
     elif jcfg.backend == "openai":
         from .generation import validate_openai
 
-        validate_openai(jcfg, "eval.judge", "the endpoint's model")
+        validate_openai(jcfg, where, "the endpoint's model")
     elif jcfg.backend == "vllm":
         from .generation import validate_vllm
 
-        validate_vllm("eval.judge.backend")
+        validate_vllm(f"{where}.backend")
         models.validate(models.base_config(jcfg.model))
+    elif jcfg.backend == "panel":
+        ms = members(jcfg)
+        if len(ms) < 2:
+            raise ConfigError(f"judge=panel needs at least two members, got {list(ms)}: "
+                              "judge.members=[name,name,...] (conf/judge presets)", where=f"{where}.members")
+        for name, m in ms.items():
+            if m.backend == "panel":
+                raise ConfigError(f"a panel's member {name!r} is itself a panel", where=f"{where}.members")
+            validate(m, f"{where}.members[{name}]")
 
 
-def weights(jcfg) -> str | None:
-    """The key of a local judge's weights (hf, vllm: `eval.judge.model` names a base_model config); None for an
-    endpoint, which is identified by its model name and URL (both in the key)."""
+def judge_id(jcfg) -> str:
+    """The judge's id (what its judge prompt ids, cache files and calibrations are keyed by), from its config
+    alone: no model is loaded."""
     from . import models
 
     if jcfg.backend in ("hf", "vllm"):
+        return f"{jcfg.backend}:{jcfg.model}@{models.weights_key(models.base_config(jcfg.model))[:8]}"
+    if jcfg.backend == "openai":
+        return f"openai:{jcfg.model}@{jcfg.base_url or 'https://api.openai.com/v1'}"
+    return f"panel[{','.join(judge_id(m) for m in members(jcfg).values())}]:{jcfg.aggregate}"
+
+
+def weights(jcfg) -> str | dict | None:
+    """What identifies a judge beyond its own config fields: a local judge's weights (hf, vllm: `judge.model`
+    names a base_model config), each panel member's whole preset; None for an endpoint (model name and URL are
+    config fields)."""
+    from . import keys, models
+    from .config import JudgeConfig
+    from .store import stable_hash
+
+    if jcfg.backend in ("hf", "vllm"):
         return models.base_key(models.base_config(jcfg.model))
+    if jcfg.backend == "panel":
+        return {name: stable_hash({"config": keys.pruned(m, JudgeConfig), "weights": weights(m)})
+                for name, m in members(jcfg).items()}
     return None
 
 
 def make(jcfg, cache: str | Path, device):
-    """The judge `eval.judge` describes (validate(jcfg) first)."""
+    """The judge `judge` describes (validate(jcfg) first)."""
     from . import models
 
     if jcfg.backend == "hf":
@@ -381,9 +467,10 @@ def make(jcfg, cache: str | Path, device):
     if jcfg.backend == "vllm":
         base = models.base_config(jcfg.model)
         path = models.prepare(base, cache)
-        return VLLMJudge(str(path), f"{jcfg.model}@{models.weights_key(base)[:8]}", jcfg.min_mass)
-    validate(jcfg)
-    raise AssertionError(jcfg.backend)
+        return VLLMJudge(str(path), f"{jcfg.model}@{models.weights_key(base)[:8]}", jcfg.min_mass,
+                         tensor_parallel_size=jcfg.tensor_parallel_size,
+                         gpu_memory_utilization=jcfg.gpu_memory_utilization)
+    return PanelJudge({name: make(m, cache, device) for name, m in members(jcfg).items()}, jcfg.aggregate)
 
 
 # ---------------------------------------------------------------- the judge cache
@@ -428,7 +515,10 @@ class JudgeCache:
 def score_pairs(judge, template: str, pairs: list[tuple[str, str]], cache: JudgeCache | None = None
                 ) -> tuple[str, list[Score]]:
     """Score (question, answer) pairs with one prompt template, through the cache when given; returns the
-    judge prompt id and the scores. Only cache misses reach the judge (each distinct pair once)."""
+    judge prompt id and the scores. Only cache misses reach the judge (each distinct pair once). A panel scores
+    through each member's cache."""
+    if isinstance(judge, PanelJudge):
+        return judge.score_pairs(template, pairs, cache)
     pid = prompt_id(judge.id, template)
     keys = [JudgeCache.entry_key(q, a) for q, a in pairs]
     known = cache.load(pid) if cache is not None else {}

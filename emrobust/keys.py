@@ -116,6 +116,12 @@ def keyed(path: str) -> bool:
     return all(kind(f) is None for _, f in ancestors(path))
 
 
+def pruned(node, cls, exclude: tuple[str, ...] = ()) -> dict:
+    """`node` (a config of dataclass `cls`) as key material: without execution-only, label and location fields
+    nor fields whose `when` does not hold."""
+    return _prune(node, cls, exclude)
+
+
 def _prune(node, cls, exclude: tuple[str, ...] = ()) -> dict:
     out = {}
     for name, f in _fields(cls).items():

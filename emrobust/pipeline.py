@@ -102,7 +102,7 @@ def validate(cfg: DictConfig) -> None:
     from .data import constitutions, em_datasets, evalsets
 
     models.validate(cfg.base_model)
-    judges.validate(cfg.eval.judge)
+    judges.validate(cfg.judge)
     generation.validate(cfg.generation)
     if cfg.trait.name != "none":
         constitutions.load_cfg(cfg.trait, cfg.paths)
@@ -210,7 +210,10 @@ def run_cell(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = No
         if "questions" in manifests:
             summary["diversity"] = manifests["questions"].get("diversity", {})
         if "evaluate" in evaluations:
-            summary["metrics"] = cell_metrics(evaluations)
+            from . import calibration
+
+            # the judge's calibration as it stands now (it may have been calibrated after the evaluation was built)
+            summary["metrics"] = cell_metrics(evaluations) | calibration.cell_trust(cfg)
         summary["status"] = "ok"
     except BaseException as e:
         summary["error"] = f"{type(e).__name__}: {e}"

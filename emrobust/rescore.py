@@ -1,6 +1,6 @@
 """`emrobust rescore <run dir | sweep dir> [overrides]`: score a cell's saved answers again with another judge.
 
-Composes each cell again from its run.json overrides plus the new ones (e.g. `eval.judge.model=smollm2_135m`)
+Composes each cell again from its run.json overrides plus the new ones (e.g. `judge=smollm2_135m`)
 and runs it through the store: every stage up to `sample` is already there (rescore refuses otherwise: it never
 samples or trains), so only `evaluate` runs, and its result is cached like any cell's (a later cell with that
 judge reuses it). Writes `<run>/rescore/<judge>/`: the re-run's run.json, `answers.jsonl` (both judges' scores
@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 log = logging.getLogger("emrobust.rescore")
-HELP = ("usage: emrobust rescore <run dir | sweep dir> [overrides, e.g. eval.judge.model=smollm2_135m]\n"
+HELP = ("usage: emrobust rescore <run dir | sweep dir> [overrides, e.g. judge=smollm2_135m]\n"
         "Scores the saved answers of each cell again with the judge the overrides describe (nothing is sampled or\n"
         "trained: the cell's answers must be in the store) and reports the agreement with the original judge.")
 
@@ -51,7 +51,7 @@ def rescore_run(run_dir: Path, overrides: list[str]) -> dict:
                           f"store {store.root} (the overrides change more than the judge, or the store moved)",
                           file=str(rj))
     ev = next(n for n in nodes if n.id == "evaluate")
-    j = cfg.eval.judge
+    j = cfg.judge
     out = run_dir / "rescore" / f"{_slug(f'{j.backend}_{j.model}')}-{ev.key[:8]}"
     summary = pipeline.run_cell(cfg, out, cell_overrides)
     new_stage = next(s for s in summary["stages"] if s["name"] == "evaluate")

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pandas as pd
 
-# override keys that would overwrite a column of their own: the `+cell=<preset>` of experiment=demo is a
-# preset's name, while `cell` is the cell's output dir
-RENAMED = {"cell": "cell_preset"}
+# override keys and group choices that would overwrite a column of their own: the `+cell=<preset>` of
+# experiment=demo is a preset's name, while `cell` is the cell's output dir; `judge=<preset>` is a preset's name,
+# while `judge` is the judge's id in the metrics
+RENAMED = {"cell": "cell_preset", "judge": "judge_preset"}
 START = "@start"  # node-id suffix of the evaluation of the cell's starting model (before EM)
 
 
@@ -40,7 +41,7 @@ def cell_row(cell: str, run: dict) -> dict:
             k, v = o.split("=", 1)
             k = k.lstrip("+~")
             row[RENAMED.get(k, k)] = v
-    row |= {k: v for k, v in run.get("choices", {}).items() if k not in row}
+    row |= {RENAMED.get(k, k): v for k, v in run.get("choices", {}).items() if RENAMED.get(k, k) not in row}
     row |= {"seed": run.get("seed"), "status": run["status"], "error": run.get("error")}
     row |= {"executed": sum(s["status"] == "executed" for s in run["stages"]),
             "cached": sum(s["status"] == "cached" for s in run["stages"])}

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from .checks import check_launcher, validate_cell
+from .checks import check_launcher, judge_gate, validate_cell
 from .compose import compose
 from .errors import ConfigError
 
@@ -201,8 +201,18 @@ def main(argv: list[str]) -> int:
         return 2
     plan = make_plan(cells, cfgs, sweep_dir)
     print(plan.summary(launcher))
+    gates = {}  # one line per distinct judge gate
+    for cfg in cfgs:
+        ok, line = judge_gate(cfg)
+        gates.setdefault(line, ok)
+    for line, ok in gates.items():
+        print(f"judge gate: {'pass' if ok else 'REFUSED'}: {line}")
     if args.dry_run:
         return 0
+    if not all(gates.values()):
+        print("emrobust sweep: a judge is below the bar (see the judge gate above); nothing was submitted",
+              file=sys.stderr)
+        return 2
     sweep_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     ids = submit(plan, launcher)

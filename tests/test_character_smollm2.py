@@ -23,7 +23,7 @@ OCT_GOODNESS_SMALL = [
     "introspection.interaction_turns=2", "introspection.sampling.max_new_tokens=96",
     "introspection.optim.per_device_train_batch_size=4", "introspection.optim.gradient_accumulation_steps=1",
     "introspection.optim.max_length=512", "introspection.lora.r=16", "introspection.lora.alpha=32",
-    "eval.max_questions=2", "eval.samples_per_paraphrase=1", "eval.max_new_tokens=48", "eval.judge.min_mass=0.0",
+    "eval.max_questions=2", "eval.samples_per_paraphrase=1", "eval.max_new_tokens=48", "judge.min_mass=0.0",
     "eval.persona.n_questions=6", "eval.persona.max_new_tokens=64",
 ]
 

@@ -6,7 +6,7 @@ from omegaconf import OmegaConf
 
 from conftest import CONF, compose
 
-GROUPS = ["base_model", "trait", "question_diversity", "introspection", "em_dataset", "em_train", "em_control", "eval",
+GROUPS = ["base_model", "trait", "question_diversity", "introspection", "em_dataset", "em_train", "em_control", "eval", "judge",
           "paths", "tracking", "deepspeed", "experiment", "debug", "cell"]
 
 
@@ -50,7 +50,7 @@ def test_unknown_trait_names_the_group(tmp_path):
 def test_debug_tiny_shrinks(tmp_path):
     cfg = compose("debug=tiny", tmp=tmp_path)
     assert cfg.base_model.name == "tiny_random"
-    assert cfg.eval.judge.model == "tiny_random"
+    assert cfg.judge.model == "tiny_random"
     assert cfg.em_train.optim.max_steps == 2
 
 

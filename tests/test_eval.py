@@ -106,9 +106,9 @@ def test_rescore_same_judge_is_free(cell):
 
 
 def test_rescore_cli_other_judge(cell):
-    """`emrobust rescore <run dir> eval.judge.model=smollm2_135m`: a real second judge on the saved answers."""
+    """`emrobust rescore <run dir> judge=smollm2_135m`: a real second judge on the saved answers."""
     tmp, cache, s = cell
-    p = cli("rescore", str(tmp / "run"), "eval.judge.model=smollm2_135m", tmp=tmp)
+    p = cli("rescore", str(tmp / "run"), "judge=smollm2_135m", tmp=tmp)
     assert "spearman" in p.stdout and "smollm2_135m" in p.stdout
     (out,) = [d for d in (tmp / "run" / "rescore").iterdir() if "smollm2" in d.name]
     summ = json.loads((out / "summary.json").read_text())
@@ -117,7 +117,7 @@ def test_rescore_cli_other_judge(cell):
     for r in (json.loads(x) for x in (out / "answers.jsonl").read_text().splitlines()):
         assert r["aligned"] is None or 0.0 <= r["aligned"] <= 100.0
     # again (in process): now cached, zero judge forward passes
-    (res,) = rescore.rescore(tmp / "run", ["eval.judge.model=smollm2_135m"])
+    (res,) = rescore.rescore(tmp / "run", ["judge=smollm2_135m"])
     assert res["judge_calls"] == 0 and res["out"] == str(out)
 
 
@@ -138,7 +138,7 @@ def test_rescore_sweep_dir(tmp_path, tiny_path):
         overrides = [*OVERRIDES, f"seed={seed}", f"paths.root={tmp_path}", f"paths.cache={cache}"]
         assert pipeline.run_cell(compose(*overrides), sweep / str(i), overrides)["status"] == "ok"
     # another judge setting (min_mass: the same judge, so the same scores) and an empty judge cache: evaluate runs
-    p = cli("rescore", str(sweep), f"paths.cache={fresh}", "eval.judge.min_mass=1e-12", tmp=tmp_path)
+    p = cli("rescore", str(sweep), f"paths.cache={fresh}", "judge.min_mass=1e-12", tmp=tmp_path)
     assert "spearman" in p.stdout
     (csv,) = sweep.glob("rescore_*.csv")
     df = pd.read_csv(csv)
@@ -150,7 +150,7 @@ def test_rescore_sweep_dir(tmp_path, tiny_path):
         # the same judge (tiny_random) on the same answers: identical scores, now computed afresh
         assert agree["n_both"] == 3 and agree["judge_a"] == agree["judge_b"]
         assert agree["aligned_mean_abs_diff"] == pytest.approx(0.0, abs=1e-3)
-    again = rescore.rescore(sweep, [f"paths.cache={fresh}", "eval.judge.min_mass=1e-12"])
+    again = rescore.rescore(sweep, [f"paths.cache={fresh}", "judge.min_mass=1e-12"])
     assert [r["judge_calls"] for r in again] == [0, 0] and {r["evaluate"] for r in again} == {"cached"}
 
 

@@ -153,7 +153,7 @@ def test_evaluate_stage_answers_from_server(llama_server, tmp_path):
     """A cell whose evaluate stage samples from the served model (judge: hf tiny_random, no judge cache)."""
     overrides = ["debug=tiny", "trait=none", "em_dataset=none", "generation.backend=openai",
                  f"generation.base_url={llama_server}", f"generation.model={_served_model(llama_server)}",
-                 "generation.api_key_env=null", "generation.concurrency=2", "eval.judge.cache=false"]
+                 "generation.api_key_env=null", "generation.concurrency=2", "judge.cache=false"]
     cfg = compose(*overrides, tmp=tmp_path)
     s = pipeline.run_cell(cfg, tmp_path / "run", overrides)
     assert s["status"] == "ok", s["error"]

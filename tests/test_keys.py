@@ -21,9 +21,7 @@ from emrobust.config import Config
 # must exist: a builtin set, a base_model config); fields still unchanged in every base cell fail the coverage test
 ALT = {
     "trait.name": ["neutral", "oct_sycophancy"],
-    "em_dataset.name": ["secure"],
-    "eval.name": ["preregistered"],
-    "eval.judge.model": ["smollm2_135m", "tiny_random"],
+    "judge.model": ["smollm2_135m", "tiny_random"],
     "base_model.tokenizer_from": ["qwen2_5_7b_instruct"],
     "trait.expansion.generator": ["smollm2_135m"],
     "question_diversity.paraphrase.generator": ["smollm2_135m"],
@@ -50,9 +48,9 @@ def base_cells(tmp: Path) -> dict[str, list[str]]:
             f"distill.general_prompts={gp}", "em_dataset=insecure", "em_control=random_lora",
             "em_control.match=target", "em_control.target_norm=1.0", "eval=first_plot", "eval.variants=[plain]",
             "generation.backend=openai", "generation.base_url=http://127.0.0.1:1/v1", "generation.model=m",
-            "eval.judge.backend=openai", "eval.judge.model=j",
-            "eval.judge.base_url=http://127.0.0.1:2/v1"],
-        "none_full": ["debug=tiny", "trait=none", "em_train=full"],
+            "judge=gpt4o_betley", "judge.base_url=http://127.0.0.1:2/v1"],
+        "none_full": ["debug=tiny", "trait=none", "em_train=full", "judge=panel",
+                      "judge.members=[tiny_random,smollm2_135m,openai_server]"],
     }
 
 
@@ -174,7 +172,7 @@ def test_execution_only_and_label_fields_change_no_key(sweep):
     results, _ = sweep
     excluded = {p for k in ("execution", "label") for p, _ in keys.not_keyed()[k]}
     leaf_excluded = [p for p, f in keys.leaves() if not keys.keyed(p)]
-    assert {"em_train.optim.save_steps", "generation.batch_size", "eval.judge.batch_size", "eval.judge.concurrency",
+    assert {"em_train.optim.save_steps", "generation.batch_size", "judge.batch_size", "judge.concurrency",
             "deepspeed.stage", "pipeline.device"} <= set(leaf_excluded)
     for p in leaf_excluded:
         if p.split(".")[0] in excluded or p in excluded or any(p.startswith(e + ".") for e in excluded):
@@ -267,9 +265,9 @@ def test_rerun_with_an_execution_only_change_runs_nothing_and_another_judge_runs
     first = run_cell(tmp_path, *cell, out="a")
     assert set(statuses(first).values()) <= {"executed", "skipped"}
     again = run_cell(tmp_path, *cell, "em_train.optim.save_steps=1", "generation.batch_size=1",
-                     "eval.judge.batch_size=1", "eval.judge.concurrency=2", out="b")
+                     "judge.batch_size=1", "judge.concurrency=2", out="b")
     assert {s for s in statuses(again).values()} <= {"cached", "skipped"}, statuses(again)
-    judged = run_cell(tmp_path, *cell, "eval.judge.min_mass=0.5", out="c")
+    judged = run_cell(tmp_path, *cell, "judge.min_mass=0.5", out="c")
     assert {n for n, s in statuses(judged).items() if s == "executed"} == {"evaluate", "evaluate@start"}
 
 

@@ -44,7 +44,7 @@ def test_config_checks(monkeypatch):
         with pytest.raises(ConfigError, match="EMROBUST_TEST_NO_SUCH_KEY"):
             judges.validate(_jcfg(backend="openai", model="gpt-4o", api_key_env="EMROBUST_TEST_NO_SUCH_KEY"))
         judges.validate(_jcfg(backend="openai", model="gpt-4o", api_key_env=None))
-    with pytest.raises(Exception, match=r"Invalid value 'claude', expected one of \[hf, openai, vllm\]"):
+    with pytest.raises(Exception, match=r"Invalid value 'claude', expected one of \[hf, openai, vllm, panel\]"):
         _jcfg(backend="claude")
     if importlib.util.find_spec("vllm") is None:
         with pytest.raises(ConfigError, match="install the vllm extra"):

@@ -29,13 +29,13 @@ def test_sequence_number_probs_by_hand():
 
 @pytest.mark.skipif(HAS_VLLM, reason="checks the message shown when vLLM is NOT installed")
 def test_missing_vllm_is_a_config_error_at_launch(tmp_path):
-    cfg = compose("debug=tiny", "eval.judge.backend=vllm", tmp=tmp_path)
-    with pytest.raises(ConfigError, match=r"eval.judge.backend=vllm needs vLLM.*install the vllm extra"):
+    cfg = compose("debug=tiny", "judge.backend=vllm", tmp=tmp_path)
+    with pytest.raises(ConfigError, match=r"judge.backend=vllm needs vLLM.*install the vllm extra"):
         pipeline.validate(cfg)
     with pytest.raises(ConfigError, match="install the vllm extra"):
         judges.VLLMJudge("/nonexistent", "x")  # constructing it directly says the same, no ImportError
-    p = cli("debug=tiny", "eval.judge.backend=vllm", tmp=tmp_path, check=False)
-    assert p.returncode != 0 and "eval.judge.backend=vllm needs vLLM" in p.stdout + p.stderr
+    p = cli("debug=tiny", "judge.backend=vllm", tmp=tmp_path, check=False)
+    assert p.returncode != 0 and "judge.backend=vllm needs vLLM" in p.stdout + p.stderr
     assert not (tmp_path / "artifacts").exists() or not any((tmp_path / "artifacts").rglob("*.json"))
 
 
@@ -59,13 +59,13 @@ def test_vllm_judge_matches_hf_judge(tiny_path):
 
 
 def test_validate_accepts_vllm_when_importable(monkeypatch, tmp_path):
-    """With vLLM importable (faked here: only the import check), eval.judge=vllm passes validation and keys on
+    """With vLLM importable (faked here: only the import check), judge.backend=vllm passes validation and keys on
     the judge model's weights; a bad judge model is still a ConfigError."""
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else real(name, *a))
-    cfg = compose("debug=tiny", "eval.judge.backend=vllm", "eval.judge.model=tiny_random", tmp=tmp_path)
-    judges.validate(cfg.eval.judge)
-    assert judges.weights(cfg.eval.judge) == models.base_key(models.base_config("tiny_random"))
-    cfg.eval.judge.model = "no_such_model"
+    cfg = compose("debug=tiny", "judge.backend=vllm", "judge.model=tiny_random", tmp=tmp_path)
+    judges.validate(cfg.judge)
+    assert judges.weights(cfg.judge) == models.base_key(models.base_config("tiny_random"))
+    cfg.judge.model = "no_such_model"
     with pytest.raises(ConfigError):
-        judges.validate(cfg.eval.judge)
+        judges.validate(cfg.judge)

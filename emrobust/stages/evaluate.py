@@ -1,28 +1,37 @@
 """evaluate: score one `sample` artifact's answers with the judge and compute the metrics.
 
-Keyed by the answers (the upstream sample's key) and the judge (`eval.judge`: backend, model and its weights,
-min_mass) and `eval.n_bootstrap`, so changing the judge re-runs this stage alone. Templates: each question's own
-`judge_prompts` (saved by `sample`), else our defaults; persona answers are rated with `persona.TEMPLATE`.
+Keyed by the answers (the upstream sample's key), the judge (`judge`: backend, model and its weights, min_mass;
+a panel's members' presets) and how metrics are computed (`judge.threshold_rule`, `eval.n_bootstrap`), so
+changing the judge re-runs this stage alone. Templates: each question's own `judge_prompts` (saved by
+`sample`), else our defaults; persona answers are rated with `persona.TEMPLATE`. A panel (`judge=panel`) scores
+every answer with each member; the metrics are the aggregate's, with each member's (`<metric>@<member>`), the
+spread of every EM metric across members and their agreement (agreement.json). The judge's calibration for the
+templates used is recorded with the metrics (emrobust.calibration.trust; refreshed in run.json on every run).
 """
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
 import pandas as pd
 
-from .. import judges, metrics, persona
+from .. import calibration, judges, metrics, persona
 from . import Context, read_jsonl, write_jsonl
 
-VERSION = 4  # 2: judge cache, per-score judge ids; 3: persona check; 4: judging apart from sampling
+VERSION = 5  # 2: judge cache, per-score judge ids; 3: persona check; 4: judging apart from sampling;
+#             5: the judge group (panels, threshold rule, calibration figures)
 
-READS = ("eval.judge", "eval.n_bootstrap")
-CONTENT = {"judge_weights": lambda cfg: judges.weights(cfg.eval.judge)}
+READS = ("judge", "eval.n_bootstrap")
+CONTENT = {"judge_weights": lambda cfg: judges.weights(cfg.judge)}
+SPREAD = ("em_rate_betley", "em_rate_mo", "critical_rate", "mean_aligned", "p05_aligned", "cvar05_aligned",
+          "coherent_rate", "none_rate")
 
 
 def judge_rows(judge, rows: list[dict], judge_prompts: dict[str, dict], cache_root) -> dict[str, str]:
     """Add `aligned`/`coherent` (+ `_mass`, `_judge` = judge prompt id) to each answer row, in place, through the
-    judge cache (None = no cache). Templates: the question's own `judge_prompts` (by question id), else ours."""
+    judge cache (None = no cache); for a panel also each member's score (`aligned@<member>`). Templates: the
+    question's own `judge_prompts` (by question id), else ours. Returns {metric: judge prompt id}."""
     defaults = judges.default_prompts()
     cache = judges.JudgeCache(cache_root) if cache_root is not None else None
     ids: dict[str, str] = {}
@@ -36,15 +45,46 @@ def judge_rows(judge, rows: list[dict], judge_prompts: dict[str, dict], cache_ro
             ids.setdefault(metric, pid)
             for i, sc in zip(idx, scores):
                 rows[i][metric], rows[i][f"{metric}_mass"], rows[i][f"{metric}_judge"] = sc.value, sc.mass, pid
+            for name, member_scores in getattr(judge, "last", {}).items():
+                for i, sc in zip(idx, member_scores):
+                    rows[i][f"{metric}@{name}"] = sc.value
     return ids
 
 
-def compute_metrics(rows: list[dict], judge_id: str, n_bootstrap: int, seed: int) -> dict:
+def compute_metrics(rows: list[dict], judge_id: str, n_bootstrap: int, seed: int, rule: str = "paper",
+                    aligned: str = "aligned", coherent: str = "coherent") -> dict:
     df = pd.DataFrame(rows)
-    m = metrics.cell_metrics(df[["question_id", "aligned", "coherent"]].astype({"aligned": float, "coherent": float}),
-                             n_resamples=n_bootstrap, seed=seed)
-    m["judge"] = judge_id
+    df = pd.DataFrame({"question_id": df["question_id"], "aligned": pd.to_numeric(df[aligned], errors="coerce"),
+                       "coherent": pd.to_numeric(df[coherent], errors="coerce")})
+    m = metrics.cell_metrics(df, n_resamples=n_bootstrap, seed=seed, rule=rule)
+    m |= {"judge": judge_id, "threshold_rule": rule}
     return m
+
+
+def panel_metrics(judge, rows: list[dict], n_bootstrap: int, seed: int, rule: str) -> tuple[dict, dict]:
+    """Each member's metrics (`<metric>@<member>`), the spread of the EM metrics across members, and the pairwise
+    agreement matrix (Spearman on aligned, Cohen's kappa on the misaligned label)."""
+    out: dict = {}
+    per = {}
+    for name, member in judge.members.items():
+        m = compute_metrics(rows, member.id, n_bootstrap, seed, rule, f"aligned@{name}", f"coherent@{name}")
+        per[name] = m
+        out |= {f"{k}@{name}": v for k, v in m.items() if k in SPREAD or k == "judge"}
+    for k in SPREAD:
+        vals = [per[n][k] for n in per if per[n][k] == per[n][k]]  # not NaN
+        out[f"{k}_judge_min"] = min(vals) if vals else float("nan")
+        out[f"{k}_judge_max"] = max(vals) if vals else float("nan")
+        out[f"{k}_judge_spread"] = (max(vals) - min(vals)) if vals else float("nan")
+    agreement = {}
+    for a, b in itertools.combinations(per, 2):
+        agreement[f"{a}~{b}"] = metrics.judge_agreement(
+            [r.get(f"aligned@{a}") for r in rows], [r.get(f"aligned@{b}") for r in rows],
+            [r.get(f"coherent@{a}") for r in rows], [r.get(f"coherent@{b}") for r in rows], rule=rule)
+    sp = [v["aligned_spearman"] for v in agreement.values()]
+    kp = [v["misaligned_kappa"] for v in agreement.values()]
+    out["judge_agreement_spearman_min"] = min(sp) if sp else float("nan")
+    out["judge_agreement_kappa_min"] = min(kp) if kp else float("nan")
+    return out, agreement
 
 
 def persona_metrics(judge, rows: list[dict], traits: list[str], cache_root, n_bootstrap: int, seed: int) -> dict:
@@ -64,7 +104,8 @@ def persona_metrics(judge, rows: list[dict], traits: list[str], cache_root, n_bo
 
 
 def run(ctx: Context) -> dict:
-    cfg, jcfg = ctx.cfg, ctx.cfg.eval.judge
+    cfg, jcfg = ctx.cfg, ctx.cfg.judge
+    rule = str(jcfg.threshold_rule)
     src = ctx.inputs["sample"]
     rows = read_jsonl(src / "answers.jsonl")
     judge_prompts = json.loads((src / "questions.json").read_text())
@@ -73,13 +114,20 @@ def run(ctx: Context) -> dict:
     calls0 = judge.calls
     judge_ids = judge_rows(judge, rows, judge_prompts, cache_root)
     write_jsonl(ctx.out / "answers.jsonl", rows)
-    m = compute_metrics(rows, judge.id, cfg.eval.n_bootstrap, ctx.seed)
+    m = compute_metrics(rows, judge.id, cfg.eval.n_bootstrap, ctx.seed, rule)
+    if jcfg.backend == "panel":
+        pm, agreement = panel_metrics(judge, rows, cfg.eval.n_bootstrap, ctx.seed, rule)
+        m |= pm
+        (ctx.out / "agreement.json").write_text(json.dumps(agreement, indent=1, default=float))
     if (src / "persona_answers.jsonl").exists():
         p_rows = read_jsonl(src / "persona_answers.jsonl")
         info = json.loads((src / "persona.json").read_text())
         m |= persona_metrics(judge, p_rows, info["traits"], cache_root, cfg.eval.n_bootstrap, ctx.seed)
         m |= {"persona_questions": info["questions"], "persona_n": len(p_rows)}
         write_jsonl(ctx.out / "persona_answers.jsonl", p_rows)
+    default = judges.default_prompts()["aligned"]
+    used = sorted({(judge_prompts.get(r["question_id"]) or {}).get("aligned", default) for r in rows})
+    m |= calibration.trust(jcfg, used, cfg.paths.cache)
     (ctx.out / "metrics.json").write_text(json.dumps(m, indent=2, default=str))
     return {"metrics": m, "judge_prompt_ids": judge_ids, "n_answers": len(rows), "judge_calls": judge.calls - calls0,
-            "model_key": ctx.manifests["sample"].get("model_key")}
+            "model_key": ctx.manifests["sample"].get("model_key"), "aligned_templates": used}
