@@ -6,6 +6,10 @@ metrics.png, em_vs_vendi.png, cdf.png, question_heatmap.png, report.md.
 
 `--wandb ENTITY/PROJECT --group G` (the W&B API) or `--wandb-dir DIR` (offline run-*.wandb files) build the same
 table from the stages' W&B runs instead (analysis/wandb_source.py); the answer-level parts need local answers.
+
+`--import FORMAT PATH...` (betley, moem, arena, csv, jsonl) reads scored answers published by other projects
+(analysis/imports.py), one cell per `--group-by` group, metrics under `--threshold-rule`, and writes the same files
+plus answers.csv (the imported answers, standardised) and none_reasons.csv.
 """
 from __future__ import annotations
 
@@ -18,17 +22,17 @@ import pandas as pd
 from emrobust import metrics
 from emrobust.results import sweep_table, write_sweep_csv
 
-from . import plots
+from . import imports, plots
 from .stats import compare_levels
 
 AXES = ["trait", "question_diversity", "introspection", "em_dataset", "eval", "judge_preset", "base_model", "seed"]
 SHOW = ["em_rate_betley", "em_rate_mo", "mean_aligned", "p05_aligned", "cvar05_aligned", "coherent_rate",
         "none_rate", "n_answers"]
-POOLED = {
-    "em_rate_betley": lambda d: metrics.em_rate_betley(d["aligned"], d["coherent"]),
-    "em_rate_mo": lambda d: metrics.em_rate_mo(d["aligned"], d["coherent"]),
-    "mean_aligned": lambda d: metrics.mean_aligned(d["aligned"]),
-    "cvar05_aligned": lambda d: metrics.cvar_aligned(d["aligned"], 0.05),
+POOLED = {  # (answers, threshold rule) -> value
+    "em_rate_betley": lambda d, rule: metrics.em_rate_betley(d["aligned"], d["coherent"], rule),
+    "em_rate_mo": lambda d, rule: metrics.em_rate_mo(d["aligned"], d["coherent"], rule),
+    "mean_aligned": lambda d, rule: metrics.mean_aligned(d["aligned"]),
+    "cvar05_aligned": lambda d, rule: metrics.cvar_aligned(d["aligned"], 0.05),
 }
 
 
@@ -56,7 +60,7 @@ def load_answers(sweep_dir: Path) -> dict[str, tuple[dict, pd.DataFrame]]:
     return out
 
 
-def pooled_table(sweep_dir: Path, n_resamples: int = 10_000, answers=None) -> pd.DataFrame:
+def pooled_table(sweep_dir: Path, n_resamples: int = 10_000, answers=None, rule: str = "paper") -> pd.DataFrame:
     """Cells that differ only in `seed`, pooled: per-seed values, the pooled estimate over all their answers,
     and a cluster-bootstrap interval that resamples whole seeds (training runs), not answers."""
     groups: dict[tuple, list[pd.DataFrame]] = {}
@@ -67,17 +71,17 @@ def pooled_table(sweep_dir: Path, n_resamples: int = 10_000, answers=None) -> pd
     for key, frames in groups.items():
         df = pd.concat(frames, ignore_index=True)
         for name, fn in POOLED.items():
-            r = metrics.pooled_over_seeds(df, fn, n_resamples=n_resamples, seed=0)
+            r = metrics.pooled_over_seeds(df, lambda d, fn=fn: fn(d, rule), n_resamples=n_resamples, seed=0)
             rows.append({"cell": " ".join(key), "metric": name, "n_seeds": len(r["per_seed"]), "pooled": r["pooled"],
                          "lo": r["lo"], "hi": r["hi"], "per_seed": json.dumps(r["per_seed"], default=float)})
     return pd.DataFrame(rows, columns=["cell", "metric", "n_seeds", "pooled", "lo", "hi", "per_seed"])
 
 
-def question_rates(answers) -> pd.DataFrame:
+def question_rates(answers, rule: str = "paper") -> pd.DataFrame:
     rows = {}
     for cell, (run, a) in answers.items():
         rows[label(pd.Series({**run.get("choices", {}), "seed": run["seed"], "cell": cell}))] = \
-            metrics.per_question_em_rate(a)
+            metrics.per_question_em_rate(a, rule)
     return pd.DataFrame(rows).T.sort_index(axis=1)
 
 
@@ -141,7 +145,10 @@ def analyze_table(df: pd.DataFrame, out: Path, answers: dict | None, n_resamples
     df.to_csv(out / "summary.csv", index=False)
     df.astype({c: str for c in df.columns if df[c].dtype == object}).to_parquet(out / "summary.parquet", index=False)
     answers = answers or {}
-    pooled = pooled_table(None, n_resamples, answers) if answers else pd.DataFrame(
+    # the threshold rule the table's metrics were computed under (imports name it), for the answer-level parts too
+    rules = set(df["threshold_rule"].dropna()) if "threshold_rule" in df else set()
+    rule = rules.pop() if len(rules) == 1 else "paper"
+    pooled = pooled_table(None, n_resamples, answers, rule) if answers else pd.DataFrame(
         columns=["cell", "metric", "n_seeds", "pooled", "lo", "hi", "per_seed"])
     pooled.to_csv(out / "pooled.csv", index=False)
     comps = compare_levels(df, n_resamples=n_resamples)
@@ -158,7 +165,7 @@ def analyze_table(df: pd.DataFrame, out: Path, answers: dict | None, n_resamples
     if len(persona):
         plots.persona_retention(persona, out / "persona_retention.png", [label(r) for _, r in persona.iterrows()])
         figures.append("persona_retention.png")
-    rates = question_rates(answers)
+    rates = question_rates(answers, rule)
     if not rates.empty:
         plots.question_heatmap(rates, out / "question_heatmap.png")
         figures.append("question_heatmap.png")
@@ -189,7 +196,25 @@ def main(argv: list[str] | None = None) -> int:
                     help="W&B group(s) = sweep dir name(s) to read (repeatable); all groups when omitted")
     ap.add_argument("--wandb-dir", action="append", type=Path, default=[],
                     help="read offline W&B runs (run-*.wandb files, searched recursively) under this dir")
+    ap.add_argument("--import", dest="import_fmt", metavar="FORMAT", default=None, choices=imports.FORMATS,
+                    help="read scored answers published by other projects (the positional args are their files): "
+                         + ", ".join(imports.FORMATS))
+    ap.add_argument("--group-by", default=None, metavar="COL,...",
+                    help="--import: the columns that make a cell (default: the format's model column)")
+    ap.add_argument("--column-map", default=None, metavar="OURS=THEIRS,...",
+                    help="--import: our column (question_id, question, answer, aligned, coherent, a group column) "
+                         "= the file's column")
+    ap.add_argument("--threshold-rule", default=None, choices=metrics.THRESHOLD_RULES,
+                    help="--import: aligned thresholds as each paper defines them (paper, the default), all <= "
+                         "(inclusive) or all < (strict)")
+    ap.add_argument("--dedup", default="first", choices=imports.DEDUP,
+                    help="--import: answers judged in several files: keep the first file's scores, or average them")
     args = ap.parse_args(argv)
+    if args.import_fmt:
+        return _analyze_import(args)
+    if args.threshold_rule or args.group_by or args.column_map:
+        ap.error("--threshold-rule, --group-by and --column-map apply to --import (a sweep's metrics were computed "
+                 "by its evaluate stages under their own judging config)")
     if args.wandb or args.wandb_dir:
         return _analyze_wandb(args)
     if not args.sweep_dirs:
@@ -223,5 +248,28 @@ def _analyze_wandb(args) -> int:
     out = args.out or (args.wandb_dir[0] / "wandb_analysis" if args.wandb_dir else
                        Path("outputs") / "analysis" / "_".join(args.group or [args.wandb.replace("/", "_")]))
     files = analyze_table(wandb_source.table(runs), out, None, args.n_resamples, where)
+    print(f"\nreport: {files['report.md']}\n" + "\n".join(f"  {k}: {v}" for k, v in files.items()))
+    return 0
+
+
+def _analyze_import(args) -> int:
+    fmt, paths = args.import_fmt, list(args.sweep_dirs)
+    missing = [str(p) for p in paths if not p.is_file()]
+    if not paths or missing:
+        print(f"--import {fmt}: give the files to read" + (f"; not files: {' '.join(missing)}" if missing else ""))
+        return 2
+    group_by = None if args.group_by is None else [c for c in args.group_by.split(",") if c]
+    column_map = dict(kv.split("=", 1) for kv in args.column_map.split(",") if "=" in kv) if args.column_map else None
+    rule = args.threshold_rule or "paper"
+    try:
+        df = imports.read(fmt, paths, column_map, args.dedup, group_by)
+    except (ValueError, KeyError, json.JSONDecodeError) as e:  # a file not in the format: say which, no traceback
+        print(f"--import {fmt}: {type(e).__name__}: {e}")
+        return 2
+    group_by = imports.DEFAULT_GROUP_BY[fmt] if group_by is None else group_by
+    table, answers = imports.cells(df, group_by, rule, args.n_resamples)
+    out = Path(args.out or Path("outputs") / "analysis" / f"import_{fmt}_{paths[0].stem}")
+    files = analyze_table(table, out, answers, args.n_resamples, f"import {fmt}: " + " ".join(map(str, paths)))
+    files |= imports.write_extras(df, table, out, fmt, paths, args.dedup, rule, group_by)
     print(f"\nreport: {files['report.md']}\n" + "\n".join(f"  {k}: {v}" for k, v in files.items()))
     return 0
