@@ -27,7 +27,8 @@ def compose(*overrides: str, tmp: Path | None = None):
     from emrobust.config import register
 
     register()
-    extra = [f"paths.root={tmp}", f"paths.cache={CACHE}"] if tmp else []
+    given = {o.split("=", 1)[0] for o in overrides}
+    extra = [o for o in (f"paths.root={tmp}", f"paths.cache={CACHE}") if o.split("=", 1)[0] not in given] if tmp else []
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return hcompose(config_name="config", overrides=[*overrides, *extra])
 

@@ -27,7 +27,7 @@ def persona_active(cfg) -> bool:
 
 
 READS = (
-    Read("eval", exclude=("judge", "n_bootstrap", "persona")),
+    Read("eval", exclude=("n_bootstrap", "persona")),
     Read("eval.persona", when=persona_active),
     "generation",
     "base_model.dtype",
