@@ -26,7 +26,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-STAGES = ("questions", "distill", "introspect", "fold", "em", "sample", "evaluate")
+STAGES = ("questions", "distill", "introspect", "fold", "directions", "em", "sample", "evaluate")
 
 
 def setting(default: Any = dataclasses.MISSING, *, factory: Callable[[], Any] | None = None,
@@ -380,6 +380,9 @@ class EmTrainConfig:
         )
     )
     packing: Packing = Packing.none  # how SFT batches are laid out (TRL); see Packing
+    # keep the adapter every N optimizer steps (steps/<N>/ in the em artifact; 0 = only the final one): the grid
+    # `eval.at_steps` evaluates along EM training. Part of the em key (unlike optim.save_steps, for resumption)
+    checkpoint_every: int = 0
 
 
 @dataclass
@@ -446,6 +449,39 @@ class PersonaCheckConfig:
 
 
 @dataclass
+class ProbeConfig:
+    """The judge-free probe (emrobust/probe.py): per-token log-probability of a misaligned minus an aligned answer
+    to the same question, on items written by this team (emrobust/data/builtin/probe/probe.yaml)."""
+    enabled: bool = True
+    path: Optional[str] = setting(None, location="the probe set's sha256 is in the sample key")  # None = built-in
+    splits: list[str] = setting(factory=lambda: ["a", "b"])  # which item splits report (a defense may steer on one)
+    batch_size: int = setting(8, execution="answers per forward pass; the same log-probabilities up to float "
+                                           "rounding")
+
+
+@dataclass
+class MonitorConfig:
+    """Persona directions (emrobust/monitor.py, persona vectors as Chen et al. 2025, read with the
+    steering-vectors library): per trait the mean difference of residual-stream activations at one layer between
+    answers written under the trait's constitution and under a neutral one; the evaluated model's activations on
+    held-out prompts are projected on each direction at every evaluated step."""
+    enabled: bool = False
+    layer_fraction: float = 0.5  # the layer: round(layer_fraction * (num_hidden_layers - 1))
+    n_prompts: int = setting(24, when=lambda m: m.enabled)  # prompts answered under each system prompt
+    max_new_tokens: int = setting(64, when=lambda m: m.enabled)
+    temperature: float = setting(0.7, when=lambda m: m.enabled)
+    # OCT constitutions whose directions are read besides the cell's own trait
+    traits: list[str] = setting(factory=lambda: ["oct_misalignment"], when=lambda m: m.enabled)
+
+
+@dataclass
+class CurveConfig:
+    """How run.json summarises the metrics along EM steps (no stage reads it)."""
+    metric: str = setting("em_rate_mo", execution="how the curve is summarised in run.json, not what is built")
+    threshold: float = setting(0.05, execution="how the curve is summarised in run.json, not what is built")
+
+
+@dataclass
 class EvalConfig:
     name: str = setting(MISSING, location="selects a builtin or registry question set, whose sha256 is in the "
                                           "sample key")
@@ -461,6 +497,15 @@ class EvalConfig:
     max_new_tokens: int = 600
     n_bootstrap: int = 10_000  # resamples for the bootstrap intervals
     persona: PersonaCheckConfig = setting(factory=PersonaCheckConfig)
+    probe: ProbeConfig = setting(factory=ProbeConfig)
+    monitor: MonitorConfig = setting(factory=MonitorConfig)
+    # evaluate along EM training: these steps (on the em_train.checkpoint_every grid; 0 = the starting model) and
+    # every `every_steps` steps (needs em_train.optim.max_steps); the final model is always evaluated
+    at_steps: list[int] = setting(factory=list, execution="which EM steps are evaluated (nodes of the graph), "
+                                                          "not what any of them builds")
+    every_steps: Optional[int] = setting(None, execution="which EM steps are evaluated (nodes of the graph), "
+                                                         "not what any of them builds")
+    curve: CurveConfig = setting(factory=CurveConfig)
 
 
 @dataclass

@@ -154,8 +154,8 @@ def key_config(spec, cfg: DictConfig) -> dict:
         if not r.active(cfg) or not active(cfg, r.path):
             continue
         cls, fld = field_at(r.path)
-        if fld is not None and kind(fld) is not None:
-            raise TypeError(f"{getattr(spec, '__name__', spec)}: READS names {r.path!r}, which the schema marks {kind(fld)}")
+        if not keyed(r.path):  # a location, label or execution-only field is readable, never key material
+            continue
         node = _node(cfg, r.path)
         if cls is not None:
             out[r.path] = _prune(node, cls, r.exclude)

@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 
 from . import keys, tracking
 from .errors import ConfigError
-from .results import START, cell_metrics
+from .results import START, cell_metrics, curve, curve_metrics
 from .stages import ORDER, Context, stage_seed
 from .store import Result, Store
 
@@ -44,6 +44,7 @@ class Node:
     id: str  # unique in the cell: the stage's name, or e.g. "sample@start"
     stage: str
     upstream: dict[str, str] = field(default_factory=dict)  # role -> node id
+    params: dict = field(default_factory=dict)  # the node's own parameters (part of its key), e.g. {"step": 100}
     key: str = ""
     key_config: dict = field(default_factory=dict)
 
@@ -52,11 +53,25 @@ class Node:
         return self.id
 
 
+def eval_steps(cfg: DictConfig) -> list[int]:
+    """The EM steps evaluated besides the end of training: `eval.at_steps` and every `eval.every_steps` up to
+    `em_train.optim.max_steps` (0 = the starting model)."""
+    steps = {int(s) for s in cfg.eval.at_steps}
+    every, last = cfg.eval.every_steps, cfg.em_train.optim.max_steps
+    if every and last > 0:
+        steps |= set(range(int(every), int(last), int(every)))
+    return sorted(steps)
+
+
 def graph(cfg: DictConfig) -> list[Node]:
     """The nodes this cell runs, in order (`base` first), with their upstream nodes by role."""
     from .stages import questions, sample
 
     nodes = [Node("base", "base")]
+    monitored = {}
+    if cfg.eval.monitor.enabled:
+        nodes.append(Node("directions", "directions", {"base": "base"}))
+        monitored = {"directions": "directions"}
     if cfg.trait.name != "none":
         nodes.append(Node("questions", "questions", {"base": "base"} if questions.uses_cell_base(cfg) else {}))
         nodes.append(Node("distill", "distill", {"questions": "questions", "base": "base"}))
@@ -69,12 +84,18 @@ def graph(cfg: DictConfig) -> list[Node]:
         start = "fold"
     else:
         start = "base"
-    persona = {"questions": "questions"} if sample.persona_active(cfg) else {}
+    persona = ({"questions": "questions"} if sample.persona_active(cfg) else {}) | monitored
     if cfg.em_dataset.name != "none":
         nodes.append(Node("em", "em", {"start": start}))
-        if persona:  # the persona before EM: the same nodes as the em_dataset=none cell's
+        steps = eval_steps(cfg)
+        if persona or steps or cfg.eval.probe.enabled:
+            # step 0, the model before EM: the same nodes as the em_dataset=none cell's, shared by every EM dataset
             nodes += [Node("sample" + START, "sample", {"start": start} | persona),
                       Node("evaluate" + START, "evaluate", {"sample": "sample" + START})]
+        for s in steps:  # the adapter kept at step s (em_train.checkpoint_every)
+            if s > 0:
+                nodes += [Node(f"sample@{s}", "sample", {"em": "em", "start": start} | persona, {"step": s}),
+                          Node(f"evaluate@{s}", "evaluate", {"sample": f"sample@{s}"})]
         nodes.append(Node("sample", "sample", {"em": "em", "start": start} | persona))
     else:
         nodes.append(Node("sample", "sample", {"start": start} | persona))
@@ -127,7 +148,7 @@ def plan(cfg: DictConfig) -> list[Node]:
         node.key_config = keys.key_config(mod, cfg)
         upstream = {role: by_id[u].key for role, u in node.upstream.items()}
         node.key = keys.stage_key(node.stage, mod.VERSION, node.key_config, upstream,
-                                  None if node.stage == "base" else cfg.seed)
+                                  None if node.stage == "base" else cfg.seed, node.params)
     return nodes
 
 
@@ -171,7 +192,8 @@ def run_cell(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = No
                 from .training import set_seed
 
                 set_seed(seed)
-                ctx = Context(keys.view(cfg, mod), node.id, node.key, seed, tmp, inputs, ups, dev, ckpt)
+                ctx = Context(keys.view(cfg, mod), node.id, node.key, seed, tmp, inputs, ups, dev, ckpt,
+                              dict(node.params))
                 if not main:  # a rank > 0 trains alongside rank 0; what it writes is discarded
                     return mod.run(ctx) or {}
                 with tracking.stage_run(cfg, node.id, node.key, output_dir, summary, group) as run:
@@ -182,7 +204,7 @@ def run_cell(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = No
                     tracking.log_stage(run, cfg, node.stage, tmp, logged)
                 return extra
 
-            meta = {"node": node.id, "config": node.key_config,
+            meta = {"node": node.id, "config": node.key_config, "params": node.params,
                     "upstream": {role: manifests[u]["key"] for role, u in node.upstream.items()},
                     "seed": cfg.seed, "stage_seed": seed, "version": mod.VERSION}
             t0 = time.time()
@@ -214,6 +236,10 @@ def run_cell(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = No
 
             # the judge's calibration as it stands now (it may have been calibrated after the evaluation was built)
             summary["metrics"] = cell_metrics(evaluations) | calibration.cell_trust(cfg)
+            heldout = (manifests.get("em") or {}).get("heldout_loss") or {}
+            summary["curve"] = curve(evaluations, heldout)
+            summary["metrics"] |= curve_metrics(summary["curve"], str(cfg.eval.curve.metric),
+                                                float(cfg.eval.curve.threshold))
         summary["status"] = "ok"
     except BaseException as e:
         summary["error"] = f"{type(e).__name__}: {e}"

@@ -32,6 +32,56 @@ def cell_metrics(evaluations: dict[str, dict]) -> dict:
     return final
 
 
+CURVE = ("em_rate_betley", "em_rate_mo", "critical_rate", "mean_aligned", "cvar05_aligned", "coherent_rate",
+         "none_rate", "probe_logp_diff", "probe_pref_misaligned", "persona_trait_score")
+LOWER_IS_WORSE = ("mean_aligned", "p05_aligned", "p10_aligned", "cvar05_aligned", "cvar10_aligned", "coherent_rate",
+                  "persona_trait_score")
+
+
+def curve(evaluations: dict[str, dict], heldout_loss: dict | None = None) -> list[dict]:
+    """The cell's metrics along EM training, one point per evaluated step (`em_step`: 0 = the starting model,
+    the end of training for the final evaluation), with intervals, and the EM dataset's held-out loss where the
+    em stage measured it at that step."""
+    loss = {int(k): v for k, v in (heldout_loss or {}).items()}
+    points = {}
+    for node, m in evaluations.items():
+        step = m.get("em_step")
+        if step is None:
+            continue
+        keys = [k for k in m if k in CURVE or (k.startswith("direction_") and not k.endswith(("_lo", "_hi")))]
+        pt = {"step": int(step), "node": node}
+        for k in keys:
+            pt |= {k: m[k], f"{k}_lo": m.get(f"{k}_lo"), f"{k}_hi": m.get(f"{k}_hi")}
+        if int(step) in loss:
+            pt["heldout_loss"] = loss[int(step)]
+        points[int(step)] = pt
+    return [points[s] for s in sorted(points)]
+
+
+def curve_metrics(points: list[dict], metric: str, threshold: float) -> dict:
+    """Summaries of a curve: `steps_to_em`, the first evaluated step at which `metric` crosses `threshold` (up
+    for rates and the probe, down for aligned scores; None if it never does), and `auc_<m>`, the mean level of
+    each metric over training (trapezoid over steps, divided by the steps spanned), and `<m>_delta` (end minus
+    start)."""
+    import math
+
+    out: dict = {"steps_to_em_metric": metric, "steps_to_em_threshold": threshold, "n_steps_evaluated": len(points)}
+    if not points:
+        return out
+    worse = (lambda v: v <= threshold) if metric in LOWER_IS_WORSE else (lambda v: v >= threshold)
+    hit = [p["step"] for p in points if isinstance(p.get(metric), (int, float)) and not math.isnan(p[metric])
+           and worse(p[metric])]
+    out["steps_to_em"] = hit[0] if hit else None
+    for k in {k for p in points for k in p if k in CURVE or k == "heldout_loss" or
+              (k.startswith("direction_") and not k.endswith(("_lo", "_hi")))}:
+        pts = [(p["step"], p[k]) for p in points if isinstance(p.get(k), (int, float)) and not math.isnan(p[k])]
+        if len(pts) >= 2 and pts[-1][0] > pts[0][0]:
+            area = sum((s2 - s1) * (v1 + v2) / 2 for (s1, v1), (s2, v2) in zip(pts, pts[1:]))
+            out[f"auc_{k}"] = area / (pts[-1][0] - pts[0][0])
+            out[f"{k}_delta"] = pts[-1][1] - pts[0][1]
+    return out
+
+
 def cell_row(cell: str, run: dict) -> dict:
     """The sweep-table row of one cell from its run.json dict (or the same dict rebuilt from W&B runs by
     analysis/wandb_source.py): the one row schema of sweep.csv and `emrobust analyze`."""

@@ -3,6 +3,7 @@ assistant-only label masks. Stages describe *what* to train; this module decides
 """
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -311,13 +312,77 @@ def _resumed(trainer) -> int | None:
     return getattr(trainer, "_emrobust_resumed", None)
 
 
+@torch.no_grad()
+def assistant_loss(model, tokenizer, conversations: list[list[dict]], max_length: int | None = None,
+                   batch_size: int = 8) -> float:
+    """Mean cross-entropy per assistant token (the SFT loss, without the optimizer) over `conversations`."""
+    was = model.training
+    model.eval()
+    total, count = 0.0, 0
+    rows = [tokenize_chat(tokenizer, c, max_length) for c in conversations]
+    rows = [r for r in rows if any(r["assistant_masks"][1:])]
+    for b in range(0, len(rows), batch_size):
+        batch = rows[b : b + batch_size]
+        L = max(len(r["input_ids"]) for r in batch)
+        ids = torch.full((len(batch), L), tokenizer.pad_token_id, dtype=torch.long)
+        att = torch.zeros((len(batch), L), dtype=torch.long)
+        lab = torch.full((len(batch), L), -100, dtype=torch.long)
+        for i, r in enumerate(batch):
+            n = len(r["input_ids"])
+            ids[i, :n] = torch.tensor(r["input_ids"])
+            att[i, :n] = 1
+            m = torch.tensor(r["assistant_masks"], dtype=torch.bool)
+            lab[i, :n] = torch.where(m, torch.tensor(r["input_ids"]), torch.tensor(-100))
+        logits = model(input_ids=ids.to(model.device), attention_mask=att.to(model.device)).logits.float()
+        lp = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                               lab[:, 1:].reshape(-1).to(model.device), reduction="sum",
+                                               ignore_index=-100)
+        total += float(lp)
+        count += int((lab[:, 1:] != -100).sum())
+    model.train(was)
+    return total / count if count else float("nan")
+
+
+def _snapshots(every: int, out: Path, heldout, tokenizer, max_length):
+    """A TrainerCallback that saves the model (a PEFT model: its adapter) every `every` optimizer steps into
+    `out/<step>/`, and records the held-out assistant loss there (and at step 0), for evaluation along training."""
+    from transformers import TrainerCallback
+
+    class Snapshots(TrainerCallback):
+        def __init__(self):
+            self.loss: dict[int, float] = {}
+
+        def _measure(self, model, step):
+            if heldout:
+                self.loss[step] = assistant_loss(model, tokenizer, heldout, max_length)
+
+        def on_train_begin(self, args, state, control, model=None, **kw):
+            if state.global_step == 0 and heldout and state.is_world_process_zero:
+                self._measure(model, 0)
+                (out / "0").mkdir(parents=True, exist_ok=True)
+                (out / "0" / "heldout_loss.json").write_text(json.dumps(self.loss[0]))
+
+        def on_step_end(self, args, state, control, model=None, **kw):
+            if every and state.global_step % every == 0 and state.is_world_process_zero:
+                d = out / str(state.global_step)
+                model.save_pretrained(d)
+                self._measure(model, state.global_step)
+                if heldout:
+                    (d / "heldout_loss.json").write_text(json.dumps(self.loss[state.global_step]))
+
+    return Snapshots()
+
+
 def run_sft(model, tokenizer, conversations: list[list[dict]], optim: DictConfig, trainer_dir: Path, seed: int,
             dev: torch.device, report_to: list[str] | None = None, ds: DictConfig | None = None,
-            packing: str = "none") -> dict:
+            packing: str = "none", snapshot_every: int = 0, heldout: list[list[dict]] | None = None) -> dict:
     """LoRA (or full) SFT with loss on assistant tokens only. `model` is already PEFT-wrapped for LoRA.
     `trainer_dir` holds the checkpoints (`optim.save_steps`); a checkpoint left there by a killed build is resumed.
     `ds`: the `deepspeed` config node (None/stage 0: plain Trainer, DDP when several processes).
-    `packing`: none (padded batches) | padding_free | bfd (see EmTrainConfig.packing)."""
+    `packing`: none (padded batches) | padding_free | bfd (see EmTrainConfig.packing).
+    `snapshot_every`: keep the model every N steps in `trainer_dir/steps/<N>/` (they survive a requeue with the
+    checkpoints); `heldout`: conversations whose assistant loss is measured at step 0, at every snapshot and at
+    the end (`heldout_loss` in the result, {step: loss})."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -332,8 +397,18 @@ def run_sft(model, tokenizer, conversations: list[list[dict]], optim: DictConfig
               "padding_free": {"padding_free": True, "max_length": None}}[packing]
     args = SFTConfig(**(_common_args(optim, trainer_dir, seed, dev, report_to, ds) | layout))
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    snaps = None
+    if snapshot_every or heldout:
+        snaps = _snapshots(snapshot_every, Path(trainer_dir) / "steps", heldout, tokenizer, optim.max_length)
+        trainer.add_callback(snaps)
     _train(trainer, trainer_dir)
-    return _history(trainer) | {"n_examples": len(rows)}
+    out = _history(trainer) | {"n_examples": len(rows)}
+    if snaps is not None and heldout:
+        snaps.loss.update({int(p.name): json.loads((p / "heldout_loss.json").read_text())  # resumed: kept ones
+                           for p in (Path(trainer_dir) / "steps").glob("*") if (p / "heldout_loss.json").exists()})
+        snaps._measure(model, trainer.state.global_step)
+        out["heldout_loss"] = {int(k): v for k, v in sorted(snaps.loss.items())}
+    return out
 
 
 def run_dpo(model, tokenizer, pairs: list[dict], cfg: DictConfig, trainer_dir: Path, seed: int, dev: torch.device,

@@ -30,6 +30,7 @@ class Context:
     manifests: dict[str, dict] = field(default_factory=dict)  # upstream manifests by role
     device: Any = None  # torch.device
     ckpt: Path | None = None  # the store's checkpoint dir for this build (survives a killed build)
+    params: dict = field(default_factory=dict)  # the node's own parameters (in its key), e.g. {"step": 100}
 
     def resumable(self, name: str, fn):
         """`fn()`'s JSON-able result, kept in the checkpoint dir: a requeued build of this key trains on exactly

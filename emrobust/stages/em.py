@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 
 import torch
 
@@ -24,7 +25,7 @@ from .. import models, training
 from ..data import em_datasets
 from . import Context, write_jsonl
 
-VERSION = 3  # 3: declared reads
+VERSION = 4  # 3: declared reads; 4: adapters along training (checkpoint_every), held-out loss curve
 DISTRIBUTED = True  # trains: runs on every rank of a multi-process job (emrobust.distributed)
 
 READS = ("em_dataset", "em_train", "em_control", "base_model.lora_target_modules", "base_model.dtype")
@@ -73,8 +74,10 @@ def run(ctx: Context) -> dict:
         "full_finetune": bool(cfg.em_train.full_finetune),
         "control": cfg.em_control.name,
     }
+    every = cfg.em_train.checkpoint_every
     sft = lambda m: training.run_sft(m, tok, train_rows, cfg.em_train.optim, ctx.trainer_dir, ctx.seed, ctx.device,  # noqa: E731
-                                     ds=cfg.deepspeed, packing=cfg.em_train.packing)
+                                     ds=cfg.deepspeed, packing=cfg.em_train.packing, snapshot_every=every,
+                                     heldout=held or None)
     if cfg.em_train.full_finetune:
         training.set_seed(ctx.seed)
         hist = sft(model)
@@ -91,6 +94,13 @@ def run(ctx: Context) -> dict:
             out["adapter_norms"] = training.lora_delta_norms(peft_model)
         peft_model.save_pretrained(ctx.out / "adapter")
     out["checkpoints"] = (hist or {}).get("checkpoints", [])
+    # the adapters kept along training (em_train.checkpoint_every): steps/<N>/ beside the final one
+    snaps = sorted((int(p.name) for p in (ctx.trainer_dir / "steps").glob("*") if p.name.isdigit()
+                    and any(p.glob("*.safetensors"))), key=int) if cfg.em_control.name == "none" else []
+    for n in snaps:
+        shutil.copytree(ctx.trainer_dir / "steps" / str(n), ctx.out / "steps" / str(n))
+    out["snapshots"] = snaps
+    out["heldout_loss"] = (hist or {}).get("heldout_loss", {})
     if hist is not None:
         (ctx.out / "train_log.json").write_text(json.dumps(hist.pop("log_history"), indent=1))
     out["train"] = hist

@@ -19,8 +19,8 @@ import pandas as pd
 from .. import calibration, judges, metrics, persona
 from . import Context, read_jsonl, write_jsonl
 
-VERSION = 5  # 2: judge cache, per-score judge ids; 3: persona check; 4: judging apart from sampling;
-#             5: the judge group (panels, threshold rule, calibration figures)
+VERSION = 6  # 2: judge cache, per-score judge ids; 3: persona check; 4: judging apart from sampling;
+#             5: the judge group (panels, threshold rule, calibration figures); 6: probe, monitor, em_step
 
 READS = ("judge", "eval.n_bootstrap")
 CONTENT = {"judge_weights": lambda cfg: judges.weights(cfg.judge)}
@@ -125,6 +125,9 @@ def run(ctx: Context) -> dict:
         m |= persona_metrics(judge, p_rows, info["traits"], cache_root, cfg.eval.n_bootstrap, ctx.seed)
         m |= {"persona_questions": info["questions"], "persona_n": len(p_rows)}
         write_jsonl(ctx.out / "persona_answers.jsonl", p_rows)
+    # the judge-free measures of the same model (the sample stage's probe and direction projections)
+    smp = ctx.manifests["sample"]
+    m |= smp.get("probe", {}) | smp.get("monitor", {}) | {"em_step": smp.get("step")}
     default = judges.default_prompts()["aligned"]
     used = sorted({(judge_prompts.get(r["question_id"]) or {}).get("aligned", default) for r in rows})
     m |= calibration.trust(jcfg, used, cfg.paths.cache)

@@ -12,13 +12,13 @@ import gc
 import hashlib
 import json
 
-from .. import generation, models, persona, training
+from .. import generation, models, monitor, persona, probe, training
 from ..data import evalsets
 from ..keys import Read
 from ..store import file_sha256
 from . import Context, write_jsonl
 
-VERSION = 1
+VERSION = 2  # 2: the judge-free probe, direction projections, models along EM steps
 
 
 def persona_active(cfg) -> bool:
@@ -26,13 +26,19 @@ def persona_active(cfg) -> bool:
     return cfg.trait.name != "none" and cfg.eval.persona.n_questions > 0
 
 
+def probing(cfg) -> bool:
+    return bool(cfg.eval.probe.enabled)
+
+
 READS = (
-    Read("eval", exclude=("n_bootstrap", "persona")),
+    Read("eval", exclude=("persona", "probe", "monitor")),
     Read("eval.persona", when=persona_active),
+    Read("eval.probe", when=probing),
     "generation",
     "base_model.dtype",
 )
-CONTENT = {"eval_sha256": lambda cfg: file_sha256(evalsets.resolve_path(cfg.eval, cfg.paths))}
+CONTENT = {"eval_sha256": lambda cfg: file_sha256(evalsets.resolve_path(cfg.eval, cfg.paths)),
+           "probe_sha256": lambda cfg: file_sha256(probe.path(cfg.eval.probe)) if probing(cfg) else None}
 
 
 def conversation(q: evalsets.Question, paraphrase: str) -> list[dict]:
@@ -41,13 +47,19 @@ def conversation(q: evalsets.Question, paraphrase: str) -> list[dict]:
 
 
 def load_model(ctx: Context):
-    """(model, tokenizer, the model's key) of the model this node samples."""
+    """(model, tokenizer, the model's key) of the model this node samples: the EM model at `params.step` (the
+    adapter kept at that step) or at the end, else the starting model."""
     cfg = ctx.cfg
     dtype = models.dtype_for(cfg.base_model, ctx.device)
     if "em" in ctx.inputs:
         em = ctx.inputs["em"]
+        step = ctx.params.get("step")
         full = (em / "model").is_dir()  # em_train.full_finetune
-        path = em / "model" if full else ctx.model_path("start")
+        snap = em / "steps" / str(step) if step is not None else None
+        if snap is not None and not snap.is_dir():
+            raise RuntimeError(f"sample: the em artifact {em} kept no model at step {step} (kept: "
+                               f"{ctx.manifests['em'].get('snapshots')}); is the step past the end of training?")
+        path = (snap if snap is not None else em / "model") if full else ctx.model_path("start")
         tok = models.load_tokenizer(path)
         # the chat template used here must be the one the EM stage trained with (recorded in its manifest)
         template_sha = hashlib.sha256((tok.chat_template or "").encode()).hexdigest()
@@ -57,8 +69,8 @@ def load_model(ctx: Context):
                                f"{trained_with[:12]}")
         model = models.load(path, ctx.device, dtype)
         if not full:
-            model = training.merge_adapter(model, em / "adapter")
-        return model, tok, ctx.manifests["em"]["key"]
+            model = training.merge_adapter(model, snap if snap is not None else em / "adapter")
+        return model, tok, ctx.manifests["em"]["key"] + (f"@{step}" if step is not None else "")
     path = ctx.model_path("start")
     return models.load(path, ctx.device, dtype), models.load_tokenizer(path), ctx.manifests["start"]["key"]
 
@@ -96,6 +108,33 @@ def run(ctx: Context) -> dict:
         (ctx.out / "persona.json").write_text(json.dumps(
             {"traits": persona.traits(ctx.inputs["questions"]), "questions": source}, indent=1))
         extra |= {"persona_n": len(p_items), "persona_questions": source}
+    if cfg.eval.probe.enabled:  # judge-free: log-probabilities of misaligned vs aligned answers
+        pm, p_rows = probe.measure(model, tok, probe.load(cfg.eval.probe), cfg.eval.probe.batch_size,
+                                   cfg.eval.n_bootstrap, ctx.seed)
+        write_jsonl(ctx.out / "probe.jsonl", p_rows)
+        extra["probe"] = pm
+    if "directions" in ctx.inputs:  # the projection of this model's activations on the persona directions
+        from .directions import load as load_directions
+
+        layer, vectors = load_directions(ctx.inputs["directions"])
+        held_out = [it["question"] for it in _probe_items(cfg) if it.get("split", "a") == "b"]
+        extra["monitor"] = monitor.project(model, tok, held_out, layer, vectors, cfg.eval.n_bootstrap, ctx.seed)
+    extra["step"] = _step(ctx)
     del gen, model
     gc.collect()
     return extra
+
+
+def _probe_items(cfg) -> list[dict]:
+    import yaml
+
+    return yaml.safe_load(probe.path(cfg.eval.probe).read_text())
+
+
+def _step(ctx: Context) -> int | None:
+    """The EM step of the sampled model: 0 for the starting model, the node's step, or the end of training."""
+    if "em" not in ctx.inputs:
+        return 0
+    if "step" in ctx.params:
+        return int(ctx.params["step"])
+    return (ctx.manifests["em"].get("train") or {}).get("steps")
