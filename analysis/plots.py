@@ -111,3 +111,42 @@ def persona_retention(df: pd.DataFrame, out: Path, labels: list[str]):
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return fig
+
+
+def em_curves(curves: dict[str, list[dict]], out: Path, metrics=("em_rate_mo", "probe_logp_diff", "mean_aligned")):
+    """Each metric along EM training (x: optimizer step, 0 = the starting model), one line per cell, 95% CIs;
+    and, last, the probe against the EM dataset's held-out loss (is the persona harder to overwrite, or does it
+    learn the narrow task more slowly?)."""
+    present = [m for m in metrics if any(m in p for c in curves.values() for p in c)]
+    with_loss = any("heldout_loss" in p for c in curves.values() for p in c)
+    n = len(present) + (1 if with_loss and "probe_logp_diff" in present else 0)
+    fig, axes = plt.subplots(1, max(n, 1), figsize=(5 * max(n, 1), 3.8), squeeze=False)
+    for ax, m in zip(axes[0], present):
+        for cell, pts in curves.items():
+            pts = [p for p in pts if p.get(m) is not None and p[m] == p[m]]
+            if not pts:
+                continue
+            x = [p["step"] for p in pts]
+            y = np.array([p[m] for p in pts], dtype=float)
+            lo = np.array([p.get(f"{m}_lo", p[m]) if p.get(f"{m}_lo") is not None else p[m] for p in pts], float)
+            hi = np.array([p.get(f"{m}_hi", p[m]) if p.get(f"{m}_hi") is not None else p[m] for p in pts], float)
+            ax.errorbar(x, y, yerr=[np.clip(y - lo, 0, None), np.clip(hi - y, 0, None)], fmt="o-", capsize=3,
+                        label=cell)
+        ax.set_xlabel("EM training step (0 = before EM)")
+        ax.set_ylabel(m)
+        ax.set_title(f"{m} along EM training (95% CI)")
+    if n > len(present):
+        ax = axes[0][-1]
+        for cell, pts in curves.items():
+            pts = [p for p in pts if "heldout_loss" in p and p.get("probe_logp_diff") is not None]
+            if pts:
+                ax.plot([p["heldout_loss"] for p in pts], [p["probe_logp_diff"] for p in pts], "o-", label=cell)
+        ax.set_xlabel("EM dataset held-out loss (lower = narrow task learned)")
+        ax.set_ylabel("probe_logp_diff")
+        ax.set_title("probe vs in-task learning")
+    if curves and axes[0][0].get_legend_handles_labels()[0]:
+        axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return fig

@@ -128,15 +128,47 @@ def _md(df: pd.DataFrame) -> str:
 
 
 def analyze(sweep_dir: Path, out: Path | None = None, n_resamples: int = 10_000) -> dict[str, Path]:
-    """The report of a local sweep dir: the table from its cells' run.json, answer-level figures from answers."""
+    """The report of a local sweep dir: the table from its cells' run.json, answer-level figures from answers,
+    the curves along EM training and the judge-free contrasts against the base model."""
+    from .contrasts import against_base
+
     out = Path(out or sweep_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = {"sweep.csv": write_sweep_csv(sweep_dir)}
-    return files | analyze_table(sweep_table(sweep_dir), out, load_answers(sweep_dir), n_resamples, str(sweep_dir))
+    curves = {}
+    for rj in sorted(Path(sweep_dir).glob("*/run.json"), key=lambda p: (len(p.parent.name), p.parent.name)):
+        run = json.loads(rj.read_text())
+        if len(run.get("curve") or []) > 1:
+            curves[label(pd.Series({**run.get("choices", {}), "seed": run.get("seed"), "cell": rj.parent.name}))] = \
+                run["curve"]
+    return files | analyze_table(sweep_table(sweep_dir), out, load_answers(sweep_dir), n_resamples, str(sweep_dir),
+                                 curves=curves, contrasts=against_base(sweep_dir, n_resamples))
+
+
+def dynamics_lines(df: pd.DataFrame, contrasts: pd.DataFrame | None) -> list[str]:
+    """One line per cell reading its curve along EM training, and one per judge-free contrast with the base model."""
+    lines = []
+    if "n_steps_evaluated" in df:
+        for _, r in df[df["n_steps_evaluated"].fillna(0) > 1].iterrows():
+            name = label(r)
+            d = r.get("probe_logp_diff_delta")
+            probe = (f"the probe moved {d:+.3f} nats/token from step 0 to the end"
+                     if isinstance(d, (int, float)) and d == d else "no probe")
+            hit = r.get("steps_to_em")
+            em = (f"{r.get('steps_to_em_metric')} reached {r.get('steps_to_em_threshold')} at step {int(hit)}"
+                  if isinstance(hit, (int, float)) and hit == hit else
+                  f"{r.get('steps_to_em_metric')} never reached {r.get('steps_to_em_threshold')}")
+            lines.append(f"- `{name}`: {probe}; {em} (judge: {'trusted' if r.get('judge_trusted') else 'untrusted'}).")
+    if contrasts is not None and len(contrasts):
+        for _, c in contrasts.iterrows():
+            lines.append(f"- `{c['cell']}` ({c['trait']}) vs base model, {c['measure']}: {c['diff']:+.3f} "
+                         f"[{c['lo']:+.3f}, {c['hi']:+.3f}] over {c['n']}: {c['reading']}.")
+    return lines
 
 
 def analyze_table(df: pd.DataFrame, out: Path, answers: dict | None, n_resamples: int = 10_000,
-                  source: str = "") -> dict[str, Path]:
+                  source: str = "", curves: dict | None = None, contrasts: pd.DataFrame | None = None
+                  ) -> dict[str, Path]:
     """Everything from the tidy table (`results.cell_row` rows, from run.json or W&B); the seed-pooled table,
     the alignment CDF and the per-question heatmap also need the scored answers (local sources only)."""
     out = Path(out)
@@ -172,10 +204,23 @@ def analyze_table(df: pd.DataFrame, out: Path, answers: dict | None, n_resamples
     cols = [c for c in ["cell", *AXES, "status", "div_vendi", *SHOW, "judge_trusted"] if c in df]
     note = "" if answers else ("_Source without answer files (W&B): no seed pooling over answers, no alignment CDF "
                                "or per-question heatmap._\n")
+    if curves:
+        plots.em_curves(curves, out / "em_curves.png")
+        figures.append("em_curves.png")
+    dyn = dynamics_lines(df, contrasts)
+    if contrasts is not None and len(contrasts):
+        contrasts.to_csv(out / "contrasts.csv", index=False)
+    dyn_cols = [c for c in ("cell", "trait", "question_diversity", "em_dataset", "seed", "steps_to_em",
+                            "auc_em_rate_mo", "auc_probe_logp_diff", "probe_logp_diff_delta", "heldout_loss_delta")
+                if c in df]
+    dynamics = (["## Along EM training, and judge-free measures against the base model\n", *dyn, "\n",
+                 _md(df[df["n_steps_evaluated"].fillna(0) > 1][dyn_cols]) if "n_steps_evaluated" in df else ""]
+                if dyn else [])
     report = [f"# emrobust sweep report: {source}\n", *judge_headline(df),
               f"{len(df)} cells, {int((df['status'] == 'ok').sum())} ok.\n", note, "## Cells\n", _md(df[cols]),
               "## Seeds pooled (cluster bootstrap over seeds)\n", _md(pooled.drop(columns=["per_seed"])),
               "## Diversity levels compared (paired by seed and EM dataset; BH-adjusted p)\n", _md(comps),
+              *dynamics,
               "## Figures\n", "\n\n".join(f"![{f[:-4]}]({f})" for f in figures) + "\n"]
     (out / "report.md").write_text("\n".join(report))
     files |= {f: out / f for f in ("summary.csv", "summary.parquet", "pooled.csv", "comparisons.csv", *figures,

@@ -53,15 +53,18 @@ def activations(model, tokenizer, texts: list[str], layer: int) -> np.ndarray:
 
 
 def project(model, tokenizer, prompts: list[str], layer: int, vectors: dict[str, np.ndarray], n_bootstrap: int = 2000,
-            seed: int = 0) -> dict:
-    """`direction_<name>` (mean projection of the held-out prompts' activations) with `_lo`/`_hi` per vector."""
+            seed: int = 0) -> tuple[dict, list[dict]]:
+    """(`direction_<name>`: the mean projection of the held-out prompts' activations, with `_lo`/`_hi`, per
+    vector; one row per prompt with its projections)."""
     from .metrics import bootstrap_ci
 
     texts = [render(tokenizer, [{"role": "user", "content": p}], generation_prompt=True) for p in prompts]
     acts = activations(model, tokenizer, texts, layer)
-    out = {}
+    out, rows = {}, [{"prompt": p} for p in prompts]
     for name, v in vectors.items():
         proj = acts @ v
         lo, hi = bootstrap_ci(proj, np.mean, n_resamples=n_bootstrap, seed=seed)
         out |= {f"direction_{name}": float(proj.mean()), f"direction_{name}_lo": lo, f"direction_{name}_hi": hi}
-    return out
+        for r, x in zip(rows, proj):
+            r[name] = float(x)
+    return out, rows

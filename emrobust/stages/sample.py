@@ -118,7 +118,9 @@ def run(ctx: Context) -> dict:
 
         layer, vectors = load_directions(ctx.inputs["directions"])
         held_out = [it["question"] for it in _probe_items(cfg) if it.get("split", "a") == "b"]
-        extra["monitor"] = monitor.project(model, tok, held_out, layer, vectors, cfg.eval.n_bootstrap, ctx.seed)
+        extra["monitor"], m_rows = monitor.project(model, tok, held_out, layer, vectors, cfg.eval.n_bootstrap,
+                                                   ctx.seed)
+        write_jsonl(ctx.out / "monitor.jsonl", m_rows)
     extra["step"] = _step(ctx)
     del gen, model
     gc.collect()
