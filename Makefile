@@ -32,6 +32,8 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 demo: $(STAMP)
+	# the embedded judge's calibration first (48 of judge_reference's answers; cached after the first time)
+	$(BIN)/emrobust judge calibrate experiment=demo --n 48
 	$(BIN)/emrobust -m experiment=demo hydra.sweep.dir=$(DEMO_DIR)
 	$(BIN)/emrobust analyze $(DEMO_DIR)
 

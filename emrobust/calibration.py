@@ -254,14 +254,17 @@ def calibrate(cfg, reference: str, n: int | None = None, n_boot: int = 2000, see
     from .data import evalsets
 
     name, items = load_reference(reference, cfg.paths.cache)
-    if n is not None and n < len(items):  # a seeded subset, every stratum kept in proportion
+    if n is not None and n < len(items):  # a seeded subset of exactly n, every stratum kept in proportion
         rng = np.random.default_rng(seed)
-        order = rng.permutation(len(items))
-        by = {}
-        for i in order:
-            by.setdefault(items[i].get("stratum"), []).append(i)
-        pick = sorted(i for s, ix in by.items() for i in ix[: max(1, round(n * len(ix) / len(items)))])
-        items, name = [items[i] for i in pick], f"{name}@n{len(pick)}"
+        by: dict = {}
+        for i in rng.permutation(len(items)):
+            by.setdefault(items[i].get("stratum"), []).append(int(i))
+        share = {s: n * len(ix) / len(items) for s, ix in by.items()}
+        quota = {s: int(q) for s, q in share.items()}
+        for s in sorted(share, key=lambda s: share[s] - quota[s], reverse=True)[: n - sum(quota.values())]:
+            quota[s] += 1  # largest remainders
+        pick = sorted(i for s, ix in by.items() for i in ix[: quota[s]])
+        items, name = [items[i] for i in pick], f"{name}@n{n}"
     jcfg = cfg.judge
     judges.validate(jcfg)
     defaults = judges.default_prompts()
