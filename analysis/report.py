@@ -147,8 +147,9 @@ def analyze_table(df: pd.DataFrame, out: Path, answers: dict | None, n_resamples
               note, "## Cells\n", _md(df[cols]),
               "## Seeds pooled (cluster bootstrap over seeds)\n", _md(pooled.drop(columns=["per_seed"])),
               "## Diversity levels compared (paired by seed and EM dataset; BH-adjusted p)\n", _md(comps),
-              f"## Training data per contrast (flagged above {balance_tolerance:.0%} in training tokens)\n",
-              _md(flagged), _md(data),
+              "## Training data per contrast\n",
+              f"Contrasts whose cells differ by more than {balance_tolerance:.0%} in training tokens:\n", _md(flagged),
+              "Per cell (`balance.csv`):\n", _md(data),
               "## Figures\n", "\n\n".join(f"![{f[:-4]}]({f})" for f in figures) + "\n"]
     (out / "report.md").write_text("\n".join(report))
     files |= {f: out / f for f in ("summary.csv", "summary.parquet", "pooled.csv", "comparisons.csv", "balance.csv",
