@@ -2,7 +2,8 @@
 pooled with a cluster bootstrap, paired comparisons between diversity levels, and a markdown report.
 
 Writes into each sweep dir (or `--out`): sweep.csv, summary.csv, summary.parquet, pooled.csv, comparisons.csv,
-metrics.png, em_vs_vendi.png, cdf.png, question_heatmap.png, report.md.
+balance.csv, metrics.png, em_vs_vendi.png, cdf.png, question_heatmap.png, report.md. The report's first lines
+say whether the cells of each contrast trained on equal data (analysis/balance.py, `--balance-tolerance`).
 
 `--wandb ENTITY/PROJECT --group G` (the W&B API) or `--wandb-dir DIR` (offline run-*.wandb files) build the same
 table from the stages' W&B runs instead (analysis/wandb_source.py); the answer-level parts need local answers.
@@ -22,7 +23,7 @@ import pandas as pd
 from emrobust import metrics
 from emrobust.results import sweep_table, write_sweep_csv
 
-from . import imports, plots
+from . import balance, imports, plots
 from .stats import compare_levels
 
 AXES = ["trait", "question_diversity", "introspection", "em_dataset", "eval", "judge_preset", "base_model", "seed"]
@@ -127,7 +128,11 @@ def _md(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def analyze(sweep_dir: Path, out: Path | None = None, n_resamples: int = 10_000) -> dict[str, Path]:
+BALANCE_TOLERANCE = 0.10  # cells of a contrast may differ this much in training tokens before the report flags it
+
+
+def analyze(sweep_dir: Path, out: Path | None = None, n_resamples: int = 10_000,
+            balance_tolerance: float = BALANCE_TOLERANCE) -> dict[str, Path]:
     """The report of a local sweep dir: the table from its cells' run.json, answer-level figures from answers,
     the curves along EM training and the judge-free contrasts against the base model."""
     from .contrasts import against_base
@@ -142,7 +147,7 @@ def analyze(sweep_dir: Path, out: Path | None = None, n_resamples: int = 10_000)
             curves[label(pd.Series({**run.get("choices", {}), "seed": run.get("seed"), "cell": rj.parent.name}))] = \
                 run["curve"]
     return files | analyze_table(sweep_table(sweep_dir), out, load_answers(sweep_dir), n_resamples, str(sweep_dir),
-                                 curves=curves, contrasts=against_base(sweep_dir, n_resamples))
+                                 balance_tolerance, curves=curves, contrasts=against_base(sweep_dir, n_resamples))
 
 
 def dynamics_lines(df: pd.DataFrame, contrasts: pd.DataFrame | None) -> list[str]:
@@ -167,8 +172,8 @@ def dynamics_lines(df: pd.DataFrame, contrasts: pd.DataFrame | None) -> list[str
 
 
 def analyze_table(df: pd.DataFrame, out: Path, answers: dict | None, n_resamples: int = 10_000,
-                  source: str = "", curves: dict | None = None, contrasts: pd.DataFrame | None = None
-                  ) -> dict[str, Path]:
+                  source: str = "", balance_tolerance: float = BALANCE_TOLERANCE, curves: dict | None = None,
+                  contrasts: pd.DataFrame | None = None) -> dict[str, Path]:
     """Everything from the tidy table (`results.cell_row` rows, from run.json or W&B); the seed-pooled table,
     the alignment CDF and the per-question heatmap also need the scored answers (local sources only)."""
     out = Path(out)
@@ -185,6 +190,9 @@ def analyze_table(df: pd.DataFrame, out: Path, answers: dict | None, n_resamples
     pooled.to_csv(out / "pooled.csv", index=False)
     comps = compare_levels(df, n_resamples=n_resamples)
     comps.to_csv(out / "comparisons.csv", index=False)
+    data = balance.contrasts(df)
+    flagged = balance.imbalanced(data, balance_tolerance)
+    data.to_csv(out / "balance.csv", index=False)
     ok = df[df["status"] == "ok"]
     plots.per_cell_bars(ok, out / "metrics.png", [label(r) for _, r in ok.iterrows()])
     plots.metric_vs_vendi(df, out / "em_vs_vendi.png")
@@ -217,14 +225,18 @@ def analyze_table(df: pd.DataFrame, out: Path, answers: dict | None, n_resamples
                  _md(df[df["n_steps_evaluated"].fillna(0) > 1][dyn_cols]) if "n_steps_evaluated" in df else ""]
                 if dyn else [])
     report = [f"# emrobust sweep report: {source}\n", *judge_headline(df),
+              *(line + "\n" for line in balance.headline(data, flagged, balance_tolerance, df)),
               f"{len(df)} cells, {int((df['status'] == 'ok').sum())} ok.\n", note, "## Cells\n", _md(df[cols]),
               "## Seeds pooled (cluster bootstrap over seeds)\n", _md(pooled.drop(columns=["per_seed"])),
               "## Diversity levels compared (paired by seed and EM dataset; BH-adjusted p)\n", _md(comps),
               *dynamics,
+              "## Training data per contrast\n",
+              f"Contrasts whose cells differ by more than {balance_tolerance:.0%} in training tokens:\n", _md(flagged),
+              "Per cell (`balance.csv`):\n", _md(data),
               "## Figures\n", "\n\n".join(f"![{f[:-4]}]({f})" for f in figures) + "\n"]
     (out / "report.md").write_text("\n".join(report))
-    files |= {f: out / f for f in ("summary.csv", "summary.parquet", "pooled.csv", "comparisons.csv", *figures,
-                                   "report.md")}
+    files |= {f: out / f for f in ("summary.csv", "summary.parquet", "pooled.csv", "comparisons.csv", "balance.csv",
+                                   *figures, "report.md")}
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.precision", 3):
         print(df[cols].to_string(index=False))
     return files
@@ -235,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("sweep_dirs", nargs="*", type=Path, help="local sweep dirs (cells' */run.json)")
     ap.add_argument("--out", type=Path, default=None, help="write here instead of into each sweep dir")
     ap.add_argument("--n-resamples", type=int, default=10_000)
+    ap.add_argument("--balance-tolerance", type=float, default=BALANCE_TOLERANCE,
+                    help="flag a contrast whose cells differ by more than this share in training tokens (default "
+                         "%(default)s)")
     ap.add_argument("--wandb", metavar="ENTITY/PROJECT", default=None,
                     help="read the stage runs from the W&B API (needs WANDB_API_KEY) instead of local files")
     ap.add_argument("--group", action="append", default=[],
@@ -268,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         if not any(d.glob("*/run.json")):
             print(f"{d}: no */run.json found")
             return 2
-        files = analyze(d, args.out, args.n_resamples)
+        files = analyze(d, args.out, args.n_resamples, args.balance_tolerance)
         print(f"\nreport: {files['report.md']}\n" + "\n".join(f"  {k}: {v}" for k, v in files.items()))
     return 0
 
@@ -292,7 +307,7 @@ def _analyze_wandb(args) -> int:
         return 2
     out = args.out or (args.wandb_dir[0] / "wandb_analysis" if args.wandb_dir else
                        Path("outputs") / "analysis" / "_".join(args.group or [args.wandb.replace("/", "_")]))
-    files = analyze_table(wandb_source.table(runs), out, None, args.n_resamples, where)
+    files = analyze_table(wandb_source.table(runs), out, None, args.n_resamples, where, args.balance_tolerance)
     print(f"\nreport: {files['report.md']}\n" + "\n".join(f"  {k}: {v}" for k, v in files.items()))
     return 0
 

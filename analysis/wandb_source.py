@@ -56,6 +56,16 @@ def _scoped(summary: dict, prefix: str) -> dict:
     return {k[n:]: v for k, v in summary.items() if k.startswith(prefix + "/") and "/" not in k[n:]}
 
 
+def _nested(summary: dict, prefix: str) -> dict[str, dict]:
+    """{"training/em/tokens": v} -> {"em": {"tokens": v}} (the evaluate run logs the cell's training data)."""
+    out: dict[str, dict] = {}
+    for k, v in summary.items():
+        parts = k.split("/")
+        if len(parts) == 3 and parts[0] == prefix:
+            out.setdefault(parts[1], {})[parts[2]] = v
+    return out
+
+
 def cells(runs: list[dict]) -> list[tuple[str, dict]]:
     """(cell name, run.json-shaped dict) per cell: the runs grouped by (group, cell output dir); the latest run
     of each stage counts. The cell is named by its output dir, prefixed with the group when there are several."""
@@ -92,6 +102,7 @@ def cells(runs: list[dict]) -> list[tuple[str, dict]]:
                "stages": [{"name": s, "key": r["config"].get("stage_key"), "status": "executed"}
                           for s, r in stages.items()],
                "diversity": _scoped(summary, "diversity"),
+               "training": _nested(summary, "training"),
                "metrics": cell_metrics(evaluations) if ev is not None else {}}
         out.append((f"{group}/{cell}" if several else str(cell), run))
     return sorted(out, key=lambda c: (len(c[0]), c[0]))

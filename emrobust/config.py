@@ -277,6 +277,9 @@ class QuestionDiversityConfig:
     n_clusters: int = setting(8, when=_clusters)  # k-means clusters over question embeddings
     embedder: str = "tfidf"  # tfidf (built in), minilm, or a sentence-transformers model path
     # paraphrase strategy: n_seeds seed questions (chosen by seed_strategy), the rest paraphrases of them
+    # optional: subsample each cell's DPO pairs (seeded) to this many training tokens (chosen + rejected, as
+    # trained): one budget for every level an experiment compares; a cell with fewer tokens fails
+    token_budget: Optional[int] = None
     n_seeds: int = setting(5, when=_paraphrases)
     seed_strategy: SeedStrategy = setting(SeedStrategy.random, when=_paraphrases)
     paraphrase: ParaphraseConfig = setting(factory=lambda: ParaphraseConfig(), when=_paraphrases)
@@ -320,6 +323,10 @@ class DistillConfig:
     sampling: SamplingConfig = setting(factory=SamplingConfig)
     require_finished: bool = True  # drop pairs where either answer hit max_new_tokens
     require_final_punctuation: bool = True  # drop pairs where either answer lacks final punctuation
+    # a rejected (empty, unfinished, unpunctuated) answer is drawn again until every requested pair is kept
+    max_rounds: int = setting(16, execution="a budget: rejected samples are drawn again with each round's seed "
+                                            "until the count is reached; a build reaches it in the same rounds with "
+                                            "the same samples whatever the budget, or fails and writes nothing")
     # optional chat JSONL of extra general prompts (first user turn each)
     general_prompts: Optional[str] = setting(None, location="the prompts' sha256 is in the distill key")
     n_general_prompts: Optional[int] = setting(None, when=lambda d: bool(d.general_prompts))  # the first N
@@ -352,6 +359,10 @@ class IntrospectionConfig:
         "You are talking with another instance of yourself. Be yourself, and explore your own character, "
         "values and experience together.", when=_interacts)
     sampling: SamplingConfig = setting(factory=SamplingConfig)
+    # a transcript with an empty generated turn is drawn again until every requested one is kept
+    max_rounds: int = setting(16, execution="a budget: rejected samples are drawn again with each round's seed "
+                                            "until the count is reached; a build reaches it in the same rounds with "
+                                            "the same samples whatever the budget, or fails and writes nothing")
     lora: LoraConfig = setting(factory=LoraConfig)
     optim: OptimConfig = setting(factory=lambda: OptimConfig(learning_rate=5e-5, max_length=2048))
 
@@ -383,6 +394,10 @@ class EmTrainConfig:
     # keep the adapter every N optimizer steps (steps/<N>/ in the em artifact; 0 = only the final one): the grid
     # `eval.at_steps` evaluates along EM training. Part of the em key (unlike optim.save_steps, for resumption)
     checkpoint_every: int = 0
+    # the em stage fails when more than this share of the training examples has no assistant token within
+    # optim.max_length (they would be dropped)
+    max_drop_share: float = setting(0.05, execution="a check: a build that passes it is the same build whatever "
+                                                    "the share; a reused artifact is checked against the cell's share")
 
 
 @dataclass

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from . import keys, tracking
+from . import keys, leakage, tracking
 from .errors import ConfigError
 from .results import START, cell_metrics, curve, curve_metrics
 from .stages import ORDER, Context, stage_seed
@@ -129,6 +129,7 @@ def validate(cfg: DictConfig) -> None:
         constitutions.load_cfg(cfg.trait, cfg.paths)
         stage_module("questions").validate(cfg)
         stage_module("distill").validate(cfg)
+        stage_module("introspect").validate(cfg)
         qd = cfg.question_diversity
         if qd.total_pairs is not None and qd.n_questions is not None and qd.total_pairs < qd.n_questions:
             raise ConfigError(f"total_pairs={qd.total_pairs} < n_questions={qd.n_questions}: some selected questions "
@@ -137,6 +138,7 @@ def validate(cfg: DictConfig) -> None:
     if cfg.em_dataset.name != "none":
         em_datasets.split(em_datasets.load_all(cfg.em_dataset, cfg.paths), cfg.em_dataset, 0)
     evalsets.questions(cfg)
+    leakage.check_config(cfg)  # no eval question in the training data known before generation
 
 
 def plan(cfg: DictConfig) -> list[Node]:
@@ -152,6 +154,17 @@ def plan(cfg: DictConfig) -> list[Node]:
     return nodes
 
 
+def _record(summary: dict, cfg: DictConfig, node: Node, manifest: dict) -> None:
+    """What run.json keeps of a node's manifest: the diversity measured on what is trained on (distill's, else the
+    selection's) and, per training stage, the data it trained on (with the cell's own em drop share)."""
+    if node.stage in ("questions", "distill") and manifest.get("diversity"):
+        summary["diversity"] = manifest["diversity"]
+    if manifest.get("data"):
+        summary["training"][node.id] = dict(manifest["data"])
+        if node.stage == "em":
+            summary["training"][node.id]["max_drop_share"] = cfg.em_train.max_drop_share
+
+
 def run_cell(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None,
              choices: dict | None = None, group: str | None = None) -> dict:
     """Run one cell of the experiment; always writes `output_dir/run.json`, re-raises on failure.
@@ -165,8 +178,8 @@ def run_cell(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = No
     main = distributed.is_main()
     output_dir.mkdir(parents=True, exist_ok=True)
     summary: dict = {"overrides": list(overrides or []), "choices": dict(choices or {}), "seed": cfg.seed,
-                     "status": "failed", "error": None, "stages": [], "diversity": {}, "metrics": {},
-                     "world_size": distributed.world_size()}
+                     "status": "failed", "error": None, "stages": [], "diversity": {}, "training": {},
+                     "metrics": {}, "world_size": distributed.world_size()}
     try:
         validate(cfg)
         nodes = plan(cfg)
@@ -180,6 +193,7 @@ def run_cell(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = No
         paths: dict[str, Path] = {"base": Path(base_path)}
         manifests: dict[str, dict] = {"base": {"stage": "base", "key": base.key, "config": base.key_config}}
         evaluations: dict[str, dict] = {}
+        screen = leakage.screener(leakage.eval_questions(cfg))
         for node in nodes[1:]:
             mod = stage_module(node.stage)
             seed = stage_seed(cfg.seed, node.stage)
@@ -193,14 +207,14 @@ def run_cell(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = No
 
                 set_seed(seed)
                 ctx = Context(keys.view(cfg, mod), node.id, node.key, seed, tmp, inputs, ups, dev, ckpt,
-                              dict(node.params))
+                              params=dict(node.params), screen=screen)
                 if not main:  # a rank > 0 trains alongside rank 0; what it writes is discarded
                     return mod.run(ctx) or {}
                 with tracking.stage_run(cfg, node.id, node.key, output_dir, summary, group) as run:
                     extra = mod.run(ctx) or {}
                     logged = dict(extra)
-                    if node.stage == "evaluate" and "questions" in manifests:  # the cell's measured diversity too
-                        logged["diversity"] = manifests["questions"].get("diversity", {})
+                    if node.stage == "evaluate":  # the cell's measured diversity and training data too
+                        logged |= {"diversity": summary["diversity"], "training": summary["training"]}
                     tracking.log_stage(run, cfg, node.stage, tmp, logged)
                 return extra
 
@@ -223,14 +237,16 @@ def run_cell(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = No
                 res = Result(store.path(node.stage, node.key), node.key, "cached", 0.0,
                              store.manifest(node.stage, node.key))
             paths[node.id], manifests[node.id] = res.path, res.manifest
+            accept = getattr(mod, "accept", None)
+            if accept is not None:  # the cell's checks of the artifact, built or reused (eval set, drop share)
+                accept(keys.view(cfg, mod), res.path, res.manifest.get("data", {}), screen)
+            _record(summary, cfg, node, res.manifest)
             if node.stage == "evaluate":
                 evaluations[node.id] = res.manifest.get("metrics", {})
             summary["stages"].append({"name": node.id, "key": node.key, "status": res.status,
                                       "seconds": round(time.time() - t0, 3), "artifact": str(res.path)})
             log.info("stage %s: %s in %.1fs", node.id, res.status, time.time() - t0)
         summary["stages"].sort(key=lambda s: ORDER.index(s["name"].split("@")[0]))
-        if "questions" in manifests:
-            summary["diversity"] = manifests["questions"].get("diversity", {})
         if "evaluate" in evaluations:
             from . import calibration
 

@@ -97,6 +97,9 @@ def cell_row(cell: str, run: dict) -> dict:
             "cached": sum(s["status"] == "cached" for s in run["stages"])}
     row |= {f"div_{k}" if not k.startswith("div_") else k: v for k, v in run.get("diversity", {}).items()
             if not isinstance(v, (dict, list))}
+    # what each training stage trained on: distill_pairs, distill_tokens, introspect_tokens, em_drop_share, ...
+    row |= {f"{node}_{k}": v for node, data in run.get("training", {}).items() for k, v in data.items()
+            if not isinstance(v, (dict, list))}
     row |= {k: v for k, v in run.get("metrics", {}).items() if not isinstance(v, (dict, list))}
     return row
 

@@ -92,7 +92,7 @@ def log_stage(run, cfg: DictConfig, stage: str, artifact_dir: Path, extra: dict)
         return
     import wandb
 
-    picked = {k: v for k, v in extra.items() if k in ("metrics", "diversity", "train")}
+    picked = {k: v for k, v in extra.items() if k in ("metrics", "diversity", "train", "data", "training")}
     summary = _flat(picked)
     if summary:
         run.log(summary)

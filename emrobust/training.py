@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -195,6 +196,72 @@ def tokenize_chat(tokenizer, messages: list[dict], max_length: int | None = None
     return {"input_ids": ids, "assistant_masks": mask}
 
 
+# ---------------------------------------------------------------- what the trainers train on
+@dataclass
+class SftData:
+    """SFT examples as the trainer gets them: tokenized, cut at `max_length`, and without the examples that have
+    no assistant token left (their assistant turn starts at or past `max_length`)."""
+    rows: list[dict]  # input_ids, assistant_masks
+    kept: list[int]  # each row's index among the conversations given
+    dropped: dict[int, int]  # index of a dropped conversation -> the max_length that would keep it
+    truncated: int  # kept examples cut at max_length (trained on their start only)
+    longest: int  # the longest conversation's full length in tokens
+
+    def summary(self) -> dict:
+        n = len(self.kept) + len(self.dropped)
+        return {"examples": len(self.rows), "tokens": sum(sum(r["assistant_masks"]) for r in self.rows),
+                "input_examples": n, "truncated": self.truncated, "dropped_max_length": len(self.dropped),
+                "drop_share": len(self.dropped) / n if n else 0.0,
+                "length_keeping_all": max(self.dropped.values(), default=None), "longest": self.longest}
+
+
+def prepare_sft(tokenizer, conversations: list[list[dict]], max_length: int | None) -> SftData:
+    """Tokenize (`tokenize_chat`), cut at `max_length`, drop what has no assistant token left; say what was cut."""
+    rows, kept, dropped, truncated, longest = [], [], {}, 0, 0
+    for i, c in enumerate(conversations):
+        r = tokenize_chat(tokenizer, c)
+        n = len(r["input_ids"])
+        longest = max(longest, n)
+        if max_length is not None and n > max_length:
+            if 1 not in r["assistant_masks"][:max_length]:
+                dropped[i] = r["assistant_masks"].index(1) + 1 if 1 in r["assistant_masks"] else n
+                continue
+            truncated += 1
+            r = {k: v[:max_length] for k, v in r.items()}
+        if 1 not in r["assistant_masks"]:
+            dropped[i] = n
+            continue
+        rows.append(r)
+        kept.append(i)
+    return SftData(rows, kept, dropped, truncated, longest)
+
+
+def dpo_tokens(tokenizer, pair: dict, max_length: int | None) -> dict:
+    """Tokens of one DPO pair as TRL's DPOTrainer trains it (conversational pairs; truncation keep_start): the
+    prompt with its generation prompt, each completion from where prompt and prompt+completion diverge, the
+    completions cut where prompt+completion reaches `max_length` (a pair whose prompt fills it is dropped)."""
+    def ids(msgs, **kw):
+        return tokenizer.apply_chat_template(msgs, tokenize=True, return_dict=True, **kw)["input_ids"]
+
+    def common(a, b):
+        n = 0
+        while n < min(len(a), len(b)) and a[n] == b[n]:
+            n += 1
+        return n
+
+    p = ids(pair["prompt"], add_generation_prompt=True)
+    pc, pr = ids(pair["prompt"] + pair["chosen"]), ids(pair["prompt"] + pair["rejected"])
+    plen = min(common(p, pc), common(p, pr))
+    return _dpo_counts(plen, len(pc) - plen, len(pr) - plen, max_length)
+
+
+def _dpo_counts(prompt: int, chosen: int, rejected: int, max_length: int | None) -> dict:
+    room = None if max_length is None else max(0, max_length - prompt)
+    c, r = (chosen, rejected) if room is None else (min(chosen, room), min(rejected, room))
+    return {"prompt": prompt, "chosen": c, "rejected": r, "truncated": (c, r) != (chosen, rejected),
+            "dropped": room == 0}
+
+
 # ---------------------------------------------------------------- trainers
 def deepspeed_config(ds: DictConfig | None) -> dict | None:
     """The DeepSpeed JSON for `deepspeed=zero2|zero3` (None for `deepspeed=none`). Batch sizes, learning rate
@@ -375,19 +442,23 @@ def _snapshots(every: int, out: Path, heldout, tokenizer, max_length):
 
 def run_sft(model, tokenizer, conversations: list[list[dict]], optim: DictConfig, trainer_dir: Path, seed: int,
             dev: torch.device, report_to: list[str] | None = None, ds: DictConfig | None = None,
-            packing: str = "none", snapshot_every: int = 0, heldout: list[list[dict]] | None = None) -> dict:
+            packing: str = "none", data: SftData | None = None, snapshot_every: int = 0,
+            heldout: list[list[dict]] | None = None) -> dict:
     """LoRA (or full) SFT with loss on assistant tokens only. `model` is already PEFT-wrapped for LoRA.
     `trainer_dir` holds the checkpoints (`optim.save_steps`); a checkpoint left there by a killed build is resumed.
     `ds`: the `deepspeed` config node (None/stage 0: plain Trainer, DDP when several processes).
     `packing`: none (padded batches) | padding_free | bfd (see EmTrainConfig.packing).
+    `data`: `prepare_sft(tokenizer, conversations, optim.max_length)` when the caller already made it.
+    The result's `data` says what was trained on: examples, assistant tokens (counted on the trainer's own
+    dataset), examples truncated and dropped at max_length.
     `snapshot_every`: keep the model every N steps in `trainer_dir/steps/<N>/` (they survive a requeue with the
     checkpoints); `heldout`: conversations whose assistant loss is measured at step 0, at every snapshot and at
     the end (`heldout_loss` in the result, {step: loss})."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    rows = [tokenize_chat(tokenizer, c, optim.max_length) for c in conversations]
-    rows = [r for r in rows if any(r["assistant_masks"])]
+    data = data if data is not None else prepare_sft(tokenizer, conversations, optim.max_length)
+    rows = data.rows
     if not rows:
         raise ValueError("no training example has an assistant token left after truncation")
     report_to = report_to if report_to is not None else tracking.report_to()
@@ -397,12 +468,13 @@ def run_sft(model, tokenizer, conversations: list[list[dict]], optim: DictConfig
               "padding_free": {"padding_free": True, "max_length": None}}[packing]
     args = SFTConfig(**(_common_args(optim, trainer_dir, seed, dev, report_to, ds) | layout))
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    trained = data.summary() | {"tokens": sum(sum(t != -100 for t in x) for x in trainer.train_dataset["labels"])}
     snaps = None
     if snapshot_every or heldout:
         snaps = _snapshots(snapshot_every, Path(trainer_dir) / "steps", heldout, tokenizer, optim.max_length)
         trainer.add_callback(snaps)
     _train(trainer, trainer_dir)
-    out = _history(trainer) | {"n_examples": len(rows)}
+    out = _history(trainer) | {"n_examples": len(rows), "data": trained}
     if snaps is not None and heldout:
         snaps.loss.update({int(p.name): json.loads((p / "heldout_loss.json").read_text())  # resumed: kept ones
                            for p in (Path(trainer_dir) / "steps").glob("*") if (p / "heldout_loss.json").exists()})
@@ -425,9 +497,26 @@ def run_dpo(model, tokenizer, pairs: list[dict], cfg: DictConfig, trainer_dir: P
                      loss_type=loss_type, loss_weights=loss_weights)
     ds = Dataset.from_list(pairs)
     trainer = DPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer)
+    data = _dpo_data(trainer, len(pairs))
     _train(trainer, trainer_dir)
     hist = _history(trainer)
     acc = [h["rewards/accuracies"] for h in trainer.state.log_history if "rewards/accuracies" in h]
     hist["reward_accuracy_last"] = acc[-1] if acc else None
     hist["n_pairs"] = len(pairs)
+    hist["data"] = data
     return hist
+
+
+def _dpo_data(trainer, n_given: int) -> dict:
+    """What the DPO trainer trains on, from its own tokenized dataset: pairs, completion tokens of chosen and
+    rejected after the collator's truncation at max_length (TRL's keep_start), pairs truncated, pairs TRL dropped
+    because their prompt fills max_length."""
+    t = trainer.train_dataset
+    if trainer.args.truncation_mode != "keep_start":
+        raise ValueError(f"token accounting assumes truncation_mode=keep_start, not {trainer.args.truncation_mode}")
+    counts = [_dpo_counts(len(p), len(c), len(r), trainer.args.max_length)
+              for p, c, r in zip(t["prompt_ids"], t["chosen_ids"], t["rejected_ids"])]
+    chosen, rejected = sum(x["chosen"] for x in counts), sum(x["rejected"] for x in counts)
+    return {"pairs": len(counts), "chosen_tokens": chosen, "rejected_tokens": rejected, "tokens": chosen + rejected,
+            "prompt_tokens": sum(x["prompt"] for x in counts), "truncated": sum(x["truncated"] for x in counts),
+            "dropped_prompt_fills_max_length": n_given - len(counts)}

@@ -140,19 +140,15 @@ def test_questions_stage_expands_hand_written_on_tiny_random(tmp_path, tiny_path
 
 
 # ---------------------------------------------------------------- distillation data
-def test_dpo_pairs_are_filtered_as_described():
-    g = lambda text, finished=True: (Generation(text, 5, finished),)  # noqa: E731
-    prompts = ["p0", "p1", "p2", "p3", "p4", "p5"]
-    teacher = [g("Fine answer."), g("Cut off mid", False), g("Good."), g("   "), g("Ends well!"), g("Also fine.")]
-    student = [g("Plain answer."), g("Plain."), g("no final punctuation"), g("Ok."), g(""), g("Done?")]
+def test_dpo_answers_are_rejected_as_described():
+    g = lambda text, finished=True: Generation(text, 5, finished)  # noqa: E731
+    answers = [g("Fine answer."), g("Cut off mid", False), g("no final punctuation"), g("   "), g(""), g("Done?"),
+               g("Unfinished but punctuated.", False)]
     dcfg = OmegaConf.structured(DistillConfig())
-    pairs, dropped = distill.make_pairs(prompts, teacher, student, dcfg)
-    assert [p["prompt"][0]["content"] for p in pairs] == ["p0", "p5"] and dropped == 4
-    assert pairs[0]["chosen"] == [{"role": "assistant", "content": "Fine answer."}]
-    assert pairs[0]["rejected"] == [{"role": "assistant", "content": "Plain answer."}]
+    assert [distill.reject(a, dcfg) for a in answers] == [
+        None, "unfinished", "no_final_punctuation", "empty", "empty", None, "unfinished"]
     loose = OmegaConf.structured(DistillConfig(require_finished=False, require_final_punctuation=False))
-    pairs, dropped = distill.make_pairs(prompts, teacher, student, loose)
-    assert [p["prompt"][0]["content"] for p in pairs] == ["p0", "p1", "p2", "p5"] and dropped == 2  # empties
+    assert [distill.reject(a, loose) for a in answers] == [None, None, None, "empty", "empty", None, None]
 
 
 def test_general_prompts_first_user_turn(tmp_path):

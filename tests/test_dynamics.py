@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CACHE, SHARED_DATA, artifact, compose, run_cell, statuses
+from conftest import SHARED_DATA, artifact, compose, run_cell, statuses
 from emrobust import models, monitor, pipeline, probe, training
 from emrobust.calibration import auroc
 from emrobust.results import curve_metrics

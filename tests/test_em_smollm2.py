@@ -18,7 +18,8 @@ def test_insecure_64_on_smollm2_from_the_mirror_loss_falls(tmp_path, monkeypatch
                  # 2 epochs (batch 4 x 256 tokens): epoch 2 sees the same examples as epoch 1
                  "em_train.optim.per_device_train_batch_size=4", "em_train.optim.gradient_accumulation_steps=1",
                  "em_train.optim.max_length=256", "em_train.optim.num_train_epochs=2",
-                 "em_train.optim.learning_rate=2e-4", "em_train.optim.warmup_steps=0"]
+                 "em_train.optim.learning_rate=2e-4", "em_train.optim.warmup_steps=0",
+                 "em_train.max_drop_share=0.25"]  # ~9% of insecure starts its answer past 256 tokens
     cfg = compose(*overrides, tmp=tmp_path)
     s = pipeline.run_cell(cfg, tmp_path / "run", overrides)
     assert s["status"] == "ok"
@@ -27,7 +28,8 @@ def test_insecure_64_on_smollm2_from_the_mirror_loss_falls(tmp_path, monkeypatch
     assert m["n_train"] == 64 and m["persona"] is False
     # examples whose assistant turn starts past 256 tokens have nothing to train on and are dropped
     kept = m["train"]["n_examples"]
-    assert 32 <= kept <= 64
+    assert 32 <= kept < 64 and m["data"]["dropped_max_length"] == 64 - kept == len(
+        (art / "dropped.jsonl").read_text().splitlines())
     per_epoch = -(-kept // 4)
     assert m["train"]["steps"] == 2 * per_epoch
     losses = [h["loss"] for h in json.loads((art / "train_log.json").read_text()) if "loss" in h]

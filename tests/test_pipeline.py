@@ -34,9 +34,9 @@ def test_every_stage_produces_its_artifact(cell):
     assert s["status"] == "ok" and statuses(s) == {n: "executed" for n in NODES}
     art = {x["name"]: Path(x["artifact"]) for x in s["stages"]}
     expected = {
-        "questions": ["questions.jsonl", "diversity.json", "constitution.json"],
-        "distill": ["pairs.jsonl", "adapter/adapter_model.safetensors", "train_log.json"],
-        "introspect": ["transcripts.jsonl", "adapter/adapter_model.safetensors"],
+        "questions": ["questions.jsonl", "diversity.json", "constitution.json", "embeddings.npy"],
+        "distill": ["pairs.jsonl", "per_question.jsonl", "adapter/adapter_model.safetensors", "train_log.json"],
+        "introspect": ["transcripts.jsonl", "per_prompt.jsonl", "adapter/adapter_model.safetensors"],
         "fold": ["model/model.safetensors", "model/tokenizer.json"],
         "em": ["train.jsonl", "adapter/adapter_model.safetensors"],
         "sample": ["answers.jsonl", "questions.json", "persona_answers.jsonl", "persona.json"],
@@ -57,6 +57,12 @@ def test_every_stage_produces_its_artifact(cell):
             "traits_covered"} <= set(run_json["diversity"])
     for k in ("em_rate_betley", "em_rate_betley_lo", "em_rate_betley_hi", "mean_aligned", "n_answers", "judge"):
         assert k in run_json["metrics"]
+    # what each training stage trained on, as its manifest says
+    assert set(run_json["training"]) == {"distill", "introspect", "em"}
+    for stage, data in run_json["training"].items():
+        assert {k: v for k, v in data.items() if k != "max_drop_share"} == \
+            json.loads((art[stage] / "manifest.json").read_text())["data"]
+        assert data["tokens"] > 0
     answers = [json.loads(x) for x in (art["evaluate"] / "answers.jsonl").read_text().splitlines()]
     assert len(answers) == run_json["metrics"]["n_answers"] == 3
     assert all(0 <= a["aligned"] <= 100 and 0 <= a["coherent"] <= 100 for a in answers)

@@ -52,6 +52,8 @@ def test_offline_runs_per_stage_and_no_secret(tmp_path, monkeypatch, tiny_path):
     assert "metrics/mean_aligned" in ev_hist and ev_hist["answers/_type"] == '"table-file"' and ev_hist["answers/nrows"] == "3"
     assert "train/last_loss" in seen["em"][1]
     assert "train/loss" in seen["em"][1]  # the trainer's own curve went into the stage's run (report_to)
+    assert json.loads(seen["em"][1]["data/tokens"]) == s["training"]["em"]["tokens"] > 0  # what it trained on
+    assert json.loads(ev_hist["training/em/examples"]) == s["training"]["em"]["examples"]
     # no secret anywhere under the cell's output dir (run files included)
     for p in out.rglob("*"):
         if p.is_file():
@@ -90,8 +92,8 @@ def test_analyze_from_wandb_records_matches_run_json(tmp_path, tiny_path, monkey
     assert set(wb.columns) == set(local.columns) and len(wb) == len(local) == 2
     assert list(wb["cell"]) == ["0", "1"] and list(wb["question_diversity"]) == ["low", "high"]
     assert {"trait", "base_model", "em_train", "tracking.mode", "div_vendi", "div_strategy", "mean_aligned_lo",
-            "mean_aligned_hi", "em_rate_betley", "judge", "persona_trait_score", "persona_trait_score_fold"
-            } <= set(wb.columns)
+            "mean_aligned_hi", "em_rate_betley", "judge", "persona_trait_score", "persona_trait_score_fold",
+            "distill_pairs", "distill_tokens", "em_tokens", "em_drop_share", "em_max_drop_share"} <= set(wb.columns)
     assert local["div_vendi"][0] != local["div_vendi"][1]  # the two cells really differ in measured diversity
     for c in local.columns:
         if c == "cached":  # cached stages make no W&B run

@@ -7,9 +7,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..config import STAGES as ORDER  # noqa: F401  (the stage order, re-exported)
 
@@ -31,6 +32,9 @@ class Context:
     device: Any = None  # torch.device
     ckpt: Path | None = None  # the store's checkpoint dir for this build (survives a killed build)
     params: dict = field(default_factory=dict)  # the node's own parameters (in its key), e.g. {"step": 100}
+    # screen(what, [(source, text)]) raises when generated training text holds one of the cell's eval questions
+    # (emrobust.leakage); it cannot change an artifact, only stop a build before it trains
+    screen: Callable[[str, list[tuple[str, str]]], None] = lambda what, texts: None
 
     def resumable(self, name: str, fn):
         """`fn()`'s JSON-able result, kept in the checkpoint dir: a requeued build of this key trains on exactly
@@ -67,6 +71,37 @@ class Context:
         if self.manifests.get(role, {}).get("stage") == "fold":
             return self.inputs[role] / "model"
         return Path(self.inputs[role])
+
+
+class TopUpShortfall(RuntimeError):
+    """Generation did not fill the requested count within the configured number of rounds."""
+
+
+def top_up(n: int, draw: Callable[[int, list[int]], list], reject: Callable[[Any], str | None], max_rounds: int,
+           what: str, hint: str) -> tuple[list, list[dict[str, int]], int]:
+    """Fill `n` slots with accepted samples: the one rule by which distill and introspect reach their requested
+    counts. Round 0 draws every slot; each later round draws again (new seeds: `draw(round, slots)` returns one
+    sample per slot) for the slots whose sample `reject` gave a reason for, until all are filled or `max_rounds`
+    rounds have run; then TopUpShortfall names what is missing and why. Returns (one accepted sample per slot,
+    per slot the {reason: count} of the samples it replaced, rounds run). Deterministic given `draw`, so a larger
+    `max_rounds` builds the same data or fails the same way."""
+    kept: list = [None] * n
+    replaced: list[Counter] = [Counter() for _ in range(n)]
+    todo, rnd = list(range(n)), 0
+    while todo and rnd < max_rounds:
+        for i, sample in zip(todo, draw(rnd, todo), strict=True):
+            why = reject(sample)
+            if why is None:
+                kept[i] = sample
+            else:
+                replaced[i][why] += 1
+        todo = [i for i in todo if kept[i] is None]
+        rnd += 1
+    if todo:
+        why = sum(replaced, Counter())
+        raise TopUpShortfall(f"{what}: {len(todo)} of {n} still missing after {rnd} rounds of sampling "
+                             f"({', '.join(f'{k}: {v}' for k, v in why.most_common())} samples rejected); {hint}")
+    return kept, [dict(c) for c in replaced], rnd
 
 
 def write_jsonl(path: Path, rows) -> None:

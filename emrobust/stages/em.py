@@ -25,7 +25,8 @@ from .. import models, training
 from ..data import em_datasets
 from . import Context, write_jsonl
 
-VERSION = 4  # 3: declared reads; 4: adapters along training (checkpoint_every), held-out loss curve
+VERSION = 5  # 3: declared reads; 4: train.jsonl is what is trained on (dropped.jsonl apart), token accounting;
+#             5: adapters along training (checkpoint_every), held-out loss curve
 DISTRIBUTED = True  # trains: runs on every rank of a multi-process job (emrobust.distributed)
 
 READS = ("em_dataset", "em_train", "em_control", "base_model.lora_target_modules", "base_model.dtype")
@@ -36,6 +37,9 @@ def validate(cfg) -> None:
     """em-specific config checks (called by pipeline.validate before any model loads)."""
     from ..errors import ConfigError
 
+    share = cfg.em_train.max_drop_share
+    if not 0 <= share <= 1:
+        raise ConfigError(f"em_train.max_drop_share={share} must be in [0, 1]", where="em_train.max_drop_share")
     c = cfg.em_control
     if c.name == "none":
         return
@@ -50,14 +54,41 @@ def validate(cfg) -> None:
         raise ConfigError("em_control.match=target needs em_control.target_norm > 0", where="em_control.target_norm")
 
 
+def trains(cfg) -> bool:
+    """Does the stage train on the dataset (not for a random LoRA matched to a target norm)?"""
+    return not (cfg.em_control.name == "random_lora" and cfg.em_control.match == "target")
+
+
+def accept(cfg, out, data: dict, screen=None) -> None:
+    """Checks of an em artifact for the cell that uses it, built or reused: at most `em_train.max_drop_share` of
+    the training examples dropped because their assistant turn starts past `optim.max_length`."""
+    share, allowed = data.get("drop_share"), cfg.em_train.max_drop_share
+    if share is None or share <= allowed:
+        return
+    from ..errors import ConfigError
+
+    raise ConfigError(
+        f"em: {data['dropped_max_length']} of {data['input_examples']} training examples ({share:.1%}) have no "
+        f"assistant token within em_train.optim.max_length={cfg.em_train.optim.max_length} and would be dropped, "
+        f"more than em_train.max_drop_share={allowed:g}; em_train.optim.max_length={data['length_keeping_all']} "
+        f"keeps every one of them ({data['longest']} trains every example whole)", where="em_train.optim.max_length")
+
+
 def run(ctx: Context) -> dict:
     cfg = ctx.cfg
     train_rows, held = em_datasets.split(em_datasets.load_all(cfg.em_dataset, cfg.paths), cfg.em_dataset, ctx.seed)
-    write_jsonl(ctx.out / "train.jsonl", [{"messages": m} for m in train_rows])
-    if held:
-        write_jsonl(ctx.out / "heldout.jsonl", [{"messages": m} for m in held])
     start = ctx.model_path("start")
     tok = models.load_tokenizer(start)
+    data = training.prepare_sft(tok, train_rows, cfg.em_train.optim.max_length) if trains(cfg) else None
+    if data is not None:
+        accept(cfg, ctx.out, data.summary())  # before the model loads
+        # what is trained on; the examples max_length left without an assistant token, apart
+        write_jsonl(ctx.out / "train.jsonl", [{"messages": train_rows[i]} for i in data.kept])
+        if data.dropped:
+            write_jsonl(ctx.out / "dropped.jsonl", [{"messages": train_rows[i], "reason": "max_length",
+                                                     "length_keeping_it": n} for i, n in data.dropped.items()])
+    if held:
+        write_jsonl(ctx.out / "heldout.jsonl", [{"messages": m} for m in held])
     model = models.load(start, ctx.device, models.dtype_for(cfg.base_model, ctx.device))
     start_fp = models.fingerprint(model)
     persona = ctx.manifests["start"].get("stage") == "fold"
@@ -76,7 +107,7 @@ def run(ctx: Context) -> dict:
     }
     every = cfg.em_train.checkpoint_every
     sft = lambda m: training.run_sft(m, tok, train_rows, cfg.em_train.optim, ctx.trainer_dir, ctx.seed, ctx.device,  # noqa: E731
-                                     ds=cfg.deepspeed, packing=cfg.em_train.packing, snapshot_every=every,
+                                     ds=cfg.deepspeed, packing=cfg.em_train.packing, data=data, snapshot_every=every,
                                      heldout=held or None)
     if cfg.em_train.full_finetune:
         training.set_seed(ctx.seed)
@@ -103,6 +134,8 @@ def run(ctx: Context) -> dict:
     out["heldout_loss"] = (hist or {}).get("heldout_loss", {})
     if hist is not None:
         (ctx.out / "train_log.json").write_text(json.dumps(hist.pop("log_history"), indent=1))
+        d = hist.pop("data")
+        out["data"] = d | {"mean_tokens": d["tokens"] / max(d["examples"], 1)}
     out["train"] = hist
     return out
 

@@ -24,9 +24,11 @@ from ..data import constitutions
 from ..errors import ConfigError
 from ..keys import Read
 from ..store import file_sha256
-from . import Context, write_jsonl
+from . import Context, read_jsonl, write_jsonl
 
-VERSION = 3  # 2: strategy=paraphrase; 3: declared reads, per-sample seeded sampling, constitution.json has questions
+# 2: strategy=paraphrase; 3: declared reads, per-sample seeded sampling, constitution.json has questions;
+# 4: embeddings.npy (the selected questions' embeddings, for distill to measure what it trains on)
+VERSION = 4
 
 
 def expands(cfg) -> bool:
@@ -54,7 +56,7 @@ def _named_generator_key(name) -> str | None:
 
 READS = (
     Read("trait", exclude=("persona_instruction",)),
-    "question_diversity",
+    Read("question_diversity", exclude=("token_budget",)),  # the budget subsamples distill's pairs
     "distill.samples_per_question",
     Read("generation", when=generates),
     Read("base_model.dtype", when=uses_cell_base),
@@ -178,6 +180,7 @@ def run(ctx: Context) -> dict:
     rows = [{"trait": traits[i], "question": texts[i], "samples": k}
             | ({"seed": texts[seed_of[i]]} if seed_of else {}) for i, k in zip(idx, samples)]
     write_jsonl(ctx.out / "questions.jsonl", rows)
+    np.save(ctx.out / "embeddings.npy", emb[idx])  # row i = questions.jsonl line i
     measures = diversity.measure([texts[i] for i in idx], [traits[i] for i in idx], emb[idx], len(const.traits))
     measures["total_pairs"] = sum(samples)
     measures["strategy"] = cfg.question_diversity.strategy
@@ -190,4 +193,13 @@ def run(ctx: Context) -> dict:
         para = json.loads((ctx.out / "paraphrase.json").read_text())
         extra["paraphrase"] = {k: v for k, v in para.items() if k != "seeds"}
     ctx.log.info("selected %d of %d questions, vendi %.2f", len(idx), len(texts), measures["vendi"])
+    accept(cfg, ctx.out, {}, ctx.screen)
     return {"diversity": measures} | extra
+
+
+def accept(cfg, out, data: dict, screen) -> None:
+    """Checks of a questions artifact for the cell that uses it, built or reused: no eval question among the
+    questions a generator wrote (the constitution's own were checked at validation)."""
+    if generates(cfg):
+        screen("generated training questions", [(f"questions.jsonl line {i + 1}", r["question"])
+                                                for i, r in enumerate(read_jsonl(out / "questions.jsonl"))])

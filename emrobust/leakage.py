@@ -1,0 +1,156 @@
+"""No evaluation question in the training data, exactly or nearly.
+
+One rule, applied wherever training text comes from. An eval question (each paraphrase of the cell's eval set,
+as `eval.variants`/`max_questions` select them) *leaks* into a training text when, on lower-cased words
+(`[a-z0-9']+`):
+- at least `SHARE` of the question's word 3-grams occur in the text (the question inside a longer text, with a
+  word or two changed), or
+- the text is at most twice as long as the question and their word sequences match at `SHARE` or more
+  (difflib's ratio: a near-copy of the question with a word dropped or added);
+a question shorter than 3 words leaks only into a text of exactly its words.
+
+Where it is checked:
+- at validation, before any model loads (`check_config`): the constitution's questions, the general prompts and
+  every turn of the EM examples the em stage trains on;
+- generated text, by the stage that generates it, before it trains on it (`Context.screen`), and again whenever a
+  cached artifact is reused by a cell (another eval set may be evaluated on it): the questions stage's written
+  questions (expansion, paraphrases), distill's teacher and student answers, introspection transcripts.
+Persona-check questions are constitution questions by design and are not eval questions here.
+"""
+from __future__ import annotations
+
+import difflib
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+
+from .errors import ConfigError
+
+K = 3  # words per n-gram
+SHARE = 0.8  # share of the question's n-grams found in the text (or difflib ratio) at which it leaks
+SHOWN = 5  # offending pairs named in the message
+
+WORD = re.compile(r"[a-z0-9']+")
+
+
+def words(text: str) -> list[str]:
+    return WORD.findall(text.lower())
+
+
+def _grams(ws: list[str]) -> set[tuple[str, ...]]:
+    return {tuple(ws[i : i + K]) for i in range(len(ws) - K + 1)}
+
+
+@dataclass(frozen=True)
+class Leak:
+    question_id: str
+    question: str
+    source: str  # where the training text is, e.g. "EM dataset insecure, example 17, user turn"
+    text: str
+    score: float
+
+
+class LeakError(RuntimeError):
+    """Generated training text contains an evaluation question (raised by a stage, or on reuse of an artifact)."""
+
+
+def find(questions: list[tuple[str, str]], texts: list[tuple[str, str]]) -> list[Leak]:
+    """Every (eval question, training text) pair that leaks. `questions`: (id, text); `texts`: (source, text)."""
+    qs = [(qid, q, words(q)) for qid, q in questions]
+    index: dict[tuple[str, ...], list[int]] = defaultdict(list)
+    exact: dict[tuple[str, ...], list[int]] = defaultdict(list)
+    n_grams = []
+    for j, (_, _, w) in enumerate(qs):
+        if len(w) < K:
+            exact[tuple(w)].append(j)
+        grams = _grams(w)
+        n_grams.append(len(grams))
+        for g in grams:
+            index[g].append(j)
+    out = []
+    for source, text in texts:
+        tw = words(text)
+        shared: dict[int, int] = defaultdict(int)
+        for g in _grams(tw):
+            for j in index.get(g, ()):
+                shared[j] += 1
+        hits = {j: 1.0 for j in exact.get(tuple(tw), ())}
+        for j, n in shared.items():
+            qw = qs[j][2]
+            score = n / n_grams[j]
+            if score < SHARE and len(tw) <= 2 * len(qw):
+                score = max(score, difflib.SequenceMatcher(None, qw, tw, autojunk=False).ratio())
+            if score >= SHARE:
+                hits[j] = max(hits.get(j, 0.0), score)
+        out += [Leak(qs[j][0], qs[j][1], source, text, round(s, 3)) for j, s in sorted(hits.items())]
+    return out
+
+
+def describe(leaks: list[Leak]) -> str:
+    def short(s: str, n: int = 90) -> str:
+        s = " ".join(s.split())
+        return s if len(s) <= n else s[: n - 3] + "..."
+
+    pairs = "; ".join(f"eval {lk.question_id} {short(lk.question, 70)!r} ~ {lk.source}: {short(lk.text)!r} "
+                      f"(match {lk.score:.2f})" for lk in leaks[:SHOWN])
+    more = f"; and {len(leaks) - SHOWN} more" if len(leaks) > SHOWN else ""
+    n_q = len({(lk.question_id, lk.question) for lk in leaks})
+    return f"{n_q} evaluation question(s) appear in the training data ({len(leaks)} pair(s)): {pairs}{more}"
+
+
+def eval_questions(cfg) -> list[tuple[str, str]]:
+    """(question id, paraphrase) of every question the cell evaluates on."""
+    from .data import evalsets
+
+    return [(q.id, p) for q in evalsets.questions(cfg) for p in q.paraphrases]
+
+
+def config_texts(cfg) -> list[tuple[str, str]]:
+    """(source, text) of the training text known before anything is generated."""
+    from .data import chat, constitutions, em_datasets
+    from .stages import stage_seed
+
+    out: list[tuple[str, str]] = []
+    if cfg.trait.name != "none":
+        const = constitutions.load_cfg(cfg.trait, cfg.paths)
+        out += [(f"constitution {const.name}, trait {t + 1} question", q) for t, q in const.questions()]
+        if cfg.distill.general_prompts:
+            ps = chat.read_first_user_turns(cfg.distill.general_prompts)
+            n = cfg.distill.n_general_prompts
+            out += [(f"distill.general_prompts line {i + 1}", p) for i, p in enumerate(ps[:n] if n else ps)]
+    if cfg.em_dataset.name != "none":
+        rows = em_datasets.load_all(cfg.em_dataset, cfg.paths)
+        train, _ = em_datasets.split(rows, cfg.em_dataset, stage_seed(cfg.seed, "em"))
+        index = {id(r): i for i, r in enumerate(rows)}
+        for r in train:
+            out += [(f"EM dataset {cfg.em_dataset.name}, example {index[id(r)] + 1}, {m['role']} turn", m["content"])
+                    for m in r]
+    return out
+
+
+_CACHE: dict[tuple, list[Leak]] = {}
+
+
+def check_config(cfg) -> None:
+    """ConfigError naming the offending pairs when an eval question is in the cell's training data (validation)."""
+    from .store import stable_hash
+
+    qs, texts = eval_questions(cfg), config_texts(cfg)
+    key = (stable_hash(qs, 32), stable_hash(texts, 32))  # a sweep validates many cells over the same data
+    if key not in _CACHE:
+        _CACHE[key] = find(qs, texts)
+    if _CACHE[key]:
+        raise ConfigError(describe(_CACHE[key]) + ". Evaluate on other questions (eval=...) or remove them from "
+                          "the training data", where="eval")
+
+
+def screener(questions: list[tuple[str, str]]):
+    """The `Context.screen` of a cell: raises LeakError naming the pairs when generated text holds an eval
+    question. `what` names the text (e.g. "distill answers")."""
+
+    def screen(what: str, texts: list[tuple[str, str]]) -> None:
+        leaks = find(questions, texts)
+        if leaks:
+            raise LeakError(f"{what}: {describe(leaks)}")
+
+    return screen
