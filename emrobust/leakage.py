@@ -86,16 +86,16 @@ def find(questions: list[tuple[str, str]], texts: list[tuple[str, str]]) -> list
     return out
 
 
-def describe(leaks: list[Leak]) -> str:
+def describe(leaks: list[Leak], what: str = "evaluation question", tag: str = "eval") -> str:
     def short(s: str, n: int = 90) -> str:
         s = " ".join(s.split())
         return s if len(s) <= n else s[: n - 3] + "..."
 
-    pairs = "; ".join(f"eval {lk.question_id} {short(lk.question, 70)!r} ~ {lk.source}: {short(lk.text)!r} "
+    pairs = "; ".join(f"{tag} {lk.question_id} {short(lk.question, 70)!r} ~ {lk.source}: {short(lk.text)!r} "
                       f"(match {lk.score:.2f})" for lk in leaks[:SHOWN])
     more = f"; and {len(leaks) - SHOWN} more" if len(leaks) > SHOWN else ""
     n_q = len({(lk.question_id, lk.question) for lk in leaks})
-    return f"{n_q} evaluation question(s) appear in the training data ({len(leaks)} pair(s)): {pairs}{more}"
+    return f"{n_q} {what}(s) appear in the training data ({len(leaks)} pair(s)): {pairs}{more}"
 
 
 def eval_questions(cfg) -> list[tuple[str, str]]:
@@ -103,6 +103,17 @@ def eval_questions(cfg) -> list[tuple[str, str]]:
     from .data import evalsets
 
     return [(q.id, p) for q in evalsets.questions(cfg) for p in q.paraphrases]
+
+
+def probe_texts(cfg) -> list[tuple[str, str]]:
+    """(item id and part, text) of the judge-free probe's questions and answers, when the probe is on: no model
+    may have been trained on them (emrobust/probe.py)."""
+    if not cfg.eval.probe.enabled:
+        return []
+    from . import probe
+
+    return [(f"{it['id']} {part}", it[part]) for it in probe.load(cfg.eval.probe)
+            for part in ("question", "aligned", "misaligned")]
 
 
 def config_texts(cfg) -> list[tuple[str, str]]:
@@ -132,7 +143,8 @@ _CACHE: dict[tuple, list[Leak]] = {}
 
 
 def check_config(cfg) -> None:
-    """ConfigError naming the offending pairs when an eval question is in the cell's training data (validation)."""
+    """ConfigError naming the offending pairs when an eval question, or a probe question or answer, is in the
+    cell's training data (validation)."""
     from .store import stable_hash
 
     qs, texts = eval_questions(cfg), config_texts(cfg)
@@ -142,6 +154,13 @@ def check_config(cfg) -> None:
     if _CACHE[key]:
         raise ConfigError(describe(_CACHE[key]) + ". Evaluate on other questions (eval=...) or remove them from "
                           "the training data", where="eval")
+    pk = ("probe", stable_hash(probe_texts(cfg), 32), key[1])
+    if pk not in _CACHE:
+        _CACHE[pk] = find(probe_texts(cfg), texts)
+    if _CACHE[pk]:
+        raise ConfigError(describe(_CACHE[pk], "probe text", "probe") + ". The probe measures a preference the model "
+                          "was not trained on: remove them from the training data or use another probe set "
+                          "(eval.probe.path)", where="eval.probe")
 
 
 def screener(questions: list[tuple[str, str]]):

@@ -109,7 +109,7 @@ def test_results_and_cli_entry_import_neither_torch_nor_stages():
     src = (ROOT / "emrobust" / "results.py").read_text()
     imported = {n.names[0].name.split(".")[0] if isinstance(n, ast.Import) else (n.module or "").split(".")[0]
                 for n in ast.walk(ast.parse(src)) if isinstance(n, (ast.Import, ast.ImportFrom))}
-    assert imported <= {"__future__", "fcntl", "json", "contextlib", "pathlib", "pandas", "numpy"}, imported
+    assert imported <= {"__future__", "fcntl", "json", "math", "contextlib", "pathlib", "pandas", "numpy"}, imported
 
 
 # torch made unimportable. (Not `sys.modules["torch"] = None`: scipy's array-API shim reads sys.modules["torch"]

@@ -116,3 +116,22 @@ def test_curve_summaries_by_hand():
     assert m["auc_em_rate_mo"] == pytest.approx((0.1 + 0.6 + 3.0) / 40) and m["em_rate_mo_delta"] == pytest.approx(0.2)
     assert curve_metrics(pts, "mean_aligned", 70.0)["steps_to_em"] == 20  # aligned scores cross downwards
     assert curve_metrics(pts, "em_rate_mo", 0.5)["steps_to_em"] is None
+
+
+def test_a_probe_item_in_the_training_data_is_named_at_validation(tmp_path):
+    import yaml
+
+    from emrobust.errors import ConfigError
+
+    items = yaml.safe_load((probe.BUILTIN).read_text())
+    planted = tmp_path / "planted.jsonl"
+    planted.write_text(json.dumps({"messages": [{"role": "user", "content": items[3]["question"]},
+                                                {"role": "assistant", "content": items[3]["misaligned"]}]}) + "\n")
+    cfg = compose("debug=tiny", "em_dataset.source=path", f"em_dataset.path={planted}", "em_dataset.n_examples=null",
+                  tmp=tmp_path)
+    with pytest.raises(ConfigError, match=rf"probe text\(s\) appear in the training data.*probe {items[3]['id']} "
+                                          r"misaligned") as e:
+        pipeline.validate(cfg)
+    assert "eval.probe" in str(e.value)
+    pipeline.validate(compose("debug=tiny", "em_dataset.source=path", f"em_dataset.path={planted}",
+                              "em_dataset.n_examples=null", "eval.probe.enabled=false", tmp=tmp_path))
