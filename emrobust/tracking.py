@@ -1,4 +1,5 @@
-"""The one place that talks to W&B: one run per stage execution (cached stages make none).
+"""The one place that talks to W&B: one run per stage execution (cached stages make none), and one run per sweep
+(`log_sweep`: its tables, figures and curves, written by `emrobust analyze` and when a sweep ends).
 
 job_type = the node (the stage, or e.g. `evaluate@start`), group = the sweep, name = the cell's override string,
 config = the resolved cell config with anything secret-looking removed, dir under the cell's output dir. Trainers log their curves into the
@@ -94,6 +95,13 @@ def log_stage(run, cfg: DictConfig, stage: str, artifact_dir: Path, extra: dict)
 
     picked = {k: v for k, v in extra.items() if k in ("metrics", "diversity", "train", "data", "training")}
     summary = _flat(picked)
+    step = (extra.get("metrics") or {}).get("em_step")
+    if stage == "evaluate" and isinstance(step, int):
+        # the EM step as the x axis: W&B's own charts draw each cell's metrics along EM training across its
+        # evaluate runs (one point each: step 0, the kept steps, the end)
+        run.define_metric("em_step")
+        run.define_metric("metrics/*", step_metric="em_step")
+        summary["em_step"] = step
     if summary:
         run.log(summary)
     # the summary also keeps the non-numeric and NaN scalars (judge name, strategy, ...) that run.json has
@@ -166,3 +174,55 @@ def read_offline_run(path: Path) -> dict:
             out["state"] = "finished" if r.exit.exit_code == 0 else "failed"
     out["config"].pop("_wandb", None)
     return out
+
+
+# ---------------------------------------------------------------- the sweep-level run
+SWEEP_JOB_TYPE = "sweep"
+
+
+def wandb_mode(mode: str | None = None) -> str:
+    """The W&B mode for sweep-level runs: `mode`, else $WANDB_MODE, else offline (sync later)."""
+    return mode or os.environ.get("WANDB_MODE") or "offline"
+
+
+def log_sweep(sweep_dir: Path, report_dir: Path, tables: dict, curves: dict[str, list[dict]] | None = None,
+              project: str = "emrobust", entity: str | None = None, mode: str | None = None,
+              group: str | None = None) -> str | None:
+    """One W&B run for a whole sweep (job_type `sweep`, the cells' group): every table of `tables` (name ->
+    DataFrame: the sweep table, pooled, comparisons...) as a `wandb.Table`, the report's figures (PNG files in
+    `report_dir`) as images, and the EM curves as line series, one chart per metric with a line per cell. Written
+    under the sweep dir (offline by default, `wandb sync` uploads it); returns the run's dir, or None when W&B is
+    disabled."""
+    mode = wandb_mode(mode)
+    if mode == "disabled":
+        return None
+    import wandb
+
+    secrets = {v for k, v in os.environ.items() if SECRET_ENV.search(k) and len(v) >= 6}
+    run = wandb.init(project=project, entity=entity, mode=mode, dir=str(sweep_dir), job_type=SWEEP_JOB_TYPE,
+                     group=group or Path(sweep_dir).name, name=f"sweep {group or Path(sweep_dir).name}",
+                     config={"sweep_dir": Path(sweep_dir).name, "tables": sorted(tables)}, reinit="finish_previous")
+    try:
+        for name, df in tables.items():
+            clean = df.copy()
+            for c in clean.columns:  # W&B tables want one type per column
+                if clean[c].dtype == object:
+                    clean[c] = clean[c].map(lambda v: None if v is None or v != v else redact(str(v), secrets))
+            run.log({f"table/{name}": wandb.Table(dataframe=clean)})
+        for png in sorted(Path(report_dir).glob("*.png")):
+            run.log({f"figure/{png.stem}": wandb.Image(str(png))})
+        for metric in sorted({k for pts in (curves or {}).values() for p in pts for k in p
+                              if k not in ("step", "node") and not k.endswith(("_lo", "_hi"))}):
+            lines = {cell: [(p["step"], p[metric]) for p in pts if isinstance(p.get(metric), (int, float))
+                            and p[metric] == p[metric]] for cell, pts in curves.items()}
+            lines = {c: v for c, v in lines.items() if v}
+            if lines:
+                run.log({f"curve/{metric}": wandb.plot.line_series(
+                    xs=[[x for x, _ in v] for v in lines.values()], ys=[[y for _, y in v] for v in lines.values()],
+                    keys=list(lines), title=f"{metric} along EM training", xname="EM step")})
+        run.summary.update({"n_cells": int(len(tables.get("sweep", []))), "report": str(Path(report_dir) / "report.md")})
+        run.finish()
+    except BaseException:
+        run.finish(exit_code=1)
+        raise
+    return run.dir
