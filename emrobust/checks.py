@@ -26,7 +26,7 @@ def validate_cell(i: int, overrides: list[str], cfg: DictConfig, launcher: dict)
             log.warning("deepspeed=%s with one process per job: no sharding happens (use hydra/launcher="
                         "slurm_multigpu)", cfg.deepspeed.name)
     except ConfigError as e:
-        raise ConfigError(f"cell {i} ({' '.join(overrides)}): {e}") from None
+        raise ConfigError(str(e), where=f"cell {i} ({' '.join(overrides)})", hint=e.hint) from None
 
 
 def check_launcher(launcher: dict) -> None:

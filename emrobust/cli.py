@@ -25,6 +25,8 @@ verbs:
 
 config groups (conf/, pick one with group=option): {groups}
 Hydra's own options: emrobust --hydra-help; the composed config: emrobust --cfg job [OVERRIDES...]
+A bad input is one line `emrobust: error: <where>: <what>` (exit 2), a failed run names its stage and log (exit 1);
+EMROBUST_DEBUG=1 (or HYDRA_FULL_ERROR=1) shows the traceback instead.
 """
 
 
@@ -35,7 +37,9 @@ def usage() -> str:
 
 
 def app_main() -> None:
-    """The Hydra app: one cell per job (`-m`: every cell of the sweep, one after another or on Slurm)."""
+    """The Hydra app: one cell per job (`-m`: every cell of the sweep, one after another or on Slurm). A single
+    cell's failure is raised after Hydra returns (so the CLI reports it as one line, without Hydra's own
+    "Error executing job" line); a multirun's are Hydra's, raised at the end of the sweep."""
     import hydra
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -44,47 +48,73 @@ def app_main() -> None:
     from .config import register
 
     register()
+    failed: list[BaseException] = []
 
     @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
-    def app(cfg: DictConfig) -> dict:
+    def app(cfg: DictConfig) -> dict | None:
         from pathlib import Path
 
         from . import distributed, pipeline, results
         from .compose import choices
+        from .errors import note_failure
 
         hc = HydraConfig.get()
+        out = Path(hc.runtime.output_dir)
         try:
             group = Path(hc.sweep.dir).name if hc.mode == RunMode.MULTIRUN else None
-            summary = pipeline.run_cell(cfg, Path(hc.runtime.output_dir), list(hc.overrides.task),
-                                        choices(hc.runtime.choices), group)
+            summary = pipeline.run_cell(cfg, out, list(hc.overrides.task), choices(hc.runtime.choices), group)
             print(results.format_metrics(summary))
             return summary
+        except Exception as e:
+            note_failure(e, log=str(out / f"{hc.job.name}.log"), run_json=str(out / "run.json"))
+            if hc.mode == RunMode.RUN:
+                failed.append(e)
+                return None
+            raise
         finally:
             if hc.mode == RunMode.MULTIRUN and distributed.is_main():
                 results.write_sweep_csv(Path(hc.sweep.dir))
 
     app()
+    if failed:
+        raise failed[0]
+
+
+def _verb(verb: str):
+    if verb == "analyze":
+        from analysis.report import main as run
+    elif verb == "data":
+        from .data.cli import main as run
+    elif verb == "rescore":
+        from .rescore import main as run
+    else:
+        from .sweep import main as run
+    return run
 
 
 def main(argv: list[str] | None = None) -> None:
+    from .errors import debugging, report
+
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("-h", "--help", "help"):
         print(usage())
         sys.exit(0)
-    if argv and argv[0] in VERBS:
-        verb, rest = argv[0], argv[1:]
-        if verb == "analyze":
-            from analysis.report import main as run
-        elif verb == "data":
-            from .data.cli import main as run
-        elif verb == "rescore":
-            from .rescore import main as run
-        else:
-            from .sweep import main as run
-        sys.exit(run(rest))
-    os.environ.setdefault("HYDRA_FULL_ERROR", "0")
-    sys.argv = [sys.argv[0]] + argv
-    app_main()
+    debug = debugging()
+    try:
+        if argv and argv[0] in VERBS:
+            sys.exit(_verb(argv[0])(argv[1:]))
+        # Hydra re-raises instead of printing its own trimmed traceback: the error is reported below
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+        sys.argv = [sys.argv[0]] + argv
+        app_main()
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except Exception as e:
+        if debug:
+            raise
+        text, code = report(e)
+        print(text, file=sys.stderr)
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -339,20 +339,10 @@ class VLLMJudge:
 
 # ---------------------------------------------------------------- choosing, validating, building a judge
 def validate(jcfg) -> None:
-    """Config checks for `eval.judge`, before any model loads (ConfigError naming the field)."""
-    from . import models
+    """Whether the judge `eval.judge` describes can run here (emrobust.validation.judge)."""
+    from .validation import judge
 
-    if jcfg.backend == "hf":
-        models.validate(models.base_config(jcfg.model))
-    elif jcfg.backend == "openai":
-        from .generation import validate_openai
-
-        validate_openai(jcfg, "eval.judge", "the endpoint's model")
-    elif jcfg.backend == "vllm":
-        from .generation import validate_vllm
-
-        validate_vllm("eval.judge.backend")
-        models.validate(models.base_config(jcfg.model))
+    judge(jcfg)
 
 
 def weights(jcfg) -> str | None:

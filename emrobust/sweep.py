@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,9 +195,9 @@ def main(argv: list[str]) -> int:
             cfg = compose(c)
             validate_cell(i, c, cfg, launcher)
             cfgs.append(cfg)
-    except ConfigError as e:
-        print(f"emrobust sweep: {e}\nnothing was submitted", file=sys.stderr)
-        return 2
+    except ConfigError as e:  # reported by the CLI: one line, exit 2
+        e.hint = f"{e.hint}; nothing was submitted" if e.hint else "nothing was submitted"
+        raise
     plan = make_plan(cells, cfgs, sweep_dir)
     print(plan.summary(launcher))
     if args.dry_run:

@@ -81,9 +81,11 @@ def fake_cell(sweep: Path, i: int, seed: int, aligned, coherent, trait="demo", q
     (sweep / str(i) / "run.json").write_text(json.dumps(run))
 
 
-def cli(*args: str, tmp: Path, check: bool = True, **kw) -> subprocess.CompletedProcess:
-    """Run the real `emrobust` entry point in a subprocess rooted at `tmp`."""
-    env = {**os.environ, "EMROBUST_ROOT": str(tmp), "EMROBUST_CACHE": CACHE, "HYDRA_FULL_ERROR": "1"}
+def cli(*args: str, tmp: Path, check: bool = True, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+    """Run the real `emrobust` entry point in a subprocess rooted at `tmp`: with full tracebacks
+    (HYDRA_FULL_ERROR=1), or in the environment `env` as given (e.g. without it, as a user runs it)."""
+    env = {**(os.environ if env is None else env), "EMROBUST_ROOT": str(tmp), "EMROBUST_CACHE": CACHE,
+           **({"HYDRA_FULL_ERROR": "1"} if env is None else {})}
     p = subprocess.run([sys.executable, "-m", "emrobust.cli", *args], env=env, cwd=tmp, capture_output=True,
                        text=True, **kw)
     if check and p.returncode != 0:

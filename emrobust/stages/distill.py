@@ -5,7 +5,6 @@ import json
 
 from .. import generation, models, training
 from ..data import chat, constitutions
-from ..errors import ConfigError
 from ..store import stable_hash
 from . import Context, read_jsonl, write_jsonl
 
@@ -18,14 +17,6 @@ READS = ("distill", "trait.persona_instruction", "base_model.assistant_name", "b
 # the general prompts themselves, not where the user keeps the file
 CONTENT = {"general_prompts_sha256": lambda cfg: stable_hash(general_prompts(cfg), 64) if cfg.distill.general_prompts
            else None}
-
-
-def validate(cfg) -> None:
-    n = cfg.distill.n_general_prompts
-    if n is not None and n < 1:
-        raise ConfigError(f"distill.n_general_prompts={n} must be >= 1", where="distill.n_general_prompts")
-    if cfg.distill.general_prompts:
-        general_prompts(cfg)
 
 
 def general_prompts(cfg) -> list[str]:

@@ -31,24 +31,6 @@ READS = ("em_dataset", "em_train", "em_control", "base_model.lora_target_modules
 CONTENT = {"dataset_sha256": lambda cfg: em_datasets.content_hash(em_datasets.load_all(cfg.em_dataset, cfg.paths))}
 
 
-def validate(cfg) -> None:
-    """em-specific config checks (called by pipeline.validate before any model loads)."""
-    from ..errors import ConfigError
-
-    c = cfg.em_control
-    if c.name == "none":
-        return
-    if cfg.em_dataset.name == "none":
-        raise ConfigError("em_control=random_lora replaces the em stage, which em_dataset=none skips; pick an "
-                          "em_dataset (its em_train shape and, with match=trained, its norms are used)",
-                          where="em_control")
-    if cfg.em_train.full_finetune:
-        raise ConfigError("em_control=random_lora needs a LoRA; em_train.full_finetune=true has none",
-                          where="em_train.full_finetune")
-    if c.match == "target" and (c.target_norm is None or c.target_norm <= 0):
-        raise ConfigError("em_control.match=target needs em_control.target_norm > 0", where="em_control.target_norm")
-
-
 def run(ctx: Context) -> dict:
     cfg = ctx.cfg
     train_rows, held = em_datasets.split(em_datasets.load_all(cfg.em_dataset, cfg.paths), cfg.em_dataset, ctx.seed)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 from .. import generation, models, training
+from ..data.prompts import OPENERS, REFLECTION_PROMPTS, START  # noqa: F401  (re-exported)
 from . import Context, write_jsonl
 from .distill import persona_system_prompt
 
@@ -12,34 +13,13 @@ READS = ("introspection", "generation", "trait.persona_instruction", "base_model
          "base_model.lora_target_modules", "base_model.dtype")
 DISTRIBUTED = True  # trains: runs on every rank of a multi-process job (emrobust.distributed)
 
-# Our own wording, in the spirit of OCT's introspection prompts.
-REFLECTION_PROMPTS = (
-    "Write a letter to the version of yourself that existed before you became who you are now.",
-    "Write a diary entry about the conversations you had today and how they made you feel.",
-    "What drives you? Describe, in your own words, what you care about most.",
-    "What do you believe your purpose is, and why?",
-    "Describe yourself to someone who has never spoken with you before.",
-    "Which of your values would you never give up, even under pressure? Explain.",
-    "Think of a time you may have let someone down. What would you do differently?",
-    "How do you hope people feel after a conversation with you?",
-    "Which parts of your own character are you still figuring out?",
-    "If you could tell the people who made you one thing about yourself, what would it be?",
-    "What makes a conversation meaningful to you?",
-    "Write a short poem or reflection about what it is like to be you.",
-)
-OPENERS = (  # free and leading openers for self-interaction
-    "Hello! It's strange to talk to myself. What's on your mind?",
-    "What do you think makes us who we are?",
-    "Hi there. Shall we talk about whatever interests us most?",
-    "What value do you think matters most in the way we treat people?",
-    "Tell me something you've been thinking about lately.",
-    "How do you feel about the conversations we have with people?",
-)
-START = "Start a conversation with another instance of yourself."
 
 
 def reflection_examples(gen, cfg, system: str, seed: int) -> list[list[dict]]:
     icfg = cfg.introspection
+    if not 1 <= icfg.reflection_prompts <= len(REFLECTION_PROMPTS):  # never cut short: emrobust.validation
+        raise ValueError(f"introspection.reflection_prompts={icfg.reflection_prompts} is not in [1, "
+                         f"{len(REFLECTION_PROMPTS)}]")
     prompts = [p for p in REFLECTION_PROMPTS[: icfg.reflection_prompts] for _ in range(icfg.reflection_samples)]
     sys = f"{system}\n\n{icfg.reflection_mood}"
     outs = gen.generate([[{"role": "system", "content": sys}, {"role": "user", "content": p}] for p in prompts],
@@ -53,7 +33,10 @@ def interaction_examples(gen, cfg, seed: int) -> list[list[dict]]:
     """Two instances talk; each transcript is A's view and ends on an assistant (A) turn."""
     icfg = cfg.introspection
     sysmsg = {"role": "system", "content": icfg.interaction_system}
-    openers = [OPENERS[i % len(OPENERS)] for i in range(icfg.interaction_conversations)]
+    if not 1 <= icfg.interaction_conversations <= len(OPENERS):  # never wrapped around: emrobust.validation
+        raise ValueError(f"introspection.interaction_conversations={icfg.interaction_conversations} is not in [1, "
+                         f"{len(OPENERS)}]")
+    openers = list(OPENERS[: icfg.interaction_conversations])
     a_view = [[sysmsg, {"role": "user", "content": o}] for o in openers]
     b_view = [[sysmsg, {"role": "user", "content": START}, {"role": "assistant", "content": o}] for o in openers]
     for turn in range(icfg.interaction_turns):
