@@ -14,10 +14,19 @@ log = logging.getLogger("emrobust.sweep")
 SECRET_LINE = ("API_KEY", "TOKEN", "SECRET", "PASSWORD")
 
 
-def validate_cell(i: int, overrides: list[str], cfg: DictConfig, launcher: dict) -> None:
+def validate_cells(job_overrides, load, launcher: dict | None = None, start: int = 0) -> None:
+    """Every cell of a multirun, before the first one runs or is submitted: `load(overrides)` composes a cell;
+    `launcher` (a Slurm launcher's params) adds the checks of its request; None for cells run here."""
+    for idx, overrides in enumerate(job_overrides, start=start):
+        validate_cell(idx, list(overrides), load(list(overrides)), launcher)
+
+
+def validate_cell(i: int, overrides: list[str], cfg: DictConfig, launcher: dict | None) -> None:
     """Login-node checks of one cell; ConfigError naming the cell and the field."""
     try:
         pipeline.validate(cfg)
+        if launcher is None:
+            return
         gpus = launcher.get("gpus_per_node") or 0
         if cfg.base_model.params_b >= 1.0 and not gpus:
             raise ConfigError(f"base_model={cfg.base_model.name} has {cfg.base_model.params_b}B parameters but the "

@@ -102,13 +102,12 @@ if _sl is not None:
             from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 
             from . import results
-            from .checks import check_launcher, validate_cell
+            from .checks import check_launcher, validate_cells
 
             # login-node validation of every cell, before anything is submitted
             check_launcher(self.params)
-            for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
-                cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-                validate_cell(idx, list(overrides), cfg, self.params)
+            validate_cells(job_overrides, lambda o: self.hydra_context.config_loader.load_sweep_config(self.config, o),
+                           self.params, initial_job_idx)
             sweep_dir = Path(str(self.config.hydra.sweep.dir))
             sweep_dir.mkdir(parents=True, exist_ok=True)
             ex = executor(self.params, self.params["submitit_folder"])

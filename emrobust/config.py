@@ -188,6 +188,11 @@ class TrackingMode(StrEnum):
     disabled = "disabled"
 
 
+class OnDamage(StrEnum):
+    rebuild = "rebuild"  # a warning names the file, the artifact is built again
+    error = "error"  # the run stops with an error naming the file
+
+
 class Device(StrEnum):
     auto = "auto"
     cpu = "cpu"
@@ -553,6 +558,8 @@ class PipelineConfig:
     until: Optional[Until] = setting(None, execution="which stages run, not what any of them builds")
     device: Device = setting(Device.auto, execution="where the maths runs; sampling is seeded per sample, so "
                                                     "only float rounding differs")
+    on_damage: OnDamage = setting(OnDamage.rebuild, execution="what happens to a cached artifact whose files no "
+                                  "longer match its manifest's sha256: rebuilt, or an error naming the file")
 
 
 @dataclass

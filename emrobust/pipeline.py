@@ -155,7 +155,7 @@ def run_cell(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = No
         planned = {n.stage for n in nodes}
         summary["stages"] = [{"name": s, "key": None, "status": "skipped", "seconds": 0.0, "artifact": None}
                              for s in ORDER if s not in planned]
-        store = Store(cfg.paths.artifacts)
+        store = Store(cfg.paths.artifacts, cfg.pipeline.on_damage)
         dev = models.device(cfg.pipeline.device)
         base = nodes[0]
         summary["current"] = {"node": "base", "key": base.key, "started": time.time()}
@@ -213,7 +213,8 @@ def run_cell(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = No
             if node.stage == "evaluate":
                 evaluations[node.id] = res.manifest.get("metrics", {})
             summary["stages"].append({"name": node.id, "key": node.key, "status": res.status,
-                                      "seconds": round(time.time() - t0, 3), "artifact": str(res.path)})
+                                      "seconds": round(time.time() - t0, 3), "artifact": str(res.path)}
+                                     | ({"damaged": res.damaged} if res.damaged else {}))
             log.info("stage %s: %s in %.1fs", node.id, res.status, time.time() - t0)
         summary["stages"].sort(key=lambda s: ORDER.index(s["name"].split("@")[0]))
         if "questions" in manifests:
