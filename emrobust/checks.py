@@ -38,11 +38,15 @@ def validate_cell(i: int, overrides: list[str], cfg: DictConfig, launcher: dict 
         raise ConfigError(str(e), where=f"cell {i} ({' '.join(overrides)})", hint=e.hint) from None
 
 
-def check_launcher(launcher: dict) -> None:
-    """Secrets travel by environment, never in the job script."""
+def check_launcher(launcher: dict, request: bool = True) -> str:
+    """Secrets travel by environment, never in the job script; the request fits a node of the partition
+    (emrobust.cluster.check_request; `request=False` leaves that to the caller). Returns what was checked."""
     secrets = {v for k, v in os.environ.items() if any(s in k.upper() for s in SECRET_LINE) and len(v) >= 6}
     for line in launcher.get("setup") or []:
         if any(s in line for s in secrets) or any(f"{s}=" in line.upper() for s in SECRET_LINE):
             raise ConfigError(f"hydra.launcher.setup line {line.split('=')[0]!r}... sets a secret; export it in the "
                               "submitting shell instead (sbatch passes the environment, the script never holds it)",
                               where="hydra.launcher.setup")
+    from .cluster import check_request
+
+    return check_request(launcher) if request else ""

@@ -12,6 +12,7 @@ from .compose import CONF_DIR
 
 VERBS = {
     "sweep": "plan a multirun on the login node and submit it to Slurm: shared stages once, then the cells",
+    "status": "one line per cell of a sweep (pending, running, done, failed): emrobust status <sweep dir> [--watch]",
     "analyze": "tables, plots and a report from sweep dirs (or W&B runs): emrobust analyze <sweep dir>",
     "rescore": "score saved answers again with another judge: emrobust rescore <run|sweep dir> eval.judge...=",
     "data": "the dataset registry: emrobust data list | fetch NAME... | verify",
@@ -87,6 +88,8 @@ def _verb(verb: str):
         from .data.cli import main as run
     elif verb == "rescore":
         from .rescore import main as run
+    elif verb == "status":
+        from .status import main as run
     else:
         from .sweep import main as run
     return run
@@ -110,9 +113,11 @@ def main(argv: list[str] | None = None) -> None:
     except (SystemExit, KeyboardInterrupt):
         raise
     except Exception as e:
-        if debug:
-            raise
         text, code = report(e)
+        if debug:  # the traceback too; the exit code stays the error's
+            import traceback
+
+            traceback.print_exc()
         print(text, file=sys.stderr)
         sys.exit(code)
 

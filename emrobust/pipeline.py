@@ -156,6 +156,7 @@ def run_cell(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = No
         summary["stages"] = [{"name": s, "key": None, "status": "skipped", "seconds": 0.0, "artifact": None}
                              for s in ORDER if s not in planned]
         store = Store(cfg.paths.artifacts, cfg.pipeline.on_damage)
+        summary["artifacts"] = str(store.root)
         dev = models.device(cfg.pipeline.device)
         base = nodes[0]
         summary["current"] = {"node": "base", "key": base.key, "started": time.time()}

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from . import cluster
 from .checks import check_launcher, validate_cell
 from .compose import compose
 from .errors import ConfigError
@@ -184,7 +185,14 @@ def main(argv: list[str]) -> int:
         if not str(launcher.get("_target_", "")).endswith("SlurmLauncher"):
             raise ConfigError("emrobust sweep submits to Slurm: add hydra/launcher=slurm (or slurm_multigpu)",
                               where="hydra/launcher")
-        check_launcher(launcher)
+        check_launcher(launcher, request=False)
+        refused = None
+        try:
+            checked = cluster.check_request(launcher)
+        except ConfigError as e:  # --dry-run still prints the plan, then the refusal
+            if not args.dry_run:
+                raise
+            checked, refused = "", e
         sweep_dir = Path(str(primary.hydra.sweep.dir)).resolve()
         # the store and cache as the login node sees them: the jobs must use the very same paths
         pin = [f"paths.artifacts={Path(primary.paths.artifacts).resolve()}",
@@ -200,6 +208,10 @@ def main(argv: list[str]) -> int:
         raise
     plan = make_plan(cells, cfgs, sweep_dir)
     print(plan.summary(launcher))
+    if refused is not None:
+        refused.hint = f"{refused.hint}; nothing would be submitted" if refused.hint else "nothing would be submitted"
+        raise refused
+    print(checked)
     if args.dry_run:
         return 0
     sweep_dir.mkdir(parents=True, exist_ok=True)

@@ -93,6 +93,36 @@ def cli(*args: str, tmp: Path, check: bool = True, env: dict | None = None, **kw
     return p
 
 
+def key_fields() -> list[str]:
+    """Every field of the schema that names the environment variable holding a key."""
+    from emrobust import keys
+
+    fields = [p for p, _ in keys.leaves() if p.endswith("api_key_env")]
+    assert {"generation.api_key_env", "eval.judge.api_key_env"} <= set(fields)
+    return fields
+
+
+def secrets_env() -> tuple[list[str], dict[str, str]]:
+    """(overrides naming one variable per key field, {variable: secret value})."""
+    overrides, env = [], {}
+    for i, f in enumerate(key_fields()):
+        name = f"EMR_CRED_{i}"
+        overrides.append(f"{f}={name}")
+        env[name] = f"sk-emr-{i}-0123456789abcdef"
+    return overrides, env
+
+
+def leaks(roots: list[Path], secrets: list[str]) -> list[str]:
+    """Files under `roots` holding any of `secrets` (as text or bytes)."""
+    out = []
+    for root in roots:
+        for p in [root] if root.is_file() else root.rglob("*"):
+            if p.is_file() and not p.is_symlink():
+                data = p.read_bytes()
+                out += [f"{p}: {s[:10]}..." for s in secrets if s.encode() in data]
+    return out
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _one_torch_thread():
     """Tiny models run ~100x faster single-threaded when the 2 cores are shared with other processes (OpenMP

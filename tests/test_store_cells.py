@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import CACHE, cli
 
 CELL = ["debug=tiny", "trait=none"]

@@ -70,6 +70,13 @@ def test_redact():
     assert json.dumps(r).count(SECRET) == 0
 
 
+def test_a_variable_named_by_an_api_key_env_field_is_secret_whatever_its_name(monkeypatch):
+    monkeypatch.setenv("MY_JUDGE_CRED", SECRET)  # no API_KEY/TOKEN in the name: secret because the config names it
+    cfg = {"eval": {"judge": {"api_key_env": "MY_JUDGE_CRED"}}, "generation": {"extra_body": {"auth": SECRET}}}
+    assert SECRET in tracking.secret_values(cfg) and SECRET not in tracking.secret_values({})
+    assert tracking.redact(cfg)["generation"]["extra_body"]["auth"] == "<redacted>"
+
+
 def _same(a, b) -> bool:
     return (pd.isna(a) and pd.isna(b)) if (pd.isna(a) or pd.isna(b)) else (a == b or str(a) == str(b))
 
