@@ -14,11 +14,19 @@ log = logging.getLogger("emrobust.sweep")
 SECRET_LINE = ("API_KEY", "TOKEN", "SECRET", "PASSWORD")
 
 
-def validate_cells(job_overrides, load, launcher: dict | None = None, start: int = 0) -> None:
-    """Every cell of a multirun, before the first one runs or is submitted: `load(overrides)` composes a cell;
-    `launcher` (a Slurm launcher's params) adds the checks of its request; None for cells run here."""
+def validate_cells(job_overrides, loader, config, launcher: dict | None = None, start: int = 0) -> None:
+    """Every cell of a multirun, before the first one runs or is submitted: composed by Hydra's `loader` from the
+    sweep's `config`, its choices checked (compose.check_choices); `launcher` (a Slurm launcher's params) adds the
+    checks of its request; None for cells run here."""
+    from .compose import check_choices
+
     for idx, overrides in enumerate(job_overrides, start=start):
-        validate_cell(idx, list(overrides), load(list(overrides)), launcher)
+        cfg = loader.load_sweep_config(config, list(overrides))
+        try:
+            check_choices(cfg.hydra.runtime.choices, loader)
+        except ConfigError as e:
+            raise ConfigError(str(e), where=f"cell {idx} ({' '.join(overrides)})") from None
+        validate_cell(idx, list(overrides), cfg, launcher)
 
 
 def validate_cell(i: int, overrides: list[str], cfg: DictConfig, launcher: dict | None) -> None:
@@ -38,15 +46,12 @@ def validate_cell(i: int, overrides: list[str], cfg: DictConfig, launcher: dict 
         raise ConfigError(str(e), where=f"cell {i} ({' '.join(overrides)})", hint=e.hint) from None
 
 
-def check_launcher(launcher: dict, request: bool = True) -> str:
-    """Secrets travel by environment, never in the job script; the request fits a node of the partition
-    (emrobust.cluster.check_request; `request=False` leaves that to the caller). Returns what was checked."""
+def check_launcher(launcher: dict) -> None:
+    """Secrets travel by environment, never in the job script. (Whether the request fits a node of the partition
+    is emrobust.cluster.check_request's: it talks to Slurm.)"""
     secrets = {v for k, v in os.environ.items() if any(s in k.upper() for s in SECRET_LINE) and len(v) >= 6}
     for line in launcher.get("setup") or []:
         if any(s in line for s in secrets) or any(f"{s}=" in line.upper() for s in SECRET_LINE):
             raise ConfigError(f"hydra.launcher.setup line {line.split('=')[0]!r}... sets a secret; export it in the "
                               "submitting shell instead (sbatch passes the environment, the script never holds it)",
                               where="hydra.launcher.setup")
-    from .cluster import check_request
-
-    return check_request(launcher) if request else ""

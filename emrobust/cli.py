@@ -56,14 +56,18 @@ def app_main() -> None:
         from pathlib import Path
 
         from . import distributed, pipeline, results
-        from .compose import choices
+        from hydra.core.global_hydra import GlobalHydra
+
+        from .compose import check_choices, choices
         from .errors import note_failure
 
         hc = HydraConfig.get()
         out = Path(hc.runtime.output_dir)
         try:
             group = Path(hc.sweep.dir).name if hc.mode == RunMode.MULTIRUN else None
-            summary = pipeline.run_cell(cfg, out, list(hc.overrides.task), choices(hc.runtime.choices), group)
+            loader = GlobalHydra.instance().config_loader()
+            summary = pipeline.run_cell(cfg, out, list(hc.overrides.task), choices(hc.runtime.choices), group,
+                                        checks=lambda: check_choices(hc.runtime.choices, loader))
             print(results.format_metrics(summary))
             return summary
         except Exception as e:

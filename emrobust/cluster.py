@@ -231,9 +231,9 @@ if _sl is not None:
             from .checks import check_launcher, validate_cells
 
             # login-node validation of every cell, before anything is submitted
-            log.info(check_launcher(self.params))
-            validate_cells(job_overrides, lambda o: self.hydra_context.config_loader.load_sweep_config(self.config, o),
-                           self.params, initial_job_idx)
+            check_launcher(self.params)
+            log.info(check_request(self.params))
+            validate_cells(job_overrides, self.hydra_context.config_loader, self.config, self.params, initial_job_idx)
             sweep_dir = Path(str(self.config.hydra.sweep.dir))
             sweep_dir.mkdir(parents=True, exist_ok=True)
             ex = executor(self.params, self.params["submitit_folder"])

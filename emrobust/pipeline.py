@@ -126,9 +126,10 @@ def write_run_json(output_dir: Path, summary: dict) -> None:
 
 
 def run_cell(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None,
-             choices: dict | None = None, group: str | None = None) -> dict:
+             choices: dict | None = None, group: str | None = None, checks=None) -> dict:
     """Run one cell of the experiment; always writes `output_dir/run.json`, re-raises on failure.
-    `group` names the sweep the cell belongs to (the tracker's group).
+    `group` names the sweep the cell belongs to (the tracker's group); `checks()`, the caller's checks of the
+    input that the config alone cannot show (e.g. the Hydra choices), runs with the validation.
 
     run.json is written when the cell starts and before each node (status `running`, the node in `current`,
     for `emrobust status`), and at the end (`ok` or `failed`, with the error and, for a runtime failure, the
@@ -145,6 +146,8 @@ def run_cell(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = No
                      "current": None}
     main = True  # until the process group says otherwise (a bad input: every rank writes the same run.json)
     try:
+        if checks is not None:
+            checks()
         validate(cfg)
         from . import distributed, models
 

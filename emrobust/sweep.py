@@ -185,7 +185,7 @@ def main(argv: list[str]) -> int:
         if not str(launcher.get("_target_", "")).endswith("SlurmLauncher"):
             raise ConfigError("emrobust sweep submits to Slurm: add hydra/launcher=slurm (or slurm_multigpu)",
                               where="hydra/launcher")
-        check_launcher(launcher, request=False)
+        check_launcher(launcher)
         refused = None
         try:
             checked = cluster.check_request(launcher)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -121,6 +122,20 @@ def leaks(roots: list[Path], secrets: list[str]) -> list[str]:
                 data = p.read_bytes()
                 out += [f"{p}: {s[:10]}..." for s in secrets if s.encode() in data]
     return out
+
+
+@contextmanager
+def small_filesystem(where: Path, size: str):
+    """A tmpfs of `size` (e.g. "64k") mounted at `where` for the block: a disk that fills up. Needs root (the test
+    is skipped, saying so, otherwise)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    where.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=True)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import small_filesystem
 
 from emrobust.store import COMPLETE, MANIFEST, Store, stable_hash
 
@@ -257,12 +258,7 @@ def test_a_damaged_artifact_is_rebuilt_or_an_error_naming_the_file(tmp_path, cap
 def test_a_full_disk_leaves_no_artifact_and_a_clear_error(tmp_path):
     """On a 256 KiB tmpfs mounted here (root only): a build that writes 1 MiB fails with NoSpace, the partial
     build is gone (its space freed), no artifact is complete, and the next build fits and completes."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    small = tmp_path / "small"
-    small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(small)], check=True)
-    try:
+    with small_filesystem(tmp_path / "small", "256k") as small:
         store = Store(small)
         with pytest.raises(OSError, match="no space left on the device") as e:
             store.get_or_build("s", "big", lambda out: (out / "w.bin").write_bytes(b"x" * (1 << 20)) and None)
@@ -272,8 +268,6 @@ def test_a_full_disk_leaves_no_artifact_and_a_clear_error(tmp_path):
         assert shutil.disk_usage(small).free > 200 * 1024  # the partial build's space is back
         assert store.get_or_build("s", "fits", lambda out: (out / "w.bin").write_bytes(b"x" * 1000) and None
                                   ).status == "executed"
-    finally:
-        subprocess.run(["umount", str(small)], check=True)
 
 
 KILL_AT = textwrap.dedent(

@@ -11,8 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-from conftest import CACHE, cli
+from conftest import CACHE, cli, small_filesystem
 
 CELL = ["debug=tiny", "trait=none"]
 
@@ -68,12 +67,7 @@ def test_killed_between_stages_then_damaged_then_rebuilt(tmp_path, tiny_path):
 def test_a_full_disk_fails_the_cell_with_no_artifact(tmp_path, tiny_path):
     """paths.artifacts on a 64 KiB tmpfs mounted here (root only): a stage cannot be written (em fits; sample
     does not)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    small = tmp_path / "small"
-    small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)], check=True)
-    try:
+    with small_filesystem(tmp_path / "small", "64k") as small:
         t0 = time.time()
         p = cli(*CELL, f"paths.artifacts={small}", "hydra.run.dir=run", tmp=tmp_path, check=False, env=_user_env())
         assert p.returncode == 1, p.stderr[-2000:]
@@ -85,5 +79,3 @@ def test_a_full_disk_fails_the_cell_with_no_artifact(tmp_path, tiny_path):
         assert time.time() - t0 < 300
         assert run["status"] == "failed" and "NoSpace" in run["error"]
         assert not list((small / stage).glob("*/COMPLETE")) and not list(small.glob("*/.*.partial"))
-    finally:
-        subprocess.run(["umount", str(small)], check=True)
