@@ -55,9 +55,9 @@ def app_main() -> None:
     def app(cfg: DictConfig) -> dict | None:
         from pathlib import Path
 
-        from . import distributed, pipeline, results
         from hydra.core.global_hydra import GlobalHydra
 
+        from . import distributed, pipeline, results
         from .compose import check_choices, choices
         from .errors import note_failure
 
