@@ -262,21 +262,35 @@ def run(tree: Path, out: Path, only: str | None, labels: str | None, timeout: fl
     subprocess.run(["scontrol", "delete", "PartitionName=emr_short"], capture_output=True)
 
 
+def summary(r: dict) -> str:
+    """What a case got, in a table cell: the exit code, how many stderr lines, the message."""
+    if r["rc"] == 0:
+        return "exit 0: ran to the end, no error"
+    if r["rc"] == "timeout":
+        return f"submitted; {r['what'].split(': ', 1)[-1]} (scancel'd)"
+    if isinstance(r["rc"], int) and r["rc"] < 0:
+        return f"ran the default cell anyway (the unknown option was skipped); stopped by hand after {r['seconds']:.0f} s"
+    msg, err = r["what"], r.get("stderr", "")
+    if msg.startswith(("provider=", "object_type=", "generate:")):  # Hydra's multi-line composition message
+        cause = next((ln.strip() for ln in err.splitlines() if ln.strip().startswith(
+            ("Invalid value", "Key '", "Value '", "Could not find"))), "")
+        msg = f"{r['first']}: {cause}" if cause and cause not in r["first"] else r["first"]
+    tb = " traceback," if "Traceback" in err else ""
+    return f"exit {r['rc']},{tb} {r['stderr_lines']} lines: {msg}".replace("|", "\\|")[:230]
+
+
 def table(before: Path, after: Path) -> str:
+    import re
+
+    order = {(g, lab): i for i, (g, lab, _, _) in enumerate(cases(Path(tempfile.mkdtemp())))}
     b = {(r["group"], r["label"]): r for r in json.loads(before.read_text())}
-    rows = ["| # | group | input | before (exit, stderr lines: message) | s | after (exit: message) | s |",
-            "|---|---|---|---|---|---|---|"]
-    for n, r in enumerate(json.loads(after.read_text()), 1):
-        o = b.get((r["group"], r["label"]), {})
-
-        def cell(x, lines=True):
-            if not x:
-                return "(not run)"
-            msg = x["what"].replace("|", "\\|")[:200]
-            return f"{x['rc']}{', ' + str(x['stderr_lines']) + ' lines' if lines else ''}: {msg}"
-
-        rows.append(f"| {n} | {r['group']} | `{r['args']}` | {cell(o)} | {o.get('seconds', '')} | "
-                    f"{cell(r, lines=False)} | {r['seconds']} |")
+    after_rows = sorted(json.loads(after.read_text()), key=lambda r: order.get((r["group"], r["label"]), 1e9))
+    rows = ["| # | group | input | before (3668821) | s | after | s |", "|---|---|---|---|---|---|---|"]
+    for n, r in enumerate(after_rows, 1):
+        o = b.get((r["group"], r["label"]))
+        args = re.sub(r"/tmp/emrobust-bad-[^/]+/files/", "", r["args"]).replace("|", "\\|")
+        rows.append(f"| {n} | {r['group']} | `{args}` | {summary(o) if o else '(not run)'} | "
+                    f"{o['seconds'] if o else ''} | {summary(r)} | {r['seconds']} |")
     return "\n".join(rows)
 
 

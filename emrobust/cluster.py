@@ -176,21 +176,21 @@ def check_request(params: dict) -> str:
     tasks = max(1, params.get("tasks_per_node") or 1)
     problems = []  # (field, what, hint): every dimension no node of the partition offers
     if req["cpus"] > cpus:
-        problems.append(("cpus_per_task", f"{req['cpus']} CPUs per node (cpus_per_task x tasks_per_node) > {cpus}",
-                         f"cpus_per_task={max(1, cpus // tasks)}"))
+        problems.append(("cpus_per_task", f"{req['cpus']} CPUs per node (cpus_per_task x tasks_per_node) > {cpus}, "
+                         "the most a node has", f"cpus_per_task={max(1, cpus // tasks)}"))
     if req["mem_mb"] > mem:
-        problems.append(("mem_gb", f"mem_gb={req['mem_mb'] / 1024:g} > {mem / 1024:.1f} GB ({mem} MB)",
-                         f"mem_gb={int(mem // 1024)}"))
+        problems.append(("mem_gb", f"mem_gb={req['mem_mb'] / 1024:g} > {mem / 1024:.1f} GB ({mem} MB), the most a "
+                         "node has", f"mem_gb={int(mem // 1024)}"))
     if req["gpus"] > gpus:
-        problems.append(("gpus_per_node", f"{req['gpus']} GPU(s) per node > {gpus}",
+        problems.append(("gpus_per_node", f"{req['gpus']} GPU(s) per node > {gpus}, the most a node has",
                          f"gpus_per_node={gpus or 'null'}"))
     if limit is not None and req["minutes"] is not None and req["minutes"] > limit:
-        problems.append(("timeout_min", f"timeout_min={req['minutes']} > the partition's time limit, {limit:g} min",
+        problems.append(("timeout_min", f"timeout_min={req['minutes']} > {limit:g} min, the partition's time limit",
                          f"timeout_min={int(limit)}"))
     if problems:
         field = f"hydra.launcher.{problems[0][0]}" if len(problems) == 1 else "hydra.launcher"
         raise ConfigError(f"no node of {where} can run this job, it would pend forever: "
-                          + "; ".join(p[1] for p in problems) + " (the most a node offers)", where=field,
+                          + "; ".join(p[1] for p in problems), where=field,
                           hint=" ".join(f"hydra.launcher.{p[2]}" for p in problems))
     fit = [n for n, (c, m, g) in nodes.items() if c >= req["cpus"] and m >= req["mem_mb"] and g >= req["gpus"]]
     if len(fit) < req["nodes"]:

@@ -77,8 +77,10 @@ def report(exc: BaseException) -> tuple[str, int]:
     comp = _composition(exc)
     if comp is not None:
         where, what = comp
-        return (f"emrobust: error: {where}: {what}\n  hint: emrobust --help lists the config groups; "
-                "emrobust --cfg job [OVERRIDES] prints the composed config"), USER_ERROR
+        text = f"emrobust: error: {where}: {what}"
+        if "not in" in what and "Key" in what:  # a misspelt or misplaced key
+            text += "\n  hint: emrobust --cfg job [OVERRIDES] prints the composed config (+key=value adds a new key)"
+        return text, USER_ERROR
     ctx = getattr(exc, "emrobust", None) or {}
     what = f"{type(exc).__name__}: {exc}".strip()
     if len(what) > 400:

@@ -2,9 +2,10 @@
 
 1. Expand the multirun exactly as `-m` would (Hydra's basic sweeper: command-line sweeps × the experiment's
    `hydra.sweeper.params`).
-2. Compose and validate every cell (files, datasets, trait/eval names, judge key, GPU request vs model size,
-   no secrets in `setup` lines); the first problem stops the sweep, naming the cell and the field. Nothing has
-   been submitted yet.
+2. Check the job request against what the partition's nodes offer (emrobust.cluster.check_request), compose and
+   validate every cell (emrobust.validation: ranges, rules, files, counts against the data; the GPU request vs
+   model size, no secrets in `setup` lines); the first problem stops the sweep, naming the cell and the field.
+   Nothing has been submitted yet (`--dry-run` still prints the plan when the request is what is refused).
 3. Compute every cell's stage keys and look them up in the store: a stage needed by several cells and not yet
    built is a *shared* stage. Consecutive shared stages needed by the same cells (a persona's questions →
    distill → introspect → fold, and its evaluation before EM) form one job: it runs a representative cell with

@@ -318,10 +318,10 @@ def test_a_request_no_node_can_run_is_refused_before_submitting(slurm_cluster, t
     assert "nothing would be submitted" in p.stderr
     p = cli("sweep", "--dry-run", *cell, *JOB[1:], tmp=tmp_path, env=_user())
     assert "Slurm: the request (1 CPU, 3 GB, 0 GPU, 5 min, 1 node(s)) fits 1 node(s) of partition debug" in p.stdout
-    cases = {"hydra.launcher.gpus_per_node=4": ("hydra.launcher.gpus_per_node", "4 GPU(s) per node > 2"),
+    cases = {"hydra.launcher.gpus_per_node=4": ("hydra.launcher.gpus_per_node", "4 GPU(s) per node > 2, the most a node has"),
              "hydra.launcher.partition=gpu": ("hydra.launcher.partition", "partition 'gpu' does not exist"),
              "hydra.launcher.partition=emr_short": ("hydra.launcher.timeout_min",
-                                                    "timeout_min=10 > the partition's time limit, 5 min")}
+                                                    "timeout_min=10 > 5 min, the partition's time limit")}
     subprocess.run(["scontrol", "create", "PartitionName=emr_short", "Nodes=ALL", "MaxTime=5"], check=True)
     try:
         for n, (override, (field, text)) in enumerate(cases.items()):

@@ -171,6 +171,17 @@ def test_counts_beyond_the_data_fail(tmp_path, overrides, where, text):
     assert e.value.where == where, str(e.value)
 
 
+def test_a_hub_id_nobody_can_answer_for_is_reported_unchecked(monkeypatch, caplog):
+    from emrobust import models
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    models.hub_check.cache_clear()
+    with caplog.at_level("WARNING", logger="emrobust.models"):
+        assert models.hub_check("emrobust-test/no-such-model", None, "base_model=x hf_id") == "unchecked"
+    assert "base_model=x hf_id=emrobust-test/no-such-model: not in the local HF cache and the hub did not answer: " \
+           "unchecked" in caplog.text
+
+
 def test_validation_loads_no_model_and_no_torch(tmp_path):
     """Validation imports no torch (so a bad input fails in seconds); checked in a fresh interpreter."""
     import subprocess
