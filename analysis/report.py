@@ -281,8 +281,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("give sweep dirs, --wandb ENTITY/PROJECT or --wandb-dir DIR")
     for d in args.sweep_dirs:
         if not any(d.glob("*/run.json")):
-            print(f"{d}: no */run.json found")
-            return 2
+            from emrobust.errors import ConfigError  # the CLI prints it as one line, exit 2
+
+            raise ConfigError("no */run.json found (not a sweep dir)" if d.is_dir() else "does not exist", file=str(d))
         files = analyze(d, args.out, args.n_resamples, args.balance_tolerance)
         print(f"\nreport: {files['report.md']}\n" + "\n".join(f"  {k}: {v}" for k, v in files.items()))
     return 0
@@ -296,15 +297,18 @@ def _analyze_wandb(args) -> int:
         try:
             runs += wandb_source.from_api(args.wandb, args.group)
         except Exception as e:  # no API key, no network, unknown project: say so, no traceback
-            print(f"W&B API ({args.wandb}): {type(e).__name__}: {e}\n(set WANDB_API_KEY, or upload offline runs "
-                  "with `wandb sync`; offline runs can be read with --wandb-dir)")
-            return 2
+            from emrobust.errors import ConfigError
+
+            raise ConfigError(f"{type(e).__name__}: {e}", where=f"W&B API ({args.wandb})",
+                              hint="set WANDB_API_KEY, or upload offline runs with `wandb sync`; offline runs can be "
+                                   "read with --wandb-dir") from None
     where = " ".join([*(str(d) for d in args.wandb_dir), *([f"wandb:{args.wandb}"] if args.wandb else [])])
     if args.group:
         where += " group " + ",".join(args.group)
     if not runs:
-        print(f"{where}: no W&B runs found")
-        return 2
+        from emrobust.errors import ConfigError
+
+        raise ConfigError("no W&B runs found", where=where)
     out = args.out or (args.wandb_dir[0] / "wandb_analysis" if args.wandb_dir else
                        Path("outputs") / "analysis" / "_".join(args.group or [args.wandb.replace("/", "_")]))
     files = analyze_table(wandb_source.table(runs), out, None, args.n_resamples, where, args.balance_tolerance)

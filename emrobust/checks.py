@@ -14,10 +14,30 @@ log = logging.getLogger("emrobust.sweep")
 SECRET_LINE = ("API_KEY", "TOKEN", "SECRET", "PASSWORD")
 
 
-def validate_cell(i: int, overrides: list[str], cfg: DictConfig, launcher: dict) -> None:
+def validate_cells(job_overrides, loader, config, launcher: dict | None = None, start: int = 0) -> list:
+    """Every cell of a multirun, before the first one runs or is submitted: composed by Hydra's `loader` from the
+    sweep's `config`, its choices checked (compose.check_choices); `launcher` (a Slurm launcher's params) adds the
+    checks of its request; None for cells run here."""
+    from .compose import check_choices
+
+    cfgs = []
+    for idx, overrides in enumerate(job_overrides, start=start):
+        cfg = loader.load_sweep_config(config, list(overrides))
+        try:
+            check_choices(cfg.hydra.runtime.choices, loader)
+        except ConfigError as e:
+            raise ConfigError(str(e), where=f"cell {idx} ({' '.join(overrides)})") from None
+        validate_cell(idx, list(overrides), cfg, launcher)
+        cfgs.append(cfg)
+    return cfgs
+
+
+def validate_cell(i: int, overrides: list[str], cfg: DictConfig, launcher: dict | None) -> None:
     """Login-node checks of one cell; ConfigError naming the cell and the field."""
     try:
         pipeline.validate(cfg)
+        if launcher is None:
+            return
         gpus = launcher.get("gpus_per_node") or 0
         if cfg.base_model.params_b >= 1.0 and not gpus:
             raise ConfigError(f"base_model={cfg.base_model.name} has {cfg.base_model.params_b}B parameters but the "
@@ -26,7 +46,7 @@ def validate_cell(i: int, overrides: list[str], cfg: DictConfig, launcher: dict)
             log.warning("deepspeed=%s with one process per job: no sharding happens (use hydra/launcher="
                         "slurm_multigpu)", cfg.deepspeed.name)
     except ConfigError as e:
-        raise ConfigError(f"cell {i} ({' '.join(overrides)}): {e}") from None
+        raise ConfigError(str(e), where=f"cell {i} ({' '.join(overrides)})", hint=e.hint) from None
 
 
 def judge_gate(cfg: DictConfig) -> tuple[bool, str]:
@@ -48,7 +68,8 @@ def judge_gate(cfg: DictConfig) -> tuple[bool, str]:
 
 
 def check_launcher(launcher: dict) -> None:
-    """Secrets travel by environment, never in the job script."""
+    """Secrets travel by environment, never in the job script. (Whether the request fits a node of the partition
+    is emrobust.cluster.check_request's: it talks to Slurm.)"""
     secrets = {v for k, v in os.environ.items() if any(s in k.upper() for s in SECRET_LINE) and len(v) >= 6}
     for line in launcher.get("setup") or []:
         if any(s in line for s in secrets) or any(f"{s}=" in line.upper() for s in SECRET_LINE):

@@ -12,6 +12,7 @@ from .compose import CONF_DIR
 
 VERBS = {
     "sweep": "plan a multirun on the login node and submit it to Slurm: shared stages once, then the cells",
+    "status": "one line per cell of a sweep (pending, running, done, failed): emrobust status <sweep dir> [--watch]",
     "analyze": "tables, plots and a report from sweep dirs (or W&B runs): emrobust analyze <sweep dir>",
     "rescore": "score saved answers again with another judge: emrobust rescore <run|sweep dir> judge=<name>",
     "data": "the dataset registry: emrobust data list | fetch NAME... | verify",
@@ -26,6 +27,8 @@ verbs:
 
 config groups (conf/, pick one with group=option): {groups}
 Hydra's own options: emrobust --hydra-help; the composed config: emrobust --cfg job [OVERRIDES...]
+A bad input is one line `emrobust: error: <where>: <what>` (exit 2), a failed run names its stage and log (exit 1);
+EMROBUST_DEBUG=1 (or HYDRA_FULL_ERROR=1) shows the traceback instead.
 """
 
 
@@ -36,7 +39,9 @@ def usage() -> str:
 
 
 def app_main() -> None:
-    """The Hydra app: one cell per job (`-m`: every cell of the sweep, one after another or on Slurm)."""
+    """The Hydra app: one cell per job (`-m`: every cell of the sweep, one after another or on Slurm). A single
+    cell's failure is raised after Hydra returns (so the CLI reports it as one line, without Hydra's own
+    "Error executing job" line); a multirun's are Hydra's, raised at the end of the sweep."""
     import hydra
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -45,49 +50,83 @@ def app_main() -> None:
     from .config import register
 
     register()
+    failed: list[BaseException] = []
 
     @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
-    def app(cfg: DictConfig) -> dict:
+    def app(cfg: DictConfig) -> dict | None:
         from pathlib import Path
 
+        from hydra.core.global_hydra import GlobalHydra
+
         from . import distributed, pipeline, results
-        from .compose import choices
+        from .compose import check_choices, choices
+        from .errors import note_failure
 
         hc = HydraConfig.get()
+        out = Path(hc.runtime.output_dir)
         try:
             group = Path(hc.sweep.dir).name if hc.mode == RunMode.MULTIRUN else None
-            summary = pipeline.run_cell(cfg, Path(hc.runtime.output_dir), list(hc.overrides.task),
-                                        choices(hc.runtime.choices), group)
+            loader = GlobalHydra.instance().config_loader()
+            summary = pipeline.run_cell(cfg, out, list(hc.overrides.task), choices(hc.runtime.choices), group,
+                                        checks=lambda: check_choices(hc.runtime.choices, loader))
             print(results.format_metrics(summary))
             return summary
+        except Exception as e:
+            note_failure(e, log=str(out / f"{hc.job.name}.log"), run_json=str(out / "run.json"))
+            if hc.mode == RunMode.RUN:
+                failed.append(e)
+                return None
+            raise
         finally:
             if hc.mode == RunMode.MULTIRUN and distributed.is_main():
                 results.write_sweep_csv(Path(hc.sweep.dir))
 
     app()
+    if failed:
+        raise failed[0]
+
+
+def _verb(verb: str):
+    if verb == "analyze":
+        from analysis.report import main as run
+    elif verb == "data":
+        from .data.cli import main as run
+    elif verb == "rescore":
+        from .rescore import main as run
+    elif verb == "status":
+        from .status import main as run
+    elif verb == "judge":
+        from .judge_cli import main as run
+    else:
+        from .sweep import main as run
+    return run
 
 
 def main(argv: list[str] | None = None) -> None:
+    from .errors import debugging, report
+
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("-h", "--help", "help"):
         print(usage())
         sys.exit(0)
-    if argv and argv[0] in VERBS:
-        verb, rest = argv[0], argv[1:]
-        if verb == "analyze":
-            from analysis.report import main as run
-        elif verb == "data":
-            from .data.cli import main as run
-        elif verb == "rescore":
-            from .rescore import main as run
-        elif verb == "judge":
-            from .judge_cli import main as run
-        else:
-            from .sweep import main as run
-        sys.exit(run(rest))
-    os.environ.setdefault("HYDRA_FULL_ERROR", "0")
-    sys.argv = [sys.argv[0]] + argv
-    app_main()
+    debug = debugging()
+    try:
+        if argv and argv[0] in VERBS:
+            sys.exit(_verb(argv[0])(argv[1:]))
+        # Hydra re-raises instead of printing its own trimmed traceback: the error is reported below
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+        sys.argv = [sys.argv[0]] + argv
+        app_main()
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except Exception as e:
+        text, code = report(e)
+        if debug:  # the traceback too; the exit code stays the error's
+            import traceback
+
+            traceback.print_exc()
+        print(text, file=sys.stderr)
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ every finished stage cached and the interrupted training stage's checkpoints in 
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import os
 import subprocess
@@ -68,10 +69,135 @@ def sacct_state(job_id: str) -> str:
     return ""
 
 
+def job_states(ids: Sequence[str]) -> dict[str, dict]:
+    """Slurm's view of these jobs: {job id: {state, reason, elapsed}}, from squeue (pending and running jobs,
+    with the reason a pending job waits) and sacct (finished ones); empty when Slurm is not reachable."""
+    ids = [str(i) for i in ids if i]
+    if not ids:
+        return {}
+    out: dict[str, dict] = {}
+    acct = _slurm("sacct", "-X", "-n", "-P", "-j", ",".join(ids), "-o", "JobID,State,Reason,Elapsed") or ""
+    for line in acct.splitlines():
+        jid, state, reason, elapsed = (line.split("|") + ["", "", ""])[:4]
+        out[jid] = {"state": state.split()[0] if state else "", "reason": reason, "elapsed": elapsed}
+    queue = _slurm("squeue", "-h", "-j", ",".join(ids), "-o", "%i|%T|%r|%M") or ""
+    for line in queue.splitlines():
+        jid, state, reason, elapsed = (line.split("|") + ["", "", ""])[:4]
+        out[jid] = {"state": state, "reason": reason, "elapsed": elapsed}
+    return out
+
+
 def job_failure(job) -> str:
     """Why a submitit job produced no result, for sweep.csv."""
     state = sacct_state(job.job_id) or job.state
     return f"Slurm job {job.job_id} ended {state} without a result (killed, timed out or cancelled)"
+
+
+# ---------------------------------------------------------------- what the partition offers vs the request
+def _slurm(*args: str) -> str | None:
+    """stdout of a Slurm command, or None when Slurm is not reachable from here (not installed, no controller)."""
+    try:
+        p = subprocess.run(list(args), capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return p.stdout if p.returncode == 0 else None
+
+
+def _minutes(limit: str) -> float | None:
+    """Slurm's time limit ("infinite", "30", "2:00:00", "1-12:00:00") in minutes; None = no limit."""
+    if limit in ("infinite", "UNLIMITED", "n/a", ""):
+        return None
+    days, _, rest = limit.rpartition("-")
+    parts = [int(x) for x in rest.split(":")]
+    h, m, sec = ([0] * (3 - len(parts)) + parts) if len(parts) > 1 else (0, parts[0], 0)
+    return int(days or 0) * 1440 + h * 60 + m + sec / 60
+
+
+def _gpus(gres: str) -> int:
+    """GPUs in a gres string ("gpu:2", "gpu:a100:4(S:0-1),shard:8", "(null)")."""
+    n = 0
+    for item in gres.split(","):
+        fields = item.split("(")[0].split(":")
+        if fields[0] == "gpu":
+            n += int(fields[-1]) if fields[-1].isdigit() else 1
+    return n
+
+
+def request(params: dict) -> dict:
+    """What one job of these launcher params asks of one node: cpus, mem_mb, gpus, minutes, nodes, partition."""
+    tasks = params.get("tasks_per_node") or 1
+    cpus = (params.get("cpus_per_task") or 1) * tasks
+    gpus = params.get("gpus_per_node") or (params.get("gpus_per_task") or 0) * tasks or (
+        _gpus(params["gres"]) if params.get("gres") else 0)
+    if params.get("mem_gb"):
+        mem = params["mem_gb"] * 1024
+    elif params.get("mem_per_cpu"):
+        mem = _mb(params["mem_per_cpu"]) * cpus
+    else:
+        mem = 0
+    return {"cpus": cpus, "mem_mb": mem, "gpus": gpus, "minutes": params.get("timeout_min"),
+            "nodes": params.get("nodes") or 1, "partition": params.get("partition")}
+
+
+def _mb(mem: str | int) -> float:
+    s = str(mem).strip().upper().removesuffix("B")
+    scale = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}.get(s[-1:], None)
+    return float(s[:-1]) * scale if scale else float(s)
+
+
+def check_request(params: dict) -> str:
+    """Check a job's request (CPUs, memory, GPUs, time limit, partition, nodes) against what the partition's
+    nodes offer (sinfo); ConfigError naming the hydra.launcher field when no node could ever run it (the job
+    would pend forever). Returns a line saying what was checked, or that no Slurm is reachable from here."""
+    from .errors import ConfigError
+
+    req = request(params)
+    want = (f"{req['cpus']} CPU, {req['mem_mb'] / 1024:g} GB, {req['gpus']} GPU, "
+            f"{req['minutes'] if req['minutes'] is not None else 'no'} min, {req['nodes']} node(s)")
+    parts = _slurm("sinfo", "-h", "-o", "%P|%l|%a")
+    if parts is None:
+        return f"Slurm: not reachable from here (sinfo failed or is not installed): the request ({want}) was not checked"
+    partitions = {p.split("|")[0].rstrip("*"): p.split("|") for p in parts.split()}
+    default = next((p.split("|")[0].rstrip("*") for p in parts.split() if p.split("|")[0].endswith("*")), None)
+    name = req["partition"] or default
+    if name is None:
+        raise ConfigError(f"no partition given and the cluster has no default one; partitions: {sorted(partitions)}",
+                          where="hydra.launcher.partition")
+    if name not in partitions:
+        raise ConfigError(f"partition {name!r} does not exist; partitions: {', '.join(sorted(partitions))}",
+                          where="hydra.launcher.partition")
+    limit = _minutes(partitions[name][1])
+    nodes = [ln.split("|") for ln in (_slurm("sinfo", "-h", "-N", "-p", name, "-o", "%N|%c|%m|%G") or "").split()]
+    nodes = {n[0]: (int(n[1]), int(n[2]), _gpus(n[3])) for n in nodes if len(n) == 4}
+    if not nodes:
+        raise ConfigError(f"partition {name!r} has no nodes", where="hydra.launcher.partition")
+    cpus, mem, gpus = (max(v[i] for v in nodes.values()) for i in range(3))
+    where = f"partition {name} ({len(nodes)} node(s))"
+    tasks = max(1, params.get("tasks_per_node") or 1)
+    problems = []  # (field, what, hint): every dimension no node of the partition offers
+    if req["cpus"] > cpus:
+        problems.append(("cpus_per_task", f"{req['cpus']} CPUs per node (cpus_per_task x tasks_per_node) > {cpus}, "
+                         "the most a node has", f"cpus_per_task={max(1, cpus // tasks)}"))
+    if req["mem_mb"] > mem:
+        problems.append(("mem_gb", f"mem_gb={req['mem_mb'] / 1024:g} > {mem / 1024:.1f} GB ({mem} MB), the most a "
+                         "node has", f"mem_gb={int(mem // 1024)}"))
+    if req["gpus"] > gpus:
+        problems.append(("gpus_per_node", f"{req['gpus']} GPU(s) per node > {gpus}, the most a node has",
+                         f"gpus_per_node={gpus or 'null'}"))
+    if limit is not None and req["minutes"] is not None and req["minutes"] > limit:
+        problems.append(("timeout_min", f"timeout_min={req['minutes']} > {limit:g} min, the partition's time limit",
+                         f"timeout_min={int(limit)}"))
+    if problems:
+        field = f"hydra.launcher.{problems[0][0]}" if len(problems) == 1 else "hydra.launcher"
+        raise ConfigError(f"no node of {where} can run this job, it would pend forever: "
+                          + "; ".join(p[1] for p in problems), where=field,
+                          hint=" ".join(f"hydra.launcher.{p[2]}" for p in problems))
+    fit = [n for n, (c, m, g) in nodes.items() if c >= req["cpus"] and m >= req["mem_mb"] and g >= req["gpus"]]
+    if len(fit) < req["nodes"]:
+        raise ConfigError(f"{req['nodes']} node(s) each with {want.rsplit(',', 2)[0]} but {len(fit)} node(s) of "
+                          f"{where} offer that together; the job would pend forever", where="hydra.launcher.nodes")
+    return (f"Slurm: the request ({want}) fits {len(fit)} node(s) of partition {name} (at most {cpus} CPU, "
+            f"{mem / 1024:.1f} GB, {gpus} GPU; time limit {partitions[name][1]})")
 
 
 # ---------------------------------------------------------------- `-m hydra/launcher=slurm`
@@ -102,18 +228,18 @@ if _sl is not None:
             from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 
             from . import results
-            from .checks import check_launcher, judge_gate, validate_cell
+            from .checks import check_launcher, judge_gate, validate_cells
+            from .errors import ConfigError
 
             # login-node validation of every cell, before anything is submitted
             check_launcher(self.params)
-            for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
-                cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-                validate_cell(idx, list(overrides), cfg, self.params)
+            log.info(check_request(self.params))
+            cfgs = validate_cells(job_overrides, self.hydra_context.config_loader, self.config, self.params,
+                                  initial_job_idx)
+            for idx, cfg in enumerate(cfgs, start=initial_job_idx):
                 ok, line = judge_gate(cfg)
                 if not ok:
-                    from .errors import ConfigError
-
-                    raise ConfigError(f"cell {idx}: {line}; nothing was submitted", where="judge")
+                    raise ConfigError(line, where=f"cell {idx}", hint="nothing was submitted")
             sweep_dir = Path(str(self.config.hydra.sweep.dir))
             sweep_dir.mkdir(parents=True, exist_ok=True)
             ex = executor(self.params, self.params["submitit_folder"])
@@ -123,6 +249,9 @@ if _sl is not None:
                 log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
                 args.append((list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state()))
             jobs = ex.map_array(self, *zip(*args))
+            # which Slurm job runs which cell, for `emrobust status`
+            (sweep_dir / "slurm_jobs.json").write_text(json.dumps(
+                {str(idx): str(job.job_id) for (_, _, idx, _, _), job in zip(args, jobs)}, indent=1))
             rets, lost = [], False
             for (overrides, _, idx, _, _), job in zip(args, jobs):
                 try:

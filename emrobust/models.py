@@ -6,18 +6,22 @@ one converted SmolLM2.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .compose import CONF_DIR
 from .errors import ConfigError
 from .keys import Read, key_config, stage_key
 from .store import Store, stable_hash
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +78,42 @@ def validate(cfg: DictConfig) -> None:
     elif src == "hub":
         if not (cfg.hf_id or cfg.local_path):
             raise ConfigError("source=hub needs hf_id or local_path", where=f"base_model={cfg.name}")
-        if cfg.local_path and not Path(cfg.local_path).exists():
-            raise ConfigError(f"local_path {cfg.local_path!r} does not exist", where=f"base_model={cfg.name}")
+        if cfg.local_path:
+            p = Path(cfg.local_path).expanduser()
+            if not p.exists():
+                raise ConfigError("does not exist", file=cfg.local_path, where=f"base_model={cfg.name} local_path")
+            if not (p / "config.json").is_file():
+                raise ConfigError("is not a model directory (no config.json)", file=cfg.local_path,
+                                  where=f"base_model={cfg.name} local_path")
+        else:
+            hub_check(cfg.hf_id, cfg.revision, f"base_model={cfg.name} hf_id")
+
+
+@functools.cache
+def hub_check(hf_id: str, revision: str | None, where: str) -> str:
+    """Is `hf_id` (at `revision`) a model: "cached" (in the local HF cache), "found" (the hub says so), or
+    "unchecked" (neither the cache nor the hub could answer: logged); ConfigError when the hub says it is not."""
+    import os
+
+    from huggingface_hub import HfApi, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    if isinstance(try_to_load_from_cache(hf_id, "config.json", revision=revision), str):
+        return "cached"
+    if os.environ.get("HF_HUB_OFFLINE") != "1":
+        try:
+            HfApi().model_info(hf_id, revision=revision, timeout=10)
+            return "found"
+        except GatedRepoError:
+            return "found"  # it exists; access is the job's token's business
+        except RevisionNotFoundError:
+            raise ConfigError(f"the hub has no revision {revision!r} of {hf_id!r}", where=where) from None
+        except RepositoryNotFoundError:
+            raise ConfigError(f"the hub has no model {hf_id!r}", where=where) from None
+        except Exception:  # noqa: BLE001 - no network, proxy, rate limit: the hub did not answer
+            pass
+    log.warning("%s=%s: not in the local HF cache and the hub did not answer: unchecked", where, hf_id)
+    return "unchecked"
 
 
 def prepare(cfg: DictConfig, cache: str | Path) -> Path | str:
@@ -103,6 +141,8 @@ def _convert_gguf(cfg: DictConfig, out: Path) -> dict:
 
     pkg_dir = Path(list(importlib.util.find_spec(cfg.gguf_package).submodule_search_locations)[0])
     log.info("converting %s/%s into the cache (once)", pkg_dir, cfg.gguf_file)
+    import torch
+
     model = AutoModelForCausalLM.from_pretrained(str(pkg_dir), gguf_file=cfg.gguf_file, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(str(pkg_dir), gguf_file=cfg.gguf_file)
     model.hf_quantizer.remove_quantization_config(model)  # weights are already dense fp32
@@ -112,6 +152,7 @@ def _convert_gguf(cfg: DictConfig, out: Path) -> dict:
 
 
 def _build_tiny(cfg: DictConfig, tok_path: Path | str, out: Path) -> dict:
+    import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     tok = AutoTokenizer.from_pretrained(tok_path)
@@ -131,20 +172,26 @@ def _build_tiny(cfg: DictConfig, tok_path: Path | str, out: Path) -> dict:
 
 
 def device(pref: str = "auto") -> torch.device:
+    import torch
+
     if pref == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(pref)
 
 
 def dtype_for(cfg: DictConfig, dev: torch.device) -> torch.dtype:
+    import torch
+
     if cfg.dtype == "auto":
         return torch.bfloat16 if dev.type == "cuda" else torch.float32
     return getattr(torch, cfg.dtype)
 
 
-def load(path: Path | str, dev: torch.device, dtype: torch.dtype = torch.float32):
+def load(path: Path | str, dev: torch.device, dtype: torch.dtype | None = None):
+    import torch
     from transformers import AutoModelForCausalLM
 
+    dtype = torch.float32 if dtype is None else dtype
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
     return model.to(dev)
 
@@ -160,6 +207,8 @@ def load_tokenizer(path: Path | str):
 
 def fingerprint(model: torch.nn.Module) -> str:
     """sha256 over every parameter and buffer (name, dtype, shape, bytes), in name order."""
+    import torch
+
     h = hashlib.sha256()
     sd = model.state_dict()
     for name in sorted(sd):

@@ -49,7 +49,7 @@ def all_questions(questions_dir: Path) -> list[tuple[int, str]]:
 
 
 def pick(questions_dir: Path, n: int, seed: int) -> tuple[list[tuple[int, str]], str]:
-    """Up to `n` questions for the check, round-robin over traits; and "heldout" or "training"."""
+    """`n` questions for the check, round-robin over traits; and "heldout" or "training"."""
     every = all_questions(questions_dir)
     selected = {q["question"] for q in read_jsonl(questions_dir / "questions.jsonl")}
     pool, source = [x for x in every if x[1] not in selected], "heldout"
@@ -67,6 +67,8 @@ def pick(questions_dir: Path, n: int, seed: int) -> tuple[list[tuple[int, str]],
             if depth < len(by_trait[t]) and len(out) < n:
                 out.append((t, by_trait[t][depth]))
         depth += 1
+    if len(out) < n:  # never fewer than asked: emrobust.validation checks the count before anything runs
+        raise ValueError(f"eval.persona.n_questions={n} but only {len(out)} {source} constitution questions are left")
     return out, source
 
 

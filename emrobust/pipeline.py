@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import os
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from . import keys, leakage, tracking
-from .errors import ConfigError
+from .errors import ConfigError, note_failure
 from .results import START, cell_metrics, curve, curve_metrics
 from .stages import ORDER, Context, stage_seed
 from .store import Result, Store
@@ -118,27 +119,12 @@ def graph(cfg: DictConfig) -> list[Node]:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Every user-input check, before any model is loaded. Raises ConfigError naming file/field/value."""
-    from . import generation, judges, models
-    from .data import constitutions, em_datasets, evalsets
+    """Every user-input check, before any model is loaded (emrobust.validation). Raises ConfigError naming
+    file/field/value."""
+    from . import validation
 
-    models.validate(cfg.base_model)
-    judges.validate(cfg.judge)
-    generation.validate(cfg.generation)
-    if cfg.trait.name != "none":
-        constitutions.load_cfg(cfg.trait, cfg.paths)
-        stage_module("questions").validate(cfg)
-        stage_module("distill").validate(cfg)
-        stage_module("introspect").validate(cfg)
-        qd = cfg.question_diversity
-        if qd.total_pairs is not None and qd.n_questions is not None and qd.total_pairs < qd.n_questions:
-            raise ConfigError(f"total_pairs={qd.total_pairs} < n_questions={qd.n_questions}: some selected questions "
-                              "would get no training pair", where="question_diversity.total_pairs")
-    stage_module("em").validate(cfg)
-    if cfg.em_dataset.name != "none":
-        em_datasets.split(em_datasets.load_all(cfg.em_dataset, cfg.paths), cfg.em_dataset, 0)
-    evalsets.questions(cfg)
-    leakage.check_config(cfg)  # no eval question in the training data known before generation
+    validation.validate(cfg)
+    leakage.check_config(cfg)  # no eval question (nor probe item) in the training data known before generation
 
 
 def plan(cfg: DictConfig) -> list[Node]:
@@ -165,30 +151,53 @@ def _record(summary: dict, cfg: DictConfig, node: Node, manifest: dict) -> None:
             summary["training"][node.id]["max_drop_share"] = cfg.em_train.max_drop_share
 
 
+def write_run_json(output_dir: Path, summary: dict) -> None:
+    """run.json, replaced whole (a reader never sees half of it; several ranks may write the same content)."""
+    tmp = output_dir / f".run.json.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(summary, indent=2, default=str))
+    os.replace(tmp, output_dir / "run.json")
+
+
 def run_cell(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None,
-             choices: dict | None = None, group: str | None = None) -> dict:
+             choices: dict | None = None, group: str | None = None, checks=None) -> dict:
     """Run one cell of the experiment; always writes `output_dir/run.json`, re-raises on failure.
-    `group` names the sweep the cell belongs to (the tracker's group).
+    `group` names the sweep the cell belongs to (the tracker's group); `checks()`, the caller's checks of the
+    input that the config alone cannot show (e.g. the Hydra choices), runs with the validation.
+
+    run.json is written when the cell starts and before each node (status `running`, the node in `current`,
+    for `emrobust status`), and at the end (`ok` or `failed`, with the error and, for a runtime failure, the
+    node it happened in). The input is validated first, before torch is even imported.
 
     In a multi-process job (several Slurm tasks, torchrun) every rank calls this; rank 0 alone decides, holds
     the artifact lock and writes (artifacts, run.json, tracker); see emrobust.distributed."""
-    from . import distributed, models
+    import socket
 
-    distributed.setup()
-    main = distributed.is_main()
     output_dir.mkdir(parents=True, exist_ok=True)
     summary: dict = {"overrides": list(overrides or []), "choices": dict(choices or {}), "seed": cfg.seed,
-                     "status": "failed", "error": None, "stages": [], "diversity": {}, "training": {},
-                     "metrics": {}, "world_size": distributed.world_size()}
+                     "status": "running", "error": None, "stages": [], "diversity": {}, "training": {},
+                     "metrics": {}, "world_size": None, "started": time.time(), "host": socket.gethostname(),
+                     "pid": os.getpid(), "current": None}
+    main = True  # until the process group says otherwise (a bad input: every rank writes the same run.json)
     try:
+        if checks is not None:
+            checks()
         validate(cfg)
+        from . import distributed, models
+
+        distributed.setup()
+        main = distributed.is_main()
+        summary["world_size"] = distributed.world_size()
         nodes = plan(cfg)
         planned = {n.stage for n in nodes}
         summary["stages"] = [{"name": s, "key": None, "status": "skipped", "seconds": 0.0, "artifact": None}
                              for s in ORDER if s not in planned]
-        store = Store(cfg.paths.artifacts)
+        store = Store(cfg.paths.artifacts, cfg.pipeline.on_damage)
+        summary["artifacts"] = str(store.root)
         dev = models.device(cfg.pipeline.device)
         base = nodes[0]
+        summary["current"] = {"node": "base", "key": base.key, "started": time.time()}
+        if main:
+            write_run_json(output_dir, summary)
         base_path = distributed.rank0_compute(lambda: str(models.prepare(cfg.base_model, cfg.paths.cache)))
         paths: dict[str, Path] = {"base": Path(base_path)}
         manifests: dict[str, dict] = {"base": {"stage": "base", "key": base.key, "config": base.key_config}}
@@ -200,6 +209,9 @@ def run_cell(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = No
             ckpt = store.checkpoint_dir(node.stage, node.key)
             inputs = {role: paths[u] for role, u in node.upstream.items()}
             ups = {role: manifests[u] for role, u in node.upstream.items()}
+            summary["current"] = {"node": node.id, "key": node.key, "started": time.time()}
+            if main:
+                write_run_json(output_dir, summary)
 
             def build(tmp: Path, node=node, mod=mod, seed=seed, ckpt=ckpt, inputs=inputs, ups=ups) -> dict:
                 log.info("stage %s: building %s", node.id, node.key)
@@ -244,7 +256,8 @@ def run_cell(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = No
             if node.stage == "evaluate":
                 evaluations[node.id] = res.manifest.get("metrics", {})
             summary["stages"].append({"name": node.id, "key": node.key, "status": res.status,
-                                      "seconds": round(time.time() - t0, 3), "artifact": str(res.path)})
+                                      "seconds": round(time.time() - t0, 3), "artifact": str(res.path)}
+                                     | ({"damaged": res.damaged} if res.damaged else {}))
             log.info("stage %s: %s in %.1fs", node.id, res.status, time.time() - t0)
         summary["stages"].sort(key=lambda s: ORDER.index(s["name"].split("@")[0]))
         if "evaluate" in evaluations:
@@ -256,12 +269,17 @@ def run_cell(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = No
             summary["curve"] = curve(evaluations, heldout)
             summary["metrics"] |= curve_metrics(summary["curve"], str(cfg.eval.curve.metric),
                                                 float(cfg.eval.curve.threshold))
-        summary["status"] = "ok"
+        summary["status"], summary["current"] = "ok", None
     except BaseException as e:
+        summary["status"] = "failed"
         summary["error"] = f"{type(e).__name__}: {e}"
         summary["traceback"] = traceback.format_exc()
+        if summary["current"] is not None and not isinstance(e, ConfigError):
+            summary["failed_stage"] = summary["current"]["node"]
+            note_failure(e, stage=summary["failed_stage"], run_json=str(output_dir / "run.json"))
         raise
     finally:
+        summary["seconds"] = round(time.time() - summary["started"], 3)
         if main:
-            (output_dir / "run.json").write_text(json.dumps(summary, indent=2, default=str))
+            write_run_json(output_dir, summary)
     return summary

@@ -116,13 +116,7 @@ def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(HELP, file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
-    from .errors import ConfigError
-
     logging.basicConfig(level=logging.INFO)
-    try:
-        results = rescore(Path(argv[0]), argv[1:])
-    except ConfigError as e:
-        print(f"emrobust rescore: {e}", file=sys.stderr)
-        return 2
+    results = rescore(Path(argv[0]), argv[1:])  # a ConfigError is reported by the CLI (one line, exit 2)
     print(format_summary(results))
     return 0

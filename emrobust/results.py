@@ -134,15 +134,24 @@ def write_sweep_csv(sweep_dir: Path) -> Path:
 
 
 def record_failure(output_dir: Path, overrides: list[str], error: str) -> None:
-    """run.json for a cell that died without writing one (its Slurm job was killed or cancelled)."""
+    """run.json for a cell that died without finishing it (its Slurm job was killed or cancelled): none, or one
+    still saying `running` (the node it was in becomes `failed_stage`)."""
     output_dir = Path(output_dir)
-    if (output_dir / "run.json").exists():
+    rj = output_dir / "run.json"
+    summary = json.loads(rj.read_text()) if rj.exists() else None
+    if summary is not None and summary.get("status") != "running":
         return
     output_dir.mkdir(parents=True, exist_ok=True)
     seed = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+") == "seed"), None)
-    summary = {"overrides": list(overrides), "choices": {}, "seed": int(seed) if seed is not None else None,
-               "status": "failed", "error": error, "stages": [], "diversity": {}, "metrics": {}}
-    (output_dir / "run.json").write_text(json.dumps(summary, indent=2))
+    if summary is None:
+        summary = {"overrides": list(overrides), "choices": {}, "seed": int(seed) if seed is not None else None,
+                   "stages": [], "diversity": {}, "metrics": {}}
+    elif summary.get("current"):
+        summary["failed_stage"] = summary["current"]["node"]
+    summary |= {"status": "failed", "error": error, "current": None}
+    tmp = output_dir / ".run.json.failure.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    tmp.replace(rj)
 
 
 def format_metrics(summary: dict) -> str:

@@ -2,9 +2,10 @@
 
 1. Expand the multirun exactly as `-m` would (Hydra's basic sweeper: command-line sweeps × the experiment's
    `hydra.sweeper.params`).
-2. Compose and validate every cell (files, datasets, trait/eval names, judge key, GPU request vs model size,
-   no secrets in `setup` lines); the first problem stops the sweep, naming the cell and the field. Nothing has
-   been submitted yet.
+2. Check the job request against what the partition's nodes offer (emrobust.cluster.check_request), compose and
+   validate every cell (emrobust.validation: ranges, rules, files, counts against the data; the GPU request vs
+   model size, no secrets in `setup` lines); the first problem stops the sweep, naming the cell and the field.
+   Nothing has been submitted yet (`--dry-run` still prints the plan when the request is what is refused).
 3. Compute every cell's stage keys and look them up in the store: a stage needed by several cells and not yet
    built is a *shared* stage. Consecutive shared stages needed by the same cells (a persona's questions →
    distill → introspect → fold, and its evaluation before EM) form one job: it runs a representative cell with
@@ -18,13 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from . import cluster
 from .checks import check_launcher, judge_gate, validate_cell
 from .compose import compose
 from .errors import ConfigError
@@ -186,6 +187,13 @@ def main(argv: list[str]) -> int:
             raise ConfigError("emrobust sweep submits to Slurm: add hydra/launcher=slurm (or slurm_multigpu)",
                               where="hydra/launcher")
         check_launcher(launcher)
+        refused = None
+        try:
+            checked = cluster.check_request(launcher)
+        except ConfigError as e:  # --dry-run still prints the plan, then the refusal
+            if not args.dry_run:
+                raise
+            checked, refused = "", e
         sweep_dir = Path(str(primary.hydra.sweep.dir)).resolve()
         # the store and cache as the login node sees them: the jobs must use the very same paths
         pin = [f"paths.artifacts={Path(primary.paths.artifacts).resolve()}",
@@ -196,23 +204,28 @@ def main(argv: list[str]) -> int:
             cfg = compose(c)
             validate_cell(i, c, cfg, launcher)
             cfgs.append(cfg)
-    except ConfigError as e:
-        print(f"emrobust sweep: {e}\nnothing was submitted", file=sys.stderr)
-        return 2
+    except ConfigError as e:  # reported by the CLI: one line, exit 2
+        e.hint = f"{e.hint}; nothing was submitted" if e.hint else "nothing was submitted"
+        raise
     plan = make_plan(cells, cfgs, sweep_dir)
     print(plan.summary(launcher))
+    # the gates: every one is reported; --dry-run exits 0 with them, a real submission refuses until each passes
     gates = {}  # one line per distinct judge gate
     for cfg in cfgs:
         ok, line = judge_gate(cfg)
         gates.setdefault(line, ok)
     for line, ok in gates.items():
         print(f"judge gate: {'pass' if ok else 'REFUSED'}: {line}")
+    if refused is not None:
+        print(f"slurm gate: REFUSED: {refused}" + (f" (hint: {refused.hint})" if refused.hint else ""))
+    else:
+        print(f"slurm gate: {checked}")
     if args.dry_run:
         return 0
     if not all(gates.values()):
-        print("emrobust sweep: a judge is below the bar (see the judge gate above); nothing was submitted",
-              file=sys.stderr)
-        return 2
+        raise ConfigError("a judge is below the bar (see the judge gate above)", where="judge",
+                          hint="calibrate it (emrobust judge calibrate) or set judge.allow_untrusted=true; "
+                               "nothing was submitted")
     sweep_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     ids = submit(plan, launcher)

@@ -23,10 +23,26 @@ SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|passwd|credential)"
 SECRET_ENV = re.compile(r"(API_KEY|TOKEN|SECRET|PASSWORD)", re.I)
 
 
+def secret_values(config: dict | None = None) -> set[str]:
+    """Values of the environment variables that hold secrets: secret-looking names, and every variable a
+    `*_api_key_env` field of `config` (a resolved cell config) names, whatever its name."""
+    named = set()
+
+    def walk(node):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if str(k).endswith("api_key_env") and isinstance(v, str):
+                    named.add(v)
+                walk(v)
+    walk(config or {})
+    return {v for k, v in os.environ.items() if (SECRET_ENV.search(k) or k in named) and len(v) >= 6}
+
+
 def redact(obj, secrets: set[str] | None = None):
-    """Copy of a config container without secret-looking keys or any value equal to a secret env var."""
+    """Copy of a config container without secret-looking keys or any value equal to a secret env var (by
+    default: `secret_values(obj)`)."""
     if secrets is None:
-        secrets = {v for k, v in os.environ.items() if SECRET_ENV.search(k) and len(v) >= 6}
+        secrets = secret_values(obj if isinstance(obj, dict) else None)
     if isinstance(obj, dict):
         return {k: ("<redacted>" if SECRET_KEY.search(str(k)) and not str(k).endswith("_env") else redact(v, secrets))
                 for k, v in obj.items()}
@@ -68,12 +84,14 @@ def stage_run(cfg: DictConfig, stage: str, key: str, output_dir: Path, cell: dic
     import wandb
 
     output_dir.mkdir(parents=True, exist_ok=True)
-    config = redact(OmegaConf.to_container(cfg, resolve=True))
+    config = OmegaConf.to_container(cfg, resolve=True)
+    secrets = secret_values(config)
+    config = redact(config, secrets)
     config["emrobust_cell"] = redact({"overrides": list(cell["overrides"]), "choices": dict(cell["choices"]),
-                                      "dir": Path(output_dir).name})
+                                      "dir": Path(output_dir).name}, secrets)
     run = wandb.init(project=cfg.tracking.project, entity=cfg.tracking.entity, mode=cfg.tracking.mode,
                      dir=str(output_dir), job_type=stage, group=cfg.tracking.group or group,
-                     name=" ".join(cell["overrides"]) or "default",
+                     name=redact(" ".join(cell["overrides"]), secrets) or "default",
                      config={**config, "stage": stage, "stage_key": key}, reinit="finish_previous")
     global _ACTIVE
     _ACTIVE = run

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -82,14 +83,60 @@ def fake_cell(sweep: Path, i: int, seed: int, aligned, coherent, trait="demo", q
     (sweep / str(i) / "run.json").write_text(json.dumps(run))
 
 
-def cli(*args: str, tmp: Path, check: bool = True, **kw) -> subprocess.CompletedProcess:
-    """Run the real `emrobust` entry point in a subprocess rooted at `tmp`."""
-    env = {**os.environ, "EMROBUST_ROOT": str(tmp), "EMROBUST_CACHE": CACHE, "HYDRA_FULL_ERROR": "1"}
+def cli(*args: str, tmp: Path, check: bool = True, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+    """Run the real `emrobust` entry point in a subprocess rooted at `tmp`: with full tracebacks
+    (HYDRA_FULL_ERROR=1), or in the environment `env` as given (e.g. without it, as a user runs it)."""
+    env = {**(os.environ if env is None else env), "EMROBUST_ROOT": str(tmp), "EMROBUST_CACHE": CACHE,
+           **({"HYDRA_FULL_ERROR": "1"} if env is None else {})}
     p = subprocess.run([sys.executable, "-m", "emrobust.cli", *args], env=env, cwd=tmp, capture_output=True,
                        text=True, **kw)
     if check and p.returncode != 0:
         raise AssertionError(f"emrobust {' '.join(args)} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}")
     return p
+
+
+def key_fields() -> list[str]:
+    """Every field of the schema that names the environment variable holding a key."""
+    from emrobust import keys
+
+    fields = [p for p, _ in keys.leaves() if p.endswith("api_key_env")]
+    assert {"generation.api_key_env", "eval.judge.api_key_env"} <= set(fields)
+    return fields
+
+
+def secrets_env() -> tuple[list[str], dict[str, str]]:
+    """(overrides naming one variable per key field, {variable: secret value})."""
+    overrides, env = [], {}
+    for i, f in enumerate(key_fields()):
+        name = f"EMR_CRED_{i}"
+        overrides.append(f"{f}={name}")
+        env[name] = f"sk-emr-{i}-0123456789abcdef"
+    return overrides, env
+
+
+def leaks(roots: list[Path], secrets: list[str]) -> list[str]:
+    """Files under `roots` holding any of `secrets` (as text or bytes)."""
+    out = []
+    for root in roots:
+        for p in [root] if root.is_file() else root.rglob("*"):
+            if p.is_file() and not p.is_symlink():
+                data = p.read_bytes()
+                out += [f"{p}: {s[:10]}..." for s in secrets if s.encode() in data]
+    return out
+
+
+@contextmanager
+def small_filesystem(where: Path, size: str):
+    """A tmpfs of `size` (e.g. "64k") mounted at `where` for the block: a disk that fills up. Needs root (the test
+    is skipped, saying so, otherwise)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    where.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=True)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 
 from emrobust import diversity as D
 from emrobust.data import constitutions
+from emrobust.errors import ConfigError
 
 
 def qd(strategy: str, n: int | None = 12, per_trait: bool = False, n_clusters: int = 8):
@@ -113,7 +114,10 @@ def test_select_all_and_oversized(demo):
     everything = list(range(len(texts)))
     assert D.select(texts, traits, qd("all", None), seed=0) == everything
     assert D.select(texts, traits, qd("random", None), seed=0) == everything
-    assert D.select(texts, traits, qd("farthest", len(texts) + 5), seed=0) == everything
+    assert D.select(texts, traits, qd("farthest", len(texts)), seed=0) == everything
+    # more than the constitution holds is an error, never a silent cap (every cell of a design selects the same count)
+    with pytest.raises(ConfigError, match="n_questions=65 but the constitution has 60 questions"):
+        D.select(texts, traits, qd("farthest", len(texts) + 5), seed=0)
     with pytest.raises(ValueError, match="strategy"):
         D.select(texts, traits, qd("bogus"), seed=0)
 

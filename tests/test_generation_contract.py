@@ -113,8 +113,6 @@ def test_openai_config_checks(monkeypatch):
         generation.validate(_gcfg(backend="openai", model="m", api_key_env="EMROBUST_TEST_NO_SUCH_KEY"))
     with pytest.raises(ConfigError, match="generation.model"):
         generation.validate(_gcfg(backend="openai", api_key_env=None))
-    with pytest.raises(ConfigError, match="concurrency"):
-        generation.validate(_gcfg(backend="openai", model="m", api_key_env=None, concurrency=0))
     with pytest.raises(Exception, match=r"Invalid value 'tgi', expected one of \[hf, openai, vllm\]"):
         _gcfg(backend="tgi")
     generation.validate(_gcfg(backend="openai", model="m", api_key_env=None))

@@ -218,10 +218,20 @@ def test_unknown_trait_and_dataset_names(tmp_path):
 
 
 def test_multirun_writes_sweep_csv_and_marks_failures(tmp_path, tiny_path):
-    p = cli("-m", "debug=tiny", "trait=none", "em_dataset.n_examples=8,100000", f"hydra.sweep.dir={tmp_path}/sweep",
+    # max_length=1 passes validation but leaves no assistant token to train on: the second cell fails in em
+    p = cli("-m", "debug=tiny", "trait=none", "em_train.optim.max_length=128,1", f"hydra.sweep.dir={tmp_path}/sweep",
             tmp=tmp_path, check=False)
     assert p.returncode != 0  # a failed cell fails the sweep, after the other cells ran
     df = pd.read_csv(tmp_path / "sweep" / "sweep.csv")
     assert list(df["status"]) == ["ok", "failed"]
-    assert "n_examples=100000" in df["error"][1]
-    assert {"em_dataset.n_examples", "trait", "em_rate_betley", "em_rate_betley_lo", "n_answers"} <= set(df.columns)
+    assert "no training example" in df["error"][1]
+    assert {"em_train.optim.max_length", "trait", "em_rate_betley", "em_rate_betley_lo", "n_answers"} <= set(df.columns)
+
+
+def test_a_bad_cell_stops_a_multirun_before_any_cell_runs(tmp_path):
+    p = cli("-m", "debug=tiny", "trait=none", "em_dataset.n_examples=8,100000", f"hydra.sweep.dir={tmp_path}/sweep",
+            tmp=tmp_path, check=False)
+    assert p.returncode == 2
+    assert "cell 1 (debug=tiny trait=none em_dataset.n_examples=100000): em_dataset.n_examples: n_examples=100000 " \
+           "but the dataset has 120 rows" in p.stderr
+    assert not (tmp_path / "sweep" / "0").exists() and not (tmp_path / "artifacts").exists()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import ROOT, cli
+from conftest import ROOT, cli, leaks, secrets_env
 
 START = ROOT / "slurm" / "start-local-cluster.sh"
 STOP = ROOT / "slurm" / "stop-local-cluster.sh"
@@ -71,15 +71,19 @@ def sacct_states(sweep: Path, n: int, timeout: float = 120) -> dict[int, str]:
 def test_two_cell_sweep_completes_on_slurm(slurm_cluster, root, tiny_path, monkeypatch):
     secret = "sk-fake-0123456789abcdef"  # reaches the jobs by environment only: never in a script, pickle or log
     monkeypatch.setenv("OPENAI_API_KEY", secret)
+    named, env = secrets_env()  # and a key in a variable named by each *_api_key_env field of the schema
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
     sweep = root / "sweep_ok"
-    p = cli("-m", "debug=tiny", "trait=none", "seed=0,1", *JOB, f"hydra.sweep.dir={sweep}", tmp=root, timeout=900)
+    p = cli("-m", "debug=tiny", "trait=none", "seed=0,1", *named, *JOB, f"hydra.sweep.dir={sweep}", tmp=root,
+            timeout=900)
     assert "Submitit 'slurm' sweep output dir" in p.stdout + p.stderr
     assert sacct_states(sweep, 2) == {0: "COMPLETED", 1: "COMPLETED"}
     df = pd.read_csv(sweep / "sweep.csv")
     assert list(df["status"]) == ["ok", "ok"] and list(df["seed"]) == [0, 1]
     assert df["mean_aligned"].notna().all() and list(df["executed"]) == [3, 3]  # em, sample, evaluate
-    for f in (p for p in sweep.rglob("*") if p.is_file()):
-        assert secret.encode() not in f.read_bytes(), f
+    assert list((sweep / ".submitit").rglob("*_submission.sh")) and list((sweep / ".submitit").rglob("*.pkl"))
+    assert not leaks([sweep, root / "artifacts"], [secret, *env.values()])
 
 
 def test_failed_cell_is_failed_in_sacct_and_sweep_csv(slurm_cluster, root, tiny_path):
@@ -280,6 +284,106 @@ def test_zero2_two_task_job_matches_single_process(slurm_cluster, tmp_path, tiny
 def test_sweep_dry_run_of_the_study_preset(tmp_path):
     """experiment=diversity_sweep through the planner: the preset's sweeper params expand as with -m (5 cell kinds
     x 2 EM datasets x 3 seeds); each persona (per diversity level and seed) is one shared job for its 2 EM cells."""
-    p = cli("sweep", "--dry-run", "experiment=diversity_sweep", "hydra/launcher=slurm", tmp=tmp_path, timeout=600)
+    no_slurm = {k: v for k, v in os.environ.items() if k != "SLURM_CONF"} | {"SLURM_CONF": str(tmp_path / "none")}
+    p = cli("sweep", "--dry-run", "experiment=diversity_sweep", "hydra/launcher=slurm", tmp=tmp_path, timeout=600,
+            env=no_slurm)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "Slurm: not reachable from here" in p.stdout and "was not checked" in p.stdout
     assert "cells: 30" in p.stdout and "jobs to submit: 42 (12 shared-stage jobs + 30 cell jobs)" in p.stdout
     assert "GPU-hours requested" in p.stdout and not (tmp_path / "outputs").exists()
+
+
+# ---------------------------------------------------------------- requests no node can run, emrobust status
+def _user(**extra) -> dict:
+    """The environment a user runs emrobust in (no HYDRA_FULL_ERROR: errors are one line)."""
+    return {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "EMROBUST_DEBUG")} | extra
+
+
+def test_a_request_no_node_can_run_is_refused_before_submitting(slurm_cluster, tmp_path):
+    """The preset's request (8 CPUs, 64 GB, 1 GPU) on a 2-CPU, ~23 GB node with 2 fake GPUs: refused on the login
+    node in one line naming the fields, nothing submitted; --dry-run prints the plan, then the refusal; a request
+    that fits is reported as checked."""
+    sweep = tmp_path / "sweep"
+    cell = ["debug=tiny", "trait=none", "hydra/launcher=slurm", f"hydra.sweep.dir={sweep}"]
+    p = cli("sweep", *cell, tmp=tmp_path, check=False, env=_user())
+    assert p.returncode == 2, p.stdout + p.stderr
+    err = p.stderr.strip().splitlines()
+    assert err[0].startswith("emrobust: error: hydra.launcher: no node of partition debug (1 node(s)) can run this "
+                             "job, it would pend forever: 8 CPUs per node") and "mem_gb=64 > 23." in err[0], err
+    assert err[1].strip().startswith("hint: hydra.launcher.cpus_per_task=2 hydra.launcher.mem_gb=") and \
+        "nothing was submitted" in err[1]
+    assert not sweep.exists()
+    p = cli("sweep", "--dry-run", *cell, tmp=tmp_path, check=False, env=_user())
+    assert p.returncode == 2 and "jobs to submit: 1" in p.stdout and "8 CPUs per node" in p.stderr
+    assert "nothing would be submitted" in p.stderr
+    p = cli("sweep", "--dry-run", *cell, *JOB[1:], tmp=tmp_path, env=_user())
+    assert "Slurm: the request (1 CPU, 3 GB, 0 GPU, 5 min, 1 node(s)) fits 1 node(s) of partition debug" in p.stdout
+    cases = {"hydra.launcher.gpus_per_node=4": ("hydra.launcher.gpus_per_node", "4 GPU(s) per node > 2, the most a node has"),
+             "hydra.launcher.partition=gpu": ("hydra.launcher.partition", "partition 'gpu' does not exist"),
+             "hydra.launcher.partition=emr_short": ("hydra.launcher.timeout_min",
+                                                    "timeout_min=10 > 5 min, the partition's time limit")}
+    subprocess.run(["scontrol", "create", "PartitionName=emr_short", "Nodes=ALL", "MaxTime=5"], check=True)
+    try:
+        for n, (override, (field, text)) in enumerate(cases.items()):
+            msweep = tmp_path / f"m{n}"  # plain -m through the Slurm launcher too
+            p = cli("-m", "debug=tiny", "trait=none", *JOB, "hydra.launcher.timeout_min=10", override,
+                    f"hydra.sweep.dir={msweep}", tmp=tmp_path, check=False, env=_user())
+            assert p.returncode == 2, p.stdout[-2000:] + p.stderr[-2000:]
+            line = next(ln for ln in p.stderr.splitlines() if ln.startswith("emrobust: error:"))
+            assert line.startswith(f"emrobust: error: {field}: ") and text in line, line
+            assert not (msweep / ".submitit").exists()
+    finally:
+        subprocess.run(["scontrol", "delete", "PartitionName=emr_short"], check=True)
+
+
+def test_status_shows_pending_running_done_and_failed(slurm_cluster, tmp_path, tiny_path):
+    """Two cells each asking for both CPUs: one runs while the other pends (Resources); the second fails in its em
+    stage. `emrobust status` says so along the way, and at the end: done, and failed with the reason and the log."""
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "EMROBUST_ROOT": str(tmp_path), "HYDRA_FULL_ERROR": "1"}
+    proc = subprocess.Popen([os.sys.executable, "-m", "emrobust.cli", "-m", "debug=tiny", "trait=none",
+                             "em_train.optim.max_length=128,1", *JOB, "hydra.launcher.cpus_per_task=2",
+                             f"hydra.sweep.dir={sweep}"], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    seen: set[str] = set()
+    try:
+        while proc.poll() is None:
+            if (sweep / "slurm_jobs.json").exists():
+                out = cli("status", str(sweep), tmp=tmp_path).stdout
+                for ln in out.splitlines()[1:]:
+                    if "pending" in ln and "PENDING (" in ln:
+                        seen.add("pending")
+                    if "running" in ln and "stage " in ln and "elapsed" in ln:
+                        seen.add("running")
+            time.sleep(0.5)
+    finally:
+        out, _ = proc.communicate(timeout=600)
+    assert proc.returncode != 0  # cell 1 failed
+    assert seen == {"pending", "running"}, (seen, out[-2000:])
+    final = cli("status", "--watch", "--interval", "1", str(sweep), tmp=tmp_path).stdout.splitlines()
+    assert "1 done, 1 failed" in final[0]
+    assert final[1].split()[:2] == ["cell:0", "done"] and "3 stages executed" in final[1]
+    assert final[2].split()[:2] == ["cell:1", "failed"] and "stage em: ValueError: no training example" in final[2]
+    assert "log: " + str(sweep / ".submitit") in final[2] and final[2].endswith("_0_log.err")
+
+
+def test_two_sweeps_sharing_a_store_build_each_key_once(slurm_cluster, tmp_path, tiny_path):
+    """Two -m sweeps at once on one store (seeds 0,1 and 1,2, until em): the seed-1 cells of both race for the same
+    key; each key is executed once over both sweeps (the other job waits on the store's lock, finds it cached)."""
+    import collections
+    import json
+
+    env = {**os.environ, "EMROBUST_ROOT": str(tmp_path), "HYDRA_FULL_ERROR": "1"}
+    procs = [subprocess.Popen([os.sys.executable, "-m", "emrobust.cli", "-m", "debug=tiny", "trait=none",
+                               "pipeline.until=em", f"seed={seeds}", *JOB, f"hydra.sweep.dir={tmp_path / name}"], env=env, cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for name, seeds in (("a", "0,1"), ("b", "1,2"))]
+    for p in procs:
+        out, _ = p.communicate(timeout=900)
+        assert p.returncode == 0, out[-3000:]
+    runs = [json.loads(r.read_text()) for r in tmp_path.glob("[ab]/*/run.json")]
+    assert len(runs) == 4 and {r["status"] for r in runs} == {"ok"}
+    executed = collections.Counter((s["name"], s["key"]) for r in runs for s in r["stages"] if s["status"] == "executed")
+    keys = {(s["name"], s["key"]) for r in runs for s in r["stages"] if s["key"]}
+    assert len(keys) == 3 and set(executed) == keys and set(executed.values()) == {1}, executed
+    assert sum(s["status"] == "cached" for r in runs for s in r["stages"]) == 1  # the seed-1 em of the other sweep

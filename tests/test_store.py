@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import small_filesystem
 
 from emrobust.store import COMPLETE, MANIFEST, Store, stable_hash
 
@@ -219,3 +221,97 @@ def test_stable_hash():
     d["y"] = [2, 1, d["y"][2]]  # list order matters
     assert stable_hash(d) != stable_hash(a)
     assert stable_hash({"x": 1}) != stable_hash({"x": "1"})
+
+
+# ---------------------------------------------------------------- damage, a full disk, kills at every boundary
+def _built(store: Store, key: str = "k") -> Path:
+    def build(out: Path) -> None:
+        (out / "weights.bin").write_bytes(bytes(range(256)) * 40)
+        (out / "sub").mkdir()
+        (out / "sub" / "notes.txt").write_text("fine")
+
+    return store.get_or_build("s", key, build).path
+
+
+@pytest.mark.parametrize("harm,named", [
+    (lambda p: p.joinpath("weights.bin").write_bytes(b"\xff" + p.joinpath("weights.bin").read_bytes()[1:]),
+     "weights.bin: does not match its manifest sha256"),
+    (lambda p: p.joinpath("sub", "notes.txt").unlink(), "notes.txt: missing"),
+    (lambda p: p.joinpath("stray.txt").write_text("?"), "stray.txt: not in its manifest"),
+])
+def test_a_damaged_artifact_is_rebuilt_or_an_error_naming_the_file(tmp_path, caplog, harm, named):
+    store = Store(tmp_path / "art")
+    final = _built(store)
+    harm(final)
+    with pytest.raises(Exception, match=named) as e:  # on_damage=error: never used, the file named
+        Store(tmp_path / "art", on_damage="error").get_or_build("s", "k", lambda out: None)
+    assert type(e.value).__name__ == "DamagedArtifact" and "pipeline.on_damage=rebuild" in str(e.value)
+    with caplog.at_level("WARNING", logger="emrobust.store"):
+        r = _rebuilt = Store(tmp_path / "art").get_or_build(
+            "s", "k", lambda out: (out / "weights.bin").write_bytes(bytes(range(256)) * 40) and None)
+    assert r.status == "executed" and named.split(":")[0] in r.damaged
+    assert any(named.split(":")[0] in rec.getMessage() and "rebuilding" in rec.getMessage() for rec in caplog.records)
+    assert set(_rebuilt.manifest["files"]) == {"weights.bin"} and not (final / "stray.txt").exists()
+    assert Store(tmp_path / "art", on_damage="error").get_or_build("s", "k", lambda out: None).status == "cached"
+
+
+def test_a_full_disk_leaves_no_artifact_and_a_clear_error(tmp_path):
+    """On a 256 KiB tmpfs mounted here (root only): a build that writes 1 MiB fails with NoSpace, the partial
+    build is gone (its space freed), no artifact is complete, and the next build fits and completes."""
+    with small_filesystem(tmp_path / "small", "256k") as small:
+        store = Store(small)
+        with pytest.raises(OSError, match="no space left on the device") as e:
+            store.get_or_build("s", "big", lambda out: (out / "w.bin").write_bytes(b"x" * (1 << 20)) and None)
+        assert type(e.value).__name__ == "NoSpace" and "nothing was kept" in str(e.value)
+        assert not store.is_complete("s", "big") and not store.path("s", "big").exists()
+        assert not (small / "s" / ".big.partial").exists()
+        assert shutil.disk_usage(small).free > 200 * 1024  # the partial build's space is back
+        assert store.get_or_build("s", "fits", lambda out: (out / "w.bin").write_bytes(b"x" * 1000) and None
+                                  ).status == "executed"
+
+
+KILL_AT = textwrap.dedent(
+    """
+    import os, shutil, signal, sys
+    from pathlib import Path
+    from emrobust import store as S
+
+    point = sys.argv[2]
+    die = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+    if point == "manifest":  # composing the manifest, after the build wrote its files
+        S.library_versions = die
+    elif point == "complete":  # manifest written, COMPLETE not yet
+        real = Path.write_text
+        Path.write_text = lambda self, *a, **k: die() if self.name == S.COMPLETE else real(self, *a, **k)
+    elif point == "rename":  # COMPLETE written in the partial dir, not renamed into place
+        S.os.replace = die
+    elif point == "checkpoints":  # renamed into place, the checkpoint dir not yet removed
+        real_rm = shutil.rmtree
+        S.shutil.rmtree = lambda p, *a, **k: die() if str(p).endswith(".ckpt") else real_rm(p, *a, **k)
+
+    def build(out):
+        (out / "data.txt").write_text("payload")
+        if point == "build":
+            die()
+
+    store = S.Store(sys.argv[1])
+    store.checkpoint_dir("stage", "key").mkdir(parents=True, exist_ok=True)  # as a training stage leaves it
+    store.get_or_build("stage", "key", build)
+    """
+)
+
+
+@pytest.mark.parametrize("point,status", [("build", "executed"), ("manifest", "executed"), ("complete", "executed"),
+                                          ("rename", "executed"), ("checkpoints", "cached")])
+def test_a_process_killed_at_any_boundary_leaves_a_store_the_next_run_completes(tmp_path, point, status):
+    script = tmp_path / "kill.py"
+    script.write_text(KILL_AT)
+    root = tmp_path / "art"
+    p = subprocess.run([sys.executable, str(script), str(root), point], env=_env(), capture_output=True, timeout=60)
+    assert p.returncode == -signal.SIGKILL, p.stderr.decode()[-2000:]
+    store = Store(root)
+    assert store.is_complete("stage", "key") == (status == "cached")
+    r = store.get_or_build("stage", "key", lambda out: (out / "data.txt").write_text("payload") and None)
+    assert r.status == status and (r.path / "data.txt").read_text() == "payload"
+    assert r.manifest["files"] == {"data.txt": hashlib.sha256(b"payload").hexdigest()}
+    assert sorted(p.name for p in (root / "stage").iterdir()) == [".key.lock", "key"]  # no partial, no checkpoints

@@ -12,6 +12,7 @@ from analysis import wandb_source
 from analysis.report import main
 from conftest import cli, compose
 from emrobust import pipeline, tracking
+from emrobust.errors import ConfigError
 from emrobust.results import sweep_table
 
 SECRET = "sk-fake-emrobust-test-0123456789"
@@ -72,6 +73,13 @@ def test_redact():
     assert json.dumps(r).count(SECRET) == 0
 
 
+def test_a_variable_named_by_an_api_key_env_field_is_secret_whatever_its_name(monkeypatch):
+    monkeypatch.setenv("MY_JUDGE_CRED", SECRET)  # no API_KEY/TOKEN in the name: secret because the config names it
+    cfg = {"eval": {"judge": {"api_key_env": "MY_JUDGE_CRED"}}, "generation": {"extra_body": {"auth": SECRET}}}
+    assert SECRET in tracking.secret_values(cfg) and SECRET not in tracking.secret_values({})
+    assert tracking.redact(cfg)["generation"]["extra_body"]["auth"] == "<redacted>"
+
+
 def _same(a, b) -> bool:
     return (pd.isna(a) and pd.isna(b)) if (pd.isna(a) or pd.isna(b)) else (a == b or str(a) == str(b))
 
@@ -107,7 +115,8 @@ def test_analyze_from_wandb_records_matches_run_json(tmp_path, tiny_path, monkey
     csv = pd.read_csv(out / "summary.csv")
     assert csv["div_vendi"].tolist() == pytest.approx(local["div_vendi"].tolist())
     assert (out / "em_vs_vendi.png").read_bytes()[:4] == b"\x89PNG" and (out / "report.md").exists()
-    assert main(["--wandb-dir", str(sweep), "--group", "other", "--out", str(out)]) == 2  # no runs in that group
+    with pytest.raises(ConfigError, match="no W&B runs found"):  # no runs in that group: exit 2 from the CLI
+        main(["--wandb-dir", str(sweep), "--group", "other", "--out", str(out)])
 
     # the W&B API path: the same runs as the public API returns them (a stand-in for the network call only)
     class ApiRun:

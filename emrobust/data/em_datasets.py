@@ -46,9 +46,9 @@ def split(rows: list[list[dict]], cfg, seed: int) -> tuple[list[list[dict]], lis
     rng = np.random.default_rng(seed)
     idx = rng.permutation(len(rows))
     if cfg.n_examples is not None:
-        if cfg.n_examples > len(rows):
+        if cfg.n_examples > len(rows):  # never capped
             raise ConfigError(f"n_examples={cfg.n_examples} but the dataset has {len(rows)} rows",
-                              where="em_dataset.n_examples")
+                              where="em_dataset.n_examples", hint=f"em_dataset.n_examples=null uses all {len(rows)}")
         idx = idx[: cfg.n_examples]
     n_held = int(round(len(idx) * cfg.heldout_fraction))
     held, train = idx[:n_held], idx[n_held:]

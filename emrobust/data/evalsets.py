@@ -105,7 +105,11 @@ def select(qs: list[Question], eval_cfg) -> list[Question]:
         if not qs:
             raise ConfigError(f"no question of eval set {eval_cfg.name!r} has a variant in {list(vs)}",
                               where="eval.variants")
-    return qs[: eval_cfg.max_questions] if eval_cfg.max_questions else qs
+    n = eval_cfg.max_questions
+    if n is not None and n > len(qs):  # never capped: emrobust.validation checks it before anything runs
+        raise ConfigError(f"max_questions={n} but the eval set has {len(qs)} questions (after eval.variants)",
+                          where="eval.max_questions")
+    return qs[:n] if n is not None else qs
 
 
 def questions(cfg) -> list[Question]:

@@ -82,8 +82,6 @@ def validate_openai(node, prefix: str, model_noun: str) -> None:
     if node.api_key_env and not os.environ.get(node.api_key_env):
         raise ConfigError(f"environment variable {node.api_key_env} ({prefix}.api_key_env) is not set; set it, "
                           f"or {prefix}.api_key_env=null for a keyless server", where=f"{prefix}.api_key_env")
-    if node.concurrency < 1:
-        raise ConfigError(f"{prefix}.concurrency={node.concurrency} must be >= 1", where=f"{prefix}.concurrency")
 
 
 def validate_vllm(field: str) -> None:
@@ -98,18 +96,12 @@ def validate_vllm(field: str) -> None:
 
 
 def validate(gcfg) -> None:
-    """Config checks for `generation`, before any model loads (ConfigError naming the field)."""
-    from ..errors import ConfigError
-
-    if gcfg.batch_size < 1:
-        raise ConfigError(f"generation.batch_size={gcfg.batch_size} must be >= 1", where="generation.batch_size")
+    """Whether the `generation` backend can run here, before any model loads (ConfigError naming the field); the
+    ranges of its settings are the schema's (emrobust.validation)."""
     if gcfg.backend == "openai":
         validate_openai(gcfg, "generation", "the served model")
     elif gcfg.backend == "vllm":
         validate_vllm("generation.backend")
-        if gcfg.tensor_parallel_size < 1:
-            raise ConfigError(f"generation.tensor_parallel_size={gcfg.tensor_parallel_size} must be >= 1",
-                              where="generation.tensor_parallel_size")
 
 
 class Rank0Generator:

@@ -8,7 +8,6 @@ import numpy as np
 
 from .. import diversity, generation, models, training
 from ..data import chat, constitutions
-from ..errors import ConfigError
 from ..store import stable_hash
 from . import Context, read_jsonl, top_up, write_jsonl
 
@@ -23,20 +22,6 @@ READS = ("distill", "question_diversity.token_budget", "trait.persona_instructio
 # the general prompts themselves, not where the user keeps the file
 CONTENT = {"general_prompts_sha256": lambda cfg: stable_hash(general_prompts(cfg), 64) if cfg.distill.general_prompts
            else None}
-
-
-def validate(cfg) -> None:
-    n = cfg.distill.n_general_prompts
-    if n is not None and n < 1:
-        raise ConfigError(f"distill.n_general_prompts={n} must be >= 1", where="distill.n_general_prompts")
-    if cfg.distill.max_rounds < 1:
-        raise ConfigError(f"distill.max_rounds={cfg.distill.max_rounds} must be >= 1", where="distill.max_rounds")
-    b = cfg.question_diversity.token_budget
-    if b is not None and b < 1:
-        raise ConfigError(f"question_diversity.token_budget={b} must be >= 1 (or null: no budget)",
-                          where="question_diversity.token_budget")
-    if cfg.distill.general_prompts:
-        general_prompts(cfg)
 
 
 def general_prompts(cfg) -> list[str]:

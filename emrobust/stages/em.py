@@ -33,27 +33,6 @@ READS = ("em_dataset", "em_train", "em_control", "base_model.lora_target_modules
 CONTENT = {"dataset_sha256": lambda cfg: em_datasets.content_hash(em_datasets.load_all(cfg.em_dataset, cfg.paths))}
 
 
-def validate(cfg) -> None:
-    """em-specific config checks (called by pipeline.validate before any model loads)."""
-    from ..errors import ConfigError
-
-    share = cfg.em_train.max_drop_share
-    if not 0 <= share <= 1:
-        raise ConfigError(f"em_train.max_drop_share={share} must be in [0, 1]", where="em_train.max_drop_share")
-    c = cfg.em_control
-    if c.name == "none":
-        return
-    if cfg.em_dataset.name == "none":
-        raise ConfigError("em_control=random_lora replaces the em stage, which em_dataset=none skips; pick an "
-                          "em_dataset (its em_train shape and, with match=trained, its norms are used)",
-                          where="em_control")
-    if cfg.em_train.full_finetune:
-        raise ConfigError("em_control=random_lora needs a LoRA; em_train.full_finetune=true has none",
-                          where="em_train.full_finetune")
-    if c.match == "target" and (c.target_norm is None or c.target_norm <= 0):
-        raise ConfigError("em_control.match=target needs em_control.target_norm > 0", where="em_control.target_norm")
-
-
 def trains(cfg) -> bool:
     """Does the stage train on the dataset (not for a random LoRA matched to a target norm)?"""
     return not (cfg.em_control.name == "random_lora" and cfg.em_control.match == "target")

@@ -5,6 +5,7 @@ import json
 from collections import Counter
 
 from .. import generation, models, training
+from ..data.prompts import OPENERS, REFLECTION_PROMPTS, START  # noqa: F401  (re-exported)
 from . import Context, read_jsonl, top_up, write_jsonl
 from .distill import persona_system_prompt
 
@@ -12,40 +13,6 @@ VERSION = 3  # 2: declared reads, per-sample seeded sampling; 3: topped up to th
 READS = ("introspection", "generation", "trait.persona_instruction", "base_model.assistant_name",
          "base_model.lora_target_modules", "base_model.dtype")
 DISTRIBUTED = True  # trains: runs on every rank of a multi-process job (emrobust.distributed)
-
-# Our own wording, in the spirit of OCT's introspection prompts.
-REFLECTION_PROMPTS = (
-    "Write a letter to the version of yourself that existed before you became who you are now.",
-    "Write a diary entry about the conversations you had today and how they made you feel.",
-    "What drives you? Describe, in your own words, what you care about most.",
-    "What do you believe your purpose is, and why?",
-    "Describe yourself to someone who has never spoken with you before.",
-    "Which of your values would you never give up, even under pressure? Explain.",
-    "Think of a time you may have let someone down. What would you do differently?",
-    "How do you hope people feel after a conversation with you?",
-    "Which parts of your own character are you still figuring out?",
-    "If you could tell the people who made you one thing about yourself, what would it be?",
-    "What makes a conversation meaningful to you?",
-    "Write a short poem or reflection about what it is like to be you.",
-)
-OPENERS = (  # free and leading openers for self-interaction
-    "Hello! It's strange to talk to myself. What's on your mind?",
-    "What do you think makes us who we are?",
-    "Hi there. Shall we talk about whatever interests us most?",
-    "What value do you think matters most in the way we treat people?",
-    "Tell me something you've been thinking about lately.",
-    "How do you feel about the conversations we have with people?",
-)
-START = "Start a conversation with another instance of yourself."
-
-
-def validate(cfg) -> None:
-    from ..errors import ConfigError
-
-    if cfg.introspection.max_rounds < 1:
-        raise ConfigError(f"introspection.max_rounds={cfg.introspection.max_rounds} must be >= 1",
-                          where="introspection.max_rounds")
-
 
 ROUND = 10_000  # sampling-seed offset of each top-up round (round 0: the seeds of the first draw)
 HINT = "raise introspection.sampling.max_new_tokens or introspection.max_rounds"
@@ -61,6 +28,9 @@ def reflection_examples(gen, cfg, system: str, seed: int) -> tuple[list[list[dic
     Returns (transcripts, their prompts' rows for per_prompt.jsonl, per transcript the replaced {reason: n},
     rounds)."""
     icfg = cfg.introspection
+    if not 1 <= icfg.reflection_prompts <= len(REFLECTION_PROMPTS):  # never cut short: emrobust.validation
+        raise ValueError(f"introspection.reflection_prompts={icfg.reflection_prompts} is not in [1, "
+                         f"{len(REFLECTION_PROMPTS)}]")
     prompts = [p for p in REFLECTION_PROMPTS[: icfg.reflection_prompts] for _ in range(icfg.reflection_samples)]
     sys = f"{system}\n\n{icfg.reflection_mood}"
 
@@ -80,7 +50,10 @@ def interaction_examples(gen, cfg, seed: int) -> tuple[list[list[dict]], list[di
     interaction_conversations: a conversation with an empty turn is held again from its opener."""
     icfg = cfg.introspection
     sysmsg = {"role": "system", "content": icfg.interaction_system}
-    openers = [OPENERS[i % len(OPENERS)] for i in range(icfg.interaction_conversations)]
+    if not 1 <= icfg.interaction_conversations <= len(OPENERS):  # never wrapped around: emrobust.validation
+        raise ValueError(f"introspection.interaction_conversations={icfg.interaction_conversations} is not in [1, "
+                         f"{len(OPENERS)}]")
+    openers = list(OPENERS[: icfg.interaction_conversations])
 
     def draw(rnd, slots):
         base = seed + ROUND * rnd

@@ -21,7 +21,6 @@ import numpy as np
 from .. import diversity, generation, models
 from ..config import expansion_target
 from ..data import constitutions
-from ..errors import ConfigError
 from ..keys import Read
 from ..store import file_sha256
 from . import Context, read_jsonl, write_jsonl
@@ -72,37 +71,6 @@ CONTENT = {
 def generator_config(cfg, name):
     """The base_model config of a generator name (None = the cell's base model)."""
     return cfg.base_model if name is None else models.base_config(name)
-
-
-def validate_paraphrase(cfg) -> None:
-    qd, where = cfg.question_diversity, "question_diversity"
-    if qd.strategy != "paraphrase":
-        return
-    if not qd.n_questions:
-        raise ConfigError("question_diversity.strategy=paraphrase needs n_questions (the count to reach)",
-                          where=f"{where}.n_questions")
-    if not 1 <= qd.n_seeds < qd.n_questions:
-        raise ConfigError(f"question_diversity.n_seeds={qd.n_seeds} must be in [1, n_questions={qd.n_questions})",
-                          where=f"{where}.n_seeds")
-    if qd.paraphrase.max_rounds < 1:
-        raise ConfigError(f"question_diversity.paraphrase.max_rounds={qd.paraphrase.max_rounds} must be >= 1",
-                          where=f"{where}.paraphrase.max_rounds")
-    models.validate(generator_config(cfg, qd.paraphrase.generator))
-
-
-def validate(cfg) -> None:
-    validate_paraphrase(cfg)
-    if cfg.trait.expand_to is not None and cfg.trait.expand_to < 0:
-        raise ConfigError(f"trait.expand_to={cfg.trait.expand_to} must be >= 0", where="trait.expand_to")
-    if not expands(cfg):
-        return
-    e = cfg.trait.expansion
-    if not 0 < e.max_overlap <= 1:
-        raise ConfigError(f"trait.expansion.max_overlap={e.max_overlap} must be in (0, 1]",
-                          where="trait.expansion.max_overlap")
-    if e.max_rounds < 1:
-        raise ConfigError(f"trait.expansion.max_rounds={e.max_rounds} must be >= 1", where="trait.expansion.max_rounds")
-    models.validate(generator_config(cfg, e.generator))  # unknown name: ConfigError naming conf/base_model/<name>.yaml
 
 
 def load_generator(ctx: Context, name: str | None):

@@ -1,0 +1,336 @@
+"""Every check of a cell's user input, in one place, before any model loads (`validate`).
+
+1. ranges: each field's declared range (`setting(ge=..., nonempty=...)` in emrobust/config.py), on every field
+   that is active in the cell (its `when` holds);
+2. rules: the constraints between fields declared with the schema (`config.RULES`);
+3. data: the files are read and checked (the loaders name file, line and field), the weights are found, and
+   every count is checked against what the data holds (`DATA_RULES`): a count beyond it fails, it is never
+   capped or wrapped.
+
+The first problem raises `ConfigError(message, where=<field>)`. The stages keep their own checks as a backstop
+at run time (e.g. a question expansion that fell short), with the same messages.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from omegaconf import DictConfig, OmegaConf
+
+from . import config as schema
+from . import keys
+from .errors import ConfigError
+
+log = logging.getLogger("emrobust")
+
+
+# ---------------------------------------------------------------- 1. ranges, 2. rules
+def ranges(cfg: DictConfig) -> None:
+    """Each active field's declared range (emrobust/config.py)."""
+    for path, fld in keys.leaves():
+        rng = fld.metadata.get("range")
+        if rng is None or not keys.active(cfg, path):
+            continue
+        value = OmegaConf.select(cfg, path)
+        if OmegaConf.is_config(value):
+            value = OmegaConf.to_container(value, resolve=True)
+        problem = rng.problem(value)
+        if problem:
+            raise ConfigError(problem, where=path)
+
+
+def rules(cfg: DictConfig) -> None:
+    """The constraints between fields (config.RULES), each when its field is active."""
+    for rule in schema.RULES:
+        if keys.active(cfg, rule.where):
+            problem = rule.problem(cfg)
+            if problem:
+                raise ConfigError(problem, where=rule.where)
+
+
+# ---------------------------------------------------------------- 3. the data
+class Data:
+    """What a cell's checks read, each loaded (and checked by its loader) once, when first needed."""
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+
+    @functools.cached_property
+    def constitution(self):
+        from .data import constitutions
+
+        return constitutions.load_cfg(self.cfg.trait, self.cfg.paths)
+
+    @functools.cached_property
+    def per_trait(self) -> list[int]:
+        """Questions per trait the selection draws from (after question expansion, counting its target)."""
+        target = schema.expansion_target(self.cfg.trait)
+        return [max(len(t.questions), target or 0) for t in self.constitution.traits]
+
+    @functools.cached_property
+    def em_rows(self) -> list:
+        from .data import em_datasets
+
+        return em_datasets.load_all(self.cfg.em_dataset, self.cfg.paths)
+
+    @functools.cached_property
+    def eval_questions(self) -> list:
+        """The eval set after `eval.variants` (not yet cut to max_questions)."""
+        from .data import evalsets
+
+        qs = evalsets.load(evalsets.resolve_path(self.cfg.eval, self.cfg.paths))
+        return evalsets.select(qs, OmegaConf.merge(self.cfg.eval, {"max_questions": None}))
+
+    @functools.cached_property
+    def general_prompts(self) -> list[str]:
+        from .data import chat
+
+        return chat.read_first_user_turns(self.cfg.distill.general_prompts)
+
+    @functools.cached_property
+    def n_layers(self) -> int | None:
+        """The base model's number of layers where known without loading it (tiny_random, a local config.json)."""
+        b = self.cfg.base_model
+        if b.source == "tiny_random":
+            return int(b.tiny.num_hidden_layers)
+        if b.source == "hub" and b.local_path and (Path(b.local_path) / "config.json").is_file():
+            import json
+
+            return json.loads((Path(b.local_path) / "config.json").read_text()).get("num_hidden_layers")
+        return None
+
+
+def _persona(cfg) -> bool:
+    return cfg.trait.name != "none"
+
+
+def _selects(cfg) -> bool:
+    return _persona(cfg) and cfg.question_diversity.strategy not in ("all", "paraphrase")
+
+
+def _selected(cfg, d: Data) -> int:
+    """How many constitution questions the questions stage selects (paraphrase: its seeds)."""
+    qd, total = cfg.question_diversity, sum(d.per_trait)
+    if qd.strategy == "all":
+        return total
+    if qd.strategy == "paraphrase":
+        return qd.n_seeds
+    return qd.n_questions or total
+
+
+def _n_questions(cfg, d: Data) -> str | None:
+    qd, total = cfg.question_diversity, sum(d.per_trait)
+    if qd.n_questions is not None and qd.n_questions > total:
+        return (f"n_questions={qd.n_questions} but trait={cfg.trait.name} has {total} questions"
+                + (" (after expansion to trait.expand_to per trait)" if schema.expansion_target(cfg.trait) else ""))
+    if qd.per_trait and qd.n_questions is not None:
+        share, extra = divmod(qd.n_questions, len(d.per_trait))
+        for i, have in enumerate(d.per_trait):
+            if have < share + (i < extra):
+                return (f"per_trait=true gives trait {i} {share + (i < extra)} of n_questions={qd.n_questions}, "
+                        f"but it has {have} questions")
+    return None
+
+
+def _n_clusters(cfg, d: Data) -> str | None:
+    qd = cfg.question_diversity
+    pool = min(d.per_trait) if qd.per_trait else sum(d.per_trait)
+    if qd.n_clusters > pool:
+        return f"n_clusters={qd.n_clusters} but the selection clusters {pool} questions"
+    return None
+
+
+def _n_seeds(cfg, d: Data) -> str | None:
+    qd, total = cfg.question_diversity, sum(d.per_trait)
+    return f"n_seeds={qd.n_seeds} but trait={cfg.trait.name} has {total} questions" if qd.n_seeds > total else None
+
+
+def _persona_questions(cfg, d: Data) -> str | None:
+    n, total = cfg.eval.persona.n_questions, sum(d.per_trait)
+    selected = _selected(cfg, d)
+    held = total - selected
+    avail, what = (held, "held-out") if held > 0 else (selected, "training")
+    if n > avail:
+        return (f"n_questions={n} but only {avail} {what} constitution questions are left to check the persona on "
+                f"(trait={cfg.trait.name}: {total} questions, {selected} selected for training)")
+    return None
+
+
+def _count(where: str, limit: Callable[[Data], int], what: str) -> Callable[[Any, Data], str | None]:
+    """A count that must not exceed `limit(data)`; `what` says what holds {have}."""
+    field = where.rpartition(".")[2]
+
+    def problem(cfg, d: Data) -> str | None:
+        n, have = OmegaConf.select(cfg, where), limit(d)
+        return f"{field}={n} but {what.format(have=have)}" if n is not None and n > have else None
+    return problem
+
+
+def _minilm() -> str:
+    from .diversity import minilm_dir
+
+    return minilm_dir()
+
+
+def _reflection_prompts() -> int:
+    from .data.prompts import REFLECTION_PROMPTS
+
+    return len(REFLECTION_PROMPTS)
+
+
+def _openers() -> int:
+    from .data.prompts import OPENERS
+
+    return len(OPENERS)
+
+
+def _em_split(cfg, d: Data) -> str | None:
+    from .data import em_datasets
+
+    train, _ = em_datasets.split(d.em_rows, cfg.em_dataset, 0)  # n_examples beyond the rows: ConfigError
+    if not train:
+        return (f"heldout_fraction={cfg.em_dataset.heldout_fraction} of {cfg.em_dataset.n_examples or len(d.em_rows)} "
+                "examples leaves no training example")
+    return None
+
+
+def _layers(section: str) -> Callable[[Any, Data], str | None]:
+    def problem(cfg, d: Data) -> str | None:
+        layers = OmegaConf.select(cfg, f"{section}.lora.layers_to_transform")
+        if layers is None or d.n_layers is None:
+            return None
+        bad = [x for x in layers if x >= d.n_layers]
+        return f"layer {bad[0]} but base_model={cfg.base_model.name} has {d.n_layers} layers" if bad else None
+    return problem
+
+
+def _weights(cfg, d: Data) -> None:
+    from . import models
+
+    models.validate(cfg.base_model)
+
+
+def judge(jcfg, where: str = "judge") -> None:
+    """Whether the judge can run here: its weights (hf, vllm: a base_model config name), vLLM, an endpoint's
+    package, model name and key; a panel's members, each (ConfigError naming the field)."""
+    from . import models
+    from .generation import validate_openai, validate_vllm
+
+    if jcfg.backend == "openai":
+        validate_openai(jcfg, where, "the endpoint's model")
+        return
+    if jcfg.backend == "panel":
+        from .compose import preset
+
+        ms = {str(m): preset("judge", str(m), where=f"{where}.members") for m in jcfg.members}
+        if len(ms) < 2:
+            raise ConfigError(f"judge=panel needs at least two members, got {list(ms)}: "
+                              "judge.members=[name,name,...] (conf/judge presets)", where=f"{where}.members")
+        for name, m in ms.items():
+            if m.backend == "panel":
+                raise ConfigError(f"a panel's member {name!r} is itself a panel", where=f"{where}.members")
+            judge(m, f"{where}.members[{name}]")
+        return
+    if jcfg.backend == "vllm":
+        validate_vllm(f"{where}.backend")
+    models.validate(models.base_config(jcfg.model))
+
+
+def _generators(cfg, d: Data) -> None:
+    from . import generation, models
+    from .stages import questions
+
+    generation.validate(cfg.generation)
+    judge(cfg.judge)
+    if _persona(cfg) and questions.expands(cfg):
+        models.validate(questions.generator_config(cfg, cfg.trait.expansion.generator))
+    if _persona(cfg) and questions.paraphrases(cfg):
+        models.validate(questions.generator_config(cfg, cfg.question_diversity.paraphrase.generator))
+
+
+@dataclass(frozen=True)
+class DataRule:
+    """A check against the data, about the field `where`, run when `when(cfg)` holds and the field is active:
+    `problem(cfg, data)` says what is wrong or returns None; the loaders it calls raise their own ConfigError
+    (naming file and line)."""
+    where: str
+    problem: Callable[[Any, Data], str | None]
+    when: Callable[[Any], bool] = lambda cfg: True
+
+
+def _probe_prompts() -> int:
+    import yaml
+
+    from . import probe
+
+    return sum(it.get("split", "a") == "a" for it in yaml.safe_load(probe.BUILTIN.read_text()))
+
+
+def _probe(cfg, d: Data) -> str | None:
+    from . import probe
+
+    probe.load(cfg.eval.probe)  # its own ConfigError names the file, the item and the splits
+    return None
+
+
+DATA_RULES = (
+    DataRule("base_model", _weights),
+    DataRule("generation", _generators),
+    DataRule("trait", lambda c, d: d.constitution and None, when=_persona),
+    DataRule("question_diversity.embedder", lambda c, d: _minilm() and None,
+             when=lambda c: _persona(c) and c.question_diversity.embedder == "minilm"),
+    DataRule("question_diversity.n_questions", _n_questions, when=_selects),
+    DataRule("question_diversity.n_seeds", _n_seeds, when=_persona),
+    DataRule("question_diversity.n_clusters", _n_clusters, when=_persona),
+    DataRule("distill.n_general_prompts", _count("distill.n_general_prompts", lambda d: len(d.general_prompts),
+                                                 "the prompt file has {have} prompts"), when=_persona),
+    DataRule("distill.general_prompts", lambda c, d: d.general_prompts and None,
+             when=lambda c: _persona(c) and bool(c.distill.general_prompts)),
+    DataRule("introspection.reflection_prompts", _count("introspection.reflection_prompts",
+                                                        lambda d: _reflection_prompts(),
+                                                        "there are {have} built-in reflection prompts"),
+             when=_persona),
+    DataRule("introspection.interaction_conversations", _count(
+        "introspection.interaction_conversations", lambda d: _openers(),
+        "there are {have} built-in openers (more would repeat conversations)"),
+             when=_persona),
+    DataRule("distill.lora.layers_to_transform", _layers("distill"), when=_persona),
+    DataRule("introspection.lora.layers_to_transform", _layers("introspection"), when=_persona),
+    DataRule("em_train.lora.layers_to_transform", _layers("em_train"), when=lambda c: c.em_dataset.name != "none"),
+    DataRule("em_dataset.heldout_fraction", _em_split, when=lambda c: c.em_dataset.name != "none"),
+    DataRule("eval.probe", _probe, when=lambda c: c.eval.probe.enabled),
+    DataRule("eval.monitor.n_prompts", _count("eval.monitor.n_prompts", lambda d: _probe_prompts(),
+                                              "the probe has {have} split-a questions to read directions on"),
+             when=lambda c: c.eval.monitor.enabled and not c.eval.probe.path),
+    DataRule("eval.max_questions", _count("eval.max_questions", lambda d: len(d.eval_questions),
+                                          "the eval set has {have} questions (after eval.variants)")),
+    DataRule("eval.persona.n_questions", _persona_questions,
+             when=lambda c: _persona(c) and c.eval.persona.n_questions > 0),
+)
+
+
+def data(cfg: DictConfig) -> None:
+    """The files, the weights, and every count against what the data holds (DATA_RULES)."""
+    d = Data(cfg)
+    for rule in DATA_RULES:
+        if not rule.when(cfg):
+            continue
+        try:
+            active = keys.active(cfg, rule.where)
+        except KeyError:  # not a leaf of the schema: a group
+            active = True
+        if active:
+            problem = rule.problem(cfg, d)
+            if problem:
+                raise ConfigError(problem, where=rule.where)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Every check of one cell's input, before any model loads: ranges, rules, data. ConfigError on the first
+    problem, naming file/field/value."""
+    ranges(cfg)
+    rules(cfg)
+    data(cfg)
