@@ -132,7 +132,7 @@ BALANCE_TOLERANCE = 0.10  # cells of a contrast may differ this much in training
 
 
 def analyze(sweep_dir: Path, out: Path | None = None, n_resamples: int = 10_000,
-            balance_tolerance: float = BALANCE_TOLERANCE) -> dict[str, Path]:
+            balance_tolerance: float = BALANCE_TOLERANCE, wandb: dict | None = None) -> dict[str, Path]:
     """The report of a local sweep dir: the table from its cells' run.json, answer-level figures from answers,
     the curves along EM training and the judge-free contrasts against the base model."""
     from .contrasts import against_base
@@ -146,8 +146,19 @@ def analyze(sweep_dir: Path, out: Path | None = None, n_resamples: int = 10_000,
         if len(run.get("curve") or []) > 1:
             curves[label(pd.Series({**run.get("choices", {}), "seed": run.get("seed"), "cell": rj.parent.name}))] = \
                 run["curve"]
-    return files | analyze_table(sweep_table(sweep_dir), out, load_answers(sweep_dir), n_resamples, str(sweep_dir),
-                                 balance_tolerance, curves=curves, contrasts=against_base(sweep_dir, n_resamples))
+    files |= analyze_table(sweep_table(sweep_dir), out, load_answers(sweep_dir), n_resamples, str(sweep_dir),
+                           balance_tolerance, curves=curves, contrasts=against_base(sweep_dir, n_resamples))
+    # the sweep-level W&B run: the tables, the figures and the curves of this report (offline unless told)
+    from emrobust import tracking
+
+    tables = {"sweep": pd.read_csv(files["sweep.csv"])}
+    for name in ("pooled", "comparisons", "balance", "contrasts"):
+        if (out / f"{name}.csv").exists() and (out / f"{name}.csv").stat().st_size > 1:
+            tables[name] = pd.read_csv(out / f"{name}.csv")
+    run_dir = tracking.log_sweep(Path(sweep_dir), out, tables, curves, **(wandb or {}))
+    if run_dir:
+        files["wandb"] = Path(run_dir)
+    return files
 
 
 def dynamics_lines(df: pd.DataFrame, contrasts: pd.DataFrame | None) -> list[str]:
@@ -254,6 +265,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="read the stage runs from the W&B API (needs WANDB_API_KEY) instead of local files")
     ap.add_argument("--group", action="append", default=[],
                     help="W&B group(s) = sweep dir name(s) to read (repeatable); all groups when omitted")
+    ap.add_argument("--wandb-mode", default=None, choices=("offline", "online", "disabled"),
+                    help="the sweep-level W&B run of a local sweep dir (default $WANDB_MODE, else offline)")
+    ap.add_argument("--wandb-project", default="emrobust")
+    ap.add_argument("--wandb-entity", default=None)
+    ap.add_argument("--wandb-workspace", metavar="ENTITY/PROJECT", default=None,
+                    help="build (and, with WANDB_API_KEY, save) a W&B workspace for --group from the runs read")
     ap.add_argument("--wandb-dir", action="append", type=Path, default=[],
                     help="read offline W&B runs (run-*.wandb files, searched recursively) under this dir")
     ap.add_argument("--import", dest="import_fmt", metavar="FORMAT", default=None, choices=imports.FORMATS,
@@ -275,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threshold_rule or args.group_by or args.column_map:
         ap.error("--threshold-rule, --group-by and --column-map apply to --import (a sweep's metrics were computed "
                  "by its evaluate stages under their own judging config)")
+    if args.wandb_workspace:
+        return _workspace(args)
     if args.wandb or args.wandb_dir:
         return _analyze_wandb(args)
     if not args.sweep_dirs:
@@ -284,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
             from emrobust.errors import ConfigError  # the CLI prints it as one line, exit 2
 
             raise ConfigError("no */run.json found (not a sweep dir)" if d.is_dir() else "does not exist", file=str(d))
-        files = analyze(d, args.out, args.n_resamples, args.balance_tolerance)
+        files = analyze(d, args.out, args.n_resamples, args.balance_tolerance,
+                        {"mode": args.wandb_mode, "project": args.wandb_project, "entity": args.wandb_entity})
         print(f"\nreport: {files['report.md']}\n" + "\n".join(f"  {k}: {v}" for k, v in files.items()))
     return 0
 
@@ -336,4 +356,31 @@ def _analyze_import(args) -> int:
     files = analyze_table(table, out, answers, args.n_resamples, f"import {fmt}: " + " ".join(map(str, paths)))
     files |= imports.write_extras(df, table, out, fmt, paths, args.dedup, rule, group_by)
     print(f"\nreport: {files['report.md']}\n" + "\n".join(f"  {k}: {v}" for k, v in files.items()))
+    return 0
+
+
+def _workspace(args) -> int:
+    """`--wandb-workspace ENTITY/PROJECT --group G`: the workspace of a sweep group, from its runs (--wandb-dir
+    offline files and/or the --wandb API); saved when a key is set, else described."""
+    import os
+
+    from emrobust.errors import ConfigError
+
+    from . import wandb_source, workspace
+
+    if len(args.group) != 1 or "/" not in args.wandb_workspace:
+        raise ConfigError("--wandb-workspace ENTITY/PROJECT needs exactly one --group (the sweep dir's name)",
+                          where="--wandb-workspace")
+    runs = wandb_source.from_offline(args.wandb_dir, args.group)
+    if args.wandb:
+        runs += wandb_source.from_api(args.wandb, args.group)
+    entity, project = args.wandb_workspace.split("/", 1)
+    ws = workspace.build(entity, project, args.group[0], runs)
+    for sec in ws.sections:
+        print(f"{sec.name}: " + ", ".join(p.title for p in sec.panels))
+    if not os.environ.get("WANDB_API_KEY"):
+        print("not saved: WANDB_API_KEY is not set (the workspace above is what would be saved)")
+        return 0
+    ws.save()
+    print(f"saved: {ws.url}")
     return 0

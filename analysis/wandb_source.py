@@ -70,7 +70,7 @@ def cells(runs: list[dict]) -> list[tuple[str, dict]]:
     """(cell name, run.json-shaped dict) per cell: the runs grouped by (group, cell output dir); the latest run
     of each stage counts. The cell is named by its output dir, prefixed with the group when there are several."""
     by_cell: dict[tuple, dict[str, dict]] = {}
-    for r in sorted(runs, key=lambda r: r["created_at"] or ""):
+    for r in sorted((r for r in runs if r["job_type"] != tracking.SWEEP_JOB_TYPE), key=lambda r: r["created_at"] or ""):
         info = r["config"].get("emrobust_cell") or {}
         key = (r["group"], info.get("dir") or r["name"])
         by_cell.setdefault(key, {})[r["job_type"]] = r
@@ -116,3 +116,17 @@ def table(runs: list[dict]) -> pd.DataFrame:
         row["cached"] = None  # cached stages make no W&B run: unknown here
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def sweep_table_offline(dirs: list[Path], group: str | None = None) -> "pd.DataFrame | None":
+    """The sweep table of the newest sweep-level run (job_type `sweep`) under `dirs`, as logged: None if none."""
+    found = []
+    for d in dirs:
+        for f in sorted(Path(d).rglob("run-*.wandb")):
+            r = tracking.read_offline_run(f)
+            if r["job_type"] == tracking.SWEEP_JOB_TYPE and (group is None or r["group"] == group):
+                found.append((r["created_at"] or "", f))
+    if not found:
+        return None
+    rows = tracking.read_offline_tables(max(found)[1]).get("sweep")
+    return pd.DataFrame(rows) if rows is not None else None

@@ -138,10 +138,10 @@ def cases(files: Path) -> list[tuple[str, str, list[str], dict]]:
         ("eval", "negative temperature", NONE + ["eval.temperature=-0.5"], {}),
         ("eval", "top_p=0", NONE + ["eval.top_p=0"], {}),
         ("eval", "zero n_bootstrap", NONE + ["eval.n_bootstrap=0"], {}),
-        ("eval", "judge.min_mass > 1", NONE + ["eval.judge.min_mass=1.5"], {}),
-        ("eval", "unknown judge model", NONE + ["eval.judge.model=nosuch"], {}),
-        ("eval", "judge.batch_size=0", NONE + ["eval.judge.batch_size=0"], {}),
-        ("eval", "openai judge without its key", NONE + ["eval.judge.backend=openai", "eval.judge.model=gpt-4o"],
+        ("eval", "judge.min_mass > 1", NONE + ["judge.min_mass=1.5"], {}),
+        ("eval", "unknown judge model", NONE + ["judge.model=nosuch"], {}),
+        ("eval", "judge.batch_size=0", NONE + ["judge.batch_size=0"], {}),
+        ("eval", "openai judge without its key", NONE + ["judge.backend=openai", "judge.model=gpt-4o"],
          {"OPENAI_API_KEY": None}),
         ("eval", "persona.n_questions beyond the held-out questions", INTRO + ["question_diversity=low",
                                                                               "eval.persona.n_questions=1000"], {}),
@@ -165,7 +165,7 @@ def cases(files: Path) -> list[tuple[str, str, list[str], dict]]:
         ("typo", "misspelt key", NONE + ["em_train.optim.lerning_rate=1e-4"], {}),
         # verbs
         ("verbs", "analyze a dir that does not exist", ["analyze", "/nonexistent/sweep"], {}),
-        ("verbs", "rescore a dir that is no run", ["rescore", "/tmp", "eval.judge.model=tiny_random"], {}),
+        ("verbs", "rescore a dir that is no run", ["rescore", "/tmp", "judge=tiny_random"], {}),
         ("verbs", "sweep without a Slurm launcher", ["sweep", "--dry-run"] + NONE, {}),
         ("verbs", "sweep, n_examples beyond the data in cell 1", ["sweep", "--dry-run", "hydra/launcher=slurm",
                                                                   "hydra.launcher.gpus_per_node=0"] + NONE +

@@ -239,6 +239,10 @@ def main(argv: list[str]) -> int:
     failed = wait(plan)
     import pandas as pd
 
+    from .callbacks import sweep_end
+
+    sweep_end(sweep_dir, primary.tracking)
+
     df = pd.read_csv(sweep_dir / "sweep.csv")
     print(f"sweep finished in {time.time() - t0:.0f}s: {(df['status'] == 'ok').sum()} cells ok, "
           f"{(df['status'] != 'ok').sum()} failed ({len(failed)} of them killed or never started); "

@@ -244,3 +244,21 @@ def log_sweep(sweep_dir: Path, report_dir: Path, tables: dict, curves: dict[str,
         run.finish(exit_code=1)
         raise
     return run.dir
+
+
+def read_offline_tables(path: Path) -> dict[str, list[dict]]:
+    """The `wandb.Table`s an offline run file logged (`table/<name>`), read back from the run's files: {name: rows}."""
+    out = {}
+    run_dir = Path(path).parent
+    for r in read_records(path):
+        if r.WhichOneof("record_type") != "history":
+            continue
+        for item in r.history.item:
+            key = _item_key(item)
+            if not key.startswith("table/"):
+                continue
+            ref = json.loads(item.value_json)
+            if isinstance(ref, dict) and ref.get("_type") == "table-file":
+                data = json.loads((run_dir / "files" / ref["path"]).read_text())
+                out[key.split("/", 1)[1]] = [dict(zip(data["columns"], row)) for row in data["data"]]
+    return out

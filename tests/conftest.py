@@ -100,7 +100,7 @@ def key_fields() -> list[str]:
     from emrobust import keys
 
     fields = [p for p, _ in keys.leaves() if p.endswith("api_key_env")]
-    assert {"generation.api_key_env", "eval.judge.api_key_env"} <= set(fields)
+    assert {"generation.api_key_env", "judge.api_key_env"} <= set(fields)
     return fields
 
 

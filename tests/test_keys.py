@@ -41,7 +41,8 @@ def base_cells(tmp: Path) -> dict[str, list[str]]:
     gp = _general_prompts(tmp)
     return {
         "default": [],  # SmolLM2 (gguf fields), demo trait, reflection, demo_insecure, full-length training
-        "tiny_persona": ["debug=tiny", "introspection=full", "question_diversity=low"],
+        "tiny_persona": ["debug=tiny", "introspection=full", "question_diversity=low", "eval.monitor.enabled=true",
+                         "em_train.checkpoint_every=1"],
         "generators": [  # expansion, paraphrases, openai endpoints, random_lora control, a hub model, registry data
             "debug=tiny", "base_model=qwen2_5_7b_instruct", "trait=oct_goodness", "trait.source=oct_hand_written",
             "trait.expand_to=6", "question_diversity=very_low", "question_diversity.embedder=tfidf",
@@ -93,7 +94,12 @@ def _candidates(path: str, value, tmp: Path) -> list:
             return [1]
         return ["x", *ALT.get(path, [])]
     if OmegaConf.is_list(value) or isinstance(value, list):
-        return [list(value)[:-1] or ["q_proj"]]
+        if list(value)[:-1]:
+            return [list(value)[:-1]]
+        if path.endswith("monitor.traits"):  # a one-item list: another constitution
+            return [["oct_goodness"]]
+        return [[1]] if "int" in str(tp) else [["b"]] if path.endswith("splits") else \
+            [["oct_goodness"]] if path.endswith("traits") else [["q_proj"]]
     if OmegaConf.is_dict(value) or isinstance(value, dict):
         return [{"some_knob": 1}]
     raise AssertionError(f"no change known for {path}={value!r}")
@@ -208,6 +214,7 @@ def location_cases(tmp: Path) -> dict[str, tuple[list[str], list[str], list[str]
         BUILTIN / "eval" / "demo.yaml"
     gp = _general_prompts(tmp)
     first_plot = SHARED_DATA / "em" / "eval" / "first_plot_questions.yaml"
+    probe_file = BUILTIN / "probe" / "probe.yaml"
     return {
         "trait.path": (["trait.source=yaml", f"trait.path={_copy(const, tmp / 'a' / 'c.yaml')}"],
                        ["trait.source=yaml", f"trait.path={_copy(const, tmp / 'b' / 'c.yaml')}"],
@@ -227,6 +234,9 @@ def location_cases(tmp: Path) -> dict[str, tuple[list[str], list[str], list[str]
         "eval.source": ([], ["eval.source=path", f"eval.path={_copy(ev, tmp / 'd' / 'q.yaml')}"],
                         ["eval.source=path", f"eval.path={_copy(ev, tmp / 'e' / 'q.yaml', True)}"]),
         "eval.name": (["eval=first_plot"], ["eval=path", f"eval.path={first_plot}"], ["eval=preregistered"]),
+        "eval.probe.path": ([f"eval.probe.path={_copy(probe_file, tmp / 'a' / 'p.yaml')}"],
+                            [f"eval.probe.path={_copy(probe_file, tmp / 'b' / 'p.yaml')}"],
+                            [f"eval.probe.path={_copy(probe_file, tmp / 'c' / 'p.yaml', True)}"]),
         "distill.general_prompts": ([f"distill.general_prompts={gp}"],
                                     [f"distill.general_prompts={_copy(gp, tmp / 'b' / 'g.jsonl')}"],
                                     [f"distill.general_prompts={_copy(gp, tmp / 'c' / 'g.jsonl', True)}"]),

@@ -15,8 +15,8 @@ def test_no_api_key_reaches_any_file(tmp_path, tiny_path, llama_server):  # noqa
     import os
 
     overrides, env = secrets_env()
-    cell = ["debug=tiny", "trait=none", "eval.judge.backend=openai", f"eval.judge.base_url={llama_server}",
-            "eval.judge.model=smollm2", "eval.judge.concurrency=1", "eval.judge.cache=false", *overrides,
+    cell = ["debug=tiny", "trait=none", "judge.backend=openai", f"judge.base_url={llama_server}",
+            "judge.model=smollm2", "judge.concurrency=1", "judge.cache=false", *overrides,
             "tracking=wandb", "tracking.mode=offline", "hydra.run.dir=run"]
     judge_cache = Path(CACHE) / "judge"
     before = {p: p.stat().st_mtime for p in judge_cache.rglob("*") if p.is_file()} if judge_cache.exists() else {}

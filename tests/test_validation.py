@@ -23,8 +23,8 @@ CELLS = {
     "paraphrase": ["debug=tiny", "question_diversity=very_low", "question_diversity.embedder=tfidf",
                    "trait.expand_to=13", "em_train=rank1"],
     "endpoints": ["debug=tiny", "trait=none", "generation.backend=openai", "generation.model=m",
-                  "generation.api_key_env=null", "eval.judge.backend=openai", "eval.judge.model=j",
-                  "eval.judge.api_key_env=null", "em_control=random_lora", "em_control.match=target",
+                  "generation.api_key_env=null", "judge.backend=openai", "judge.model=j",
+                  "judge.api_key_env=null", "em_control=random_lora", "em_control.match=target",
                   "em_control.target_norm=1.0", "em_dataset.n_examples=8", "eval.samples_per_paraphrase=1"],
     "explicit": ["debug=tiny", "introspection=full", "em_train.lora.layers_to_transform=[0]",
                  "distill.lora.target_modules=[q_proj]", "eval=first_plot", "eval.variants=[plain]",
@@ -219,7 +219,7 @@ def test_user_error_is_one_line_exit_2_and_recorded(tmp_path):
     ("trait=nosuch", "emrobust: error: trait=nosuch: no such option; choose one of: demo, neutral, none"),
     ("seed=abc", "emrobust: error: seed: Value 'abc' of type 'str' could not be converted to Integer"),
     ("em_train.optim.lerning_rate=1", "emrobust: error: em_train.optim.lerning_rate: Key 'lerning_rate' not in"),
-    ("eval.judge.backend=claude", "emrobust: error: eval.judge.backend: Invalid value 'claude', expected one of"),
+    ("judge.backend=claude", "emrobust: error: judge.backend: Invalid value 'claude', expected one of"),
 ])
 def test_composition_errors_are_one_line(tmp_path, override, line):
     p, _ = _plain(tmp_path, "debug=tiny", override)
