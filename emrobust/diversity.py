@@ -40,6 +40,11 @@ def _encoder(path: str):
     return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
 
 
+def release() -> None:
+    """Drop the sentence encoders `embed` keeps loaded between calls (a stage must not outlive its models)."""
+    _encoder.cache_clear()
+
+
 def _sentence_embed(texts: list[str], path: str, batch_size: int = 64) -> np.ndarray:
     """Sentence-transformers' recipe for all-MiniLM-L6-v2 (mean pooling over tokens), with transformers alone."""
     import torch

@@ -196,6 +196,39 @@ def load(path: Path | str, dev: torch.device, dtype: torch.dtype | None = None):
     return model.to(dev)
 
 
+def weight_reader(path: Path | str):
+    """`read(name) -> tensor or None`: one stored weight of the model `load(path)` loads, read from its safetensors
+    files one tensor at a time (no second copy of the model in memory); None when `name` is not stored under the
+    module's own name (a checkpoint whose keys transformers renames on loading) or the files are not safetensors."""
+    import json
+
+    from safetensors import safe_open
+
+    p = Path(path)
+    if not p.is_dir():  # a hub id: the snapshot `load` already fetched
+        from huggingface_hub import snapshot_download
+
+        p = Path(snapshot_download(str(path), local_files_only=True))
+    index = p / "model.safetensors.index.json"
+    if index.exists():
+        where = {k: p / f for k, f in json.loads(index.read_text())["weight_map"].items()}
+    else:
+        files = sorted(p.glob("*.safetensors"))
+        where = {}
+        for f in files:
+            with safe_open(str(f), "pt") as fh:
+                where |= {k: f for k in fh.keys()}
+
+    def read(name: str):
+        f = where.get(name)
+        if f is None:
+            return None
+        with safe_open(str(f), "pt") as fh:
+            return fh.get_tensor(name)
+
+    return read
+
+
 def load_tokenizer(path: Path | str):
     from transformers import AutoTokenizer
 
@@ -216,5 +249,5 @@ def fingerprint(model: torch.nn.Module) -> str:
         h.update(name.encode())
         h.update(str(t.dtype).encode())
         h.update(str(tuple(t.shape)).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.view(torch.uint8).numpy().data if t.numel() else b"")  # the buffer itself, no copy
     return h.hexdigest()

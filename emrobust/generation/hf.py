@@ -19,16 +19,25 @@ from . import Generation, Sampling, sample_seed
 
 
 class PerSampleGumbel:
-    """A logits processor that adds to each row Gumbel noise from that row's own torch.Generator."""
+    """A logits processor that adds to each row Gumbel noise from that row's own torch.Generator.
+
+    The noise of a step is drawn row by row (each row's generator writes its row of one buffer) and turned into
+    Gumbel noise in place: no per-row tensors, no stacking, one (batch, vocab) float32 buffer reused every step."""
 
     def __init__(self, seeds: list[int], device):
         self.gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+        self._buf: torch.Tensor | None = None
 
     def __call__(self, input_ids, scores):
-        u = torch.stack([torch.rand(scores.shape[-1], generator=g, device=scores.device, dtype=torch.float32)
-                         for g in self.gens])
-        gumbel = -torch.log(-torch.log(u.clamp_(min=1e-20, max=1.0 - 1e-7)))
-        return scores.float() + gumbel
+        B, V = len(self.gens), scores.shape[-1]
+        if self._buf is None or self._buf.shape != (B, V) or self._buf.device != scores.device:
+            self._buf = torch.empty((B, V), dtype=torch.float32, device=scores.device)
+        u = self._buf
+        for row, g in zip(u, self.gens):
+            torch.rand(V, generator=g, out=row)
+        # Gumbel(0, 1) = -log(-log(u)), computed in place
+        u.clamp_(min=1e-20, max=1.0 - 1e-7).log_().neg_().log_().neg_()
+        return scores.float() + u
 
 
 class HFGenerator:

@@ -120,6 +120,13 @@ def expand(ctx: Context, const: constitutions.Constitution, target: int) -> cons
 
 
 def run(ctx: Context) -> dict:
+    try:
+        return _run(ctx)
+    finally:
+        diversity.release()
+
+
+def _run(ctx: Context) -> dict:
     cfg = ctx.cfg
     const = constitutions.load_cfg(cfg.trait, cfg.paths)
     extra = {}
