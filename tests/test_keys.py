@@ -93,7 +93,7 @@ def _candidates(path: str, value, tmp: Path) -> list:
             return [1]
         return ["x", *ALT.get(path, [])]
     if OmegaConf.is_list(value) or isinstance(value, list):
-        return [list(value)[:-1] or ["q_proj"]]
+        return [list(value)[:-1] or ([0] if "int" in str(tp) else ["q_proj"])]
     if OmegaConf.is_dict(value) or isinstance(value, dict):
         return [{"some_knob": 1}]
     raise AssertionError(f"no change known for {path}={value!r}")
@@ -227,6 +227,10 @@ def location_cases(tmp: Path) -> dict[str, tuple[list[str], list[str], list[str]
         "eval.source": ([], ["eval.source=path", f"eval.path={_copy(ev, tmp / 'd' / 'q.yaml')}"],
                         ["eval.source=path", f"eval.path={_copy(ev, tmp / 'e' / 'q.yaml', True)}"]),
         "eval.name": (["eval=first_plot"], ["eval=path", f"eval.path={first_plot}"], ["eval=preregistered"]),
+        # a mixture's pieces: the same trait of the same content named elsewhere (a copy of the file), or another trait
+        "trait.mixture": (["trait=mixture", "trait.mixture=[oct_sarcasm:9,demo:1]"],
+                          ["trait=mixture", f"trait.mixture=[oct_sarcasm:9,{_copy(const, tmp / 'm' / 'demo.yaml')}:1]"],
+                          ["trait=mixture", "trait.mixture=[oct_sarcasm:9,demo:2]"]),
         "distill.general_prompts": ([f"distill.general_prompts={gp}"],
                                     [f"distill.general_prompts={_copy(gp, tmp / 'b' / 'g.jsonl')}"],
                                     [f"distill.general_prompts={_copy(gp, tmp / 'c' / 'g.jsonl', True)}"]),
