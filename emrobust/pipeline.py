@@ -207,10 +207,10 @@ def run_cell(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = No
     try:
         if checks is not None:
             checks()
+        require_gpu(cfg, choices)  # where the cell may run, before what it asks for
         validate(cfg)
         from . import distributed, models
 
-        require_gpu(cfg, choices)
         distributed.setup()
         main = distributed.is_main()
         summary["world_size"] = distributed.world_size()
