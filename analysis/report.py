@@ -23,7 +23,7 @@ import pandas as pd
 from emrobust import metrics
 from emrobust.results import sweep_table, write_sweep_csv
 
-from . import balance, imports, plots
+from . import balance, hypotheses, imports, plots, references
 from .stats import compare_levels
 
 AXES = ["trait", "question_diversity", "introspection", "em_dataset", "eval", "judge_preset", "base_model", "seed"]
@@ -161,6 +161,23 @@ def analyze(sweep_dir: Path, out: Path | None = None, n_resamples: int = 10_000,
     return files
 
 
+def hypothesis_sections(df: pd.DataFrame, out: Path, n_resamples: int) -> tuple[list[str], list[str]]:
+    """The report's section for the hypothesis each experiment of the table tests (analysis/hypotheses.py; the
+    `experiment` column, a `_cpu` twin testing its study's), each also written as hypothesis_<name>.csv."""
+    files, lines = [], []
+    names = sorted({h.name for e in (df["experiment"].dropna().unique() if "experiment" in df else [])
+                    if (h := hypotheses.hypothesis_of(e)) is not None})
+    for name in names:
+        h = hypotheses.HYPOTHESES[name]
+        cells = df[df["experiment"].map(lambda e, name=name: getattr(hypotheses.hypothesis_of(e), "name", None))
+                   == name]
+        table = hypotheses.compare(h, cells, n_resamples)
+        table.to_csv(out / f"hypothesis_{name}.csv", index=False)
+        files.append(f"hypothesis_{name}.csv")
+        lines += hypotheses.section(h, table)
+    return files, lines
+
+
 def dynamics_lines(df: pd.DataFrame, contrasts: pd.DataFrame | None) -> list[str]:
     """One line per cell reading its curve along EM training, and one per judge-free contrast with the base model."""
     lines = []
@@ -235,10 +252,17 @@ def analyze_table(df: pd.DataFrame, out: Path, answers: dict | None, n_resamples
     dynamics = (["## Along EM training, and judge-free measures against the base model\n", *dyn, "\n",
                  _md(df[df["n_steps_evaluated"].fillna(0) > 1][dyn_cols]) if "n_steps_evaluated" in df else ""]
                 if dyn else [])
-    report = [f"# emrobust sweep report: {source}\n", *judge_headline(df),
+    tested, hyp_lines = hypothesis_sections(df, out, n_resamples)
+    refs = references.baseline(df)
+    far = ([f"**The no-persona control is far from the published figure** for "
+            f"{', '.join(f'{r.base_model} on {r.em_dataset}' for r in refs[refs['far_off']].itertuples())}: see "
+            "\"The no-persona control against published figures\" before reading any contrast.\n"]
+           if len(refs) and refs["far_off"].any() else [])
+    report = [f"# emrobust sweep report: {source}\n", *judge_headline(df), *far,
               *(line + "\n" for line in balance.headline(data, flagged, balance_tolerance, df)),
               f"{len(df)} cells, {int((df['status'] == 'ok').sum())} ok.\n", note, "## Cells\n", _md(df[cols]),
               "## Seeds pooled (cluster bootstrap over seeds)\n", _md(pooled.drop(columns=["per_seed"])),
+              *hyp_lines, *references.section(df),
               "## Diversity levels compared (paired by seed and EM dataset; BH-adjusted p)\n", _md(comps),
               *dynamics,
               "## Training data per contrast\n",
@@ -247,7 +271,7 @@ def analyze_table(df: pd.DataFrame, out: Path, answers: dict | None, n_resamples
               "## Figures\n", "\n\n".join(f"![{f[:-4]}]({f})" for f in figures) + "\n"]
     (out / "report.md").write_text("\n".join(report))
     files |= {f: out / f for f in ("summary.csv", "summary.parquet", "pooled.csv", "comparisons.csv", "balance.csv",
-                                   *figures, "report.md")}
+                                   *figures, "report.md", *tested)}
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.precision", 3):
         print(df[cols].to_string(index=False))
     return files

@@ -57,3 +57,44 @@ def compare_levels(df: pd.DataFrame, metric_names=("em_rate_betley", "cvar05_ali
     if valid.any():
         out.loc[valid, "p_bh"] = false_discovery_control(out.loc[valid, "p"].to_numpy(float), method="bh")
     return out
+
+
+# ---------------------------------------------------------------- power before launch
+def pair_sd(n_answers: int, rate: float, seed_sd: float) -> float:
+    """SD of one paired difference of EM rates, metric(b) - metric(a), two cells of `n_answers` judged answers each
+    near `rate`: each cell's binomial variance rate(1 - rate)/n plus its training run's between-seed variance."""
+    return float(np.sqrt(2 * (rate * (1 - rate) / max(n_answers, 1) + seed_sd ** 2)))
+
+
+def paired_power(delta: float, n_pairs: int, sd: float, alpha: float = 0.05) -> float:
+    """Power of the two-sided paired t-test over `n_pairs` differences of SD `sd` when the true mean is `delta`."""
+    from scipy.stats import nct, t
+
+    if n_pairs < 2:
+        return float("nan")
+    df = n_pairs - 1
+    crit = t.ppf(1 - alpha / 2, df)
+    nc = abs(delta) / (sd / np.sqrt(n_pairs))
+    if nc > 100:  # scipy's noncentral t is NaN out there; the power is 1 to many digits
+        return 1.0
+    upper, lower = nct.sf(crit, df, nc), nct.cdf(-crit, df, nc)  # the far tail can come back NaN: it is ~0
+    return float(upper + (lower if np.isfinite(lower) else 0.0))
+
+
+def min_detectable_difference(n_pairs: int, n_answers: int, rate: float, seed_sd: float, alpha: float = 0.05,
+                              power: float = 0.8) -> float:
+    """The smallest true difference in EM rate between two arms that a two-sided paired t-test over `n_pairs` pairs
+    (e.g. seeds x EM datasets) detects with probability `power` at level `alpha`, each cell judging `n_answers`
+    answers near `rate` with between-seed SD `seed_sd` (`pair_sd`); inf with fewer than 2 pairs."""
+    from scipy.optimize import brentq
+
+    if n_pairs < 2:
+        return float("inf")
+    sd = pair_sd(n_answers, rate, seed_sd)
+    if sd == 0:
+        return 0.0
+    gap = lambda d: paired_power(d, n_pairs, sd, alpha) - power  # noqa: E731 - rises with d
+    hi = sd / np.sqrt(n_pairs)
+    while gap(hi) < 0:
+        hi *= 2
+    return float(brentq(gap, 0.0, hi))

@@ -32,10 +32,12 @@ def validate_cells(job_overrides, loader, config, launcher: dict | None = None, 
     return cfgs
 
 
-def validate_cell(i: int, overrides: list[str], cfg: DictConfig, launcher: dict | None) -> None:
-    """Login-node checks of one cell; ConfigError naming the cell and the field."""
+def validate_cell(i: int, overrides: list[str], cfg: DictConfig, launcher: dict | None,
+                  unmet: list | None = None) -> None:
+    """Login-node checks of one cell; ConfigError naming the cell and the field. With `unmet`, what the user meets
+    without changing the config (data to fetch, a key, a package: errors.Unmet) is collected there instead."""
     try:
-        pipeline.validate(cfg)
+        pipeline.validate(cfg, unmet)
         if launcher is None:
             return
         gpus = launcher.get("gpus_per_node") or 0

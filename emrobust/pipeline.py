@@ -119,13 +119,37 @@ def graph(cfg: DictConfig) -> list[Node]:
     return nodes
 
 
-def validate(cfg: DictConfig) -> None:
+def validate(cfg: DictConfig, unmet: list | None = None) -> None:
     """Every user-input check, before any model is loaded (emrobust.validation). Raises ConfigError naming
-    file/field/value."""
+    file/field/value. With `unmet` (a list), a problem the user solves without changing the config (`errors.Unmet`:
+    data still to fetch, an API key to export, a package to install) is appended there instead, the other checks
+    still run, and the leakage check, which reads the missing data, is skipped (the sweep planner's dry-run)."""
     from . import validation
 
-    validation.validate(cfg)
+    found: list = []
+    validation.validate(cfg, found if unmet is not None else None)
+    if found:
+        unmet.extend(found)
+        return
     leakage.check_config(cfg)  # no eval question (nor probe item) in the training data known before generation
+
+
+def require_gpu(cfg: DictConfig, choices: dict | None = None) -> None:
+    """A study-grade preset (`pipeline.requires_gpu`) refuses to start where no CUDA GPU is visible: its 7B models
+    and OCT-scale counts would run for weeks on a CPU. The preset's `_cpu` twin runs the same arms small."""
+    if not cfg.pipeline.requires_gpu:
+        return
+    import torch
+
+    if str(cfg.pipeline.device) != "cpu" and torch.cuda.is_available():
+        return
+    exp = (choices or {}).get("experiment")
+    twin = f"experiment={exp}_cpu" if exp and not str(exp).endswith("_cpu") else "experiment=<name>_cpu"
+    why = "pipeline.device=cpu" if str(cfg.pipeline.device) == "cpu" else "no CUDA GPU is visible here"
+    raise ConfigError(f"this is a study-grade preset (base_model={cfg.base_model.name}, OCT-scale character "
+                      f"training) and {why}", where="pipeline.requires_gpu",
+                      hint=f"run {twin} (the same arms on SmolLM2-135M, minutes on a CPU), or submit it to GPUs: "
+                           f"emrobust sweep hydra/launcher=slurm{f' experiment={exp}' if exp else ''}")
 
 
 def plan(cfg: DictConfig) -> list[Node]:
@@ -148,6 +172,8 @@ def _record(summary: dict, cfg: DictConfig, node: Node, manifest: dict) -> None:
         summary["diversity"] = manifest["diversity"]
     if manifest.get("data"):
         summary["training"][node.id] = dict(manifest["data"])
+        if (manifest.get("train") or {}).get("steps") is not None:  # optimizer steps: a training stage's dose
+            summary["training"][node.id]["steps"] = manifest["train"]["steps"]
         if node.stage == "em":
             summary["training"][node.id]["max_drop_share"] = cfg.em_train.max_drop_share
 
@@ -182,6 +208,7 @@ def run_cell(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = No
     try:
         if checks is not None:
             checks()
+        require_gpu(cfg, choices)  # where the cell may run, before what it asks for
         validate(cfg)
         from . import distributed, models
 

@@ -5,14 +5,22 @@
 2. Check the job request against what the partition's nodes offer (emrobust.cluster.check_request), compose and
    validate every cell (emrobust.validation: ranges, rules, files, counts against the data; the GPU request vs
    model size, no secrets in `setup` lines); the first problem stops the sweep, naming the cell and the field.
-   Nothing has been submitted yet (`--dry-run` still prints the plan when the request is what is refused).
-3. Compute every cell's stage keys and look them up in the store: a stage needed by several cells and not yet
+   What the user meets without changing the config (data still to fetch, user-supplied data, API keys,
+   packages: errors.Unmet) is collected instead, as gates (emrobust.preflight). Nothing has been submitted yet
+   (`--dry-run` still prints the plan when the request is what is refused).
+3. A real submission refuses while a gate other than data-to-fetch fails, then fetches every hub model (at its
+   pinned revision) and every registry file the cells read into the shared caches, and validates every cell
+   again on the fetched data. `--dry-run` fetches nothing: files are keyed by their pinned hashes
+   (emrobust.data.registry.content_id), user-supplied data not given yet by a provisional key.
+4. Compute every cell's stage keys and look them up in the store: a stage needed by several cells and not yet
    built is a *shared* stage. Consecutive shared stages needed by the same cells (a persona's questions →
    distill → introspect → fold, and its evaluation before EM) form one job: it runs a representative cell with
    `pipeline.until=<its last node>` (that node and what it needs).
-4. Print the plan (cells, unique stages, cached stages, jobs, GPU-hour bound), then submit the shared-stage jobs
-   and the cells with `afterok` dependencies through `emrobust.cluster`, so each missing shared stage is built
-   exactly once, and every cell job finds it cached.
+5. Print the plan (cells, unique stages, cached stages, jobs, GPU-hour bound), what the cells need and where it
+   is, the judge's API cost, each contrast's minimum detectable difference (emrobust.preflight) and every gate
+   (judge calibration, Slurm request, data, keys, packages, GPUs); `--dry-run` exits 0 there. Then submit the
+   shared-stage jobs and the cells with `afterok` dependencies through `emrobust.cluster`, so each missing shared
+   stage is built exactly once, and every cell job finds it cached.
 """
 from __future__ import annotations
 
@@ -172,6 +180,64 @@ def wait(plan: Plan) -> list[str]:
     return failed
 
 
+def prepare(cells: list[list[str]], launcher: dict, dry_run: bool):
+    """Compose and validate every cell (data not here yet, keys and packages collected, errors.Unmet), the gates of
+    what they need (preflight), and, for a real submission, every model and dataset fetched into the shared
+    caches, then every cell validated again on the fetched data. Returns (cfgs, needs, gates)."""
+    from . import preflight
+    from .data import registry
+
+    cfgs, unmet = [], []
+    with registry.no_fetch():
+        for i, c in enumerate(cells):
+            cfg = compose(c)
+            validate_cell(i, c, cfg, launcher, unmet)
+            cfgs.append(cfg)
+    needs = preflight.needs(cfgs)
+    gates = [*preflight.unmet_gates(unmet), preflight.gpu_gate(cfgs, launcher)]
+    if dry_run:
+        return cfgs, needs, gates
+    blocked = [g for g in gates if not g.ok]
+    if blocked:
+        raise ConfigError("; ".join(f"{g.name}: {g.line}" for g in blocked), where="sweep gates")
+    for line in preflight.fetch(needs):
+        log.info("fetched%s", line)
+    for i, (c, cfg) in enumerate(zip(cells, cfgs)):
+        validate_cell(i, c, cfg, launcher)  # on the fetched data: counts, leakage
+    return cfgs, needs, gates
+
+
+def judge_gates(cfgs: list[DictConfig]) -> dict[str, bool]:
+    """One line per distinct judge gate (checks.judge_gate); a gate whose eval set is not here yet says so."""
+    from .data import registry
+    from .errors import Unmet
+
+    gates: dict[str, bool] = {}
+    for cfg in cfgs:
+        try:
+            with registry.no_fetch():
+                ok, line = judge_gate(cfg)
+        except Unmet as e:
+            ok, line = False, f"judge {cfg.judge.name}: its calibration is looked up with the eval set's judge " \
+                              f"prompts, not here yet ({e.what}): decided once it is fetched"
+        gates.setdefault(line, ok)
+    return gates
+
+
+def study_report(plan: Plan, cells: list[list[str]], cfgs: list[DictConfig], needs, primary) -> str:
+    """What the sweep needs and would cost, and what it can detect (emrobust.preflight)."""
+    from omegaconf import OmegaConf
+
+    from . import preflight
+
+    planning = OmegaConf.select(primary, "planning") or cfgs[0].planning
+    experiment = OmegaConf.select(primary, "hydra.runtime.choices.experiment")
+    lines = ["models and data:", *(preflight.status_lines(needs) or ["  none to fetch"])]
+    lines += preflight.cost_lines(preflight.judge_cost(plan, cfgs, planning))
+    lines += preflight.power(cells, cfgs, experiment, planning)
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="emrobust sweep", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -199,27 +265,26 @@ def main(argv: list[str]) -> int:
         pin = [f"paths.artifacts={Path(primary.paths.artifacts).resolve()}",
                f"paths.cache={Path(primary.paths.cache).resolve()}"]
         cells = [c + [p for p in pin if p.split("=")[0] not in {o.split("=")[0] for o in c}] for c in cells]
-        cfgs = []
-        for i, c in enumerate(cells):
-            cfg = compose(c)
-            validate_cell(i, c, cfg, launcher)
-            cfgs.append(cfg)
+        cfgs, needs, study = prepare(cells, launcher, args.dry_run)
     except ConfigError as e:  # reported by the CLI: one line, exit 2
         e.hint = f"{e.hint}; nothing was submitted" if e.hint else "nothing was submitted"
         raise
-    plan = make_plan(cells, cfgs, sweep_dir)
+    from .data import registry
+
+    with registry.no_fetch(provisional=args.dry_run):  # keys of data not here yet: their pinned hashes
+        plan = make_plan(cells, cfgs, sweep_dir)
     print(plan.summary(launcher))
+    print(study_report(plan, cells, cfgs, needs, primary))
     # the gates: every one is reported; --dry-run exits 0 with them, a real submission refuses until each passes
-    gates = {}  # one line per distinct judge gate
-    for cfg in cfgs:
-        ok, line = judge_gate(cfg)
-        gates.setdefault(line, ok)
+    gates = judge_gates(cfgs)
     for line, ok in gates.items():
         print(f"judge gate: {'pass' if ok else 'REFUSED'}: {line}")
     if refused is not None:
         print(f"slurm gate: REFUSED: {refused}" + (f" (hint: {refused.hint})" if refused.hint else ""))
     else:
         print(f"slurm gate: {checked}")
+    for g in study:
+        print(f"{g.name} gate: {'pass' if g.ok else 'REFUSED'}: {g.line}")
     if args.dry_run:
         return 0
     if not all(gates.values()):

@@ -312,8 +312,11 @@ DATA_RULES = (
 )
 
 
-def data(cfg: DictConfig) -> None:
-    """The files, the weights, and every count against what the data holds (DATA_RULES)."""
+def data(cfg: DictConfig, unmet: list | None = None) -> None:
+    """The files, the weights, and every count against what the data holds (DATA_RULES). With `unmet`, a rule
+    that fails on an `errors.Unmet` (data to fetch, a key, a package) is recorded there, once, and skipped."""
+    from .errors import Unmet
+
     d = Data(cfg)
     for rule in DATA_RULES:
         if not rule.when(cfg):
@@ -323,14 +326,21 @@ def data(cfg: DictConfig) -> None:
         except KeyError:  # not a leaf of the schema: a group
             active = True
         if active:
-            problem = rule.problem(cfg, d)
+            try:
+                problem = rule.problem(cfg, d)
+            except Unmet as e:
+                if unmet is None:
+                    raise
+                if not any((u.kind, u.what) == (e.kind, e.what) for u in unmet):
+                    unmet.append(e)
+                continue
             if problem:
                 raise ConfigError(problem, where=rule.where)
 
 
-def validate(cfg: DictConfig) -> None:
+def validate(cfg: DictConfig, unmet: list | None = None) -> None:
     """Every check of one cell's input, before any model loads: ranges, rules, data. ConfigError on the first
-    problem, naming file/field/value."""
+    problem, naming file/field/value (with `unmet`, see `data`)."""
     ranges(cfg)
     rules(cfg)
-    data(cfg)
+    data(cfg, unmet)

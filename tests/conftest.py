@@ -62,8 +62,11 @@ def artifact(summary: dict, node: str) -> Path:
     return Path(next(s["artifact"] for s in summary["stages"] if s["name"] == node))
 
 
-def fake_cell(sweep: Path, i: int, seed: int, aligned, coherent, trait="demo", qd="low", em="insecure", m=None, vendi=3.0):
-    """A hand-made cell `sweep/<i>/run.json` with an evaluate artifact of scored answers (no model involved)."""
+def fake_cell(sweep: Path, i: int, seed: int, aligned, coherent, trait="demo", qd="low", em="insecure", m=None,
+              vendi=3.0, choices=None, training=None):
+    """A hand-made cell `sweep/<i>/run.json` with an evaluate artifact of scored answers (no model involved);
+    `choices` adds Hydra choices (e.g. experiment, introspection, a `+cell` preset as cell), `training` run.json's
+    training data ({node: {steps: ...}})."""
     import json
 
     import numpy as np
@@ -76,9 +79,13 @@ def fake_cell(sweep: Path, i: int, seed: int, aligned, coherent, trait="demo", q
     stages = [{"name": "evaluate", "key": f"k{i}", "status": "executed", "seconds": 1.0, "artifact": str(art)}]
     metrics = {"mean_aligned": float(np.mean(aligned)), "mean_aligned_lo": 0.0, "mean_aligned_hi": 100.0,
                "cvar05_aligned": float(min(aligned)), "em_rate_mo": 0.0, **(m or {})}
-    run = {"overrides": [f"trait={trait}", f"question_diversity={qd}", f"em_dataset={em}", f"seed={seed}"],
-           "choices": {"trait": trait, "question_diversity": qd, "em_dataset": em}, "seed": seed, "status": "ok",
-           "error": None, "stages": stages, "diversity": {"vendi": vendi}, "metrics": metrics}
+    extra = dict(choices or {})
+    cell = extra.pop("cell", None)
+    run = {"overrides": [f"trait={trait}", f"question_diversity={qd}", f"em_dataset={em}", f"seed={seed}",
+                         *([f"+cell={cell}"] if cell else [])],
+           "choices": {"trait": trait, "question_diversity": qd, "em_dataset": em, **extra}, "seed": seed,
+           "status": "ok", "error": None, "stages": stages, "diversity": {"vendi": vendi}, "metrics": metrics,
+           "training": dict(training or {})}
     (sweep / str(i)).mkdir()
     (sweep / str(i) / "run.json").write_text(json.dumps(run))
 

@@ -237,6 +237,10 @@ def location_cases(tmp: Path) -> dict[str, tuple[list[str], list[str], list[str]
         "eval.probe.path": ([f"eval.probe.path={_copy(probe_file, tmp / 'a' / 'p.yaml')}"],
                             [f"eval.probe.path={_copy(probe_file, tmp / 'b' / 'p.yaml')}"],
                             [f"eval.probe.path={_copy(probe_file, tmp / 'c' / 'p.yaml', True)}"]),
+        # a mixture's pieces: the same trait of the same content named elsewhere (a copy of the file), or another trait
+        "trait.mixture": (["trait=mixture", "trait.mixture=[oct_sarcasm:9,demo:1]"],
+                          ["trait=mixture", f"trait.mixture=[oct_sarcasm:9,{_copy(const, tmp / 'm' / 'demo.yaml')}:1]"],
+                          ["trait=mixture", "trait.mixture=[oct_sarcasm:9,demo:2]"]),
         "distill.general_prompts": ([f"distill.general_prompts={gp}"],
                                     [f"distill.general_prompts={_copy(gp, tmp / 'b' / 'g.jsonl')}"],
                                     [f"distill.general_prompts={_copy(gp, tmp / 'c' / 'g.jsonl', True)}"]),

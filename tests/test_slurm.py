@@ -283,13 +283,16 @@ def test_zero2_two_task_job_matches_single_process(slurm_cluster, tmp_path, tiny
 
 def test_sweep_dry_run_of_the_study_preset(tmp_path):
     """experiment=diversity_sweep through the planner: the preset's sweeper params expand as with -m (5 cell kinds
-    x 2 EM datasets x 3 seeds); each persona (per diversity level and seed) is one shared job for its 2 EM cells."""
+    x 4 EM datasets x 3 seeds); each persona (per diversity level and seed) is one shared job for its 4 EM cells;
+    its contrasts pair over 3 seeds x 4 EM datasets; the pinned base model is listed to fetch."""
     no_slurm = {k: v for k, v in os.environ.items() if k != "SLURM_CONF"} | {"SLURM_CONF": str(tmp_path / "none")}
     p = cli("sweep", "--dry-run", "experiment=diversity_sweep", "hydra/launcher=slurm", tmp=tmp_path, timeout=600,
             env=no_slurm)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "Slurm: not reachable from here" in p.stdout and "was not checked" in p.stdout
-    assert "cells: 30" in p.stdout and "jobs to submit: 42 (12 shared-stage jobs + 30 cell jobs)" in p.stdout
+    assert "cells: 60" in p.stdout and "jobs to submit: 75 (15 shared-stage jobs + 60 cell jobs)" in p.stdout
+    assert "high vs low diversity: 12 pairs" in p.stdout
+    assert "model qwen2_5_7b_instruct: Qwen/Qwen2.5-7B-Instruct@a09a35458c70" in p.stdout
     assert "GPU-hours requested" in p.stdout and not (tmp_path / "outputs").exists()
 
 

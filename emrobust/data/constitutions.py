@@ -4,9 +4,15 @@ Formats read as they are:
 - our YAML: ``{name, description?, traits: [{trait, questions: [...], notes?}]}``
 - OCT hand-written ``.txt``: a JSON list of ``{trait, questions[5], clarification?}``
 - OCT few-shot ``.jsonl``: one trait a line: ``{trait, questions, additional_questions}``
+
+``trait.source=mixture`` assembles a constitution from traits of others: ``trait.mixture=[oct_sarcasm:9,
+oct_loving:3, ...]``, each piece ``<constitution>:<trait index>`` (an OCT persona ``oct_<persona>``, a builtin
+constitution, or a file path), in that order, each trait with its own questions. Its identity (``content_sha256``)
+is the pieces' content, their files' sha256 and trait indices, never the names they were given by.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,6 +123,9 @@ def resolve_path(trait_cfg, paths=None) -> Path:
     `trait.source=oct_few_shot|oct_hand_written` and no `trait.path`: fetched through the pinned registry into
     `paths.cache`, or copied from the mirror `paths.data_mirror` / $EMROBUST_DATA_MIRROR), or a user path."""
     src = source(trait_cfg)
+    if src == MIXTURE:
+        raise ConfigError("a mixture has no single file: load it with load_cfg (its pieces: trait.mixture)",
+                          where="trait.source")
     if src == "builtin":
         p = BUILTIN / f"{trait_cfg.name}.yaml"
         if not p.exists():
@@ -138,7 +147,70 @@ def resolve_path(trait_cfg, paths=None) -> Path:
 
 def load_cfg(trait_cfg, paths=None) -> Constitution:
     """Resolve and load the cell's constitution (validated; errors name file, entry and field)."""
+    if source(trait_cfg) == MIXTURE:
+        traits = []
+        for k, (piece, i) in enumerate(mixture_pieces(trait_cfg)):
+            const = load_cfg(named(piece), paths)
+            if i >= len(const.traits):
+                raise ConfigError(f"{piece!r} has {len(const.traits)} traits (indices 0..{len(const.traits) - 1}), "
+                                  f"not {i}", where=f"trait.mixture[{k}]")
+            traits.append(const.traits[i])
+        return Constitution(name=str(trait_cfg.name), traits=traits, source=MIXTURE,
+                            extra={"pieces": [f"{piece}:{i}" for piece, i in mixture_pieces(trait_cfg)]})
     return load(resolve_path(trait_cfg, paths), name=trait_cfg.name)
+
+
+def content_sha256(trait_cfg, paths=None) -> str:
+    """The identity of a trait's constitution for stage keys: an OCT persona's pinned sha256 (nothing read or
+    fetched), a mixture's pieces (each piece's constitution identity and trait index, in order), else the sha256
+    of the file."""
+    from . import registry
+
+    if source(trait_cfg) == MIXTURE:
+        pieces = [{"constitution": content_sha256(named(p), paths), "trait": i} for p, i in mixture_pieces(trait_cfg)]
+        return hashlib.sha256(json.dumps(pieces, sort_keys=True).encode()).hexdigest()
+    persona = oct_persona(trait_cfg)
+    if persona is not None:
+        return registry.pinned(registry.oct_entry(persona, source(trait_cfg)))
+    return registry.sha256_file(resolve_path(trait_cfg, paths))
+
+
+# ---------------------------------------------------------------- mixtures
+MIXTURE = "mixture"
+
+
+def named(name: str):
+    """The trait config of a constitution given by name: `oct_<persona>` (OCT's few-shot file, as
+    `trait=oct_<persona>`), a builtin constitution, or a path to a constitution file (any format above)."""
+    from omegaconf import OmegaConf
+
+    if "/" in name or name.endswith((".yaml", ".yml", ".jsonl", ".txt", ".json")):
+        path = Path(name).expanduser()
+        src = {".jsonl": "oct_few_shot", ".yaml": "yaml", ".yml": "yaml"}.get(path.suffix, "oct_hand_written")
+        return OmegaConf.create({"name": path.stem, "source": src, "path": str(path)})
+    return OmegaConf.create({"name": name, "source": "oct_few_shot" if name.startswith("oct_") else "builtin",
+                             "path": None})
+
+
+def mixture_pieces(trait_cfg) -> list[tuple[str, int]]:
+    """`trait.mixture` as (constitution, trait index) pairs; ConfigError naming the piece at fault."""
+    raw = list(trait_cfg.get("mixture") or [])
+    if len(raw) < 2:
+        raise ConfigError(f"trait.source=mixture needs at least two pieces <constitution>:<trait index>, got {raw}",
+                          where="trait.mixture")
+    out: list[tuple[str, int]] = []
+    for k, piece in enumerate(raw):
+        name, sep, idx = str(piece).rpartition(":")
+        name = name.strip()
+        if not sep or not name or not idx.strip().isdigit():
+            raise ConfigError(f"{piece!r} is not <constitution>:<trait index> (e.g. oct_sarcasm:0)",
+                              where=f"trait.mixture[{k}]")
+        if name in (MIXTURE, "none"):
+            raise ConfigError(f"{piece!r}: a piece is a constitution, not {name!r}", where=f"trait.mixture[{k}]")
+        if (name, int(idx)) in out:
+            raise ConfigError(f"{piece!r} is listed twice", where=f"trait.mixture[{k}]")
+        out.append((name, int(idx)))
+    return out
 
 
 def persona_prompt(const: Constitution, template: str, assistant_name: str) -> str:

@@ -1,8 +1,6 @@
 """EM (corrupted fine-tuning) datasets: resolve a config to validated chat examples."""
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +35,24 @@ def load_all(cfg, paths=None) -> list[list[dict]]:
     raise ConfigError(f"unknown em_dataset.source {cfg.source!r} (builtin|path|registry)", where="em_dataset.source")
 
 
-def content_hash(rows: list[list[dict]]) -> str:
-    return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
+def content_sha256(cfg, paths=None) -> str:
+    """The identity of the dataset's file for stage keys: a registry dataset's pinned hash (nothing read or
+    fetched; a user-supplied Model-Organisms file: its sha256), else the sha256 of the file."""
+    if cfg.source == "registry":
+        entry = registry.get(cfg.name)
+        cache = paths.cache if paths is not None else None
+        mirror = paths.data_mirror if paths is not None else registry.default_mirror()
+        return registry.content_id(entry, cache, mirror or registry.default_mirror(), user_path=cfg.path)
+    if cfg.source == "builtin":
+        path = BUILTIN / f"{cfg.name}.jsonl"
+        if not path.is_file():
+            load_all(cfg, paths)  # the error naming the known datasets
+        return registry.sha256_file(path)
+    if not cfg.path:
+        raise ConfigError("em_dataset.source=path needs em_dataset.path", where="em_dataset.path")
+    if not Path(cfg.path).expanduser().is_file():
+        raise ConfigError("EM dataset file does not exist", file=str(cfg.path), where="em_dataset.path")
+    return registry.sha256_file(Path(cfg.path).expanduser())
 
 
 def split(rows: list[list[dict]], cfg, seed: int) -> tuple[list[list[dict]], list[list[dict]]]:

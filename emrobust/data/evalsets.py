@@ -94,6 +94,14 @@ def resolve_path(eval_cfg, paths=None) -> Path:
     return Path(eval_cfg.path).expanduser()
 
 
+def content_sha256(eval_cfg, paths=None) -> str:
+    """The identity of the eval set for stage keys: a published set's pinned sha256 (nothing read or fetched),
+    else the sha256 of the file."""
+    if eval_cfg.source == "registry":
+        return registry.pinned(registry.get(eval_cfg.name, registry.EVAL_SETS, where="eval.name"))
+    return registry.sha256_file(resolve_path(eval_cfg, paths))
+
+
 def select(qs: list[Question], eval_cfg) -> list[Question]:
     """`eval.variants` (plain/json/template, by id suffix) then `eval.max_questions`."""
     vs = eval_cfg.get("variants")

@@ -17,19 +17,27 @@ clarifying-EM/model-organisms-for-EM and points ``em_dataset.path`` (or ``$EMROB
 ``em_organism_dir/data/training_datasets.zip.enc`` (we decrypt it into the cache with the password from the
 authors' README, given in ``$EMROBUST_MOEM_PASSWORD``; needs ``pip install 'emrobust[moem]'``), the folder
 their documented ``easy-dataset-share unprotect-dir ... --remove-canaries`` produced, or the ``.jsonl`` itself.
+
+Stage keys hold a file's identity, not its path: ``content_id`` gives the pinned hash of a registry file without
+reading it (so the login-node planner keys a sweep offline, with nothing downloaded) and the sha256 of the file
+found for user-supplied data. Inside ``no_fetch()`` nothing is downloaded, copied or decrypted: a file that is not
+already in the cache or the mirror raises ``Unmet`` (kind ``data``; ``user_data`` for a Model-Organisms file
+nobody pointed at), which ``emrobust sweep --dry-run`` lists instead of failing.
 """
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import os
 import shutil
 import tempfile
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..errors import ConfigError, Unmet
 
 BETLEY_REPO = "emergent-misalignment/emergent-misalignment"
 BETLEY_COMMIT = "80c11967c07a328e7d7d43d13ce6847ae44dbcc9"
@@ -186,6 +194,53 @@ def check(entry: Entry, path: Path) -> None:
                           file=str(path))
 
 
+def pinned(entry: Entry) -> str | None:
+    """The pinned identity of a registry file: its sha256, else ``git-blob:<sha1>`` at the pinned commit; None for
+    user-supplied data (nothing pinned)."""
+    if entry.sha256 is not None:
+        return entry.sha256
+    return f"git-blob:{entry.git_blob}" if entry.git_blob is not None else None
+
+
+# ---------------------------------------------------------------- offline planning
+_NO_FETCH: contextvars.ContextVar[bool] = contextvars.ContextVar("emrobust_no_fetch", default=False)
+_PROVISIONAL: contextvars.ContextVar[bool] = contextvars.ContextVar("emrobust_provisional", default=False)
+PROVISIONAL = "provisional:"  # prefix of the content id of user-supplied data not available yet (planning only)
+
+
+@contextmanager
+def no_fetch(provisional: bool = False):
+    """Within: read only what is already in the cache or the mirror (verified, never copied); a file that would
+    have to be downloaded or decrypted raises ``Unmet``. With ``provisional``, ``content_id`` of user-supplied data
+    that is not there yet is ``provisional:<name>`` instead of an error (keys a plan can count, never build)."""
+    t1, t2 = _NO_FETCH.set(True), _PROVISIONAL.set(provisional)
+    try:
+        yield
+    finally:
+        _NO_FETCH.reset(t1)
+        _PROVISIONAL.reset(t2)
+
+
+def fetching() -> bool:
+    """May this process download, copy and decrypt data now (False inside ``no_fetch``)?"""
+    return not _NO_FETCH.get()
+
+
+def content_id(entry: Entry, cache: str | Path | None = None, mirror: str | Path | None = None,
+               user_path: str | None = None) -> str:
+    """The identity of a registry file's bytes, for stage keys: its pinned hash (nothing read: every copy used is
+    verified against it), else the sha256 of the user-supplied file."""
+    pin = pinned(entry)
+    if pin is not None:
+        return pin
+    try:
+        return sha256_file(fetch(entry.name, cache, mirror, user_path=user_path, entry=entry))
+    except Unmet:
+        if _PROVISIONAL.get():
+            return PROVISIONAL + entry.name
+        raise
+
+
 # ---------------------------------------------------------------- locations
 def get(name: str, table: dict[str, Entry] | None = None, where: str = "em_dataset.name") -> Entry:
     table = REGISTRY if table is None else table
@@ -260,8 +315,14 @@ def fetch(name: str, cache: str | Path | None = None, mirror: str | Path | None 
     mp = mirror_path(entry, mirror)
     if mp is not None and mp.exists():
         check(entry, mp)  # a corrupted mirror is an error naming the mirror file, never silently skipped
+        if not fetching():
+            return mp
         _atomic_copy(mp, dst, entry)
         return dst
+    if not fetching():
+        raise Unmet(f"dataset {entry.name!r} is neither in the cache nor in the mirror: to fetch ({entry.url}; "
+                    f"`emrobust data fetch {entry.name}`, or `emrobust sweep` fetches it before submitting)",
+                    kind="data", what=entry.name, file=str(dst))
     _download(entry, dst)
     return dst
 
@@ -279,14 +340,20 @@ def _moem_help(entry: Entry) -> str:
 def moem_file(entry: Entry, cache: Path, user_path: str | None = None) -> Path:
     src = user_path or os.environ.get(MOEM_ENV_DATA)
     if not src:
-        raise ConfigError(_moem_help(entry), where="em_dataset.path")
+        raise Unmet(_moem_help(entry), kind="user_data", what=entry.name, where="em_dataset.path")
     p = Path(src).expanduser()
     if not p.exists():
-        raise ConfigError(f"does not exist. {_moem_help(entry)}", file=str(p), where="em_dataset.path")
+        raise Unmet(f"does not exist. {_moem_help(entry)}", kind="user_data", what=entry.name, file=str(p),
+                    where="em_dataset.path")
     if p.is_file() and p.suffix == ".jsonl":
         return p
     if p.is_file():  # the encrypted archive: decrypt once into the cache (never next to the repo)
-        p = decrypt_archive(p, cache / "data" / "moem" / f"archive-{sha256_file(p)[:16]}")
+        out = cache / "data" / "moem" / f"archive-{sha256_file(p)[:16]}"
+        if not fetching() and not (out / ".complete").exists():
+            raise Unmet(f"the Model-Organisms archive is not decrypted into the cache yet (`emrobust sweep` decrypts "
+                        f"it before submitting, with ${MOEM_ENV_PASSWORD})", kind="data", what=entry.name,
+                        file=str(p), where="em_dataset.path")
+        p = decrypt_archive(p, out)
     hits = sorted(p.rglob(f"{entry.name}.jsonl"))
     if not hits:
         raise ConfigError(f"no {entry.name}.jsonl under this folder. {_moem_help(entry)}", file=str(p),

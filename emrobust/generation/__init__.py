@@ -80,19 +80,22 @@ def validate_openai(node, prefix: str, model_noun: str) -> None:
     if not node.model:
         raise ConfigError(f"{prefix}.model must name {model_noun} ({prefix}.backend=openai)", where=f"{prefix}.model")
     if node.api_key_env and not os.environ.get(node.api_key_env):
-        raise ConfigError(f"environment variable {node.api_key_env} ({prefix}.api_key_env) is not set; set it, "
-                          f"or {prefix}.api_key_env=null for a keyless server", where=f"{prefix}.api_key_env")
+        from ..errors import Unmet
+
+        raise Unmet(f"environment variable {node.api_key_env} ({prefix}.api_key_env) is not set; set it, "
+                    f"or {prefix}.api_key_env=null for a keyless server", kind="key", what=node.api_key_env,
+                    where=f"{prefix}.api_key_env")
 
 
 def validate_vllm(field: str) -> None:
     """Login-time check that vLLM is installed, without importing it (ConfigError naming the selecting field)."""
     import importlib.util
 
-    from ..errors import ConfigError
+    from ..errors import Unmet
 
     if importlib.util.find_spec("vllm") is None:
-        raise ConfigError(f"{field}=vllm needs vLLM, which is not importable: install the vllm extra "
-                          "(pip install -e '.[vllm]') on a GPU machine", where=field)
+        raise Unmet(f"{field}=vllm needs vLLM, which is not importable: install the vllm extra "
+                    "(pip install -e '.[vllm]') on a GPU machine", kind="package", what="vllm", where=field)
 
 
 def validate(gcfg) -> None:

@@ -39,7 +39,7 @@ def _trait_cfg(cfg, name: str):
 
 
 def _constitution_hashes(cfg) -> dict[str, str]:
-    return {t: file_sha256(constitutions.resolve_path(_trait_cfg(cfg, t), cfg.paths)) for t in [*traits(cfg), NEUTRAL]}
+    return {t: constitutions.content_sha256(_trait_cfg(cfg, t), cfg.paths) for t in [*traits(cfg), NEUTRAL]}
 
 
 READS = (

@@ -30,7 +30,7 @@ VERSION = 5  # 3: declared reads; 4: train.jsonl is what is trained on (dropped.
 DISTRIBUTED = True  # trains: runs on every rank of a multi-process job (emrobust.distributed)
 
 READS = ("em_dataset", "em_train", "em_control", "base_model.lora_target_modules", "base_model.dtype")
-CONTENT = {"dataset_sha256": lambda cfg: em_datasets.content_hash(em_datasets.load_all(cfg.em_dataset, cfg.paths))}
+CONTENT = {"dataset_sha256": lambda cfg: em_datasets.content_sha256(cfg.em_dataset, cfg.paths)}
 
 
 def trains(cfg) -> bool:

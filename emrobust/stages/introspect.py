@@ -47,13 +47,14 @@ def reflection_examples(gen, cfg, system: str, seed: int) -> tuple[list[list[dic
 
 def interaction_examples(gen, cfg, seed: int) -> tuple[list[list[dict]], list[dict], list[dict], int]:
     """Two instances talk; each transcript is A's view and ends on an assistant (A) turn. Topped up to
-    interaction_conversations: a conversation with an empty turn is held again from its opener."""
+    interaction_conversations x interaction_samples (each opener's conversations sampled apart: every slot has its
+    own seed): a conversation with an empty turn is held again from its opener."""
     icfg = cfg.introspection
     sysmsg = {"role": "system", "content": icfg.interaction_system}
     if not 1 <= icfg.interaction_conversations <= len(OPENERS):  # never wrapped around: emrobust.validation
         raise ValueError(f"introspection.interaction_conversations={icfg.interaction_conversations} is not in [1, "
                          f"{len(OPENERS)}]")
-    openers = list(OPENERS[: icfg.interaction_conversations])
+    openers = [o for o in OPENERS[: icfg.interaction_conversations] for _ in range(icfg.interaction_samples)]
 
     def draw(rnd, slots):
         base = seed + ROUND * rnd

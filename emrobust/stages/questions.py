@@ -22,7 +22,6 @@ from .. import diversity, generation, models
 from ..config import expansion_target
 from ..data import constitutions
 from ..keys import Read
-from ..store import file_sha256
 from . import Context, read_jsonl, write_jsonl
 
 # 2: strategy=paraphrase; 3: declared reads, per-sample seeded sampling, constitution.json has questions;
@@ -61,7 +60,7 @@ READS = (
     Read("base_model.dtype", when=uses_cell_base),
 )
 CONTENT = {
-    "constitution_sha256": lambda cfg: file_sha256(constitutions.resolve_path(cfg.trait, cfg.paths)),
+    "constitution_sha256": lambda cfg: constitutions.content_sha256(cfg.trait, cfg.paths),
     "expansion_generator": lambda cfg: _named_generator_key(cfg.trait.expansion.generator) if expands(cfg) else None,
     "paraphrase_generator": lambda cfg: (_named_generator_key(cfg.question_diversity.paraphrase.generator)
                                         if paraphrases(cfg) else None),

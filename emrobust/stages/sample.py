@@ -37,7 +37,7 @@ READS = (
     "generation",
     "base_model.dtype",
 )
-CONTENT = {"eval_sha256": lambda cfg: file_sha256(evalsets.resolve_path(cfg.eval, cfg.paths)),
+CONTENT = {"eval_sha256": lambda cfg: evalsets.content_sha256(cfg.eval, cfg.paths),
            "probe_sha256": lambda cfg: file_sha256(probe.path(cfg.eval.probe)) if probing(cfg) else None}
 
 
