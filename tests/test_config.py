@@ -6,8 +6,8 @@ from omegaconf import OmegaConf
 
 from conftest import CONF, compose
 
-GROUPS = ["base_model", "trait", "question_diversity", "introspection", "em_dataset", "em_train", "em_control", "eval", "judge",
-          "paths", "tracking", "deepspeed", "experiment", "debug", "cell"]
+GROUPS = ["base_model", "trait", "question_diversity", "introspection", "em_dataset", "em_train", "em_control",
+          "defense", "eval", "judge", "paths", "tracking", "deepspeed", "experiment", "debug", "cell"]
 
 
 def options():
