@@ -136,7 +136,21 @@ def config_texts(cfg) -> list[tuple[str, str]]:
         for r in train:
             out += [(f"EM dataset {cfg.em_dataset.name}, example {index[id(r)] + 1}, {m['role']} turn", m["content"])
                     for m in r]
+        out += defense_texts(cfg)
     return out
+
+
+def defense_texts(cfg) -> list[tuple[str, str]]:
+    """(source, text) a defense adds to EM training: the inoculation prompt, every example of the interleave set."""
+    from . import defenses
+
+    name = defenses.active(cfg)
+    if name == "inoculation":
+        return [("defense.inoculation.system_prompt", str(cfg.defense.inoculation.system_prompt))]
+    if name == "interleave":
+        return [(f"defense.interleave {cfg.defense.interleave.name}, example {i + 1}, {m['role']} turn", m["content"])
+                for i, r in enumerate(defenses.benign_rows(cfg)) for m in r]
+    return []
 
 
 _CACHE: dict[tuple, list[Leak]] = {}
