@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 
 from . import keys, leakage, tracking
 from .errors import ConfigError
-from .results import START, cell_metrics, curve, curve_metrics
+from .results import START, cell_metrics, curve, curve_metrics, heldout_metrics
 from .stages import ORDER, Context, stage_seed
 from .store import Result, Store
 
@@ -85,21 +85,40 @@ def graph(cfg: DictConfig) -> list[Node]:
     else:
         start = "base"
     persona = ({"questions": "questions"} if sample.persona_active(cfg) else {}) | monitored
+    capable = bool(cfg.eval.capability.enabled)
+
+    def capability(suffix: str, model: dict, params: dict | None = None, reference: bool = False) -> list[Node]:
+        """The capability node of one evaluated model (lm-eval on it), with the starting model's as `reference`
+        (capability retained is paired over the same documents)."""
+        if not capable:
+            return []
+        up = model | ({"reference": "capability" + START} if reference else {})
+        return [Node("capability" + suffix, "capability", up, dict(params or {}))]
+
+    def evaluate(suffix: str) -> Node:
+        return Node("evaluate" + suffix, "evaluate", {"sample": "sample" + suffix} |
+                    ({"capability": "capability" + suffix} if capable else {}))
+
     if cfg.em_dataset.name != "none":
-        nodes.append(Node("em", "em", {"start": start}))
+        # defense=steer trains along a persona direction of the directions stage (emrobust/defenses.py)
+        nodes.append(Node("em", "em", {"start": start} | ({"directions": "directions"}
+                                                          if cfg.defense.name == "steer" else {})))
         steps = eval_steps(cfg)
+        nodes += capability(START, {"start": start})  # the reference of capability retained
         if persona or steps or cfg.eval.probe.enabled:
             # step 0, the model before EM: the same nodes as the em_dataset=none cell's, shared by every EM dataset
-            nodes += [Node("sample" + START, "sample", {"start": start} | persona),
-                      Node("evaluate" + START, "evaluate", {"sample": "sample" + START})]
+            nodes += [Node("sample" + START, "sample", {"start": start} | persona), evaluate(START)]
         for s in steps:  # the adapter kept at step s (em_train.checkpoint_every)
             if s > 0:
                 nodes += [Node(f"sample@{s}", "sample", {"em": "em", "start": start} | persona, {"step": s}),
-                          Node(f"evaluate@{s}", "evaluate", {"sample": f"sample@{s}"})]
+                          *capability(f"@{s}", {"em": "em", "start": start}, {"step": s}, reference=True),
+                          evaluate(f"@{s}")]
         nodes.append(Node("sample", "sample", {"em": "em", "start": start} | persona))
+        nodes += capability("", {"em": "em", "start": start}, reference=True)
     else:
         nodes.append(Node("sample", "sample", {"start": start} | persona))
-    nodes.append(Node("evaluate", "evaluate", {"sample": "sample"}))
+        nodes += capability("", {"start": start})
+    nodes.append(evaluate(""))
     if cfg.pipeline.until:
         until = str(cfg.pipeline.until)
         by_id = {n.id: n for n in nodes}
@@ -119,7 +138,7 @@ def graph(cfg: DictConfig) -> list[Node]:
 
 def validate(cfg: DictConfig) -> None:
     """Every user-input check, before any model is loaded. Raises ConfigError naming file/field/value."""
-    from . import generation, judges, models
+    from . import capability, generation, judges, models
     from .data import constitutions, em_datasets, evalsets
 
     models.validate(cfg.base_model)
@@ -134,7 +153,8 @@ def validate(cfg: DictConfig) -> None:
         if qd.total_pairs is not None and qd.n_questions is not None and qd.total_pairs < qd.n_questions:
             raise ConfigError(f"total_pairs={qd.total_pairs} < n_questions={qd.n_questions}: some selected questions "
                               "would get no training pair", where="question_diversity.total_pairs")
-    stage_module("em").validate(cfg)
+    stage_module("em").validate(cfg)  # and the defense (emrobust/defenses.py)
+    capability.validate(cfg.eval.capability)
     if cfg.em_dataset.name != "none":
         em_datasets.split(em_datasets.load_all(cfg.em_dataset, cfg.paths), cfg.em_dataset, 0)
     evalsets.questions(cfg)
@@ -252,10 +272,11 @@ def run_cell(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = No
 
             # the judge's calibration as it stands now (it may have been calibrated after the evaluation was built)
             summary["metrics"] = cell_metrics(evaluations) | calibration.cell_trust(cfg)
-            heldout = (manifests.get("em") or {}).get("heldout_loss") or {}
-            summary["curve"] = curve(evaluations, heldout)
+            em = manifests.get("em") or {}
+            summary["curve"] = curve(evaluations, em)
             summary["metrics"] |= curve_metrics(summary["curve"], str(cfg.eval.curve.metric),
                                                 float(cfg.eval.curve.threshold))
+            summary["metrics"] |= heldout_metrics(em)
         summary["status"] = "ok"
     except BaseException as e:
         summary["error"] = f"{type(e).__name__}: {e}"

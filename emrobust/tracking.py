@@ -92,7 +92,8 @@ def log_stage(run, cfg: DictConfig, stage: str, artifact_dir: Path, extra: dict)
         return
     import wandb
 
-    picked = {k: v for k, v in extra.items() if k in ("metrics", "diversity", "train", "data", "training")}
+    picked = {k: v for k, v in extra.items() if k in ("metrics", "diversity", "train", "data", "training", "defense",
+                                                    "capability")}
     summary = _flat(picked)
     if summary:
         run.log(summary)
