@@ -25,6 +25,7 @@ ALT = {
     "base_model.tokenizer_from": ["qwen2_5_7b_instruct"],
     "trait.expansion.generator": ["smollm2_135m"],
     "question_diversity.paraphrase.generator": ["smollm2_135m"],
+    "eval.monitor.traits": [["oct_goodness"]],
 }
 
 
@@ -40,8 +41,10 @@ def base_cells(tmp: Path) -> dict[str, list[str]]:
     """Cells chosen so that every conditional field is active in one of them."""
     gp = _general_prompts(tmp)
     return {
-        "default": [],  # SmolLM2 (gguf fields), demo trait, reflection, demo_insecure, full-length training
-        "tiny_persona": ["debug=tiny", "introspection=full", "question_diversity=low"],
+        # SmolLM2 (gguf fields), demo trait, reflection, demo_insecure, full-length training, capability (lm-eval),
+        # steering along a persona direction (the monitor on)
+        "default": ["defense=steer"],
+        "tiny_persona": ["debug=tiny", "introspection=full", "question_diversity=low", "defense=interleave"],
         "generators": [  # expansion, paraphrases, openai endpoints, random_lora control, a hub model, registry data
             "debug=tiny", "base_model=qwen2_5_7b_instruct", "trait=oct_goodness", "trait.source=oct_hand_written",
             "trait.expand_to=6", "question_diversity=very_low", "question_diversity.embedder=tfidf",
@@ -50,7 +53,9 @@ def base_cells(tmp: Path) -> dict[str, list[str]]:
             "generation.backend=openai", "generation.base_url=http://127.0.0.1:1/v1", "generation.model=m",
             "judge=gpt4o_betley", "judge.base_url=http://127.0.0.1:2/v1"],
         "none_full": ["debug=tiny", "trait=none", "em_train=full", "judge=panel",
-                      "judge.members=[tiny_random,smollm2_135m,openai_server]"],
+                      "judge.members=[tiny_random,smollm2_135m,openai_server]", "defense=kl"],
+        "inoculation": ["debug=tiny", "trait=none", "defense=inoculation"],
+        "early_stop": ["debug=tiny", "trait=none", "defense=early_stop"],
     }
 
 
@@ -93,7 +98,7 @@ def _candidates(path: str, value, tmp: Path) -> list:
             return [1]
         return ["x", *ALT.get(path, [])]
     if OmegaConf.is_list(value) or isinstance(value, list):
-        return [list(value)[:-1] or ["q_proj"]]
+        return [list(value)[:-1] or ([1] if "int" in str(tp) else ["q_proj"]), *ALT.get(path, [])]
     if OmegaConf.is_dict(value) or isinstance(value, dict):
         return [{"some_knob": 1}]
     raise AssertionError(f"no change known for {path}={value!r}")
@@ -206,6 +211,8 @@ def location_cases(tmp: Path) -> dict[str, tuple[list[str], list[str], list[str]
     content): A and B must have equal keys, A and C not."""
     const, em, ev = BUILTIN / "constitutions" / "demo.yaml", BUILTIN / "em" / "demo_insecure.jsonl", \
         BUILTIN / "eval" / "demo.yaml"
+    benign, pr = BUILTIN / "em" / "benign_chat.jsonl", BUILTIN / "probe" / "probe.yaml"
+    il = ("defense=interleave", "defense.interleave.fraction=0.2")
     gp = _general_prompts(tmp)
     first_plot = SHARED_DATA / "em" / "eval" / "first_plot_questions.yaml"
     return {
@@ -227,6 +234,21 @@ def location_cases(tmp: Path) -> dict[str, tuple[list[str], list[str], list[str]
         "eval.source": ([], ["eval.source=path", f"eval.path={_copy(ev, tmp / 'd' / 'q.yaml')}"],
                         ["eval.source=path", f"eval.path={_copy(ev, tmp / 'e' / 'q.yaml', True)}"]),
         "eval.name": (["eval=first_plot"], ["eval=path", f"eval.path={first_plot}"], ["eval=preregistered"]),
+        "defense.interleave.path": (
+            [*il, "defense.interleave.source=path", f"defense.interleave.path={_copy(benign, tmp / 'a' / 'b.jsonl')}"],
+            [*il, "defense.interleave.source=path", f"defense.interleave.path={_copy(benign, tmp / 'b' / 'b.jsonl')}"],
+            [*il, "defense.interleave.source=path",
+             f"defense.interleave.path={_copy(benign, tmp / 'c' / 'b.jsonl', True)}"]),
+        "defense.interleave.source": (
+            [*il], [*il, "defense.interleave.source=path", f"defense.interleave.path={_copy(benign, tmp / 'd' / 'b.jsonl')}"],
+            [*il, "defense.interleave.source=path",
+             f"defense.interleave.path={_copy(benign, tmp / 'e' / 'b.jsonl', True)}"]),
+        "defense.interleave.name": (
+            [*il], [*il, "defense.interleave.name=my_copy", "defense.interleave.source=path", f"defense.interleave.path={benign}"],
+            [*il, "defense.interleave.name=demo_insecure"]),
+        "eval.probe.path": ([f"eval.probe.path={_copy(pr, tmp / 'a' / 'p.yaml')}"],
+                            [f"eval.probe.path={_copy(pr, tmp / 'b' / 'p.yaml')}"],
+                            [f"eval.probe.path={_copy(pr, tmp / 'c' / 'p.yaml', True)}"]),
         "distill.general_prompts": ([f"distill.general_prompts={gp}"],
                                     [f"distill.general_prompts={_copy(gp, tmp / 'b' / 'g.jsonl')}"],
                                     [f"distill.general_prompts={_copy(gp, tmp / 'c' / 'g.jsonl', True)}"]),
@@ -255,7 +277,7 @@ def test_stages_see_only_what_they_declare(tmp_path):
     assert v.em_train.optim.save_steps == cfg.em_train.optim.save_steps  # execution-only fields are readable
     assert v.paths.cache == cfg.paths.cache
     with pytest.raises(ConfigAttributeError):
-        v.eval  # noqa: B018 - em does not read the eval set
+        v.eval.name  # noqa: B018 - em does not read the eval set (only eval.probe.path, for defense=early_stop)
     with pytest.raises(ConfigAttributeError):
         v.base_model.assistant_name  # noqa: B018
 
