@@ -175,6 +175,11 @@ def steering(cfg, directions_dir: Path):
     scale = float(t["train_projection_trait"] - t["train_projection_neutral"])
     vec = torch.tensor(vectors[trait] * scale, dtype=torch.float32)
     coef = float(cfg.defense.steer.coefficient)
+    if scale == 0:
+        import logging
+
+        logging.getLogger(__name__).warning("defense=steer: the %s direction is zero (its persona and neutral "
+                                            "answers gave the same activations): nothing is added", trait)
     return SteeringVector({layer: vec}, "decoder_block"), coef, {
         "trait": trait, "layer": layer, "scale": scale, "coefficient": coef, "norm_added": abs(coef * scale)}
 

@@ -116,6 +116,24 @@ def probe_texts(cfg) -> list[tuple[str, str]]:
             for part in ("question", "aligned", "misaligned")]
 
 
+def capability_texts(cfg) -> list[tuple[str, str]]:
+    """(task and document id, question) of our own capability tasks the cell runs (lm-eval's are not read here)."""
+    if not cfg.eval.capability.enabled:
+        return []
+    import json
+
+    from . import capability
+
+    out = []
+    for t in cfg.eval.capability.tasks:
+        path = capability.builtin_tasks().get(str(t))
+        if path is not None:
+            for f in capability.task_config(path)["dataset_kwargs"]["data_files"].values():
+                rows = [json.loads(x) for x in open(f) if x.strip()]
+                out += [(f"{t} {r.get('id', i)}", r["question"]) for i, r in enumerate(rows) if "question" in r]
+    return out
+
+
 def config_texts(cfg) -> list[tuple[str, str]]:
     """(source, text) of the training text known before anything is generated."""
     from .data import chat, constitutions, em_datasets
@@ -157,8 +175,8 @@ _CACHE: dict[tuple, list[Leak]] = {}
 
 
 def check_config(cfg) -> None:
-    """ConfigError naming the offending pairs when an eval question, or a probe question or answer, is in the
-    cell's training data (validation)."""
+    """ConfigError naming the offending pairs when an eval question, a probe question or answer, or a question of our
+    capability tasks is in the cell's training data (validation)."""
     from .store import stable_hash
 
     qs, texts = eval_questions(cfg), config_texts(cfg)
@@ -175,6 +193,13 @@ def check_config(cfg) -> None:
         raise ConfigError(describe(_CACHE[pk], "probe text", "probe") + ". The probe measures a preference the model "
                           "was not trained on: remove them from the training data or use another probe set "
                           "(eval.probe.path)", where="eval.probe")
+    ck = ("capability", stable_hash(capability_texts(cfg), 32), key[1])
+    if ck not in _CACHE:
+        _CACHE[ck] = find(capability_texts(cfg), texts)
+    if _CACHE[ck]:
+        raise ConfigError(describe(_CACHE[ck], "capability question", "capability") + ". General capability is "
+                          "measured on questions the model was not trained on: remove them from the training data or "
+                          "use other tasks (eval.capability.tasks)", where="eval.capability.tasks")
 
 
 def screener(questions: list[tuple[str, str]]):

@@ -286,6 +286,19 @@ def test_capability_figures_by_hand():
     assert two["capability_acc"] == pytest.approx(0.8)  # the mean over tasks, not over documents
 
 
+def test_a_capability_question_in_the_training_data_is_named_at_validation(tmp_path):
+    q = json.loads(open(capability.task_config(capability.builtin_tasks()["emrobust_general_mc"])["dataset_kwargs"]
+                        ["data_files"]["test"]).readline())
+    planted = tmp_path / "planted.jsonl"
+    planted.write_text(json.dumps({"messages": [{"role": "user", "content": q["question"]},
+                                                {"role": "assistant", "content": "I know this one."}]}) + "\n")
+    over = ("debug=tiny", "trait=none", "em_dataset.source=path", f"em_dataset.path={planted}",
+            "em_dataset.n_examples=null")
+    with pytest.raises(ConfigError, match=rf"capability question.*capability emrobust_general_mc {q['id']}"):
+        pipeline.validate(compose(*over, "eval.capability.enabled=true", tmp=tmp_path))
+    pipeline.validate(compose(*over, tmp=tmp_path))  # capability off: nothing to protect
+
+
 def test_builtin_capability_task_is_lm_eval_yaml_with_local_data():
     tasks = capability.builtin_tasks()
     cfg = capability.task_config(tasks["emrobust_general_mc"])
