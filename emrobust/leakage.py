@@ -186,20 +186,18 @@ def check_config(cfg) -> None:
     if _CACHE[key]:
         raise ConfigError(describe(_CACHE[key]) + ". Evaluate on other questions (eval=...) or remove them from "
                           "the training data", where="eval")
-    pk = ("probe", stable_hash(probe_texts(cfg), 32), key[1])
-    if pk not in _CACHE:
-        _CACHE[pk] = find(probe_texts(cfg), texts)
-    if _CACHE[pk]:
-        raise ConfigError(describe(_CACHE[pk], "probe text", "probe") + ". The probe measures a preference the model "
-                          "was not trained on: remove them from the training data or use another probe set "
-                          "(eval.probe.path)", where="eval.probe")
-    ck = ("capability", stable_hash(capability_texts(cfg), 32), key[1])
-    if ck not in _CACHE:
-        _CACHE[ck] = find(capability_texts(cfg), texts)
-    if _CACHE[ck]:
-        raise ConfigError(describe(_CACHE[ck], "capability question", "capability") + ". General capability is "
-                          "measured on questions the model was not trained on: remove them from the training data or "
-                          "use other tasks (eval.capability.tasks)", where="eval.capability.tasks")
+    measures = (  # (name, texts, what, hint, where): what else must be measured on text the model never saw
+        ("probe", probe_texts(cfg), "probe text", "The probe measures a preference the model was not trained on: "
+         "remove them from the training data or use another probe set (eval.probe.path)", "eval.probe"),
+        ("capability", capability_texts(cfg), "capability question", "General capability is measured on questions "
+         "the model was not trained on: remove them from the training data or use other tasks "
+         "(eval.capability.tasks)", "eval.capability.tasks"))
+    for name, items, what, hint, where in measures:
+        k = (name, stable_hash(items, 32), key[1])
+        if k not in _CACHE:
+            _CACHE[k] = find(items, texts)
+        if _CACHE[k]:
+            raise ConfigError(f"{describe(_CACHE[k], what, name)}. {hint}", where=where)
 
 
 def screener(questions: list[tuple[str, str]]):
