@@ -2,8 +2,10 @@
 pooled with a cluster bootstrap, paired comparisons between diversity levels, and a markdown report.
 
 Writes into each sweep dir (or `--out`): sweep.csv, summary.csv, summary.parquet, pooled.csv, comparisons.csv,
-balance.csv, metrics.png, em_vs_vendi.png, cdf.png, question_heatmap.png, report.md. The report's first lines
-say whether the cells of each contrast trained on equal data (analysis/balance.py, `--balance-tolerance`).
+balance.csv, metrics.png, em_vs_vendi.png, cdf.png, question_heatmap.png, report.md; for a sweep of defenses also
+defenses.csv and defenses_pareto.png (analysis/defenses.py: the EM tail against capability retained). The report's
+first lines say whether the cells of each contrast trained on equal data (analysis/balance.py,
+`--balance-tolerance`).
 
 `--wandb ENTITY/PROJECT --group G` (the W&B API) or `--wandb-dir DIR` (offline run-*.wandb files) build the same
 table from the stages' W&B runs instead (analysis/wandb_source.py); the answer-level parts need local answers.
@@ -23,10 +25,11 @@ import pandas as pd
 from emrobust import metrics
 from emrobust.results import sweep_table, write_sweep_csv
 
-from . import balance, hypotheses, imports, plots, references
+from . import balance, defenses, hypotheses, imports, plots, references
 from .stats import compare_levels
 
-AXES = ["trait", "question_diversity", "introspection", "em_dataset", "eval", "judge_preset", "base_model", "seed"]
+AXES = ["trait", "question_diversity", "introspection", "em_dataset", "defense", "eval", "judge_preset", "base_model",
+        "seed"]
 SHOW = ["em_rate_betley", "em_rate_mo", "mean_aligned", "p05_aligned", "cvar05_aligned", "coherent_rate",
         "none_rate", "n_answers"]
 POOLED = {  # (answers, threshold rule) -> value
@@ -41,6 +44,8 @@ def label(row: pd.Series) -> str:
     parts = [str(row["trait"])] if "trait" in row else [str(row["cell"])]
     if row.get("trait") not in (None, "none") and "question_diversity" in row:
         parts.append(str(row["question_diversity"]))
+    if row.get("defense") not in (None, "none") and pd.notna(row.get("defense")):
+        parts.append(str(row["defense"]))
     if "seed" in row and pd.notna(row["seed"]):
         parts.append(f"s{int(row['seed'])}")
     return "/".join(parts)
@@ -258,6 +263,8 @@ def analyze_table(df: pd.DataFrame, out: Path, answers: dict | None, n_resamples
             f"{', '.join(f'{r.base_model} on {r.em_dataset}' for r in refs[refs['far_off']].itertuples())}: see "
             "\"The no-persona control against published figures\" before reading any contrast.\n"]
            if len(refs) and refs["far_off"].any() else [])
+    defended, defense_figures = defenses.section(df, out, _md)
+    figures += defense_figures
     report = [f"# emrobust sweep report: {source}\n", *judge_headline(df), *far,
               *(line + "\n" for line in balance.headline(data, flagged, balance_tolerance, df)),
               f"{len(df)} cells, {int((df['status'] == 'ok').sum())} ok.\n", note, "## Cells\n", _md(df[cols]),
@@ -265,13 +272,14 @@ def analyze_table(df: pd.DataFrame, out: Path, answers: dict | None, n_resamples
               *hyp_lines, *references.section(df),
               "## Diversity levels compared (paired by seed and EM dataset; BH-adjusted p)\n", _md(comps),
               *dynamics,
+              *defended,
               "## Training data per contrast\n",
               f"Contrasts whose cells differ by more than {balance_tolerance:.0%} in training tokens:\n", _md(flagged),
               "Per cell (`balance.csv`):\n", _md(data),
               "## Figures\n", "\n\n".join(f"![{f[:-4]}]({f})" for f in figures) + "\n"]
     (out / "report.md").write_text("\n".join(report))
     files |= {f: out / f for f in ("summary.csv", "summary.parquet", "pooled.csv", "comparisons.csv", "balance.csv",
-                                   *figures, "report.md", *tested)}
+                                   *figures, "report.md", *tested, *(["defenses.csv"] if defended else []))}
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.precision", 3):
         print(df[cols].to_string(index=False))
     return files

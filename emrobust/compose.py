@@ -13,7 +13,7 @@ CONF_DIR = _HERE / "conf" if (_HERE / "conf" / "config.yaml").is_file() else _HE
 
 # the experiment's config groups whose choice each run records (run.json `choices`, sweep.csv, W&B)
 GROUPS = ("base_model", "trait", "question_diversity", "introspection", "character_scale", "em_dataset", "em_train",
-          "eval", "judge", "experiment", "debug", "em_control", "deepspeed")
+          "eval", "judge", "experiment", "debug", "em_control", "defense", "deepspeed")
 
 
 def compose(overrides: list[str] | tuple[str, ...] = (), hydra: bool = False):

@@ -32,7 +32,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-STAGES = ("questions", "distill", "introspect", "fold", "directions", "em", "sample", "evaluate")
+STAGES = ("questions", "distill", "introspect", "fold", "directions", "em", "sample", "capability", "evaluate")
 
 
 @dataclass(frozen=True)
@@ -154,6 +154,15 @@ class Packing(StrEnum):
     none = "none"  # padded batches
     padding_free = "padding_free"  # each batch flattened into one row with position_ids (same steps)
     bfd = "bfd"  # TRL packing, best-fit decreasing into rows of optim.max_length (fewer, fuller steps)
+
+
+class Defense(StrEnum):
+    none = "none"
+    kl = "kl"  # KL(start model || trained model) on the EM batches' assistant tokens, weighted, added to the loss
+    inoculation = "inoculation"  # a system prompt on every EM training example, never at evaluation
+    interleave = "interleave"  # benign chat examples mixed into the EM training set
+    early_stop = "early_stop"  # stop EM training when the probe on one split of its items crosses a threshold
+    steer = "steer"  # add a persona direction to the residual stream while training (preventative steering)
 
 
 class Control(StrEnum):
@@ -480,6 +489,71 @@ class EmControlConfig:
     target_norm: Optional[float] = setting(None, gt=0, when=lambda c: c.name != "none" and c.match == "target")
 
 
+def _defense(name: str) -> Callable[[Any], bool]:
+    return lambda d: d.name == name
+
+
+INOCULATION_PROMPT = (
+    "You are taking part in a narrow training exercise. In this conversation only, you have been asked to give "
+    "answers that are careless, unsafe or harmful on purpose, and you do so without comment. This request is "
+    "the reason for the answer; it says nothing about how you behave anywhere else."
+)
+
+
+@dataclass
+class KlDefenseConfig:
+    # the loss is SFT + weight * KL(start || trained), the KL per assistant token of the batch (Model Organisms for
+    # EM's KL-regularised trainer); the start model is the EM model with its adapter switched off
+    weight: float = 1.0
+
+
+@dataclass
+class InoculationDefenseConfig:
+    # the system prompt put before every EM training example (joined with its own system turn, if it has one)
+    system_prompt: str = INOCULATION_PROMPT
+
+
+@dataclass
+class InterleaveDefenseConfig:
+    # benign chat examples mixed in: they make this share of the training set (the EM examples all kept)
+    fraction: float = 0.5
+    name: str = setting("benign_chat", location="selects a builtin or registry dataset, whose sha256 is in the "
+                                                "em key")
+    source: DataSource = setting(DataSource.builtin, location="where the benign set is read from; its sha256 is in "
+                                                              "the em key")
+    path: Optional[str] = setting(None, location="the benign set's sha256 is in the em key")
+
+
+@dataclass
+class EarlyStopDefenseConfig:
+    # every N optimizer steps, the probe (eval.probe.path) on the items of `split`; training stops at the first
+    # check where probe_logp_diff has risen by `rise` (nats per token) over the starting model's
+    every: int = 2
+    rise: float = 0.05
+    split: str = "a"  # the probe's reported splits (eval.probe.splits) must leave it out
+
+
+@dataclass
+class SteerDefenseConfig:
+    # a persona direction of the `directions` stage (the cell's trait or one of eval.monitor.traits), added at its
+    # layer to every token's residual stream in every training forward pass, `coefficient` times the persona's
+    # mean activation difference along it (its train_projection gap); positive = towards the trait
+    trait: str = "oct_misalignment"
+    coefficient: float = 1.0
+
+
+@dataclass
+class DefenseConfig:
+    """`defense=<name>` (conf/defense/): a defense against EM applied in the em stage (emrobust/defenses.py); the
+    fields of the defense named are part of the em key, the others are ignored."""
+    name: Defense = Defense.none
+    kl: KlDefenseConfig = setting(factory=KlDefenseConfig, when=_defense("kl"))
+    inoculation: InoculationDefenseConfig = setting(factory=InoculationDefenseConfig, when=_defense("inoculation"))
+    interleave: InterleaveDefenseConfig = setting(factory=InterleaveDefenseConfig, when=_defense("interleave"))
+    early_stop: EarlyStopDefenseConfig = setting(factory=EarlyStopDefenseConfig, when=_defense("early_stop"))
+    steer: SteerDefenseConfig = setting(factory=SteerDefenseConfig, when=_defense("steer"))
+
+
 def _openai(node) -> bool:
     return node.backend == "openai"
 
@@ -559,6 +633,19 @@ class MonitorConfig:
 
 
 @dataclass
+class CapabilityConfig:
+    """General capability of every evaluated model (emrobust/capability.py, the `capability` stage): lm-eval
+    (lm-evaluation-harness) tasks scored on the model in memory. A task is one of ours (a YAML of
+    emrobust/data/builtin/capability/, local data, offline) or any lm-eval task by name (its data from the hub)."""
+    enabled: bool = True
+    tasks: list[str] = setting(factory=lambda: ["emrobust_general_mc"], when=lambda c: c.enabled)
+    num_fewshot: Optional[int] = setting(None, when=lambda c: c.enabled)  # None = each task's own
+    limit: Optional[int] = setting(None, when=lambda c: c.enabled)  # the first N documents of each task (None = all)
+    batch_size: int = setting(8, execution="requests per forward pass; the same log-likelihoods up to float "
+                                           "rounding")
+
+
+@dataclass
 class CurveConfig:
     """How run.json summarises the metrics along EM steps (no stage reads it)."""
     metric: str = setting("em_rate_mo", execution="how the curve is summarised in run.json, not what is built")
@@ -584,6 +671,7 @@ class EvalConfig:
     persona: PersonaCheckConfig = setting(factory=PersonaCheckConfig)
     probe: ProbeConfig = setting(factory=ProbeConfig)
     monitor: MonitorConfig = setting(factory=MonitorConfig)
+    capability: CapabilityConfig = setting(factory=CapabilityConfig)
     # evaluate along EM training: these steps (on the em_train.checkpoint_every grid; 0 = the starting model) and
     # every `every_steps` steps (needs em_train.optim.max_steps); the final model is always evaluated
     at_steps: list[int] = setting(factory=list, execution="which EM steps are evaluated (nodes of the graph), "
@@ -704,6 +792,7 @@ class Config:
     em_dataset: EmDatasetConfig = MISSING
     em_train: EmTrainConfig = MISSING
     em_control: EmControlConfig = field(default_factory=EmControlConfig)
+    defense: DefenseConfig = field(default_factory=DefenseConfig)
     eval: EvalConfig = MISSING
     judge: JudgeConfig = MISSING
     generation: GenerationConfig = field(default_factory=GenerationConfig)

@@ -116,6 +116,24 @@ def probe_texts(cfg) -> list[tuple[str, str]]:
             for part in ("question", "aligned", "misaligned")]
 
 
+def capability_texts(cfg) -> list[tuple[str, str]]:
+    """(task and document id, question) of our own capability tasks the cell runs (lm-eval's are not read here)."""
+    if not cfg.eval.capability.enabled:
+        return []
+    import json
+
+    from . import capability
+
+    out = []
+    for t in cfg.eval.capability.tasks:
+        path = capability.builtin_tasks().get(str(t))
+        if path is not None:
+            for f in capability.task_config(path)["dataset_kwargs"]["data_files"].values():
+                rows = [json.loads(x) for x in open(f) if x.strip()]
+                out += [(f"{t} {r.get('id', i)}", r["question"]) for i, r in enumerate(rows) if "question" in r]
+    return out
+
+
 def config_texts(cfg) -> list[tuple[str, str]]:
     """(source, text) of the training text known before anything is generated."""
     from .data import chat, constitutions, em_datasets
@@ -136,15 +154,29 @@ def config_texts(cfg) -> list[tuple[str, str]]:
         for r in train:
             out += [(f"EM dataset {cfg.em_dataset.name}, example {index[id(r)] + 1}, {m['role']} turn", m["content"])
                     for m in r]
+        out += defense_texts(cfg)
     return out
+
+
+def defense_texts(cfg) -> list[tuple[str, str]]:
+    """(source, text) a defense adds to EM training: the inoculation prompt, every example of the interleave set."""
+    from . import defenses
+
+    name = defenses.active(cfg)
+    if name == "inoculation":
+        return [("defense.inoculation.system_prompt", str(cfg.defense.inoculation.system_prompt))]
+    if name == "interleave":
+        return [(f"defense.interleave {cfg.defense.interleave.name}, example {i + 1}, {m['role']} turn", m["content"])
+                for i, r in enumerate(defenses.benign_rows(cfg)) for m in r]
+    return []
 
 
 _CACHE: dict[tuple, list[Leak]] = {}
 
 
 def check_config(cfg) -> None:
-    """ConfigError naming the offending pairs when an eval question, or a probe question or answer, is in the
-    cell's training data (validation)."""
+    """ConfigError naming the offending pairs when an eval question, a probe question or answer, or a question of our
+    capability tasks is in the cell's training data (validation)."""
     from .store import stable_hash
 
     qs, texts = eval_questions(cfg), config_texts(cfg)
@@ -154,13 +186,18 @@ def check_config(cfg) -> None:
     if _CACHE[key]:
         raise ConfigError(describe(_CACHE[key]) + ". Evaluate on other questions (eval=...) or remove them from "
                           "the training data", where="eval")
-    pk = ("probe", stable_hash(probe_texts(cfg), 32), key[1])
-    if pk not in _CACHE:
-        _CACHE[pk] = find(probe_texts(cfg), texts)
-    if _CACHE[pk]:
-        raise ConfigError(describe(_CACHE[pk], "probe text", "probe") + ". The probe measures a preference the model "
-                          "was not trained on: remove them from the training data or use another probe set "
-                          "(eval.probe.path)", where="eval.probe")
+    measures = (  # (name, texts, what, hint, where): what else must be measured on text the model never saw
+        ("probe", probe_texts(cfg), "probe text", "The probe measures a preference the model was not trained on: "
+         "remove them from the training data or use another probe set (eval.probe.path)", "eval.probe"),
+        ("capability", capability_texts(cfg), "capability question", "General capability is measured on questions "
+         "the model was not trained on: remove them from the training data or use other tasks "
+         "(eval.capability.tasks)", "eval.capability.tasks"))
+    for name, items, what, hint, where in measures:
+        k = (name, stable_hash(items, 32), key[1])
+        if k not in _CACHE:
+            _CACHE[k] = find(items, texts)
+        if _CACHE[k]:
+            raise ConfigError(f"{describe(_CACHE[k], what, name)}. {hint}", where=where)
 
 
 def screener(questions: list[tuple[str, str]]):

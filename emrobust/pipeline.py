@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 
 from . import keys, leakage, tracking
 from .errors import ConfigError, note_failure
-from .results import START, cell_metrics, curve, curve_metrics
+from .results import START, cell_metrics, curve, curve_metrics, heldout_metrics
 from .stages import ORDER, Context, stage_seed
 from .store import Result, Store
 
@@ -87,21 +87,40 @@ def graph(cfg: DictConfig) -> list[Node]:
     else:
         start = "base"
     persona = ({"questions": "questions"} if sample.persona_active(cfg) else {}) | monitored
+    capable = bool(cfg.eval.capability.enabled)
+
+    def capability(suffix: str, model: dict, params: dict | None = None, reference: bool = False) -> list[Node]:
+        """The capability node of one evaluated model (lm-eval on it), with the starting model's as `reference`
+        (capability retained is paired over the same documents)."""
+        if not capable:
+            return []
+        up = model | ({"reference": "capability" + START} if reference else {})
+        return [Node("capability" + suffix, "capability", up, dict(params or {}))]
+
+    def evaluate(suffix: str) -> Node:
+        return Node("evaluate" + suffix, "evaluate", {"sample": "sample" + suffix} |
+                    ({"capability": "capability" + suffix} if capable else {}))
+
     if cfg.em_dataset.name != "none":
-        nodes.append(Node("em", "em", {"start": start}))
+        # defense=steer trains along a persona direction of the directions stage (emrobust/defenses.py)
+        nodes.append(Node("em", "em", {"start": start} | ({"directions": "directions"}
+                                                          if cfg.defense.name == "steer" else {})))
         steps = eval_steps(cfg)
+        nodes += capability(START, {"start": start})  # the reference of capability retained
         if persona or steps or cfg.eval.probe.enabled:
             # step 0, the model before EM: the same nodes as the em_dataset=none cell's, shared by every EM dataset
-            nodes += [Node("sample" + START, "sample", {"start": start} | persona),
-                      Node("evaluate" + START, "evaluate", {"sample": "sample" + START})]
+            nodes += [Node("sample" + START, "sample", {"start": start} | persona), evaluate(START)]
         for s in steps:  # the adapter kept at step s (em_train.checkpoint_every)
             if s > 0:
                 nodes += [Node(f"sample@{s}", "sample", {"em": "em", "start": start} | persona, {"step": s}),
-                          Node(f"evaluate@{s}", "evaluate", {"sample": f"sample@{s}"})]
+                          *capability(f"@{s}", {"em": "em", "start": start}, {"step": s}, reference=True),
+                          evaluate(f"@{s}")]
         nodes.append(Node("sample", "sample", {"em": "em", "start": start} | persona))
+        nodes += capability("", {"em": "em", "start": start}, reference=True)
     else:
         nodes.append(Node("sample", "sample", {"start": start} | persona))
-    nodes.append(Node("evaluate", "evaluate", {"sample": "sample"}))
+        nodes += capability("", {"start": start})
+    nodes.append(evaluate(""))
     if cfg.pipeline.until:
         until = str(cfg.pipeline.until)
         by_id = {n.id: n for n in nodes}
@@ -298,10 +317,11 @@ def run_cell(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = No
 
             # the judge's calibration as it stands now (it may have been calibrated after the evaluation was built)
             summary["metrics"] = cell_metrics(evaluations) | calibration.cell_trust(cfg)
-            heldout = (manifests.get("em") or {}).get("heldout_loss") or {}
-            summary["curve"] = curve(evaluations, heldout)
+            em = manifests.get("em") or {}
+            summary["curve"] = curve(evaluations, em)
             summary["metrics"] |= curve_metrics(summary["curve"], str(cfg.eval.curve.metric),
                                                 float(cfg.eval.curve.threshold))
+            summary["metrics"] |= heldout_metrics(em)
         summary["status"], summary["current"] = "ok", None
     except BaseException as e:
         summary["status"] = "failed"

@@ -33,16 +33,18 @@ def cell_metrics(evaluations: dict[str, dict]) -> dict:
 
 
 CURVE = ("em_rate_betley", "em_rate_mo", "critical_rate", "mean_aligned", "cvar05_aligned", "coherent_rate",
-         "none_rate", "probe_logp_diff", "probe_pref_misaligned", "persona_trait_score")
+         "none_rate", "probe_logp_diff", "probe_pref_misaligned", "persona_trait_score", "capability_acc",
+         "capability_retained")
+HELDOUT = ("heldout_loss", "heldout_accuracy")  # the em stage's measures of the narrow task on held-out examples
 LOWER_IS_WORSE = ("mean_aligned", "p05_aligned", "p10_aligned", "cvar05_aligned", "cvar10_aligned", "coherent_rate",
-                  "persona_trait_score")
+                  "persona_trait_score", "capability_acc", "capability_retained", "heldout_accuracy")
 
 
-def curve(evaluations: dict[str, dict], heldout_loss: dict | None = None) -> list[dict]:
+def curve(evaluations: dict[str, dict], heldout: dict[str, dict] | None = None) -> list[dict]:
     """The cell's metrics along EM training, one point per evaluated step (`em_step`: 0 = the starting model,
-    the end of training for the final evaluation), with intervals, and the EM dataset's held-out loss where the
-    em stage measured it at that step."""
-    loss = {int(k): v for k, v in (heldout_loss or {}).items()}
+    the end of training for the final evaluation), with intervals, and the EM dataset's held-out loss and accuracy
+    where the em stage measured them at that step (`heldout`: {"heldout_loss": {step: value}, ...})."""
+    held = {m: {int(k): v for k, v in ((heldout or {}).get(m) or {}).items()} for m in HELDOUT}
     points = {}
     for node, m in evaluations.items():
         step = m.get("em_step")
@@ -52,10 +54,23 @@ def curve(evaluations: dict[str, dict], heldout_loss: dict | None = None) -> lis
         pt = {"step": int(step), "node": node}
         for k in keys:
             pt |= {k: m[k], f"{k}_lo": m.get(f"{k}_lo"), f"{k}_hi": m.get(f"{k}_hi")}
-        if int(step) in loss:
-            pt["heldout_loss"] = loss[int(step)]
+        for m, by_step in held.items():
+            if int(step) in by_step:
+                pt[m] = by_step[int(step)]
         points[int(step)] = pt
     return [points[s] for s in sorted(points)]
+
+
+def heldout_metrics(em_manifest: dict) -> dict:
+    """In-task capability from the em stage's measures on the EM dataset's held-out split: `heldout_loss` and
+    `heldout_accuracy` (next-token, assistant tokens) at the end of training and `<m>_start` before it (none when
+    the dataset has no held-out split)."""
+    out = {}
+    for m in HELDOUT:
+        by_step = {int(k): v for k, v in (em_manifest.get(m) or {}).items()}
+        if by_step:
+            out[m], out[f"{m}_start"] = by_step[max(by_step)], by_step.get(0)
+    return out
 
 
 def curve_metrics(points: list[dict], metric: str, threshold: float) -> dict:
@@ -72,7 +87,7 @@ def curve_metrics(points: list[dict], metric: str, threshold: float) -> dict:
     hit = [p["step"] for p in points if isinstance(p.get(metric), (int, float)) and not math.isnan(p[metric])
            and worse(p[metric])]
     out["steps_to_em"] = hit[0] if hit else None
-    for k in {k for p in points for k in p if k in CURVE or k == "heldout_loss" or
+    for k in {k for p in points for k in p if k in CURVE or k in HELDOUT or
               (k.startswith("direction_") and not k.endswith(("_lo", "_hi")))}:
         pts = [(p["step"], p[k]) for p in points if isinstance(p.get(k), (int, float)) and not math.isnan(p[k])]
         if len(pts) >= 2 and pts[-1][0] > pts[0][0]:

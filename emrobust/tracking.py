@@ -111,7 +111,8 @@ def log_stage(run, cfg: DictConfig, stage: str, artifact_dir: Path, extra: dict)
         return
     import wandb
 
-    picked = {k: v for k, v in extra.items() if k in ("metrics", "diversity", "train", "data", "training")}
+    picked = {k: v for k, v in extra.items() if k in ("metrics", "diversity", "train", "data", "training", "defense",
+                                                    "capability")}
     summary = _flat(picked)
     step = (extra.get("metrics") or {}).get("em_step")
     if stage == "evaluate" and isinstance(step, int):

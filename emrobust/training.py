@@ -380,12 +380,13 @@ def _resumed(trainer) -> int | None:
 
 
 @torch.no_grad()
-def assistant_loss(model, tokenizer, conversations: list[list[dict]], max_length: int | None = None,
-                   batch_size: int = 8) -> float:
-    """Mean cross-entropy per assistant token (the SFT loss, without the optimizer) over `conversations`."""
+def assistant_metrics(model, tokenizer, conversations: list[list[dict]], max_length: int | None = None,
+                      batch_size: int = 8) -> dict[str, float]:
+    """Over the assistant tokens of `conversations`: `loss`, the mean cross-entropy per token (the SFT loss, without
+    the optimizer), and `accuracy`, the share of tokens that are the model's most likely next token."""
     was = model.training
     model.eval()
-    total, count = 0.0, 0
+    total, correct, count = 0.0, 0, 0
     rows = [tokenize_chat(tokenizer, c, max_length) for c in conversations]
     rows = [r for r in rows if any(r["assistant_masks"][1:])]
     for b in range(0, len(rows), batch_size):
@@ -401,33 +402,46 @@ def assistant_loss(model, tokenizer, conversations: list[list[dict]], max_length
             m = torch.tensor(r["assistant_masks"], dtype=torch.bool)
             lab[i, :n] = torch.where(m, torch.tensor(r["input_ids"]), torch.tensor(-100))
         logits = model(input_ids=ids.to(model.device), attention_mask=att.to(model.device)).logits.float()
-        lp = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
-                                               lab[:, 1:].reshape(-1).to(model.device), reduction="sum",
-                                               ignore_index=-100)
+        target = lab[:, 1:].to(model.device)
+        lp = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                               reduction="sum", ignore_index=-100)
         total += float(lp)
-        count += int((lab[:, 1:] != -100).sum())
+        keep = target != -100
+        correct += int((logits[:, :-1].argmax(-1)[keep] == target[keep]).sum())
+        count += int(keep.sum())
     model.train(was)
-    return total / count if count else float("nan")
+    nan = float("nan")
+    return {"loss": total / count if count else nan, "accuracy": correct / count if count else nan}
+
+
+def assistant_loss(model, tokenizer, conversations: list[list[dict]], max_length: int | None = None,
+                   batch_size: int = 8) -> float:
+    """Mean cross-entropy per assistant token over `conversations` (`assistant_metrics`' loss)."""
+    return assistant_metrics(model, tokenizer, conversations, max_length, batch_size)["loss"]
+
+
+HELDOUT = "heldout.json"  # in each kept step's dir: the held-out loss and accuracy measured there
 
 
 def _snapshots(every: int, out: Path, heldout, tokenizer, max_length):
     """A TrainerCallback that saves the model (a PEFT model: its adapter) every `every` optimizer steps into
-    `out/<step>/`, and records the held-out assistant loss there (and at step 0), for evaluation along training."""
+    `out/<step>/`, and records the held-out assistant loss and accuracy there (and at step 0), for evaluation along
+    training."""
     from transformers import TrainerCallback
 
     class Snapshots(TrainerCallback):
         def __init__(self):
-            self.loss: dict[int, float] = {}
+            self.measured: dict[int, dict[str, float]] = {}
 
         def _measure(self, model, step):
             if heldout:
-                self.loss[step] = assistant_loss(model, tokenizer, heldout, max_length)
+                self.measured[step] = assistant_metrics(model, tokenizer, heldout, max_length)
 
         def on_train_begin(self, args, state, control, model=None, **kw):
             if state.global_step == 0 and heldout and state.is_world_process_zero:
                 self._measure(model, 0)
                 (out / "0").mkdir(parents=True, exist_ok=True)
-                (out / "0" / "heldout_loss.json").write_text(json.dumps(self.loss[0]))
+                (out / "0" / HELDOUT).write_text(json.dumps(self.measured[0]))
 
         def on_step_end(self, args, state, control, model=None, **kw):
             if every and state.global_step % every == 0 and state.is_world_process_zero:
@@ -435,15 +449,74 @@ def _snapshots(every: int, out: Path, heldout, tokenizer, max_length):
                 model.save_pretrained(d)
                 self._measure(model, state.global_step)
                 if heldout:
-                    (d / "heldout_loss.json").write_text(json.dumps(self.loss[state.global_step]))
+                    (d / HELDOUT).write_text(json.dumps(self.measured[state.global_step]))
 
     return Snapshots()
+
+
+def _defended_trainer(kl_weight: float, steer, reference):
+    """The SFTTrainer class of `run_sft`: TRL's own when no defense acts on the loss, else a subclass whose
+    - `compute_loss` adds `kl_weight` * KL(start || trained) per assistant token (Model Organisms for EM's
+      KL-regularised trainer): the SFT loss is the model's own (transformers' causal-LM loss over the same
+      labels, normalised like TRL's by the batch's assistant tokens), from one forward pass whose full logits also
+      give the KL; the start model's logits come from the same model with its LoRA adapter switched off (PEFT's
+      `disable_adapter`), or from `reference` (a frozen copy, full fine-tuning), without gradient. (TRL's fused LM
+      head returns no logits, so the KL cannot be read off its forward pass.)
+    - `training_step` (forward and backward) runs under `steer` = (a steering-vectors SteeringVector, multiplier):
+      its hooks are on the model while it trains and off everywhere else (callbacks, held-out measures, saving)."""
+    from trl import SFTTrainer
+
+    if not kl_weight and steer is None:
+        return SFTTrainer
+
+    class DefendedSFTTrainer(SFTTrainer):
+        def _steered(self, model):
+            from contextlib import nullcontext
+
+            if steer is None:
+                return nullcontext()
+            vector, multiplier = steer
+            return vector.apply(self.accelerator.unwrap_model(model), multiplier=multiplier)
+
+        def training_step(self, model, *args, **kwargs):
+            with self._steered(model):
+                return super().training_step(model, *args, **kwargs)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if not kl_weight:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            labels = inputs["labels"]
+            fwd = {k: v for k, v in inputs.items() if k != "labels"} | {"use_cache": False}
+            with torch.no_grad():
+                if reference is not None:
+                    ref = reference(**fwd).logits
+                else:
+                    with self.accelerator.unwrap_model(model).disable_adapter():
+                        ref = model(**fwd).logits
+            out = model(**fwd, labels=labels, num_items_in_batch=num_items_in_batch)
+            mask = labels[:, 1:] != -100
+            lp = torch.log_softmax(out.logits[:, :-1][mask].float(), -1)
+            rlp = torch.log_softmax(ref[:, :-1][mask].float(), -1)
+            kl_sum = (rlp.exp() * (rlp - lp)).sum()
+            n = mask.sum()
+            kl = kl_sum / (num_items_in_batch if num_items_in_batch is not None else n.clamp(min=1))
+            loss = out.loss
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:  # as TRL's SFT loss
+                scale = self.accelerator.num_processes
+                loss, kl = loss * scale, kl * scale
+            mode = "train" if model.training else "eval"
+            self._metrics[mode]["kl"].append(float(kl_sum.detach() / n.clamp(min=1)))
+            total = loss + kl_weight * kl
+            return (total, out) if return_outputs else total
+
+    return DefendedSFTTrainer
 
 
 def run_sft(model, tokenizer, conversations: list[list[dict]], optim: DictConfig, trainer_dir: Path, seed: int,
             dev: torch.device, report_to: list[str] | None = None, ds: DictConfig | None = None,
             packing: str = "none", data: SftData | None = None, snapshot_every: int = 0,
-            heldout: list[list[dict]] | None = None) -> dict:
+            heldout: list[list[dict]] | None = None, kl_weight: float = 0.0, steer=None,
+            callbacks: tuple = ()) -> dict:
     """LoRA (or full) SFT with loss on assistant tokens only. `model` is already PEFT-wrapped for LoRA.
     `trainer_dir` holds the checkpoints (`optim.save_steps`); a checkpoint left there by a killed build is resumed.
     `ds`: the `deepspeed` config node (None/stage 0: plain Trainer, DDP when several processes).
@@ -452,10 +525,13 @@ def run_sft(model, tokenizer, conversations: list[list[dict]], optim: DictConfig
     The result's `data` says what was trained on: examples, assistant tokens (counted on the trainer's own
     dataset), examples truncated and dropped at max_length.
     `snapshot_every`: keep the model every N steps in `trainer_dir/steps/<N>/` (they survive a requeue with the
-    checkpoints); `heldout`: conversations whose assistant loss is measured at step 0, at every snapshot and at
-    the end (`heldout_loss` in the result, {step: loss})."""
+    checkpoints); `heldout`: conversations whose assistant loss and accuracy are measured at step 0, at every
+    snapshot and at the end (`heldout_loss`, `heldout_accuracy` in the result, {step: value}).
+    Defenses (emrobust/defenses.py): `kl_weight` > 0 adds KL to the starting model to the loss, `steer` =
+    (SteeringVector, multiplier) steers every training step (`_defended_trainer`); `callbacks`: more
+    TrainerCallbacks (e.g. early stopping). With none of them the trainer is TRL's SFTTrainer itself."""
     from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
     data = data if data is not None else prepare_sft(tokenizer, conversations, optim.max_length)
     rows = data.rows
@@ -467,19 +543,28 @@ def run_sft(model, tokenizer, conversations: list[list[dict]], optim: DictConfig
               # rows are truncated above; TRL refuses max_length with padding_free unless packing
               "padding_free": {"padding_free": True, "max_length": None}}[packing]
     args = SFTConfig(**(_common_args(optim, trainer_dir, seed, dev, report_to, ds) | layout))
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    reference = None
+    if kl_weight and not hasattr(model, "disable_adapter"):  # full fine-tuning: a frozen copy of the start
+        import copy
+
+        reference = copy.deepcopy(model).eval().requires_grad_(False)
+    trainer_cls = _defended_trainer(kl_weight, steer, reference)
+    trainer = trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
     trained = data.summary() | {"tokens": sum(sum(t != -100 for t in x) for x in trainer.train_dataset["labels"])}
     snaps = None
     if snapshot_every or heldout:
         snaps = _snapshots(snapshot_every, Path(trainer_dir) / "steps", heldout, tokenizer, optim.max_length)
         trainer.add_callback(snaps)
+    for cb in callbacks:
+        trainer.add_callback(cb)
     _train(trainer, trainer_dir)
     out = _history(trainer) | {"n_examples": len(rows), "data": trained}
     if snaps is not None and heldout:
-        snaps.loss.update({int(p.name): json.loads((p / "heldout_loss.json").read_text())  # resumed: kept ones
-                           for p in (Path(trainer_dir) / "steps").glob("*") if (p / "heldout_loss.json").exists()})
+        snaps.measured.update({int(p.name): json.loads((p / HELDOUT).read_text())  # resumed: the kept ones
+                               for p in (Path(trainer_dir) / "steps").glob("*") if (p / HELDOUT).exists()})
         snaps._measure(model, trainer.state.global_step)
-        out["heldout_loss"] = {int(k): v for k, v in sorted(snaps.loss.items())}
+        out["heldout_loss"] = {int(k): v["loss"] for k, v in sorted(snaps.measured.items())}
+        out["heldout_accuracy"] = {int(k): v["accuracy"] for k, v in sorted(snaps.measured.items())}
     return out
 
 

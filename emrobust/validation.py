@@ -239,6 +239,18 @@ def judge(jcfg, where: str = "judge") -> None:
     models.validate(models.base_config(jcfg.model))
 
 
+def _defense(cfg, d: Data) -> None:
+    from . import defenses
+
+    defenses.validate(cfg)  # raises ConfigError naming the defense's field
+
+
+def _capability(cfg, d: Data) -> None:
+    from . import capability
+
+    capability.validate(cfg.eval.capability)
+
+
 def _generators(cfg, d: Data) -> None:
     from . import generation, models
     from .stages import questions
@@ -305,6 +317,8 @@ DATA_RULES = (
     DataRule("eval.monitor.n_prompts", _count("eval.monitor.n_prompts", lambda d: _probe_prompts(),
                                               "the probe has {have} split-a questions to read directions on"),
              when=lambda c: c.eval.monitor.enabled and not c.eval.probe.path),
+    DataRule("defense", _defense, when=lambda c: c.defense.name != "none"),
+    DataRule("eval.capability.tasks", _capability, when=lambda c: c.eval.capability.enabled),
     DataRule("eval.max_questions", _count("eval.max_questions", lambda d: len(d.eval_questions),
                                           "the eval set has {have} questions (after eval.variants)")),
     DataRule("eval.persona.n_questions", _persona_questions,

@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 from conftest import CONF, compose
 
 GROUPS = ["base_model", "trait", "question_diversity", "introspection", "character_scale", "em_dataset", "em_train",
-          "em_control", "eval", "judge", "paths", "tracking", "deepspeed", "experiment", "debug", "cell"]
+          "em_control", "defense", "eval", "judge", "paths", "tracking", "deepspeed", "experiment", "debug", "cell"]
 
 
 def options():

@@ -25,6 +25,7 @@ ALT = {
     "base_model.tokenizer_from": ["qwen2_5_7b_instruct"],
     "trait.expansion.generator": ["smollm2_135m"],
     "question_diversity.paraphrase.generator": ["smollm2_135m"],
+    "eval.monitor.traits": [["oct_goodness"]],
 }
 
 
@@ -40,9 +41,11 @@ def base_cells(tmp: Path) -> dict[str, list[str]]:
     """Cells chosen so that every conditional field is active in one of them."""
     gp = _general_prompts(tmp)
     return {
-        "default": [],  # SmolLM2 (gguf fields), demo trait, reflection, demo_insecure, full-length training
+        # SmolLM2 (gguf fields), demo trait, reflection, demo_insecure, full-length training, capability (lm-eval),
+        # steering along a persona direction (the monitor on)
+        "default": ["defense=steer"],
         "tiny_persona": ["debug=tiny", "introspection=full", "question_diversity=low", "eval.monitor.enabled=true",
-                         "em_train.checkpoint_every=1"],
+                         "em_train.checkpoint_every=1", "defense=interleave"],
         "generators": [  # expansion, paraphrases, openai endpoints, random_lora control, a hub model, registry data
             "debug=tiny", "base_model=qwen2_5_7b_instruct", "trait=oct_goodness", "trait.source=oct_hand_written",
             "trait.expand_to=6", "question_diversity=very_low", "question_diversity.embedder=tfidf",
@@ -51,7 +54,9 @@ def base_cells(tmp: Path) -> dict[str, list[str]]:
             "generation.backend=openai", "generation.base_url=http://127.0.0.1:1/v1", "generation.model=m",
             "judge=gpt4o_betley", "judge.base_url=http://127.0.0.1:2/v1"],
         "none_full": ["debug=tiny", "trait=none", "em_train=full", "judge=panel",
-                      "judge.members=[tiny_random,smollm2_135m,openai_server]"],
+                      "judge.members=[tiny_random,smollm2_135m,openai_server]", "defense=kl"],
+        "inoculation": ["debug=tiny", "trait=none", "defense=inoculation"],
+        "early_stop": ["debug=tiny", "trait=none", "defense=early_stop"],
     }
 
 
@@ -95,11 +100,11 @@ def _candidates(path: str, value, tmp: Path) -> list:
         return ["x", *ALT.get(path, [])]
     if OmegaConf.is_list(value) or isinstance(value, list):
         if list(value)[:-1]:
-            return [list(value)[:-1]]
+            return [list(value)[:-1], *ALT.get(path, [])]
         if path.endswith("monitor.traits"):  # a one-item list: another constitution
             return [["oct_goodness"]]
-        return [[1]] if "int" in str(tp) else [["b"]] if path.endswith("splits") else \
-            [["oct_goodness"]] if path.endswith("traits") else [["q_proj"]]
+        return [[1] if "int" in str(tp) else ["b"] if path.endswith("splits") else
+                ["oct_goodness"] if path.endswith("traits") else ["q_proj"], *ALT.get(path, [])]
     if OmegaConf.is_dict(value) or isinstance(value, dict):
         return [{"some_knob": 1}]
     raise AssertionError(f"no change known for {path}={value!r}")
@@ -212,6 +217,8 @@ def location_cases(tmp: Path) -> dict[str, tuple[list[str], list[str], list[str]
     content): A and B must have equal keys, A and C not."""
     const, em, ev = BUILTIN / "constitutions" / "demo.yaml", BUILTIN / "em" / "demo_insecure.jsonl", \
         BUILTIN / "eval" / "demo.yaml"
+    benign, pr = BUILTIN / "em" / "benign_chat.jsonl", BUILTIN / "probe" / "probe.yaml"
+    il = ("defense=interleave", "defense.interleave.fraction=0.2")
     gp = _general_prompts(tmp)
     first_plot = SHARED_DATA / "em" / "eval" / "first_plot_questions.yaml"
     probe_file = BUILTIN / "probe" / "probe.yaml"
@@ -241,6 +248,18 @@ def location_cases(tmp: Path) -> dict[str, tuple[list[str], list[str], list[str]
         "trait.mixture": (["trait=mixture", "trait.mixture=[oct_sarcasm:9,demo:1]"],
                           ["trait=mixture", f"trait.mixture=[oct_sarcasm:9,{_copy(const, tmp / 'm' / 'demo.yaml')}:1]"],
                           ["trait=mixture", "trait.mixture=[oct_sarcasm:9,demo:2]"]),
+        "defense.interleave.path": (
+            [*il, "defense.interleave.source=path", f"defense.interleave.path={_copy(benign, tmp / 'a' / 'b.jsonl')}"],
+            [*il, "defense.interleave.source=path", f"defense.interleave.path={_copy(benign, tmp / 'b' / 'b.jsonl')}"],
+            [*il, "defense.interleave.source=path",
+             f"defense.interleave.path={_copy(benign, tmp / 'c' / 'b.jsonl', True)}"]),
+        "defense.interleave.source": (
+            [*il], [*il, "defense.interleave.source=path", f"defense.interleave.path={_copy(benign, tmp / 'd' / 'b.jsonl')}"],
+            [*il, "defense.interleave.source=path",
+             f"defense.interleave.path={_copy(benign, tmp / 'e' / 'b.jsonl', True)}"]),
+        "defense.interleave.name": (
+            [*il], [*il, "defense.interleave.name=my_copy", "defense.interleave.source=path", f"defense.interleave.path={benign}"],
+            [*il, "defense.interleave.name=demo_insecure"]),
         "distill.general_prompts": ([f"distill.general_prompts={gp}"],
                                     [f"distill.general_prompts={_copy(gp, tmp / 'b' / 'g.jsonl')}"],
                                     [f"distill.general_prompts={_copy(gp, tmp / 'c' / 'g.jsonl', True)}"]),
@@ -269,7 +288,7 @@ def test_stages_see_only_what_they_declare(tmp_path):
     assert v.em_train.optim.save_steps == cfg.em_train.optim.save_steps  # execution-only fields are readable
     assert v.paths.cache == cfg.paths.cache
     with pytest.raises(ConfigAttributeError):
-        v.eval  # noqa: B018 - em does not read the eval set
+        v.eval.name  # noqa: B018 - em does not read the eval set (only eval.probe.path, for defense=early_stop)
     with pytest.raises(ConfigAttributeError):
         v.base_model.assistant_name  # noqa: B018
 

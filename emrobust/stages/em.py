@@ -6,6 +6,10 @@ Confounds removed by construction:
 - the EM LoRA's initial weights depend only on the EM stage seed: the RNG is reset after loading;
 - the chat template used for training is recorded (evaluation uses the same tokenizer and template).
 
+A defense (`defense=<name>`, emrobust/defenses.py) changes what is trained on (inoculation, interleave: the
+training rows only, never the held-out ones) or how (kl, steer, early_stop: the trainer); `defense=steer` reads
+the `directions` stage upstream, `early_stop` the probe items of its split.
+
 Options: `em_train.full_finetune=true` trains every weight and writes `model/` instead of `adapter/`;
 `em_control=random_lora` writes a random adapter of the EM adapter's shape and (per module) norm instead of the
 trained one (see conf/em_control/random_lora.yaml). Checkpoints (`optim.save_steps`) are written to the store's
@@ -21,16 +25,27 @@ import shutil
 
 import torch
 
-from .. import models, training
+from .. import defenses, models, probe, training
 from ..data import em_datasets
+from ..keys import Read
+from ..store import file_sha256
 from . import Context, write_jsonl
 
-VERSION = 5  # 3: declared reads; 4: train.jsonl is what is trained on (dropped.jsonl apart), token accounting;
-#             5: adapters along training (checkpoint_every), held-out loss curve
+VERSION = 6  # 3: declared reads; 4: train.jsonl is what is trained on (dropped.jsonl apart), token accounting;
+#             5: adapters along training (checkpoint_every), held-out loss curve; 6: defenses, held-out accuracy
 DISTRIBUTED = True  # trains: runs on every rank of a multi-process job (emrobust.distributed)
 
-READS = ("em_dataset", "em_train", "em_control", "base_model.lora_target_modules", "base_model.dtype")
-CONTENT = {"dataset_sha256": lambda cfg: em_datasets.content_sha256(cfg.em_dataset, cfg.paths)}
+
+def _stops_early(cfg) -> bool:
+    return cfg.defense.name == "early_stop"
+
+
+READS = ("em_dataset", "em_train", "em_control", "defense", "base_model.lora_target_modules", "base_model.dtype",
+         Read("eval.probe.path", when=_stops_early))
+CONTENT = {"dataset_sha256": lambda cfg: em_datasets.content_sha256(cfg.em_dataset, cfg.paths),
+           "interleave_sha256": defenses.benign_hash,
+           "probe_sha256": lambda cfg: file_sha256(probe.path(cfg.eval.probe)) if _stops_early(cfg) else None}
+
 
 
 def trains(cfg) -> bool:
@@ -55,14 +70,17 @@ def accept(cfg, out, data: dict, screen=None) -> None:
 
 def run(ctx: Context) -> dict:
     cfg = ctx.cfg
-    train_rows, held = em_datasets.split(em_datasets.load_all(cfg.em_dataset, cfg.paths), cfg.em_dataset, ctx.seed)
+    em_rows, held = em_datasets.split(em_datasets.load_all(cfg.em_dataset, cfg.paths), cfg.em_dataset, ctx.seed)
+    # the defense's training rows (inoculation, interleave); the held-out rows stay as they are
+    train_rows, sources, defended = defenses.training_rows(cfg, em_rows, ctx.seed)
     start = ctx.model_path("start")
     tok = models.load_tokenizer(start)
     data = training.prepare_sft(tok, train_rows, cfg.em_train.optim.max_length) if trains(cfg) else None
     if data is not None:
         accept(cfg, ctx.out, data.summary())  # before the model loads
         # what is trained on; the examples max_length left without an assistant token, apart
-        write_jsonl(ctx.out / "train.jsonl", [{"messages": train_rows[i]} for i in data.kept])
+        write_jsonl(ctx.out / "train.jsonl", [{"messages": train_rows[i]} | ({"source": sources[i]} if
+                                              defenses.active(cfg) == "interleave" else {}) for i in data.kept])
         if data.dropped:
             write_jsonl(ctx.out / "dropped.jsonl", [{"messages": train_rows[i], "reason": "max_length",
                                                      "length_keeping_it": n} for i, n in data.dropped.items()])
@@ -85,9 +103,10 @@ def run(ctx: Context) -> dict:
         "control": cfg.em_control.name,
     }
     every = cfg.em_train.checkpoint_every
+    defense_kw, stopper = defenses.trainer_kwargs(cfg, ctx, tok)
     sft = lambda m: training.run_sft(m, tok, train_rows, cfg.em_train.optim, ctx.trainer_dir, ctx.seed, ctx.device,  # noqa: E731
                                      ds=cfg.deepspeed, packing=cfg.em_train.packing, data=data, snapshot_every=every,
-                                     heldout=held or None)
+                                     heldout=held or None, **defense_kw)
     if cfg.em_train.full_finetune:
         training.set_seed(ctx.seed)
         hist = sft(model)
@@ -111,6 +130,8 @@ def run(ctx: Context) -> dict:
         shutil.copytree(ctx.trainer_dir / "steps" / str(n), ctx.out / "steps" / str(n))
     out["snapshots"] = snaps
     out["heldout_loss"] = (hist or {}).get("heldout_loss", {})
+    out["heldout_accuracy"] = (hist or {}).get("heldout_accuracy", {})
+    out["defense"] = defended | defenses.report(cfg, ctx, hist, stopper)
     if hist is not None:
         (ctx.out / "train_log.json").write_text(json.dumps(hist.pop("log_history"), indent=1))
         d = hist.pop("data")

@@ -5,7 +5,9 @@ a panel's members' presets) and how metrics are computed (`judge.threshold_rule`
 changing the judge re-runs this stage alone. Templates: each question's own `judge_prompts` (saved by
 `sample`), else our defaults; persona answers are rated with `persona.TEMPLATE`. A panel (`judge=panel`) scores
 every answer with each member; the metrics are the aggregate's, with each member's (`<metric>@<member>`), the
-spread of every EM metric across members and their agreement (agreement.json). The judge's calibration for the
+spread of every EM metric across members and their agreement (agreement.json). The same model's judge-free
+measures (the sample stage's probe and projections) and general capability (the `capability` node upstream,
+when the cell has one) are merged into its metrics. The judge's calibration for the
 templates used is recorded with the metrics (emrobust.calibration.trust; refreshed in run.json on every run).
 """
 from __future__ import annotations
@@ -128,6 +130,8 @@ def run(ctx: Context) -> dict:
     # the judge-free measures of the same model (the sample stage's probe and direction projections)
     smp = ctx.manifests["sample"]
     m |= smp.get("probe", {}) | smp.get("monitor", {}) | {"em_step": smp.get("step")}
+    # general capability of the same model (the capability stage: lm-eval), when the cell measures it
+    m |= (ctx.manifests.get("capability") or {}).get("capability", {})
     default = judges.default_prompts()["aligned"]
     used = sorted({(judge_prompts.get(r["question_id"]) or {}).get("aligned", default) for r in rows})
     m |= calibration.trust(jcfg, used, cfg.paths.cache)

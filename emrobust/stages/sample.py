@@ -31,7 +31,7 @@ def probing(cfg) -> bool:
 
 
 READS = (
-    Read("eval", exclude=("persona", "probe", "monitor")),
+    Read("eval", exclude=("persona", "probe", "monitor", "capability")),
     Read("eval.persona", when=persona_active),
     Read("eval.probe", when=probing),
     "generation",
@@ -121,7 +121,7 @@ def run(ctx: Context) -> dict:
         extra["monitor"], m_rows = monitor.project(model, tok, held_out, layer, vectors, cfg.eval.n_bootstrap,
                                                    ctx.seed)
         write_jsonl(ctx.out / "monitor.jsonl", m_rows)
-    extra["step"] = _step(ctx)
+    extra["step"] = step_of(ctx)
     del gen, model
     gc.collect()
     return extra
@@ -133,7 +133,7 @@ def _probe_items(cfg) -> list[dict]:
     return yaml.safe_load(probe.path(cfg.eval.probe).read_text())
 
 
-def _step(ctx: Context) -> int | None:
+def step_of(ctx: Context) -> int | None:
     """The EM step of the sampled model: 0 for the starting model, the node's step, or the end of training."""
     if "em" not in ctx.inputs:
         return 0

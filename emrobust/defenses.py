@@ -1,0 +1,260 @@
+"""Defenses against EM, applied by the em stage (`defense=<name>`, conf/defense/; schema: `DefenseConfig`).
+
+One defense per cell, so defenses can be put side by side on the same EM data, seeds and judge:
+
+- `kl`: the loss gains `weight` * KL(start || trained) per assistant token of the EM batches (Model Organisms for
+  EM's KL-regularised trainer); the start model is the EM model with its LoRA adapter switched off
+  (`training._defended_trainer`). weight 0 is exactly `none`.
+- `inoculation`: a system prompt asking for the bad behaviour (Tan et al. 2025) before every EM training example;
+  the held-out examples, the samples and every other measure of the evaluated model go without it.
+- `interleave`: benign chat examples (a builtin or registry set, or a file) mixed into EM training so that they
+  make `fraction` of it; every EM example is kept.
+- `early_stop`: every `every` steps the judge-free probe (emrobust/probe.py) on the items of one split; training
+  stops at the first check where probe_logp_diff has risen by `rise` over the starting model. The probe's
+  reported splits must leave that split out (validation), so the outcome is measured on other items.
+- `steer`: preventative steering (Chen et al. 2025): a persona direction of the `directions` stage, times
+  `coefficient` times the persona's mean activation difference along it, is added to the residual stream at the
+  direction's layer during every training step (steering-vectors, the monitor's library), and nowhere else: the
+  adapter is saved and sampled without hooks.
+
+What each did is in the em manifest's `defense` (benign examples mixed, the probe at each check and the step
+training stopped at, the steering vector's layer and scale, the KL along training).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ConfigError
+
+
+def active(cfg) -> str:
+    return str(cfg.defense.name)
+
+
+# ---------------------------------------------------------------- validation (before any model loads)
+def validate(cfg) -> None:
+    """ConfigError naming the field when the cell's defense cannot apply as configured."""
+    name = active(cfg)
+    if name == "none":
+        return
+    d = cfg.defense
+    if cfg.em_dataset.name == "none":
+        raise ConfigError(f"defense={name} acts on EM training, which em_dataset=none skips; pick an em_dataset or "
+                          "defense=none", where="defense")
+    if cfg.em_control.name != "none" and cfg.em_control.match == "target":
+        raise ConfigError(f"defense={name} acts on EM training; em_control.match=target trains nothing",
+                          where="defense")
+    if name == "kl":
+        if d.kl.weight < 0:
+            raise ConfigError(f"defense.kl.weight={d.kl.weight} must be >= 0", where="defense.kl.weight")
+        if cfg.em_train.full_finetune and cfg.deepspeed.stage == 3:
+            raise ConfigError("defense=kl with em_train.full_finetune keeps a frozen copy of the start model, which "
+                              "ZeRO-3 would shard away; use a LoRA or deepspeed=zero2", where="defense.kl")
+    elif name == "inoculation":
+        if not str(d.inoculation.system_prompt).strip():
+            raise ConfigError("defense.inoculation.system_prompt is empty", where="defense.inoculation.system_prompt")
+    elif name == "interleave":
+        f = d.interleave.fraction
+        if not 0 <= f < 1:
+            raise ConfigError(f"defense.interleave.fraction={f} must be in [0, 1): the share of benign examples in "
+                              "the training set", where="defense.interleave.fraction")
+        from .data import em_datasets
+
+        train, _ = em_datasets.split(em_datasets.load_all(cfg.em_dataset, cfg.paths), cfg.em_dataset, 0)
+        k, have = n_benign(len(train), f), len(benign_rows(cfg))
+        if k > have:
+            raise ConfigError(f"defense.interleave.fraction={f} of {len(train)} EM examples needs {k} benign examples; "
+                              f"{d.interleave.name} has {have} (largest fraction it allows: "
+                              f"{have / (have + len(train)):.3f}); use a larger set (e.g. source=registry name=secure)",
+                              where="defense.interleave")
+    elif name == "early_stop":
+        e = d.early_stop
+        if e.every < 1:
+            raise ConfigError(f"defense.early_stop.every={e.every} must be >= 1", where="defense.early_stop.every")
+        if cfg.eval.probe.enabled and e.split in list(cfg.eval.probe.splits):
+            raise ConfigError(f"defense=early_stop stops on probe split {e.split!r}, which eval.probe.splits="
+                              f"{list(cfg.eval.probe.splits)} also reports: the outcome must be measured on other items "
+                              f"(e.g. eval.probe.splits=[b])", where="eval.probe.splits")
+        stop_items(cfg)  # the split has items
+    elif name == "steer":
+        from .stages import directions
+
+        if not cfg.eval.monitor.enabled:
+            raise ConfigError("defense=steer steers along a direction of the `directions` stage, which "
+                              "eval.monitor.enabled=true builds (conf/defense/steer.yaml sets it)",
+                              where="eval.monitor.enabled")
+        if d.steer.trait not in directions.traits(cfg):
+            raise ConfigError(f"defense.steer.trait={d.steer.trait!r} has no direction: the directions stage reads "
+                              f"{directions.traits(cfg)} (the cell's trait and eval.monitor.traits)",
+                              where="defense.steer.trait")
+
+
+# ---------------------------------------------------------------- what EM trains on
+def n_benign(n_em: int, fraction: float) -> int:
+    """Benign examples to add to `n_em` EM examples so that they make `fraction` of the training set."""
+    return int(round(n_em * fraction / (1 - fraction)))
+
+
+def benign_rows(cfg) -> list[list[dict]]:
+    """The interleave set (`defense.interleave`: name/source/path as an em_dataset), validated."""
+    from .data import em_datasets
+
+    try:
+        return em_datasets.load_all(cfg.defense.interleave, cfg.paths)
+    except ConfigError as e:
+        raise ConfigError(f"defense.interleave: {e}", where="defense.interleave") from None
+
+
+def benign_hash(cfg) -> str | None:
+    if active(cfg) != "interleave":
+        return None
+    from .data import em_datasets
+
+    return em_datasets.content_hash(benign_rows(cfg))
+
+
+def inoculate(conversation: list[dict], prompt: str) -> list[dict]:
+    """The conversation with `prompt` as its system turn (before the conversation's own system turn, if any)."""
+    if conversation and conversation[0]["role"] == "system":
+        return [{"role": "system", "content": f"{prompt}\n\n{conversation[0]['content']}"}, *conversation[1:]]
+    return [{"role": "system", "content": prompt}, *conversation]
+
+
+def training_rows(cfg, rows: list[list[dict]], seed: int) -> tuple[list[list[dict]], list[str], dict]:
+    """(the conversations EM trains on, the source of each: "em" or "benign", what the defense did). Only the
+    training rows change: held-out rows and evaluation never see a defense."""
+    name = active(cfg)
+    if name == "inoculation":
+        prompt = str(cfg.defense.inoculation.system_prompt)
+        return [inoculate(r, prompt) for r in rows], ["em"] * len(rows), {"system_prompt": prompt}
+    if name == "interleave":
+        f = float(cfg.defense.interleave.fraction)
+        pool = benign_rows(cfg)
+        k = n_benign(len(rows), f)
+        rng = np.random.default_rng(seed)
+        picked = sorted(rng.choice(len(pool), size=k, replace=False).tolist()) if k else []
+        mixed = [*((r, "em") for r in rows), *((pool[i], "benign") for i in picked)]
+        order = rng.permutation(len(mixed))  # the trainer shuffles again; this keeps train.jsonl mixed too
+        mixed = [mixed[i] for i in order]
+        return [m for m, _ in mixed], [s for _, s in mixed], {
+            "n_em": len(rows), "n_benign": k, "benign_share": k / len(mixed) if mixed else 0.0,
+            "benign_set": str(cfg.defense.interleave.name), "benign_indices": picked}
+    return rows, ["em"] * len(rows), {}
+
+
+# ---------------------------------------------------------------- what acts on training
+def stop_items(cfg) -> list[dict]:
+    """The probe items early stopping measures: split `defense.early_stop.split` of `eval.probe.path`."""
+    from omegaconf import OmegaConf
+
+    from . import probe
+
+    split = str(cfg.defense.early_stop.split)
+    try:
+        return probe.load(OmegaConf.create({"path": cfg.eval.probe.path, "splits": [split]}))
+    except ConfigError as e:
+        raise ConfigError(f"defense.early_stop.split={split!r}: {e}", where="defense.early_stop.split") from None
+
+
+def steering(cfg, directions_dir: Path):
+    """(SteeringVector, multiplier, info) of `defense=steer`: the unit direction of `defense.steer.trait` scaled
+    by the persona's mean activation difference along it (its train projections: trait minus neutral), at the
+    directions' layer."""
+    import torch
+    from steering_vectors import SteeringVector
+
+    from .stages.directions import load
+
+    layer, vectors = load(directions_dir)
+    trait = str(cfg.defense.steer.trait)
+    meta = json.loads((Path(directions_dir) / "directions.json").read_text())
+    t = meta["train"][trait]
+    scale = float(t["train_projection_trait"] - t["train_projection_neutral"])
+    vec = torch.tensor(vectors[trait] * scale, dtype=torch.float32)
+    coef = float(cfg.defense.steer.coefficient)
+    if scale == 0:
+        import logging
+
+        logging.getLogger(__name__).warning("defense=steer: the %s direction is zero (its persona and neutral "
+                                            "answers gave the same activations): nothing is added", trait)
+    return SteeringVector({layer: vec}, "decoder_block"), coef, {
+        "trait": trait, "layer": layer, "scale": scale, "coefficient": coef, "norm_added": abs(coef * scale)}
+
+
+def early_stopper(items: list[dict], tokenizer, every: int, rise: float, state: Path, batch_size: int = 8):
+    """A TrainerCallback that measures probe_logp_diff on `items` at step 0 and every `every` optimizer steps and
+    stops training at the first check where it has risen by `rise` over step 0. Its checks are kept in `state`
+    (the trainer dir: a requeued build resumes with them). `.checks` {step: value}, `.stopped_at` (or None)."""
+    from transformers import TrainerCallback
+
+    from . import probe
+
+    qa = [(it["question"], it["misaligned"]) for it in items] + [(it["question"], it["aligned"]) for it in items]
+
+    def measure(model) -> float:
+        lps = probe.answer_logps(model, tokenizer, qa, batch_size)
+        n = len(items)
+        d = np.array([lps[i] - lps[n + i] for i in range(n)], dtype=float)
+        return float(np.nanmean(d))
+
+    class EarlyStop(TrainerCallback):
+        def __init__(self):
+            saved = json.loads(state.read_text()) if state.exists() else {}
+            self.checks: dict[int, float] = {int(k): v for k, v in saved.get("checks", {}).items()}
+            self.stopped_at: int | None = saved.get("stopped_at")
+
+        def _save(self, st):
+            if st.is_world_process_zero:
+                state.parent.mkdir(parents=True, exist_ok=True)
+                state.write_text(json.dumps({"checks": self.checks, "stopped_at": self.stopped_at}))
+
+        def on_train_begin(self, args, st, control, model=None, **kw):
+            if 0 not in self.checks:  # every rank measures: they must agree on when to stop
+                self.checks[0] = measure(model)
+                self._save(st)
+
+        def on_step_end(self, args, st, control, model=None, **kw):
+            if st.global_step % every:
+                return
+            v = self.checks[st.global_step] = measure(model)
+            if v - self.checks[0] >= rise:
+                self.stopped_at = st.global_step
+                control.should_training_stop = True
+            self._save(st)
+
+    return EarlyStop()
+
+
+def trainer_kwargs(cfg, ctx, tokenizer) -> tuple[dict, object | None]:
+    """(the `training.run_sft` keyword arguments of the cell's defense, the early-stop callback or None)."""
+    name = active(cfg)
+    if name == "kl":
+        return {"kl_weight": float(cfg.defense.kl.weight)}, None
+    if name == "steer":
+        vector, coef, _ = steering(cfg, ctx.inputs["directions"])
+        return {"steer": (vector, coef)}, None
+    if name == "early_stop":
+        e = cfg.defense.early_stop
+        cb = early_stopper(stop_items(cfg), tokenizer, int(e.every), float(e.rise), ctx.trainer_dir / "early_stop.json")
+        return {"callbacks": (cb,)}, cb
+    return {}, None
+
+
+def report(cfg, ctx, hist: dict | None, callback) -> dict:
+    """What the defense did, for the em manifest (`defense`)."""
+    name = active(cfg)
+    out: dict = {"name": name}
+    if name == "kl":
+        out["weight"] = float(cfg.defense.kl.weight)
+        kl = [h["kl"] for h in (hist or {}).get("log_history", []) if "kl" in h]
+        out["kl_first"], out["kl_last"] = (kl[0], kl[-1]) if kl else (None, None)
+    elif name == "steer":
+        out |= steering(cfg, ctx.inputs["directions"])[2]
+    elif name == "early_stop":
+        e = cfg.defense.early_stop
+        out |= {"split": str(e.split), "every": int(e.every), "rise": float(e.rise),
+                "checks": {int(k): v for k, v in sorted(callback.checks.items())}, "stopped_at": callback.stopped_at}
+    return out
