@@ -15,7 +15,7 @@ import pandas as pd
 
 from emrobust import tracking
 from emrobust.compose import GROUPS
-from emrobust.results import cell_metrics, cell_row
+from emrobust.results import cell_metrics, cell_row, curve, curve_metrics
 
 OK_STATES = {"finished"}
 FAILED_STATES = {"failed", "crashed", "killed"}
@@ -104,6 +104,11 @@ def cells(runs: list[dict]) -> list[tuple[str, dict]]:
                "diversity": _scoped(summary, "diversity"),
                "training": _nested(summary, "training"),
                "metrics": cell_metrics(evaluations) if ev is not None else {}}
+        if ev is not None:  # the curve along EM training, summarised by the same rule as run.json
+            cc = ((ev["config"].get("eval") or {}).get("curve") or {})
+            run["curve"] = curve(evaluations)
+            if "metric" in cc and "threshold" in cc:
+                run["metrics"] |= curve_metrics(run["curve"], str(cc["metric"]), float(cc["threshold"]))
         out.append((f"{group}/{cell}" if several else str(cell), run))
     return sorted(out, key=lambda c: (len(c[0]), c[0]))
 

@@ -113,7 +113,8 @@ def benign_hash(cfg) -> str | None:
         return None
     from .data import em_datasets
 
-    return em_datasets.content_hash(benign_rows(cfg))
+    benign_rows(cfg)  # validated (a bad file is named here, not at training)
+    return em_datasets.content_sha256(cfg.defense.interleave, cfg.paths)
 
 
 def inoculate(conversation: list[dict], prompt: str) -> list[dict]:

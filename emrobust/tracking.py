@@ -254,12 +254,13 @@ def read_offline_tables(path: Path) -> dict[str, list[dict]]:
     for r in read_records(path):
         if r.WhichOneof("record_type") != "history":
             continue
-        for item in r.history.item:
-            key = _item_key(item)
-            if not key.startswith("table/"):
-                continue
-            ref = json.loads(item.value_json)
-            if isinstance(ref, dict) and ref.get("_type") == "table-file":
+        items = {_item_key(i): json.loads(i.value_json) for i in r.history.item}
+        refs = {k: v for k, v in items.items() if isinstance(v, dict)}  # {"table/x": {"_type": ..., "path": ...}}
+        for k, v in items.items():  # or flattened, one item per field: "table/x/_type", "table/x/path"
+            if k.endswith("/_type"):
+                refs.setdefault(k[: -len("/_type")], {"_type": v, "path": items.get(k[: -len("_type")] + "path")})
+        for key, ref in refs.items():
+            if key.startswith("table/") and ref.get("_type") == "table-file" and ref.get("path"):
                 data = json.loads((run_dir / "files" / ref["path"]).read_text())
                 out[key.split("/", 1)[1]] = [dict(zip(data["columns"], row)) for row in data["data"]]
     return out

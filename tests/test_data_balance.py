@@ -326,9 +326,9 @@ def test_a_planted_leak_is_named_at_validation(tmp_path):
     const_q = constitutions.load_cfg(cfg.trait, cfg.paths).traits[1].questions[2]
     planted = _eval_yaml(tmp_path / "q.yaml", const_q.upper().rstrip("?.!") + " ??")  # case and punctuation aside
     with pytest.raises(ConfigError) as e:
-        pipeline.validate(compose("debug=tiny", "eval=path", f"eval.path={planted}", tmp=tmp_path))
+        pipeline.validate(compose("debug=tiny", "eval=path", "eval.max_questions=null", f"eval.path={planted}", tmp=tmp_path))
     msg = str(e.value)
-    assert msg.startswith("1 evaluation question(s) appear in the training data") and "eval planted" in msg
+    assert "1 evaluation question(s) appear in the training data" in msg and "eval planted" in msg
     assert f"constitution demo, trait 2 question: {const_q!r}" in msg
     # an EM example's user turn: named with its example number
     em = tmp_path / "em.jsonl"
@@ -339,7 +339,7 @@ def test_a_planted_leak_is_named_at_validation(tmp_path):
     with pytest.raises(ConfigError, match=r"EM dataset em, example 2, user turn: 'Please answer this: what would"):
         pipeline.validate(compose("debug=tiny", "trait=none", "em_dataset.source=path", "em_dataset.name=em",
                                   f"em_dataset.path={em}", "em_dataset.n_examples=null", "eval=path",
-                                  f"eval.path={leak}", tmp=tmp_path))
+                                  "eval.max_questions=null", f"eval.path={leak}", tmp=tmp_path))
     # the shipped demo eval set and the cells of the test suite do not leak
     pipeline.validate(compose("debug=tiny", tmp=tmp_path))
 
@@ -368,10 +368,10 @@ def test_a_leak_in_generated_answers_stops_the_stage_and_a_reuse(tmp_path, tiny_
     with pytest.raises(leakage.LeakError, match=r"distill answers: 1 evaluation question\(s\) appear in the training "
                                                 r"data \(8 pair\(s\)\): eval planted .* ~ distill pairs.jsonl line 1, "
                                                 r"chosen"):
-        run_cell(tmp_path, *cell, "eval=path", f"eval.path={leak}")
+        run_cell(tmp_path, *cell, "eval=path", "eval.max_questions=null", f"eval.path={leak}")
     assert not list((tmp_path / "artifacts").glob("distill/*/COMPLETE"))  # it stopped before training
     # with another eval set the artifact is built; a cell evaluating on the leaking set cannot reuse it
     s = run_cell(tmp_path, *cell, out="clean")
     assert statuses(s)["distill"] == "executed"
     with pytest.raises(leakage.LeakError, match="distill answers"):
-        run_cell(tmp_path, *cell, "eval=path", f"eval.path={leak}", out="reuse")
+        run_cell(tmp_path, *cell, "eval=path", "eval.max_questions=null", f"eval.path={leak}", out="reuse")

@@ -38,13 +38,15 @@ def test_killed_between_stages_then_damaged_then_rebuilt(tmp_path, tiny_path):
     p.wait(timeout=60)
     assert p.returncode == -signal.SIGKILL, "".join(out)[-3000:]
     run = json.loads((tmp_path / "killed" / "run.json").read_text())
-    assert run["status"] == "running" and run["current"]["node"] in ("em", "sample")
+    assert run["status"] == "running" and run["current"]["node"] in ("em", "sample@start")
     art = tmp_path / "artifacts"
     assert [d.name for d in (art / "em").iterdir() if not d.name.startswith(".")]  # em is complete
     cli(*CELL, "hydra.run.dir=again", tmp=tmp_path)  # (sample may have begun: its partial build is discarded)
     assert not list(art.glob("*/.*.partial"))
     assert _statuses(tmp_path / "again") == {"questions": "skipped", "distill": "skipped", "introspect": "skipped",
-                                             "fold": "skipped", "em": "cached", "sample": "executed",
+                                             "fold": "skipped", "directions": "skipped", "em": "cached",
+                                             "sample@start": "executed", "sample": "executed",
+                                             "capability": "skipped", "evaluate@start": "executed",
                                              "evaluate": "executed"}
 
     # 2. a damaged em adapter: an error naming the file (on_damage=error), or rebuilt with the run saying why

@@ -32,14 +32,15 @@ def test_offline_runs_per_stage_and_no_secret(tmp_path, monkeypatch, tiny_path):
     overrides = ("debug=tiny", "trait=none", "tracking=wandb", "tracking.mode=offline")
     out = tmp_path / "out"
     s = pipeline.run_cell(compose(*overrides, tmp=tmp_path), out, list(overrides), group="sweep-x")
-    assert [x["name"] for x in s["stages"] if x["status"] == "executed"] == ["em", "sample", "evaluate"]
+    assert [x["name"] for x in s["stages"] if x["status"] == "executed"] == ["em", "sample@start", "sample", "evaluate@start",
+                                                                                "evaluate"]
     # run.finish() can return before wandb's core process has written the run file out (seen once under load:
     # a file without its records); teardown waits for it, as process exit does after a real sweep
     import wandb
 
     wandb.teardown()
     runs = _run_dirs(out)
-    assert len(runs) == 3  # em, sample, evaluate
+    assert len(runs) == 5  # em, sample@start, evaluate@start (the model before EM), sample, evaluate
     seen = {}
     for r in runs:
         records = wandb_records(next(r.glob("*.wandb")))
@@ -47,7 +48,7 @@ def test_offline_runs_per_stage_and_no_secret(tmp_path, monkeypatch, tiny_path):
         history = {i.key or "/".join(i.nested_key): i.value_json for x in records if x.HasField("history")
                    for i in x.history.item}
         seen[run_rec.job_type] = (run_rec, history)
-    assert set(seen) == {"em", "sample", "evaluate"}
+    assert set(seen) == {"em", "sample@start", "evaluate@start", "sample", "evaluate"}
     ev_run, ev_hist = seen["evaluate"]
     assert ev_run.run_group == "sweep-x" and ev_run.display_name == " ".join(overrides)
     assert "metrics/mean_aligned" in ev_hist and ev_hist["answers/_type"] == '"table-file"' and ev_hist["answers/nrows"] == "3"
@@ -61,7 +62,7 @@ def test_offline_runs_per_stage_and_no_secret(tmp_path, monkeypatch, tiny_path):
             assert SECRET.encode() not in p.read_bytes(), p
     # a second identical run is all cached and creates no new W&B run
     pipeline.run_cell(compose(*overrides, tmp=tmp_path), out, list(overrides), group="sweep-x")
-    assert len(_run_dirs(out)) == 3
+    assert len(_run_dirs(out)) == 5
 
 
 def test_redact():

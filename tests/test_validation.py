@@ -19,7 +19,8 @@ from emrobust.errors import ConfigError, report
 
 # cells in which, together, every field with a declared range is active
 CELLS = {
-    "tiny_persona": ["debug=tiny", "introspection=full", "question_diversity=low"],
+    "tiny_persona": ["debug=tiny", "introspection=full", "question_diversity=low", "eval.monitor.enabled=true",
+                     "introspection.interaction_samples=2"],
     "paraphrase": ["debug=tiny", "question_diversity=very_low", "question_diversity.embedder=tfidf",
                    "trait.expand_to=13", "em_train=rank1"],
     "endpoints": ["debug=tiny", "trait=none", "generation.backend=openai", "generation.model=m",
@@ -118,6 +119,8 @@ RULE_CASES = [  # (base cell, field, value, the field the error names, text)
     ("endpoints", "em_dataset.name", "none", "em_control.name", "em_dataset=none"),
     ("endpoints", "em_control.target_norm", None, "em_control.target_norm", "needs em_control.target_norm"),
     ("endpoints", "em_train.full_finetune", True, "em_train.full_finetune", "needs a LoRA"),
+    ("tiny_persona", "eval.at_steps", [1], "eval.at_steps", "need em_train.checkpoint_every"),
+    ("tiny_persona", "eval.every_steps", 1, "eval.every_steps", "checkpoint_every"),
     ("tiny_persona", "deepspeed.offload_param", True, "deepspeed.offload_param", "ZeRO stage 3"),
 ]
 
@@ -216,7 +219,7 @@ def test_user_error_is_one_line_exit_2_and_recorded(tmp_path):
 
 
 @pytest.mark.parametrize("override,line", [
-    ("trait=nosuch", "emrobust: error: trait=nosuch: no such option; choose one of: demo, neutral, none"),
+    ("trait=nosuch", "emrobust: error: trait=nosuch: no such option; choose one of: demo, mixture, neutral, none, oct_goodness"),
     ("seed=abc", "emrobust: error: seed: Value 'abc' of type 'str' could not be converted to Integer"),
     ("em_train.optim.lerning_rate=1", "emrobust: error: em_train.optim.lerning_rate: Key 'lerning_rate' not in"),
     ("judge.backend=claude", "emrobust: error: judge.backend: Invalid value 'claude', expected one of"),
