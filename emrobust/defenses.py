@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError
+from .errors import ConfigError, Unmet
 
 
 def active(cfg) -> str:
@@ -104,6 +104,8 @@ def benign_rows(cfg) -> list[list[dict]]:
 
     try:
         return em_datasets.load_all(cfg.defense.interleave, cfg.paths)
+    except Unmet:  # data still to fetch, a user-supplied file: a gate for the sweep planner, as for the EM dataset
+        raise
     except ConfigError as e:
         raise ConfigError(f"defense.interleave: {e}", where="defense.interleave") from None
 
@@ -113,8 +115,7 @@ def benign_hash(cfg) -> str | None:
         return None
     from .data import em_datasets
 
-    benign_rows(cfg)  # validated (a bad file is named here, not at training)
-    return em_datasets.content_sha256(cfg.defense.interleave, cfg.paths)
+    return em_datasets.content_sha256(cfg.defense.interleave, cfg.paths)  # a registry set: its pinned hash
 
 
 def inoculate(conversation: list[dict], prompt: str) -> list[dict]:
