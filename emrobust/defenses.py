@@ -107,7 +107,8 @@ def benign_rows(cfg) -> list[list[dict]]:
     except Unmet:  # data still to fetch, a user-supplied file: a gate for the sweep planner, as for the EM dataset
         raise
     except ConfigError as e:
-        raise ConfigError(f"defense.interleave: {e}", where="defense.interleave") from None
+        # the loader's file and message, located at the defense's field (not the field named twice)
+        raise ConfigError(e.message, file=e.file, where="defense.interleave", hint=e.hint) from None
 
 
 def benign_hash(cfg) -> str | None:
