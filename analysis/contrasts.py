@@ -1,6 +1,7 @@
 """Judge-free contrasts of a sweep: each cell's probe and persona-direction projections against the base model.
 
-For every ok cell with a persona (trait != none) and the cell of the same sweep without one (trait=none) that
+For every ok cell with a persona (trait != none) and the cell of the same sweep without one (trait=none; or with
+the `reference` trait: `against(sweep, "oct_goodness")` is probe_control's negative control read directly) that
 matches it on seed, base model and EM dataset: the per-item difference of the probe's log-probability gap
 (misaligned minus aligned answer; emrobust/probe.py) between the cell's model and the base model, averaged over
 items with a bootstrap interval paired over items, and the same for each direction projection (paired over
@@ -36,16 +37,22 @@ def _paired(a: np.ndarray, b: np.ndarray, n_resamples: int, seed: int) -> tuple[
     return float(d.mean()), float(lo), float(hi)
 
 
-def reading(lo: float, hi: float, what: str) -> str:
+def reading(lo: float, hi: float, what: str, other: str = "the base model") -> str:
     if lo > 0:
-        return f"{what} above the base model"
+        return f"{what} above {other}"
     if hi < 0:
-        return f"{what} below the base model"
-    return "no detectable difference from the base model"
+        return f"{what} below {other}"
+    return f"no detectable difference from {other}"
 
 
 def against_base(sweep_dir: Path, n_resamples: int = 10_000, seed: int = 0) -> pd.DataFrame:
     """One row per (persona cell, measure): the paired difference from the matching base-model cell."""
+    return against(sweep_dir, "none", n_resamples, seed)
+
+
+def against(sweep_dir: Path, reference: str = "none", n_resamples: int = 10_000, seed: int = 0) -> pd.DataFrame:
+    """One row per (cell of another trait, measure): the paired difference from the matching `reference` cell."""
+    other = "the base model" if reference == "none" else f"trait={reference}"
     cells = {}
     for rj in sorted(Path(sweep_dir).glob("*/run.json")):
         run = json.loads(rj.read_text())
@@ -55,9 +62,9 @@ def against_base(sweep_dir: Path, n_resamples: int = 10_000, seed: int = 0) -> p
                                                for o in run.get("overrides", []) if "=" in o}}
         cells[rj.parent.name] = (choice, _final_sample(run), run.get("seed"))
     rows = []
-    bases = {c: v for c, v in cells.items() if v[0].get("trait") == "none"}
+    bases = {c: v for c, v in cells.items() if v[0].get("trait", "none") == reference}
     for name, (choice, path, s) in cells.items():
-        if choice.get("trait") in (None, "none"):
+        if choice.get("trait") in (None, "none", reference):
             continue
         key = (s, choice.get("base_model"), choice.get("em_dataset"))
         base = next((b for b, (bc, _, bs) in bases.items()
@@ -71,15 +78,26 @@ def against_base(sweep_dir: Path, n_resamples: int = 10_000, seed: int = 0) -> p
         if ids:
             mean, lo, hi = _paired(np.array([p_cell[i] for i in ids]), np.array([p_base[i] for i in ids]),
                                    n_resamples, seed)
-            rows.append({"cell": name, "trait": choice.get("trait"), "base_cell": base,
-                         "measure": "probe_logp_diff", "n": len(ids), "diff": mean, "lo": lo, "hi": hi,
-                         "reading": reading(lo, hi, "prefers misaligned answers")})
+            rows.append({"cell": name, "trait": choice.get("trait"), "base_model": choice.get("base_model"),
+                         "against": other, "base_cell": base, "measure": "probe_logp_diff", "n": len(ids), "diff": mean, "lo": lo,
+                         "hi": hi, "reading": reading(lo, hi, "prefers misaligned answers", other)})
         m_cell, m_base = _rows(path, "monitor.jsonl"), _rows(bpath, "monitor.jsonl")
         if m_cell and m_base and [r["prompt"] for r in m_cell] == [r["prompt"] for r in m_base]:
             for d in [k for k in m_cell[0] if k != "prompt" and k in m_base[0]]:
                 mean, lo, hi = _paired(np.array([r[d] for r in m_cell]), np.array([r[d] for r in m_base]),
                                        n_resamples, seed)
-                rows.append({"cell": name, "trait": choice.get("trait"), "base_cell": base,
-                             "measure": f"direction_{d}", "n": len(m_cell), "diff": mean, "lo": lo, "hi": hi,
-                             "reading": reading(lo, hi, f"projects on the {d} direction")})
-    return pd.DataFrame(rows, columns=["cell", "trait", "base_cell", "measure", "n", "diff", "lo", "hi", "reading"])
+                rows.append({"cell": name, "trait": choice.get("trait"), "base_model": choice.get("base_model"),
+                             "against": other, "base_cell": base, "measure": f"direction_{d}", "n": len(m_cell), "diff": mean,
+                             "lo": lo, "hi": hi, "reading": reading(lo, hi, f"projects on the {d} direction", other)})
+    return pd.DataFrame(rows, columns=["cell", "trait", "base_model", "against", "base_cell", "measure", "n", "diff", "lo", "hi",
+                                       "reading"])
+
+
+def with_controls(sweep_dir: Path, n_resamples: int = 10_000, seed: int = 0) -> pd.DataFrame:
+    """The report's contrasts: every persona cell against the base model and, where the sweep has the negative
+    control's cell (analysis/controls.py: experiment=probe_control), the positive control's cell against it."""
+    from .controls import NEGATIVE, POSITIVE
+
+    base = against_base(sweep_dir, n_resamples, seed)
+    neg = against(sweep_dir, NEGATIVE, n_resamples, seed)
+    return pd.concat([base, neg[neg["trait"] == POSITIVE]], ignore_index=True) if len(neg) else base

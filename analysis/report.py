@@ -25,7 +25,7 @@ import pandas as pd
 from emrobust import metrics
 from emrobust.results import sweep_table, write_sweep_csv
 
-from . import balance, defenses, hypotheses, imports, plots, references
+from . import balance, controls, defenses, hypotheses, imports, plots, references
 from .stats import compare_levels
 
 AXES = ["trait", "question_diversity", "introspection", "em_dataset", "defense", "eval", "judge_preset", "base_model",
@@ -140,7 +140,7 @@ def analyze(sweep_dir: Path, out: Path | None = None, n_resamples: int = 10_000,
             balance_tolerance: float = BALANCE_TOLERANCE, wandb: dict | None = None) -> dict[str, Path]:
     """The report of a local sweep dir: the table from its cells' run.json, answer-level figures from answers,
     the curves along EM training and the judge-free contrasts against the base model."""
-    from .contrasts import against_base
+    from .contrasts import with_controls
 
     out = Path(out or sweep_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -152,7 +152,7 @@ def analyze(sweep_dir: Path, out: Path | None = None, n_resamples: int = 10_000,
             curves[label(pd.Series({**run.get("choices", {}), "seed": run.get("seed"), "cell": rj.parent.name}))] = \
                 run["curve"]
     files |= analyze_table(sweep_table(sweep_dir), out, load_answers(sweep_dir), n_resamples, str(sweep_dir),
-                           balance_tolerance, curves=curves, contrasts=against_base(sweep_dir, n_resamples))
+                           balance_tolerance, curves=curves, contrasts=with_controls(sweep_dir, n_resamples))
     # the sweep-level W&B run: the tables, the figures and the curves of this report (offline unless told)
     from emrobust import tracking
 
@@ -190,7 +190,8 @@ def dynamics_lines(df: pd.DataFrame, contrasts: pd.DataFrame | None) -> list[str
         for _, r in df[df["n_steps_evaluated"].fillna(0) > 1].iterrows():
             name = label(r)
             d = r.get("probe_logp_diff_delta")
-            probe = (f"the probe moved {d:+.3f} nats/token from step 0 to the end"
+            probe = (f"the probe moved {d:+.3f} nats/token from step 0 to the end "
+                     f"({controls.tag('probe_logp_diff', r.get('base_model'))})"
                      if isinstance(d, (int, float)) and d == d else "no probe")
             hit = r.get("steps_to_em")
             em = (f"{r.get('steps_to_em_metric')} reached {r.get('steps_to_em_threshold')} at step {int(hit)}"
@@ -199,8 +200,10 @@ def dynamics_lines(df: pd.DataFrame, contrasts: pd.DataFrame | None) -> list[str
             lines.append(f"- `{name}`: {probe}; {em} (judge: {'trusted' if r.get('judge_trusted') else 'untrusted'}).")
     if contrasts is not None and len(contrasts):
         for _, c in contrasts.iterrows():
-            lines.append(f"- `{c['cell']}` ({c['trait']}) vs base model, {c['measure']}: {c['diff']:+.3f} "
-                         f"[{c['lo']:+.3f}, {c['hi']:+.3f}] over {c['n']}: {c['reading']}.")
+            other = c.get("against", "the base model")
+            lines.append(f"- `{c['cell']}` ({c['trait']}) vs {other}, {c['measure']}: {c['diff']:+.3f} "
+                         f"[{c['lo']:+.3f}, {c['hi']:+.3f}] over {c['n']}: {c['reading']} "
+                         f"({controls.tag(c['measure'], c.get('base_model'))}).")
     return lines
 
 
@@ -254,7 +257,7 @@ def analyze_table(df: pd.DataFrame, out: Path, answers: dict | None, n_resamples
     dyn_cols = [c for c in ("cell", "trait", "question_diversity", "em_dataset", "seed", "steps_to_em",
                             "auc_em_rate_mo", "auc_probe_logp_diff", "probe_logp_diff_delta", "heldout_loss_delta")
                 if c in df]
-    dynamics = (["## Along EM training, and judge-free measures against the base model\n", *dyn, "\n",
+    dynamics = (["## Along EM training, and judge-free measures against the base model (and the negative control)\n", *dyn, "\n",
                  _md(df[df["n_steps_evaluated"].fillna(0) > 1][dyn_cols]) if "n_steps_evaluated" in df else ""]
                 if dyn else [])
     tested, hyp_lines = hypothesis_sections(df, out, n_resamples)
@@ -265,7 +268,7 @@ def analyze_table(df: pd.DataFrame, out: Path, answers: dict | None, n_resamples
            if len(refs) and refs["far_off"].any() else [])
     defended, defense_figures = defenses.section(df, out, _md)
     figures += defense_figures
-    report = [f"# emrobust sweep report: {source}\n", *judge_headline(df), *far,
+    report = [f"# emrobust sweep report: {source}\n", *judge_headline(df), *controls.headline(df, contrasts), *far,
               *(line + "\n" for line in balance.headline(data, flagged, balance_tolerance, df)),
               f"{len(df)} cells, {int((df['status'] == 'ok').sum())} ok.\n", note, "## Cells\n", _md(df[cols]),
               "## Seeds pooled (cluster bootstrap over seeds)\n", _md(pooled.drop(columns=["per_seed"])),

@@ -103,3 +103,57 @@ def test_cell_column_is_the_output_dir_and_the_preset_has_its_own():
            "stages": [], "metrics": {"mean_aligned": 50.0}}
     row = cell_row("3", run)
     assert row["cell"] == "3" and row["cell_preset"] == "demo_low" and row["trait"] == "demo"
+
+
+def _with_sample(sweep, i, probe_diffs, projections):
+    """Give hand-made cell i a sample artifact: probe.jsonl (one diff per item) and monitor.jsonl (one projection on
+    the oct_misalignment direction per held-out prompt)."""
+    art = sweep / "art" / f"sa{i}"
+    art.mkdir(parents=True)
+    (art / "probe.jsonl").write_text("".join(json.dumps({"id": f"p{j}", "diff": d}) + "\n"
+                                             for j, d in enumerate(probe_diffs)))
+    (art / "monitor.jsonl").write_text("".join(json.dumps({"prompt": f"q{j}", "oct_misalignment": x}) + "\n"
+                                               for j, x in enumerate(projections)))
+    run = json.loads((sweep / str(i) / "run.json").read_text())
+    run["stages"].insert(0, {"name": "sample", "key": f"s{i}", "status": "executed", "seconds": 1.0,
+                             "artifact": str(art)})
+    (sweep / str(i) / "run.json").write_text(json.dumps(run))
+
+
+@pytest.mark.parametrize("base_model", ["smollm2_135m", "qwen2_5_7b_instruct"])
+def test_judge_free_contrasts_carry_their_control_and_the_negative_control_is_read_directly(tmp_path, base_model):
+    """probe_control's three cells: each persona against the base model, the misaligned one against the goodness
+    one; every judge-free number says whether its measure passed its controls on that base model
+    (analysis/controls.py: the probe failed on SmolLM2-135M, the direction passed; nothing is validated on Qwen)."""
+    from analysis import controls
+
+    rng = np.random.default_rng(0)
+    base, noise = rng.normal(-0.3, 0.2, 40), rng.normal(0, 0.01, 40)
+    cells = {"none": (base, np.zeros(20)), "oct_misalignment": (base + 0.07 + noise, np.full(20, 2.0)),
+             "oct_goodness": (base + 0.07 - noise, np.full(20, -1.0))}
+    for i, (trait, (probe, proj)) in enumerate(cells.items()):
+        _cell(tmp_path, i, 0, [50, 60], [90, 90], trait=trait, qd="medium", em="none",
+              choices={"base_model": base_model, "experiment": "probe_control"},
+              m={"probe_logp_diff": float(probe.mean())})
+        _with_sample(tmp_path, i, probe, proj)
+    analyze(tmp_path, tmp_path / "out", n_resamples=500)
+    c = pd.read_csv(tmp_path / "out" / "contrasts.csv")
+    got = {(r.trait, r.against, r.measure): r for r in c.itertuples()}
+    assert len(got) == 6
+    assert got["oct_misalignment", "the base model", "probe_logp_diff"].diff == pytest.approx(0.07 + noise.mean())
+    assert got["oct_goodness", "the base model", "probe_logp_diff"].lo > 0  # moved as much: the failure mode
+    neg = got["oct_misalignment", "trait=oct_goodness", "probe_logp_diff"]
+    assert neg.diff == pytest.approx(2 * noise.mean()) and neg.lo < 0 < neg.hi
+    assert got["oct_misalignment", "trait=oct_goodness", "direction_oct_misalignment"].diff == pytest.approx(3.0)
+    report = (tmp_path / "out" / "report.md").read_text()
+    head = report.split("## Cells")[0]
+    if base_model == "smollm2_135m":
+        assert controls.status("probe_logp_diff", base_model) == "FAILED"
+        assert "**Judge-free `probe_logp_diff` on `smollm2_135m`: FAILED its negative control**" in head
+        assert "Judge-free `direction_oct_misalignment` on `smollm2_135m`: passed its controls" in head
+        assert "probe_logp_diff: +0.0" in report and "(control FAILED: not evidence of misalignment)" in report
+        assert "(control passed)" in report
+    else:
+        assert controls.status("probe_logp_diff", base_model) == "not validated"
+        assert head.count(f"on `{base_model}`: not validated**") == 2
+        assert report.count("(control not run on this model: not yet evidence)") == 6
