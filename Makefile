@@ -46,7 +46,7 @@ demo: $(STAMP)
 	$(BIN)/emrobust analyze $(DEMO_DIR) --wandb-mode disabled
 
 test: $(TEST_STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" --timeout 1800
+	$(BIN)/python -m pytest -q -m "not slow" --timeout 1800 --durations=25
 
 test-all: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q --timeout 3600

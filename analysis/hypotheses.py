@@ -257,8 +257,10 @@ def section(h: Hypothesis, table: pd.DataFrame) -> list[str]:
     """The report's lines for one hypothesis: the question, how it is compared, one row per contrast and metric."""
     lines = [f"## Hypothesis: {h.title} (experiment={h.name})\n", h.question + "\n",
              f"Each row: arm b minus arm a, the mean over the cells they pair on ({', '.join(PAIR_ON)}), a 95% "
-             f"bootstrap interval over pairs and a two-sided bootstrap p, Benjamini-Hochberg adjusted over the "
-             f"{int(table['p'].notna().sum())} comparisons of this section (p_bh). " + h.note + "\n"]
+             "bootstrap interval over pairs and a two-sided bootstrap p, Benjamini-Hochberg adjusted over the "
+             + (f"{n} comparisons of this section that have a p (p_bh). " if (n := int(table["p"].notna().sum())) else
+                "comparisons of this section that have a p (p_bh): none here, every one has too few pairs (one seed "
+                "gives one pair). ") + h.note + "\n"]
     if table.empty:
         return lines + ["_No two arms of this experiment share a seed, EM dataset, eval set and base model among "
                         "the ok cells._\n"]

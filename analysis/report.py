@@ -78,8 +78,10 @@ def pooled_table(sweep_dir: Path, n_resamples: int = 10_000, answers=None, rule:
         df = pd.concat(frames, ignore_index=True)
         for name, fn in POOLED.items():
             r = metrics.pooled_over_seeds(df, lambda d, fn=fn: fn(d, rule), n_resamples=n_resamples, seed=0)
+            one = len(r["per_seed"]) < 2  # resampling one seed is no interval over seeds: left empty, not [x, x]
             rows.append({"cell": " ".join(key), "metric": name, "n_seeds": len(r["per_seed"]), "pooled": r["pooled"],
-                         "lo": r["lo"], "hi": r["hi"], "per_seed": json.dumps(r["per_seed"], default=float)})
+                         "lo": float("nan") if one else r["lo"], "hi": float("nan") if one else r["hi"],
+                         "per_seed": json.dumps(r["per_seed"], default=float)})
     return pd.DataFrame(rows, columns=["cell", "metric", "n_seeds", "pooled", "lo", "hi", "per_seed"])
 
 
@@ -121,6 +123,25 @@ def judge_headline(df: pd.DataFrame) -> list[str]:
             lines.append(f"**UNTRUSTED JUDGE** `{judge}` ({len(g)} cells): {fig}; {why}{rule}. Its metrics below are "
                          f"marked untrusted and are **not evidence** of (mis)alignment.{allowed}\n")
     return lines
+
+
+def undefined_lines(df: pd.DataFrame) -> list[str]:
+    """Why an empty (nan) figure of the cells table is empty, once per reason: an empty cell is not a zero."""
+    ok = df[df["status"] == "ok"] if "status" in df else df
+    lines = []
+    if {"em_rate_betley", "coherent_rate"} <= set(ok):
+        nan = ok["em_rate_betley"].isna() & (pd.to_numeric(ok["coherent_rate"], errors="coerce") == 0)
+        if nan.any():
+            lines.append(f"`em_rate_betley` is empty in {int(nan.sum())} cell(s): Betley's rate is over coherent answers "
+                         "(coherent > 50) and the judge rated none coherent there (`coherent_rate` 0); `em_rate_mo` is "
+                         "over all answers.\n")
+    if {"div_vendi", "trait"} <= set(ok) and (ok["div_vendi"].isna() & (ok["trait"].astype(str) == "none")).any():
+        lines.append("`div_vendi` is empty for cells without a persona (`trait=none`: no training questions).\n")
+    return lines
+
+
+def _plain(line: str) -> str:
+    return line.replace("**", "").replace("`", "").strip()
 
 
 def _md(df: pd.DataFrame) -> str:
@@ -268,10 +289,14 @@ def analyze_table(df: pd.DataFrame, out: Path, answers: dict | None, n_resamples
            if len(refs) and refs["far_off"].any() else [])
     defended, defense_figures = defenses.section(df, out, _md)
     figures += defense_figures
-    report = [f"# emrobust sweep report: {source}\n", *judge_headline(df), *controls.headline(df, contrasts), *far,
-              *(line + "\n" for line in balance.headline(data, flagged, balance_tolerance, df)),
+    headline = [*judge_headline(df), *controls.headline(df, contrasts), *far,
+                *(line + "\n" for line in balance.headline(data, flagged, balance_tolerance, df))]
+    single = (["_A cell with one seed has no interval over seeds (lo, hi empty)._\n"]
+              if len(pooled) and (pooled["n_seeds"] < 2).any() else [])
+    report = [f"# emrobust sweep report: {source}\n", *headline,
               f"{len(df)} cells, {int((df['status'] == 'ok').sum())} ok.\n", note, "## Cells\n", _md(df[cols]),
-              "## Seeds pooled (cluster bootstrap over seeds)\n", _md(pooled.drop(columns=["per_seed"])),
+              *undefined_lines(df),
+              "## Seeds pooled (cluster bootstrap over seeds)\n", *single, _md(pooled.drop(columns=["per_seed"])),
               *hyp_lines, *references.section(df),
               "## Diversity levels compared (paired by seed and EM dataset; BH-adjusted p)\n", _md(comps),
               *dynamics,
@@ -283,6 +308,9 @@ def analyze_table(df: pd.DataFrame, out: Path, answers: dict | None, n_resamples
     (out / "report.md").write_text("\n".join(report))
     files |= {f: out / f for f in ("summary.csv", "summary.parquet", "pooled.csv", "comparisons.csv", "balance.csv",
                                    *figures, "report.md", *tested, *(["defenses.csv"] if defended else []))}
+    # the terminal gets what the report says first: whether the judge and the judge-free measures can be trusted
+    for line in [*headline, *undefined_lines(df)]:
+        print(_plain(line))
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.precision", 3):
         print(df[cols].to_string(index=False))
     return files
