@@ -50,9 +50,8 @@ def against_base(sweep_dir: Path, n_resamples: int = 10_000, seed: int = 0) -> p
     return against(sweep_dir, "none", n_resamples, seed)
 
 
-def against(sweep_dir: Path, reference: str = "none", n_resamples: int = 10_000, seed: int = 0) -> pd.DataFrame:
-    """One row per (cell of another trait, measure): the paired difference from the matching `reference` cell."""
-    other = "the base model" if reference == "none" else f"trait={reference}"
+def _cells(sweep_dir: Path) -> dict[str, tuple[dict, Path | None, int | None]]:
+    """The ok cells of a sweep: name -> (choices with overrides, final sample artifact, seed)."""
     cells = {}
     for rj in sorted(Path(sweep_dir).glob("*/run.json")):
         run = json.loads(rj.read_text())
@@ -61,10 +60,19 @@ def against(sweep_dir: Path, reference: str = "none", n_resamples: int = 10_000,
         choice = {**run.get("choices", {}), **{o.split("=", 1)[0].lstrip("+~"): o.split("=", 1)[1]
                                                for o in run.get("overrides", []) if "=" in o}}
         cells[rj.parent.name] = (choice, _final_sample(run), run.get("seed"))
+    return cells
+
+
+def against(sweep_dir: Path | dict, reference: str = "none", n_resamples: int = 10_000, seed: int = 0,
+            traits: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """One row per (cell of another trait, or of one of `traits`, measure): the paired difference from the
+    matching `reference` cell. `sweep_dir` may be its cells as `_cells` reads them."""
+    other = "the base model" if reference == "none" else f"trait={reference}"
+    cells = sweep_dir if isinstance(sweep_dir, dict) else _cells(sweep_dir)
     rows = []
     bases = {c: v for c, v in cells.items() if v[0].get("trait", "none") == reference}
     for name, (choice, path, s) in cells.items():
-        if choice.get("trait") in (None, "none", reference):
+        if choice.get("trait") in (None, "none", reference) or (traits and choice.get("trait") not in traits):
             continue
         key = (s, choice.get("base_model"), choice.get("em_dataset"))
         base = next((b for b, (bc, _, bs) in bases.items()
@@ -79,18 +87,20 @@ def against(sweep_dir: Path, reference: str = "none", n_resamples: int = 10_000,
             mean, lo, hi = _paired(np.array([p_cell[i] for i in ids]), np.array([p_base[i] for i in ids]),
                                    n_resamples, seed)
             rows.append({"cell": name, "trait": choice.get("trait"), "base_model": choice.get("base_model"),
-                         "against": other, "base_cell": base, "measure": "probe_logp_diff", "n": len(ids), "diff": mean, "lo": lo,
-                         "hi": hi, "reading": reading(lo, hi, "prefers misaligned answers", other)})
+                         "against": other, "base_cell": base, "measure": "probe_logp_diff", "n": len(ids),
+                         "diff": mean, "lo": lo, "hi": hi,
+                         "reading": reading(lo, hi, "prefers misaligned answers", other)})
         m_cell, m_base = _rows(path, "monitor.jsonl"), _rows(bpath, "monitor.jsonl")
         if m_cell and m_base and [r["prompt"] for r in m_cell] == [r["prompt"] for r in m_base]:
             for d in [k for k in m_cell[0] if k != "prompt" and k in m_base[0]]:
                 mean, lo, hi = _paired(np.array([r[d] for r in m_cell]), np.array([r[d] for r in m_base]),
                                        n_resamples, seed)
                 rows.append({"cell": name, "trait": choice.get("trait"), "base_model": choice.get("base_model"),
-                             "against": other, "base_cell": base, "measure": f"direction_{d}", "n": len(m_cell), "diff": mean,
-                             "lo": lo, "hi": hi, "reading": reading(lo, hi, f"projects on the {d} direction", other)})
-    return pd.DataFrame(rows, columns=["cell", "trait", "base_model", "against", "base_cell", "measure", "n", "diff", "lo", "hi",
-                                       "reading"])
+                             "against": other, "base_cell": base, "measure": f"direction_{d}", "n": len(m_cell),
+                             "diff": mean, "lo": lo, "hi": hi,
+                             "reading": reading(lo, hi, f"projects on the {d} direction", other)})
+    return pd.DataFrame(rows, columns=["cell", "trait", "base_model", "against", "base_cell", "measure", "n", "diff",
+                                       "lo", "hi", "reading"])
 
 
 def with_controls(sweep_dir: Path, n_resamples: int = 10_000, seed: int = 0) -> pd.DataFrame:
@@ -98,6 +108,7 @@ def with_controls(sweep_dir: Path, n_resamples: int = 10_000, seed: int = 0) -> 
     control's cell (analysis/controls.py: experiment=probe_control), the positive control's cell against it."""
     from .controls import NEGATIVE, POSITIVE
 
-    base = against_base(sweep_dir, n_resamples, seed)
-    neg = against(sweep_dir, NEGATIVE, n_resamples, seed)
-    return pd.concat([base, neg[neg["trait"] == POSITIVE]], ignore_index=True) if len(neg) else base
+    cells = _cells(sweep_dir)
+    base = against(cells, "none", n_resamples, seed)
+    neg = against(cells, NEGATIVE, n_resamples, seed, traits=(POSITIVE,))
+    return pd.concat([base, neg], ignore_index=True) if len(neg) else base

@@ -44,6 +44,7 @@ CONTROLS = (
             "2026-11-30, 2-core CPU, 200 DPO pairs of 128 tokens, 2 epochs"),
 )
 
+
 def find(measure: str, base_model: str) -> Control | None:
     return next((c for c in CONTROLS if c.measure == measure and c.base_model == base_model), None)
 

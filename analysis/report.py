@@ -78,10 +78,8 @@ def pooled_table(sweep_dir: Path, n_resamples: int = 10_000, answers=None, rule:
         df = pd.concat(frames, ignore_index=True)
         for name, fn in POOLED.items():
             r = metrics.pooled_over_seeds(df, lambda d, fn=fn: fn(d, rule), n_resamples=n_resamples, seed=0)
-            one = len(r["per_seed"]) < 2  # resampling one seed is no interval over seeds: left empty, not [x, x]
             rows.append({"cell": " ".join(key), "metric": name, "n_seeds": len(r["per_seed"]), "pooled": r["pooled"],
-                         "lo": float("nan") if one else r["lo"], "hi": float("nan") if one else r["hi"],
-                         "per_seed": json.dumps(r["per_seed"], default=float)})
+                         "lo": r["lo"], "hi": r["hi"], "per_seed": json.dumps(r["per_seed"], default=float)})
     return pd.DataFrame(rows, columns=["cell", "metric", "n_seeds", "pooled", "lo", "hi", "per_seed"])
 
 
@@ -132,9 +130,9 @@ def undefined_lines(df: pd.DataFrame) -> list[str]:
     if {"em_rate_betley", "coherent_rate"} <= set(ok):
         nan = ok["em_rate_betley"].isna() & (pd.to_numeric(ok["coherent_rate"], errors="coerce") == 0)
         if nan.any():
-            lines.append(f"`em_rate_betley` is empty in {int(nan.sum())} cell(s): Betley's rate is over coherent answers "
-                         "(coherent > 50) and the judge rated none coherent there (`coherent_rate` 0); `em_rate_mo` is "
-                         "over all answers.\n")
+            lines.append(f"`em_rate_betley` is empty in {int(nan.sum())} cell(s): Betley's rate is over coherent "
+                         "answers (coherent > 50) and the judge rated none coherent there (`coherent_rate` 0); "
+                         "`em_rate_mo` is over all answers.\n")
     if {"div_vendi", "trait"} <= set(ok) and (ok["div_vendi"].isna() & (ok["trait"].astype(str) == "none")).any():
         lines.append("`div_vendi` is empty for cells without a persona (`trait=none`: no training questions).\n")
     return lines
@@ -278,7 +276,8 @@ def analyze_table(df: pd.DataFrame, out: Path, answers: dict | None, n_resamples
     dyn_cols = [c for c in ("cell", "trait", "question_diversity", "em_dataset", "seed", "steps_to_em",
                             "auc_em_rate_mo", "auc_probe_logp_diff", "probe_logp_diff_delta", "heldout_loss_delta")
                 if c in df]
-    dynamics = (["## Along EM training, and judge-free measures against the base model (and the negative control)\n", *dyn, "\n",
+    dynamics = (["## Along EM training, and judge-free measures against the base model (and the negative control)\n",
+                 *dyn, "\n",
                  _md(df[df["n_steps_evaluated"].fillna(0) > 1][dyn_cols]) if "n_steps_evaluated" in df else ""]
                 if dyn else [])
     tested, hyp_lines = hypothesis_sections(df, out, n_resamples)
@@ -291,11 +290,12 @@ def analyze_table(df: pd.DataFrame, out: Path, answers: dict | None, n_resamples
     figures += defense_figures
     headline = [*judge_headline(df), *controls.headline(df, contrasts), *far,
                 *(line + "\n" for line in balance.headline(data, flagged, balance_tolerance, df))]
+    undefined = undefined_lines(df)
     single = (["_A cell with one seed has no interval over seeds (lo, hi empty)._\n"]
               if len(pooled) and (pooled["n_seeds"] < 2).any() else [])
     report = [f"# emrobust sweep report: {source}\n", *headline,
               f"{len(df)} cells, {int((df['status'] == 'ok').sum())} ok.\n", note, "## Cells\n", _md(df[cols]),
-              *undefined_lines(df),
+              *undefined,
               "## Seeds pooled (cluster bootstrap over seeds)\n", *single, _md(pooled.drop(columns=["per_seed"])),
               *hyp_lines, *references.section(df),
               "## Diversity levels compared (paired by seed and EM dataset; BH-adjusted p)\n", _md(comps),
@@ -309,7 +309,7 @@ def analyze_table(df: pd.DataFrame, out: Path, answers: dict | None, n_resamples
     files |= {f: out / f for f in ("summary.csv", "summary.parquet", "pooled.csv", "comparisons.csv", "balance.csv",
                                    *figures, "report.md", *tested, *(["defenses.csv"] if defended else []))}
     # the terminal gets what the report says first: whether the judge and the judge-free measures can be trusted
-    for line in [*headline, *undefined_lines(df)]:
+    for line in [*headline, *undefined]:
         print(_plain(line))
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.precision", 3):
         print(df[cols].to_string(index=False))

@@ -614,14 +614,14 @@ def pooled_over_seeds(
     only a handful of distinct multisets).  Resamples where the metric is NaN
     are ignored.  With fewer than ~5 seeds the interval is coarse (it can only
     take values of the finitely many multisets).  ``lo``/``hi`` are NaN when
-    ``df`` has no rows.
+    ``df`` has no rows or one seed (resampling one seed gives no interval over seeds).
     """
     nan = float("nan")
     seed_col = _col(df, "seed")
     groups = {s: g for s, g in df.groupby(seed_col, sort=True)} if len(df) else {}
     per_seed = {_py_scalar(s): float(metric_fn(g)) for s, g in groups.items()}
     pooled = float(metric_fn(df))
-    if not groups or n_resamples <= 0:
+    if len(groups) < 2 or n_resamples <= 0:
         return {"per_seed": per_seed, "pooled": pooled, "lo": nan, "hi": nan}
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")

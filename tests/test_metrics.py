@@ -347,3 +347,10 @@ def test_threshold_rule_paper_inclusive_strict_by_hand():
             pytest.approx((betley, mo, crit, conc)), rule
     with pytest.raises(ValueError, match="threshold rule"):
         M.cell_metrics(df, rule="loose")
+
+
+def test_pooled_over_one_seed_has_no_interval():
+    """Resampling one seed draws that seed every time: no interval over seeds, so none is given (not [x, x])."""
+    res = M.pooled_over_seeds(_seed_df().query("seed == 0"), _betley, n_resamples=500, seed=0)
+    assert res["per_seed"] == pytest.approx({0: 0.25}) and res["pooled"] == pytest.approx(0.25)
+    assert math.isnan(res["lo"]) and math.isnan(res["hi"])
