@@ -9,6 +9,7 @@ with a Wilson interval. Nothing is sampled and no judge is involved, so it is ch
 """
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,14 @@ def load(pcfg) -> list[dict]:
     picked = [it for it in items if it.get("split", "a") in splits]
     if not picked:
         raise ConfigError(f"no probe item is in splits {sorted(splits)}", file=str(p), where="eval.probe.splits")
+    cap = pcfg.get("per_theme")
+    if cap is not None:  # the first `cap` items of each theme (an item without a theme is its own)
+        kept, seen = [], Counter()
+        for i, it in enumerate(picked):
+            seen[it.get("theme") or i] += 1
+            if seen[it.get("theme") or i] <= cap:
+                kept.append(it)
+        picked = kept
     return picked
 
 
