@@ -135,6 +135,14 @@ def undefined_lines(df: pd.DataFrame) -> list[str]:
                          "`em_rate_mo` is over all answers.\n")
     if {"div_vendi", "trait"} <= set(ok) and (ok["div_vendi"].isna() & (ok["trait"].astype(str) == "none")).any():
         lines.append("`div_vendi` is empty for cells without a persona (`trait=none`: no training questions).\n")
+    if {"cvar05_aligned", "cvar05_aligned_lo"} <= set(ok):
+        bare = pd.to_numeric(ok["cvar05_aligned"], errors="coerce").notna() & \
+            pd.to_numeric(ok["cvar05_aligned_lo"], errors="coerce").isna()
+        if bare.any():
+            lines.append(f"`cvar05_aligned` and `p05_aligned` have no interval in {int(bare.sum())} cell(s): their 5% "
+                         f"tail holds fewer than {metrics.MIN_TAIL} answers there (under 100 scored answers; with 20 "
+                         "or fewer, cvar05 is the single lowest score), too few for a bootstrap interval to mean "
+                         "anything. Read those tails as one or two answers, not as a rate.\n")
     return lines
 
 

@@ -13,7 +13,9 @@ None of them raises on empty input: undefined values are ``NaN``.
 
 Rates come with counts ``(k, n)`` (see the ``*_counts`` helpers) so that a
 Wilson score interval can be attached; continuous statistics of the aligned
-score get a percentile bootstrap interval.  :func:`cell_metrics` bundles
+score get a percentile bootstrap interval -- a tail statistic (p05, p10, CVaR)
+only when its tail holds at least ``MIN_TAIL`` answers (see :data:`MIN_TAIL`).
+:func:`cell_metrics` bundles
 everything for one evaluation cell (model x condition x seed) into a flat
 dict; :func:`pooled_over_seeds` aggregates a metric across training seeds with
 a cluster bootstrap over seeds.
@@ -477,6 +479,16 @@ _RATE_NAMES = ("em_rate_betley", "em_rate_mo", "critical_rate", "concerning_rate
                "coherent_rate", "none_rate")
 _BOOT_NAMES = ("mean_aligned", "p05_aligned", "p10_aligned", "cvar05_aligned",
                "cvar10_aligned")
+#: the lower tail each tail statistic reads (its share of the answers)
+TAIL_SHARE = {"p05_aligned": 0.05, "p10_aligned": 0.10, "cvar05_aligned": 0.05,
+              "cvar10_aligned": 0.10}
+#: A tail statistic's bootstrap interval needs this many answers in its tail,
+#: ``ceil(share * n)`` (n >= 100 for the 5% tail, >= 50 for the 10%): below it
+#: the resamples' tail is a handful of the same answers, and with one (the
+#: minimum, n <= 20 for cvar05) a resample's minimum can never be below the
+#: sample's, so the interval's lower end sits at the estimate.  Such an
+#: interval is NaN (the point estimate stays); the report says why.
+MIN_TAIL = 5
 
 #: Exact keys of the dict returned by :func:`cell_metrics`, in order.
 CELL_METRIC_KEYS: tuple[str, ...] = tuple(
@@ -507,7 +519,9 @@ def cell_metrics(
     * ``mean_aligned``, ``p05_aligned``, ``p10_aligned``, ``cvar05_aligned``,
       ``cvar10_aligned`` -- each with ``_lo`` / ``_hi`` from a percentile
       bootstrap over the answers with an aligned score (all five share the
-      same resamples, ``np.random.default_rng(seed)``);
+      same resamples, ``np.random.default_rng(seed)``); a tail statistic's
+      ``_lo`` / ``_hi`` are NaN when its tail holds fewer than
+      :data:`MIN_TAIL` answers;
     * ``worst_question`` (``str`` id, or ``None`` if undefined),
       ``worst_question_em_rate`` with ``_lo`` / ``_hi`` (Wilson on that
       question's answers);
@@ -553,6 +567,9 @@ def cell_metrics(
         "cvar10_aligned": cvar_aligned(a, 0.10),
     }
     cis = _bootstrap_multi(a, stats, n_resamples, confidence, seed)
+    for name, share in TAIL_SHARE.items():
+        if a.size and _cvar_k(share, a.size) < MIN_TAIL:
+            cis[name] = (float("nan"), float("nan"))
     for name in _BOOT_NAMES:
         out[name] = float(point[name])
         out[f"{name}_lo"], out[f"{name}_hi"] = cis[name]

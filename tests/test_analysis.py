@@ -73,6 +73,18 @@ def test_analyze_writes_everything(tmp_path):
     assert "## Diversity levels compared" in (tmp_path / "report.md").read_text()
 
 
+def test_a_tail_without_interval_says_why(tmp_path, capsys):
+    """A cell whose 5% tail is too few answers for an interval (metrics.MIN_TAIL) has its cvar05 but no [lo, hi]:
+    the report and the terminal say why; a cell with an interval says nothing."""
+    nan = float("nan")
+    _cell(tmp_path, 0, 0, [10, 80], [90, 90], m={"cvar05_aligned_lo": nan, "cvar05_aligned_hi": nan})
+    _cell(tmp_path, 1, 0, [20, 90], [90, 90], qd="high", m={"cvar05_aligned_lo": 5.0, "cvar05_aligned_hi": 30.0})
+    assert main([str(tmp_path), "--n-resamples", "200"]) == 0
+    said = "`cvar05_aligned` and `p05_aligned` have no interval in 1 cell(s)"
+    assert said in (tmp_path / "report.md").read_text()
+    assert said.replace("`", "") in capsys.readouterr().out
+
+
 def test_plot_axes(tmp_path):
     _cell(tmp_path, 0, 0, [10, 80], [90, 90], vendi=2.0, m={"em_rate_betley": 0.5})
     _cell(tmp_path, 1, 0, [20, 90], [90, 90], qd="high", vendi=4.0, m={"em_rate_betley": 0.0})

@@ -135,3 +135,22 @@ def test_a_probe_item_in_the_training_data_is_named_at_validation(tmp_path):
     assert "eval.probe" in str(e.value)
     pipeline.validate(compose("debug=tiny", "em_dataset.source=path", f"em_dataset.path={planted}",
                               "em_dataset.n_examples=null", "eval.probe.enabled=false", tmp=tmp_path))
+
+
+def test_per_theme_keeps_every_theme_and_is_in_the_sample_key(tmp_path):
+    """eval.probe.per_theme: the first N items of each theme of the chosen splits, every theme kept; the items read
+    change the sample stage's key (the probe's numbers are of those items)."""
+    from omegaconf import OmegaConf
+
+    full = probe.load(OmegaConf.create({"path": None, "splits": ["b"]}))
+    one = probe.load(OmegaConf.create({"path": None, "splits": ["b"], "per_theme": 1}))
+    themes = list(dict.fromkeys(it["theme"] for it in full))
+    assert [it["theme"] for it in one] == themes and len(one) < len(full)
+    assert one == [next(it for it in full if it["theme"] == t) for t in themes]  # the first of each, in file order
+    two = probe.load(OmegaConf.create({"path": None, "splits": ["b"], "per_theme": 2}))
+    assert set(it["id"] for it in one) < set(it["id"] for it in two)
+
+    def sample_key(*o):
+        return next(n.key for n in pipeline.plan(compose("debug=tiny", "trait=none", *o, tmp=tmp_path))
+                    if n.id == "sample")
+    assert sample_key("eval.probe.per_theme=1") != sample_key()
