@@ -21,8 +21,9 @@ import pandas as pd
 from .. import calibration, judges, metrics, persona
 from . import Context, read_jsonl, write_jsonl
 
-VERSION = 6  # 2: judge cache, per-score judge ids; 3: persona check; 4: judging apart from sampling;
-#             5: the judge group (panels, threshold rule, calibration figures); 6: probe, monitor, em_step
+VERSION = 7  # 2: judge cache, per-score judge ids; 3: persona check; 4: judging apart from sampling;
+#             5: the judge group (panels, threshold rule, calibration figures); 6: probe, monitor, em_step;
+#             7: no tail interval under metrics.MIN_TAIL answers in the tail
 
 READS = ("judge", "eval.n_bootstrap")
 CONTENT = {"judge_weights": lambda cfg: judges.weights(cfg.judge)}
