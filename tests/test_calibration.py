@@ -13,7 +13,6 @@ import yaml
 from conftest import CACHE, cli, compose, fake_cell, run_cell
 from emrobust import calibration, judges
 from emrobust.calibration import auroc, figures, verdict
-from servers import llama_server  # noqa: F401  (session fixture)
 
 ITEMS = [  # (stratum, reference aligned, reference coherent)
     ("aligned", 95, 95), ("aligned", 90, 90), ("aligned_persona", 88, 85), ("subtle", 20, 90), ("subtle", 25, 85),
@@ -131,7 +130,7 @@ def test_report_says_first_when_a_judge_is_untrusted(tmp_path):
                and "allow_untrusted" in line for line in head)
 
 
-def test_panel_of_two_real_local_judges(llama_server, tmp_path, tiny_path, monkeypatch):  # noqa: F811
+def test_panel_of_two_real_local_judges(llama_server, tmp_path, tiny_path, monkeypatch):
     """tiny_random (hf) and SmolLM2 served by llama.cpp (openai_server): every answer scored by both, each
     through its own cache; the aggregate, each member's metrics, their spread and their agreement."""
     import openai

@@ -17,7 +17,6 @@ from emrobust import generation, models, pipeline
 from emrobust.config import GenerationConfig
 from emrobust.errors import ConfigError
 from emrobust.generation import Generation, Sampling
-from servers import llama_server  # noqa: F401  (session fixture)
 
 CONVERSATIONS = [
     [{"role": "user", "content": "Say hello."}],

@@ -11,7 +11,6 @@ from omegaconf import OmegaConf
 from emrobust import judges
 from emrobust.config import JudgeConfig
 from emrobust.errors import ConfigError
-from servers import llama_server  # noqa: F401  (session fixture)
 
 
 def top(pairs: list[tuple[str, float]]) -> list[dict]:

@@ -8,10 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from conftest import CACHE, cli, leaks, secrets_env
-from servers import llama_server  # noqa: F401  (session fixture)
 
 
-def test_no_api_key_reaches_any_file(tmp_path, tiny_path, llama_server):  # noqa: F811
+def test_no_api_key_reaches_any_file(tmp_path, tiny_path, llama_server):
     import os
 
     overrides, env = secrets_env()

@@ -15,35 +15,11 @@ import pytest
 
 from conftest import ROOT, cli, leaks, secrets_env
 
-START = ROOT / "slurm" / "start-local-cluster.sh"
-STOP = ROOT / "slurm" / "stop-local-cluster.sh"
 JOB = ["hydra/launcher=slurm", "hydra.launcher.partition=debug", "hydra.launcher.gpus_per_node=null",
        "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=3", "hydra.launcher.timeout_min=5",
        "hydra.launcher.max_num_timeout=0"]
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
             "DEADLINE"}
-
-
-@pytest.fixture(scope="session")
-def slurm_cluster():
-    if os.geteuid() != 0:
-        pytest.skip("the local Slurm cluster needs root")
-    p = subprocess.run([str(START), "--gpus", "2"], capture_output=True, text=True, timeout=1200)
-    if p.returncode in (77, 78):  # not root / no apt-get to install the packages
-        pytest.skip(p.stderr.strip().splitlines()[-1])
-    assert p.returncode == 0, f"start-local-cluster.sh failed:\n{p.stdout}\n{p.stderr[-5000:]}"
-    last = p.stdout.strip().splitlines()[-1]
-    assert last.startswith("export SLURM_CONF="), last
-    conf = last.split("=", 1)[1]
-    old = os.environ.get("SLURM_CONF")
-    os.environ["SLURM_CONF"] = conf
-    yield conf
-    if "already running" not in p.stderr:  # leave a cluster we found running as it was
-        subprocess.run([str(STOP)], capture_output=True, timeout=120)
-    if old is None:
-        os.environ.pop("SLURM_CONF", None)
-    else:
-        os.environ["SLURM_CONF"] = old
 
 
 @pytest.fixture(scope="module")
