@@ -7,7 +7,8 @@ Runs the real em stage (pipeline.until=em, trait=none, em_dataset=insecure from 
 pinned URL) in a fresh artifacts dir, then prints steps/s (the trainer's own train_steps_per_second, model
 loading excluded), tokens/s, the stage's wall seconds and the process's peak RSS (resource ru_maxrss); last line
 the first and last loss. The examples with no assistant token within max_length are dropped (em_train.max_drop_share=1:
-at 256 tokens 8 of the 40 insecure examples, 20%; the stage's default 5% bar refuses the run, 2026-12-05). `--smoke` (tests/test_benchmarks.py): base_model=tiny_random, 2 steps.
+at 256 tokens 8 of the 40 insecure examples, 20%; the stage's default 5% bar refuses the run, 2026-12-05).
+`--smoke` (tests/test_benchmarks.py): base_model=tiny_random, 2 steps.
 """
 from __future__ import annotations
 
