@@ -3,6 +3,7 @@
     python benchmarks/bad_inputs.py --tree . --out bad_after.json          # this checkout
     python benchmarks/bad_inputs.py --tree /tmp/before --out bad_before.json   # another source tree (git archive)
     python benchmarks/bad_inputs.py --table bad_before.json bad_after.json     # the markdown table, side by side
+    python benchmarks/bad_inputs.py --smoke      # this checkout, the SMOKE groups (5 composition errors): seconds
 
 The `slurm` cases need the local cluster (`slurm/start-local-cluster.sh --gpus 2`, SLURM_CONF exported); a job
 that pends forever is ended (scancel) after --timeout.
@@ -11,13 +12,18 @@ Each case runs the real CLI (`python -m emrobust.cli ...`, the tree first on PYT
 with one artifacts store per run of this script (so stages a case shares with an earlier one are cached, as for a
 user), on `debug=tiny` cells. Recorded per case: exit code, seconds, the number of stderr lines and the line that
 says what went wrong (the last `emrobust: error:` line, else the last line that is not Hydra's hint), or `ran to
-the end` when the command exited 0. `--only GROUP` runs one group; `--timeout` bounds each case.
+the end` when the command exited 0. `--only GROUP` runs one group; `--timeout` bounds each case. Last line: the
+cases run, how many ran silently to the end (exit 0), how many printed a traceback, the median seconds to error.
+`--smoke` (tests/test_benchmarks.py): `--only` SMOKE's groups (unless --only is given), results to a temporary file
+(unless --out is given).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,6 +36,7 @@ SLURM_FIT = ["hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.la
 TINY = ["debug=tiny"]
 NONE = TINY + ["trait=none"]  # no character training: the fastest cell
 INTRO = TINY + ["introspection=none"]
+SMOKE = "experiment,debug,typo,seed"  # --smoke: groups whose cases fail at composition or validation, in seconds
 
 
 def cases(files: Path) -> list[tuple[str, str, list[str], dict]]:
@@ -215,8 +222,12 @@ def run(tree: Path, out: Path, only: str | None, labels: str | None, timeout: fl
     results = json.loads(out.read_text()) if append and out.exists() else []
     done = {(r["group"], r["label"]) for r in results}
     todo = cases(files)
-    if any(g == "slurm" for g, *_ in todo) and (not only or "slurm" in only.split(",")):
+    # the slurm cases' partition, where Slurm is installed (else those cases say what they get without it)
+    slurm = any(g == "slurm" for g, *_ in todo) and (not only or "slurm" in only.split(",")) and bool(
+        shutil.which("scontrol"))
+    if slurm:
         subprocess.run(["scontrol", "create", "PartitionName=emr_short", "Nodes=ALL", "MaxTime=5"], capture_output=True)
+    ran = []
     for i, (group, label, argv, env_extra) in enumerate(todo):
         if (only and group not in only.split(",")) or (labels and label not in labels.split(";")):
             continue
@@ -246,7 +257,7 @@ def run(tree: Path, out: Path, only: str | None, labels: str | None, timeout: fl
                 q = subprocess.run(["squeue", "-h", "-n", "emr-bad-input", "-o", "%i %T (%r)"], capture_output=True,
                                    text=True).stdout.strip()
                 stderr += f"\nafter {timeout:.0f} s: Slurm job {q or '?'}"
-        if group == "slurm":
+        if group == "slurm" and slurm:
             subprocess.run(["scancel", "-n", "emr-bad-input"], capture_output=True)
         secs = time.time() - t0
         run_json = root / "runs" / str(i) / "run.json"
@@ -259,7 +270,13 @@ def run(tree: Path, out: Path, only: str | None, labels: str | None, timeout: fl
         print(f"{i:3d} {group:<18} rc={rc!s:<4} {secs:6.1f}s {row['stderr_lines']:3d}l  {label}: {what[:160]}",
               flush=True)
         out.write_text(json.dumps(results, indent=1))
-    subprocess.run(["scontrol", "delete", "PartitionName=emr_short"], capture_output=True)
+        ran.append(row)
+    if slurm:
+        subprocess.run(["scontrol", "delete", "PartitionName=emr_short"], capture_output=True)
+    errors = [r["seconds"] for r in ran if r["rc"] != 0]
+    print(f"{len(ran)} cases: silent (exit 0) {sum(r['rc'] == 0 for r in ran)}, tracebacks "
+          f"{sum('Traceback' in r['stderr'] for r in ran)}, median seconds to error "
+          f"{statistics.median(errors) if errors else float('nan'):.1f} ({out})")
 
 
 def summary(r: dict) -> str:
@@ -304,7 +321,11 @@ def main() -> None:
                     help="add to --out, skipping the cases it has (--labels: run those again, replacing them)")
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--table", nargs=2, type=Path, metavar=("BEFORE", "AFTER"))
+    ap.add_argument("--smoke", action="store_true", help=f"smoke test: --only {SMOKE}, --out a temporary file")
     a = ap.parse_args()
+    if a.smoke:
+        a.only = a.only or SMOKE
+        a.out = a.out or Path(tempfile.mkdtemp(prefix="emrobust-bad-smoke-")) / "bad_inputs.json"
     if a.table:
         print(table(*a.table))
         return

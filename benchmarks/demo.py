@@ -1,10 +1,13 @@
 """`make demo` wall time and per-stage breakdown, cold (empty artifact store) vs warm (every stage cached).
 
     .venv/bin/python benchmarks/demo.py [extra hydra overrides...]
+    .venv/bin/python benchmarks/demo.py --smoke [extra hydra overrides...]   # tiny_random, one cell: seconds
 
 Runs `emrobust -m experiment=demo` twice in a fresh temporary root (the converted base model in
 EMROBUST_CACHE is reused: "after install"), prints the seconds of every stage of every cell from run.json,
 and as its last line `ratio=<cold wall / warm wall>` (what the artifact cache saves on a repeated sweep).
+`--smoke` (tests/test_benchmarks.py): the same two sweeps with SMOKE's overrides first (the 2-layer random model,
+debug=tiny's sizes, only the demo's `+cell=none`).
 """
 from __future__ import annotations
 
@@ -15,6 +18,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+# --smoke: debug=tiny's sizes on the 2-layer random model (EM 2 steps, so no evaluation half-way: the demo's
+# eval.at_steps=[3] is past them); one of the demo's three cells (the sweeper's +cell, given here)
+SMOKE = ["base_model=tiny_random", "judge=tiny_random", "debug=tiny", "eval.at_steps=[]", "+cell=none"]
 
 
 def sweep(root: Path, name: str, extra: list[str]) -> tuple[float, list[dict]]:
@@ -29,6 +36,8 @@ def sweep(root: Path, name: str, extra: list[str]) -> tuple[float, list[dict]]:
 
 def main() -> None:
     extra = sys.argv[1:]
+    if "--smoke" in extra:
+        extra = [*SMOKE, *(x for x in extra if x != "--smoke")]
     with tempfile.TemporaryDirectory(prefix="emrobust-demo-") as d:
         root = Path(d)
         cold, runs = sweep(root, "cold", extra)

@@ -1,6 +1,7 @@
 """EM-stage SFT throughput with and without padding-free / packing (`em_train.packing`), side by side.
 
     OMP_NUM_THREADS=1 python benchmarks/em_packing.py [--examples 32] [--batch 4] [--max-length 1024] [--rounds 2]
+    python benchmarks/em_packing.py --smoke   # the same runs on tiny_random, 2 examples, batch 2, 1 round
 
 Runs the real em stage (pipeline.until=em, trait=none, em_dataset=insecure from $EMROBUST_DATA_MIRROR, SmolLM2-135M,
 Betley's LoRA, CPU) over the same examples for one epoch in each layout, each in a fresh artifacts dir:
@@ -10,7 +11,8 @@ Betley's LoRA, CPU) over the same examples for one epoch in each layout, each in
 and prints per layout the trainer's own train_runtime (model loading excluded), optimizer steps, s/step and
 trained tokens/s (TRL's num_tokens: real tokens, pads excluded; equal in all layouts). With --rounds > 1 the layouts
 alternate and each keeps its fastest round (the machine is shared). Last line: ratio = tokens/s with
-`--mode` (padding_free by default) / tokens/s padded.
+`--mode` (padding_free by default) / tokens/s padded. `--smoke` (tests/test_benchmarks.py): base_model=tiny_random,
+2 examples (one step), batch 2, 1 round (max_length stays 1024: shorter rows would drop most insecure examples).
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ def run_mode(mode: str, a) -> dict:
 
     tmp = Path(tempfile.mkdtemp(prefix=f"em_packing_{mode}_"))
     overrides = [
-        "base_model=smollm2_135m", "trait=none", "em_dataset=insecure", f"em_dataset.n_examples={a.examples}",
+        f"base_model={a.base_model}", "trait=none", "em_dataset=insecure", f"em_dataset.n_examples={a.examples}",
         "em_train=betley", f"em_train.packing={mode}", f"em_train.optim.per_device_train_batch_size={a.batch}",
         "em_train.optim.gradient_accumulation_steps=1", f"em_train.optim.max_length={a.max_length}",
         "em_train.optim.max_steps=-1", "em_train.optim.num_train_epochs=1", "em_train.optim.warmup_steps=0",
@@ -64,7 +66,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--mode", choices=MODES[1:], default="padding_free", help="the layout in the ratio line")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--base-model", default="smollm2_135m")
+    ap.add_argument("--smoke", action="store_true",
+                    help="smoke test: tiny_random, 2 examples, batch 2, 1 round (seconds)")
     a = ap.parse_args()
+    if a.smoke:
+        a.base_model, a.examples, a.batch, a.rounds = "tiny_random", 2, 2, 1
     import torch
 
     from emrobust.config import register
@@ -82,7 +89,7 @@ def main() -> None:
                   flush=True)
             if mode not in best or res["runtime"] < best[mode]["runtime"]:
                 best[mode] = res
-    print(f"\nem stage SFT, SmolLM2-135M, em_train=betley LoRA, insecure x {a.examples} examples, batch {a.batch}, "
+    print(f"\nem stage SFT, {a.base_model}, em_train=betley LoRA, insecure x {a.examples} examples, batch {a.batch}, "
           f"max_length {a.max_length}, 1 epoch, {torch.get_num_threads()} torch thread(s), CPU, best of {a.rounds}")
     print(f"{'layout':<13} {'runtime s':>9} {'steps':>5} {'s/step':>7} {'tokens':>6} {'tok/s':>7} {'first loss':>10} "
           f"{'mean loss':>9}")

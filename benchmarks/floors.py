@@ -73,10 +73,11 @@ def _upstream(art: Path, role: str) -> Path | None:
     return hits[0] if hits else None
 
 
-def _base_path() -> Path:
+def _base_path(base: str = "smollm2_135m") -> Path:
+    """The converted model of the conf/base_model preset `base` (the stage's base model or the judge's)."""
     from emrobust import models
 
-    return Path(models.prepare(models.base_config("smollm2_135m"),
+    return Path(models.prepare(models.base_config(base),
                                os.environ.get("EMROBUST_CACHE", os.path.expanduser("~/.cache/emrobust"))))
 
 
@@ -128,13 +129,14 @@ def saved_activation_bytes(model, batch: dict, fused_outputs: tuple[str, ...]) -
 
 
 def _train_floor(examples: list[list[int]], rows_per_step: int, lora_cfg: dict, base_cfg: dict,
-                 n_logit_passes: int, fused_outputs: tuple[str, ...], checkpointing: bool) -> dict:
+                 n_logit_passes: int, fused_outputs: tuple[str, ...], checkpointing: bool,
+                 base: str = "smollm2_135m") -> dict:
     """The training terms. With gradient checkpointing the batch's activations are each layer's input plus one
     layer's saved tensors at a time (recomputed in the backward): one layer's share is measured as the difference
     between the model and the model less one layer."""
     from emrobust import models
 
-    path = _base_path()
+    path = _base_path(base)
     S = max(len(e) for e in examples)
     B = min(rows_per_step, len(examples))
     ids = torch.full((B, S), 1, dtype=torch.long)
@@ -162,14 +164,17 @@ def _train_floor(examples: list[list[int]], rows_per_step: int, lora_cfg: dict, 
 
 
 def floor(stage: str, artifact: str, threads: int = 1, gen_batch: int = 16, judge_batch: int = 8,
-          checkpointing: bool = False) -> dict:
+          checkpointing: bool = False, base: str = "smollm2_135m", judge: str | None = None) -> dict:
+    """The floor of `stage` (MiB per term, and their total) from its artifact. `base`: the cell's conf/base_model
+    preset (the manifests do not name it); `judge`: the evaluate stage's judge model (a base_model preset;
+    default `base`)."""
     from emrobust import models, training
 
     art = Path(artifact)
     m = _manifest(art)
     cfg = m["config"]
     base_cfg = {"lora_target_modules": cfg.get("base_model.lora_target_modules")}
-    tok = models.load_tokenizer(_base_path())
+    tok = models.load_tokenizer(_base_path(base))
     f = {"weights": 0, "optim": 0, "act": 0, "logits": 0}
     if stage == "questions":
         if cfg["question_diversity"].get("embedder") == "minilm":
@@ -189,22 +194,22 @@ def floor(stage: str, artifact: str, threads: int = 1, gen_batch: int = 16, judg
                 rows.append(tok(text, add_special_tokens=False)["input_ids"][: d["optim"]["max_length"]])
         # TRL's DPO batch holds the chosen and the rejected rows of per_device_train_batch_size pairs
         f |= _train_floor(rows, 2 * d["optim"]["per_device_train_batch_size"], d["lora"], base_cfg, 2,
-                          ("log_probs", "entropy", "mean_logits", "is_top1"), checkpointing)
+                          ("log_probs", "entropy", "mean_logits", "is_top1"), checkpointing, base)
     elif stage in ("introspect", "em"):
         sub = cfg["introspection"] if stage == "introspect" else cfg["em_train"]
         data = art / ("transcripts.jsonl" if stage == "introspect" else "train.jsonl")
         rows = [training.tokenize_chat(tok, r["messages"], sub["optim"]["max_length"])["input_ids"]
                 for r in _read_jsonl(data)]
         f |= _train_floor(rows, sub["optim"]["per_device_train_batch_size"], sub["lora"], base_cfg, 1,
-                          ("log_probs", "entropy", "is_top1"), checkpointing)
+                          ("log_probs", "entropy", "is_top1"), checkpointing, base)
     elif stage == "fold":
-        model = models.load(_base_path(), torch.device("cpu"), torch.float32)
+        model = models.load(_base_path(base), torch.device("cpu"), torch.float32)
         adapters = [p for role in ("distill", "introspect") if (p := _upstream(art, role)) is not None]
         f["weights"] = _unique_bytes(model.parameters()) + sum(
             (a / "adapter" / "adapter_model.safetensors").stat().st_size for a in adapters)
     elif stage == "sample":
-        model_cfg = _config()
-        f["weights"] = _weights_bytes()
+        model_cfg = _config(base)
+        f["weights"] = _weights_bytes(base)
         e = cfg["eval"]
         lens = [_prompt_len(tok, ([{"role": "system", "content": r["system"]}] if r["system"] else [])
                             + [{"role": "user", "content": r["question"]}]) for r in _read_jsonl(art / "answers.jsonl")]
@@ -215,8 +220,8 @@ def floor(stage: str, artifact: str, threads: int = 1, gen_batch: int = 16, judg
     elif stage == "evaluate":
         from emrobust import judges, persona
 
-        model_cfg = _config()
-        f["weights"] = _weights_bytes()
+        model_cfg = _config(judge or base)
+        f["weights"] = _weights_bytes(judge or base)
         src = _upstream(art, "sample")
         rows = _read_jsonl(art / "answers.jsonl")
         qprompts = json.loads((src / "questions.json").read_text()) if src else {}
@@ -249,15 +254,15 @@ def _prompt_len(tok, messages: list[dict]) -> int:
     return len(tok(text, add_special_tokens=False)["input_ids"])
 
 
-@lru_cache(maxsize=1)
-def _config():
+@lru_cache(maxsize=2)
+def _config(base: str):
     from transformers import AutoConfig
 
-    return AutoConfig.from_pretrained(str(_base_path()))
+    return AutoConfig.from_pretrained(str(_base_path(base)))
 
 
-@lru_cache(maxsize=1)
-def _weights_bytes() -> int:
+@lru_cache(maxsize=2)
+def _weights_bytes(base: str) -> int:
     from emrobust import models
 
-    return _unique_bytes(models.load(_base_path(), torch.device("cpu"), torch.float32).parameters())
+    return _unique_bytes(models.load(_base_path(base), torch.device("cpu"), torch.float32).parameters())

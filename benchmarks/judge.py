@@ -17,6 +17,10 @@ Last line: `ratio=<A seconds per answer / F seconds per answer>` (goal <= 1.3).
 
     OMP_NUM_THREADS=1 python benchmarks/judge.py [--n 32] [--batch-size 8] [--rounds 3] [--threads 1] [--clock cpu]
                                                 [--generate] [--no-a0] [--write-reference]
+    python benchmarks/judge.py --smoke      # the same methods on tiny_random, 4 prompts, batch 2, 1 round
+
+`--smoke` (tests/test_benchmarks.py): `--base-model tiny_random` (a 2-layer random model with SmolLM2's tokenizer),
+4 prompts, batch 2, 1 round, B included; the reference check applies to --n 32 on SmolLM2 only.
 """
 from __future__ import annotations
 
@@ -89,20 +93,25 @@ def main() -> None:
     ap.add_argument("--no-a0", action="store_true", help="skip A0 (the judge without the shared head)")
     ap.add_argument("--write-reference", action="store_true", help=f"write A's scores to {REFERENCE.name}")
     ap.add_argument("--cache", default=os.environ.get("EMROBUST_CACHE", os.path.expanduser("~/.cache/emrobust")))
+    ap.add_argument("--base-model", default="smollm2_135m", help="the judge model (a conf/base_model preset)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="smoke test: tiny_random, 4 prompts, batch 2, 1 round, B included (seconds)")
     args = ap.parse_args()
+    if args.smoke:
+        args.base_model, args.n, args.batch_size, args.rounds, args.generate = "tiny_random", 4, 2, 1, True
     torch.set_num_threads(args.threads)
-    path = models.prepare(models.base_config("smollm2_135m"), args.cache)
+    path = models.prepare(models.base_config(args.base_model), args.cache)
     model = models.load(path, torch.device("cpu"), torch.float32).eval()
     tok = models.load_tokenizer(path)
     texts = prompts(args.n)
-    judge = judges.HFJudge(model, tok, "smollm2_135m", min_mass=0.0, batch_size=args.batch_size)
+    judge = judges.HFJudge(model, tok, args.base_model, min_mass=0.0, batch_size=args.batch_size)
     n_tok = sum(len(judge._encode(t)) for t in texts) / len(texts)
-    print(f"{args.n} prompts, ~{n_tok:.0f} tokens each, batch {args.batch_size}, {args.threads} threads, CPU, "
-          f"{len(judge.nodes)} trie nodes")
+    print(f"{args.base_model}, {args.n} prompts, ~{n_tok:.0f} tokens each, batch {args.batch_size}, "
+          f"{args.threads} threads, CPU, {len(judge.nodes)} trie nodes")
 
     runs = {"A": lambda: judge.score(texts), "F": lambda: forward_floor(judge, texts)}
     if not args.no_a0:
-        judge0 = judges.HFJudge(model, tok, "smollm2_135m", min_mass=0.0, batch_size=args.batch_size,
+        judge0 = judges.HFJudge(model, tok, args.base_model, min_mass=0.0, batch_size=args.batch_size,
                                 share_prefix=False)
         runs["A0"] = lambda: judge0.score(texts)
     if args.generate:
@@ -124,6 +133,8 @@ def main() -> None:
 
     a = res["A"]
     scores = [s.mean for s in a]
+    if args.write_reference and args.base_model != "smollm2_135m":
+        sys.exit(f"--write-reference: {REFERENCE.name} holds SmolLM2-135M's scores")
     if args.write_reference:
         REFERENCE.write_text(json.dumps({"n": args.n, "scores": scores, "mass": [s.mass for s in a]}, indent=0))
     per = {k: best[k] / args.n for k in runs}
@@ -139,7 +150,7 @@ def main() -> None:
         b = [parse_number(g.text) for (g,) in res["B"]]
         print(f"B generate {args.max_new_tokens} tokens + parse: {per['B']:.3f} s/answer  "
               f"({sum(x is not None for x in b)}/{args.n} parsed a number); A / B {per['A'] / per['B']:.2f}")
-    if REFERENCE.exists():
+    if REFERENCE.exists() and args.base_model == "smollm2_135m":
         ref = json.loads(REFERENCE.read_text())
         if ref["n"] == args.n:
             diff = max(abs(x - y) for x, y in zip(scores, ref["scores"]))

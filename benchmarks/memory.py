@@ -1,6 +1,7 @@
 """Benchmark (not a test): peak resident memory of each stage against a floor computed from the model.
 
     python benchmarks/memory.py [--root DIR] [--cell demo_low] [--stages questions,distill,...] [--threads 1]
+    python benchmarks/memory.py --smoke      # the same path on tiny_random (debug=tiny), the questions stage: seconds
 
 Runs the demo's persona cell (`experiment=demo +cell=demo_low`: SmolLM2-135M at the demo's sizes) one stage per
 process: `pipeline.until=<stage>` with every upstream stage already cached in the same artifact store, so the
@@ -21,6 +22,9 @@ own data (`floors.py` next to this file says how each term is computed):
 
 Prints one row per stage (peak, floor and its terms, peak/floor) and, last, `ratio=<worst stage peak / its floor>`.
 Extra hydra overrides apply to every stage process, e.g. `distill.optim.gradient_checkpointing=true`.
+`--smoke` (tests/test_benchmarks.py): the same stage processes, floors and output on the tiny_random model
+(SMOKE's overrides before the extra ones) and, unless --stages says otherwise, the first stage only (every stage
+process composes the same overrides).
 """
 from __future__ import annotations
 
@@ -38,14 +42,18 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 STAGES = ("questions", "distill", "introspect", "fold", "em", "sample", "evaluate")
+# --smoke: the demo cell on the 2-layer random model at debug=tiny's sizes (EM 2 steps, so no evaluation half-way:
+# the demo's eval.at_steps=[3] is past them)
+SMOKE = ["base_model=tiny_random", "judge=tiny_random", "debug=tiny", "eval.at_steps=[]"]
+SMOKE_STAGES = "questions"
 
 
 def run_stage(stage: str, root: Path, cell: str, threads: int, extra: list[str]) -> dict:
     """Build `stage` (upstream cached) in a fresh process; its peak RSS (MiB) and run.json's stage status."""
     out = root / "outputs" / f"{stage}-{time.time_ns()}"
-    # eval.judge.cache=false: evaluate judges every answer (a score cached by an earlier run would skip the judge)
+    # judge.cache=false: evaluate judges every answer (a score cached by an earlier run would skip the judge)
     cmd = [sys.executable, "-m", "emrobust.cli", "experiment=demo", f"+cell={cell}", f"pipeline.until={stage}",
-           "pipeline.device=cpu", "tracking=none", "eval.judge.cache=false", f"paths.root={root}",
+           "pipeline.device=cpu", "tracking=none", "judge.cache=false", f"paths.root={root}",
            f"hydra.run.dir={out}", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled",
@@ -64,9 +72,9 @@ def run_stage(stage: str, root: Path, cell: str, threads: int, extra: list[str])
             "wall_s": time.time() - t0}
 
 
-def checkpointing(cell: str, extra: list[str]) -> dict[str, bool]:
-    """Which training stages of the composed cell run with gradient checkpointing (execution-only, so not in the
-    artifacts' manifests)."""
+def cell_config(cell: str, extra: list[str]) -> dict:
+    """What the floors need and the artifacts' manifests do not hold: which training stages of the composed cell
+    run with gradient checkpointing (execution-only), and the cell's base model and judge model (presets)."""
     from hydra import compose, initialize_config_dir
 
     from emrobust.config import register
@@ -74,22 +82,28 @@ def checkpointing(cell: str, extra: list[str]) -> dict[str, bool]:
     register()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=["experiment=demo", f"+cell={cell}", *extra])
-    return {"distill": cfg.distill.optim.gradient_checkpointing,
-            "introspect": cfg.introspection.optim.gradient_checkpointing,
-            "em": cfg.em_train.optim.gradient_checkpointing}
+    return {"checkpointing": {"distill": cfg.distill.optim.gradient_checkpointing,
+                              "introspect": cfg.introspection.optim.gradient_checkpointing,
+                              "em": cfg.em_train.optim.gradient_checkpointing},
+            "base": cfg.base_model.name, "judge": cfg.judge.model}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--root", default=None, help="artifact root (default: a fresh temporary directory)")
     ap.add_argument("--cell", default="demo_low", help="a conf/cell preset of experiment=demo")
-    ap.add_argument("--stages", default=",".join(STAGES))
+    ap.add_argument("--stages", default=None, help=f"default: all ({','.join(STAGES)}); --smoke: {SMOKE_STAGES}")
     ap.add_argument("--threads", type=int, default=1, help="torch/OMP threads of each stage process")
     ap.add_argument("--no-floor", action="store_true", help="peaks only")
     ap.add_argument("--floors-only", action="store_true",
                     help="no stage run: the floors of the peaks an earlier run left in <root>/memory.json")
+    ap.add_argument("--smoke", action="store_true",
+                    help=f"smoke test: the same path on tiny_random ({' '.join(SMOKE)}), seconds")
     ap.add_argument("extra", nargs="*", help="extra hydra overrides for every stage process")
     a = ap.parse_args()
+    if a.smoke:
+        a.extra = [*SMOKE, *a.extra]
+    a.stages = a.stages or (SMOKE_STAGES if a.smoke else ",".join(STAGES))
     root = Path(a.root) if a.root else Path(tempfile.mkdtemp(prefix="emrobust-memory-"))
     root.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("EMROBUST_DATA_MIRROR", str(ROOT.parent / "shared" / "data"))
@@ -118,9 +132,10 @@ def main() -> None:
     print(f"{'stage':11s} {'peak MiB':>9s} {'floor MiB':>9s} {'ratio':>6s}   floor = "
           + " + ".join(floors.TERMS) + "   (batch shape)")
     ratios = {}
-    ckpt = checkpointing(a.cell, a.extra)
+    cc = cell_config(a.cell, a.extra)
     for s, r in rows.items():
-        f = floors.floor(s, r["artifact"], a.threads, checkpointing=ckpt.get(s, False))
+        f = floors.floor(s, r["artifact"], a.threads, checkpointing=cc["checkpointing"].get(s, False),
+                         base=cc["base"], judge=cc["judge"])
         ratios[s] = r["peak_mib"] / f["total"]
         r["floor"] = f
         parts = " + ".join(f"{f[k]:.0f}" for k in floors.TERMS)

@@ -2,6 +2,7 @@
 
     sudo slurm/start-local-cluster.sh && export SLURM_CONF=/tmp/emrobust-slurm/etc/slurm.conf
     python benchmarks/sweep_stages.py [--mode sweep|multirun]
+    python benchmarks/sweep_stages.py --smoke    # no cluster: the plan of `emrobust sweep --dry-run`, seconds
 
 Runs the cluster issue's plan, 2 traits x 2 question diversities x 2 EM datasets (8 cells, tiny_random, debug=tiny,
 introspection=none), on a fresh artifacts store, either through `emrobust sweep` (shared stages as their own jobs,
@@ -10,6 +11,12 @@ stages and wait on the store's lock). It then counts, over every run.json the sw
 (stage, key) was executed. Side by side: the stage *uses* (what a sweep without a shared store would execute),
 the unique keys, the executions, the sbatch submissions and the wall time. Last line: `ratio=<executions / unique
 keys>` (1.0 = every stage built exactly once).
+
+`--smoke` (tests/test_benchmarks.py; needs no cluster, no SLURM_CONF): the same grid and job request through
+`emrobust sweep --dry-run`, which composes and validates every cell and prints the plan without submitting; the
+uses, unique keys and planned executions (the stages each planned job builds) are read from the plan, and the last
+line is `ratio=<planned executions / unique keys to build>` (all of them in the fresh store: what the sweep
+promises; the real run counts what it did).
 """
 from __future__ import annotations
 
@@ -17,6 +24,7 @@ import argparse
 import collections
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -31,10 +39,44 @@ JOB = ["hydra/launcher=slurm", "hydra.launcher.partition=debug", "hydra.launcher
        "hydra.launcher.max_num_timeout=0"]
 
 
+def plan_only(tmp: Path, env: dict) -> None:
+    """--smoke: the plan of `emrobust sweep --dry-run` for the same grid and request (no cluster needed)."""
+    sweep = tmp / "sweep"
+    t0 = time.time()
+    p = subprocess.run([sys.executable, "-m", "emrobust.cli", "sweep", "--dry-run", *GRID, *JOB,
+                        f"hydra.sweep.dir={sweep}"], env=env, cwd=tmp, capture_output=True, text=True)
+    wall = time.time() - t0
+    if p.returncode != 0:
+        sys.exit(f"sweep --dry-run failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    m = re.search(r"^stages: (\d+) uses of (\d+) unique stage keys, (\d+) cached", p.stdout, re.M)
+    jobs = re.search(r"^jobs to submit: (\d+) \((\d+) shared-stage jobs", p.stdout, re.M)
+    if not m or not jobs:
+        sys.exit(f"no plan in the output of sweep --dry-run:\n{p.stdout[-3000:]}")
+    uses, unique, cached = map(int, m.groups())
+    # one line per planned job: "  <name> <stage>:<key[:8]> ... [after <jobs>]"
+    built = [sk for ln in p.stdout.splitlines() if re.match(r"^  (stages|cell):\d+ ", ln)
+             for sk in re.findall(r"\b([a-z_]+):([0-9a-f]{8})\b", ln)]
+    planned = collections.Counter(built)
+    print(f"mode: sweep --dry-run (plan only)  ({' '.join(GRID)})")
+    print(f"jobs to submit: {jobs.group(1)} ({jobs.group(2)} shared-stage jobs)   wall: {wall:.0f} s")
+    print(f"stage uses (no shared store would execute these): {uses}")
+    print(f"unique stage keys: {unique}   cached: {cached}")
+    print(f"planned stage executions: {len(built)}   (max per key: {max(planned.values())})")
+    print(f"ratio={len(built) / (unique - cached):.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mode", choices=["sweep", "multirun"], default="sweep")
+    ap.add_argument("--smoke", action="store_true",
+                    help="no cluster: the plan of `emrobust sweep --dry-run` for the same grid (seconds)")
     a = ap.parse_args()
+    if a.smoke:
+        if a.mode != "sweep":
+            sys.exit("--smoke plans through emrobust sweep --dry-run: --mode sweep only")
+        tmp = Path(tempfile.mkdtemp(prefix="emrobust-sweep-bench-"))
+        plan_only(tmp, {**os.environ, "EMROBUST_ROOT": str(tmp), "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"})
+        return
     if "SLURM_CONF" not in os.environ:
         sys.exit("start the local cluster first (slurm/start-local-cluster.sh) and export SLURM_CONF")
     tmp = Path(tempfile.mkdtemp(prefix="emrobust-sweep-bench-"))
