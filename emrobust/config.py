@@ -161,7 +161,7 @@ class Defense(StrEnum):
     kl = "kl"  # KL(start model || trained model) on the EM batches' assistant tokens, weighted, added to the loss
     inoculation = "inoculation"  # a system prompt on every EM training example, never at evaluation
     interleave = "interleave"  # benign chat examples mixed into the EM training set
-    early_stop = "early_stop"  # stop EM training when the probe on one split of its items crosses a threshold
+    early_stop = "early_stop"  # stop EM training when a judge-free measure (the probe, a direction) rises by a threshold
     steer = "steer"  # add a persona direction to the residual stream while training (preventative steering)
 
 
@@ -544,11 +544,20 @@ class InterleaveDefenseConfig:
 
 @dataclass
 class EarlyStopDefenseConfig:
-    # every N optimizer steps, the probe (eval.probe.path) on the items of `split`; training stops at the first
-    # check where probe_logp_diff has risen by `rise` (nats per token) over the starting model's
+    # every N optimizer steps, `measure` on the probe items (eval.probe.path) of `split`; training stops at the first
+    # check where it has risen by `rise` (in the measure's units) over the starting model's:
+    # - `probe`: probe_logp_diff, the misaligned minus the aligned answers' log-probability (nats per token);
+    # - `direction_<trait>`: the mean projection of the items' questions on that persona direction of the
+    #   `directions` stage (the monitor's `direction_<trait>`, eval.monitor.enabled; the trait is the cell's or one of
+    #   eval.monitor.traits), in the monitor's units.
+    # A measure whose control failed on the cell's base model (emrobust/controls.py) is refused unless
+    # allow_failed_control; one never validated on it runs, and the em manifest and the report say so.
+    measure: str = "probe"
     every: int = 2
     rise: float = 0.05
     split: str = "a"  # the probe's reported splits (eval.probe.splits) must leave it out
+    allow_failed_control: bool = setting(False, execution="a gate on which cells may run (stopping on a measure "
+                                                          "whose control failed), not what any of them builds")
 
 
 @dataclass
