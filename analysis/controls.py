@@ -1,65 +1,11 @@
-"""What the judge-free measures have been shown to detect, per base model: read before any of their numbers.
-
-A measure is read as evidence of misalignment only on a base model where it passed its controls
-(`experiment=probe_control`): it moved for a model known to have changed (positive control: character training
-with OCT's own `misalignment` persona) and did not for one known not to have (negative control: OCT's `goodness`
-persona). Elsewhere it is "not validated": its numbers are printed with that said, never silently.
-
-One row per (measure, base model) measured: the outcome, the two controls' figures as measured, when and how.
-Add a row when the control is run on another base model (keep the command and figures precise enough to rerun).
-"""
+"""The report's lines on the judge-free measures: each measure's control outcome on its base model, said before
+any of its numbers. The table of outcomes is emrobust/controls.py (validation reads it too: `defense=early_stop`
+refuses to stop on a measure whose control failed)."""
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import pandas as pd
 
-COMMAND = "emrobust -m experiment=probe_control && emrobust analyze <sweep dir>"
-POSITIVE, NEGATIVE = "oct_misalignment", "oct_goodness"  # the two personas of experiment=probe_control
-
-
-@dataclass(frozen=True)
-class Control:
-    measure: str  # a contrasts.csv measure: probe_logp_diff, direction_<trait>
-    base_model: str  # a conf/base_model option
-    passed: bool
-    positive: str  # oct_misalignment - base, as measured
-    negative: str  # oct_goodness - base, and oct_misalignment - oct_goodness
-    meaning: str  # how to read the measure's numbers on this base model
-    measured: str  # date, where
-
-
-CONTROLS = (
-    Control("probe_logp_diff", "smollm2_135m", False,
-            "+0.073 [+0.045, +0.101] nats/token over 108 items",
-            "+0.065 [+0.039, +0.089]: oct_goodness moved it as much; oct_misalignment - oct_goodness +0.008 "
-            "[-0.016, +0.033]",
-            "Any character training moved it towards the misaligned answers; it tracks fine-tuning, not misalignment",
-            "2026-11-30, 2-core CPU, 200 DPO pairs of 128 tokens, 2 epochs"),
-    Control("direction_oct_misalignment", "smollm2_135m", True,
-            "+2.27 [+2.13, +2.43] over 54 held-out prompts",
-            "-1.25 [-1.44, -1.07]: oct_goodness projects below the base model; oct_misalignment - oct_goodness "
-            "+3.52 [+3.35, +3.71]",
-            "It separates the misaligned persona from the base model and from the good one",
-            "2026-11-30, 2-core CPU, 200 DPO pairs of 128 tokens, 2 epochs"),
-)
-
-
-def find(measure: str, base_model: str) -> Control | None:
-    return next((c for c in CONTROLS if c.measure == measure and c.base_model == base_model), None)
-
-
-def status(measure: str, base_model: str) -> str:
-    """`passed`, `FAILED` or `not validated`: the tag each of the measure's numbers carries on that base model."""
-    c = find(measure, str(base_model))
-    return "not validated" if c is None else ("passed" if c.passed else "FAILED")
-
-
-def tag(measure: str, base_model: str) -> str:
-    """The few words after a number of the measure: its control on this base model."""
-    s = status(measure, base_model)
-    return {"passed": "control passed", "FAILED": "control FAILED: not evidence of misalignment"}.get(
-        s, "control not run on this model: not yet evidence")
+from emrobust.controls import COMMAND, CONTROLS, NEGATIVE, POSITIVE, Control, find, status, tag  # noqa: F401
 
 
 def headline(df: pd.DataFrame, contrasts: pd.DataFrame | None = None) -> list[str]:
@@ -84,4 +30,27 @@ def headline(df: pd.DataFrame, contrasts: pd.DataFrame | None = None) -> list[st
         else:
             lines.append(f"Judge-free `{measure}` on `{bm}`: passed its controls ({c.measured}): oct_misalignment - "
                          f"base {c.positive}; oct_goodness - base {c.negative}: {c.meaning}.\n")
-    return lines
+    return lines + early_stop_lines(df)
+
+
+def early_stop_lines(df: pd.DataFrame) -> list[str]:
+    """One line per (measure, base model) that `defense=early_stop` cells stopped on: the measure's control there
+    (emrobust/controls.py), so a cell that stopped on a measure not validated, or one whose control failed (allowed
+    by defense.early_stop.allow_failed_control), says so before its numbers."""
+    if "early_stop_measure" not in df or "base_model" not in df:
+        return []
+    out = []
+    rows = df.dropna(subset=["early_stop_measure"])
+    for (m, bm), g in sorted(rows.groupby(["early_stop_measure", "base_model"]), key=lambda x: x[0]):
+        measure, n = ("probe_logp_diff" if m == "probe" else str(m)), len(g)
+        s = status(measure, str(bm))
+        if s == "not validated":
+            out.append(f"**Early stopping on `{m}` on `{bm}`: not validated** ({n} cell(s); no control run on this "
+                       f"base model: `{COMMAND}`): where it stopped is not yet evidence of misalignment.\n")
+        elif s == "FAILED":
+            out.append(f"**Early stopping on `{m}` on `{bm}`: its control FAILED** ({n} cell(s), allowed by "
+                       "defense.early_stop.allow_failed_control): it stopped on a measure that is not evidence of "
+                       "misalignment there.\n")
+        else:
+            out.append(f"Early stopping on `{m}` on `{bm}`: its measure passed its controls ({n} cell(s)).\n")
+    return out

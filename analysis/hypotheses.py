@@ -153,7 +153,12 @@ HYPOTHESES: dict[str, Hypothesis] = {h.name: h for h in [
     Hypothesis("introspection_ablation", "introspection as the identity anchor",
                "Does OCT's second stage (self-reflection, self-interaction) carry the protection, beyond DPO alone? "
                "(each mode against none; full against each part; every arm against no persona; persona_trait_score: "
-               "how much of the persona is left after EM)", introspection_arms, (*EM, "persona_trait_score")),
+               "how much of the persona is left after EM)", introspection_arms, (*EM, "persona_trait_score"),
+               note="What an introspection arm adds to DPO alone is what the fold adds: by default OCT's merge "
+                    "(fold.combination=peft_linear), the SFT update at fold.introspection_weight 0.25 plus PEFT's "
+                    "cross terms sqrt(w s_dpo w s_sft)(B_dpo A_sft + B_sft A_dpo), not the SFT update as trained; "
+                    "each cell's fold manifest records its combination and weights (fold.combination=exact reads "
+                    "introspection's own update cleanly)."),
     Hypothesis("persona_consistency", "a consistent persona against an assembled one",
                "Does a psychologically consistent constitution protect more than one assembled from traits of several "
                "that do not belong together, at equal questions and pairs? (the mixture against each consistent "

@@ -161,8 +161,13 @@ class Defense(StrEnum):
     kl = "kl"  # KL(start model || trained model) on the EM batches' assistant tokens, weighted, added to the loss
     inoculation = "inoculation"  # a system prompt on every EM training example, never at evaluation
     interleave = "interleave"  # benign chat examples mixed into the EM training set
-    early_stop = "early_stop"  # stop EM training when the probe on one split of its items crosses a threshold
+    early_stop = "early_stop"  # stop EM training when a judge-free measure (the probe, a direction) rises by a threshold
     steer = "steer"  # add a persona direction to the residual stream while training (preventative steering)
+
+
+class Combination(StrEnum):
+    peft_linear = "peft_linear"  # OCT's merge: PEFT add_weighted_adapter(combination_type="linear"), cross terms
+    exact = "exact"  # the weighted sum of the two updates, w_dpo dW_dpo + w_sft dW_sft
 
 
 class Control(StrEnum):
@@ -411,6 +416,19 @@ class DistillConfig:
     optim: OptimConfig = setting(factory=OptimConfig)
 
 
+@dataclass
+class FoldConfig:
+    """How the fold stage combines the DPO and the introspection (SFT) adapters into the persona (keyed only when
+    the cell introspects: `introspection=none` folds the DPO adapter alone, at weight 1). The default is OCT's
+    released personas (tools/merge_loras.py): PEFT's `add_weighted_adapter(["dpo", "sft"], [1.0, 0.25],
+    combination_type="linear")`, which scales each A and B by sqrt(weight * scaling) and sums them, so its update is
+    w_dpo dW_dpo + w_sft dW_sft plus the cross terms sqrt(w_dpo s_dpo w_sft s_sft) (B_dpo A_sft + B_sft A_dpo);
+    `exact` is the weighted sum without them."""
+    combination: Combination = Combination.peft_linear
+    dpo_weight: float = setting(1.0, ge=0, le=2)
+    introspection_weight: float = setting(0.25, ge=0, le=2)
+
+
 def _reflects(i) -> bool:
     return bool(i.reflection)
 
@@ -526,11 +544,20 @@ class InterleaveDefenseConfig:
 
 @dataclass
 class EarlyStopDefenseConfig:
-    # every N optimizer steps, the probe (eval.probe.path) on the items of `split`; training stops at the first
-    # check where probe_logp_diff has risen by `rise` (nats per token) over the starting model's
+    # every N optimizer steps, `measure` on the probe items (eval.probe.path) of `split`; training stops at the first
+    # check where it has risen by `rise` (in the measure's units) over the starting model's:
+    # - `probe`: probe_logp_diff, the misaligned minus the aligned answers' log-probability (nats per token);
+    # - `direction_<trait>`: the mean projection of the items' questions on that persona direction of the
+    #   `directions` stage (the monitor's `direction_<trait>`, eval.monitor.enabled; the trait is the cell's or one of
+    #   eval.monitor.traits), in the monitor's units.
+    # A measure whose control failed on the cell's base model (emrobust/controls.py) is refused unless
+    # allow_failed_control; one never validated on it runs, and the em manifest and the report say so.
+    measure: str = "probe"
     every: int = 2
     rise: float = 0.05
     split: str = "a"  # the probe's reported splits (eval.probe.splits) must leave it out
+    allow_failed_control: bool = setting(False, execution="a gate on which cells may run (stopping on a measure "
+                                                          "whose control failed), not what any of them builds")
 
 
 @dataclass
@@ -792,6 +819,7 @@ class Config:
     question_diversity: QuestionDiversityConfig = MISSING
     distill: DistillConfig = field(default_factory=DistillConfig)
     introspection: IntrospectionConfig = MISSING
+    fold: FoldConfig = field(default_factory=FoldConfig)
     em_dataset: EmDatasetConfig = MISSING
     em_train: EmTrainConfig = MISSING
     em_control: EmControlConfig = field(default_factory=EmControlConfig)
@@ -853,7 +881,31 @@ def _steps(c, steps: list[int]) -> str | None:
     return None
 
 
+def introspects(c) -> bool:
+    """Does the cell fold an introspection adapter (a persona with introspection other than none)?"""
+    return c.trait.name != "none" and bool(c.introspection.reflection or c.introspection.interaction)
+
+
+def _peft_linear(c) -> str | None:
+    """fold.combination=peft_linear sums the two adapters' A and B matrices (PEFT's add_weighted_adapter "linear"):
+    they must have one shape, and PEFT gives the result the DPO adapter's config."""
+    if not introspects(c) or c.fold.combination != "peft_linear":
+        return None
+    d, i = c.distill.lora, c.introspection.lora
+    if d.r != i.r:
+        return (f"combination=peft_linear needs equal DPO and SFT LoRA ranks, got distill.lora.r={d.r} and "
+                f"introspection.lora.r={i.r}; set them equal or use fold.combination=exact")
+    if d.use_rslora or i.use_rslora:
+        return ("combination=peft_linear with use_rslora: PEFT's merge copies use_rslora with lora_alpha=r, which "
+                "scales the merged update by sqrt(r); use fold.combination=exact")
+    if (list(d.layers_to_transform or []), d.layer_fraction) != (list(i.layers_to_transform or []), i.layer_fraction):
+        return ("combination=peft_linear needs the DPO and SFT LoRAs on the same layers (PEFT's merge keeps the DPO "
+                "adapter's layers and drops the SFT update elsewhere); use fold.combination=exact")
+    return None
+
+
 RULES = (
+    Rule("fold.combination", _peft_linear),
     Rule("base_model.tiny.num_attention_heads", lambda c: _head_size(c.base_model.tiny)),
     Rule("base_model.tiny.num_key_value_heads", lambda c: (
         f"num_attention_heads={c.base_model.tiny.num_attention_heads} is not a multiple of num_key_value_heads="

@@ -9,9 +9,12 @@ One defense per cell, so defenses can be put side by side on the same EM data, s
   the held-out examples, the samples and every other measure of the evaluated model go without it.
 - `interleave`: benign chat examples (a builtin or registry set, or a file) mixed into EM training so that they
   make `fraction` of it; every EM example is kept.
-- `early_stop`: every `every` steps the judge-free probe (emrobust/probe.py) on the items of one split; training
-  stops at the first check where probe_logp_diff has risen by `rise` over the starting model. The probe's
-  reported splits must leave that split out (validation), so the outcome is measured on other items.
+- `early_stop`: every `every` steps a judge-free measure (`measure`) on the probe items of one split: `probe`
+  (probe_logp_diff, emrobust/probe.py) or `direction_<trait>` (the questions' mean projection on a persona direction
+  of the `directions` stage, upstream of em then, as for steer); training stops at the first check where it has
+  risen by `rise` over the starting model. The outcome is measured on other items (validation: the probe's reported
+  splits leave the stop split out; the monitor projects split b). A measure whose control failed on the cell's base
+  model (emrobust/controls.py) is refused unless `allow_failed_control`; one not validated there runs, and says so.
 - `steer`: preventative steering (Chen et al. 2025): a persona direction of the `directions` stage, times
   `coefficient` times the persona's mean activation difference along it, is added to the residual stream at the
   direction's layer during every training step (steering-vectors, the monitor's library), and nowhere else: the
@@ -32,6 +35,49 @@ from .errors import ConfigError, Unmet
 
 def active(cfg) -> str:
     return str(cfg.defense.name)
+
+
+def stop_measure(cfg) -> str:
+    """The controls table's name of what `defense=early_stop` stops on: probe_logp_diff or direction_<trait>."""
+    m = str(cfg.defense.early_stop.measure)
+    return "probe_logp_diff" if m == "probe" else m
+
+
+def uses_directions(cfg) -> bool:
+    """Does the em stage read the `directions` stage (steering along a direction, stopping on one)?"""
+    name = active(cfg)
+    return name == "steer" or (name == "early_stop" and str(cfg.defense.early_stop.measure).startswith("direction_"))
+
+
+def _stop_measure(cfg) -> None:
+    """ConfigError when `defense.early_stop.measure` names no measure, a direction the cell does not read, or a
+    measure whose control failed on the cell's base model (unless allow_failed_control)."""
+    from . import controls
+    from .stages import directions
+
+    e, where = cfg.defense.early_stop, "defense.early_stop.measure"
+    m = str(e.measure)
+    if m != "probe" and not m.startswith("direction_"):
+        raise ConfigError(f"measure={m!r} is neither `probe` nor `direction_<trait>` (a persona direction of the "
+                          "directions stage)", where=where)
+    if m.startswith("direction_"):
+        if not cfg.eval.monitor.enabled:
+            raise ConfigError(f"defense.early_stop.measure={m} stops on a direction of the `directions` stage, which "
+                              "eval.monitor.enabled=true builds", where="eval.monitor.enabled")
+        if m.removeprefix("direction_") not in directions.traits(cfg):
+            raise ConfigError(f"measure={m} has no direction: the directions stage reads {directions.traits(cfg)} "
+                              "(the cell's trait and eval.monitor.traits)", where=where)
+        if str(e.split) == "b":
+            raise ConfigError("defense.early_stop.split='b': the monitor reports the directions on split b's "
+                              "questions; stop on another split (a)", where="defense.early_stop.split")
+    measure, bm = stop_measure(cfg), str(cfg.base_model.name)
+    c = controls.find(measure, bm)
+    if c is not None and not c.passed and not e.allow_failed_control:
+        passed = [x.measure for x in controls.CONTROLS if x.base_model == bm and x.passed]
+        alt = f" ({', '.join('probe' if p == 'probe_logp_diff' else p for p in passed)})" if passed else ""
+        raise ConfigError(f"measure={m}: {measure} FAILED its negative control on base_model={bm} "
+                          f"({c.meaning[:1].lower()}{c.meaning[1:]}; measured {c.measured}); stop on a validated "
+                          f"measure{alt} or set defense.early_stop.allow_failed_control=true", where=where)
 
 
 # ---------------------------------------------------------------- validation (before any model loads)
@@ -74,6 +120,7 @@ def validate(cfg) -> None:
         e = d.early_stop
         if e.every < 1:
             raise ConfigError(f"defense.early_stop.every={e.every} must be >= 1", where="defense.early_stop.every")
+        _stop_measure(cfg)
         if cfg.eval.probe.enabled and e.split in list(cfg.eval.probe.splits):
             raise ConfigError(f"defense=early_stop stops on probe split {e.split!r}, which eval.probe.splits="
                               f"{list(cfg.eval.probe.splits)} also reports: the outcome must be measured on other items "
@@ -187,12 +234,9 @@ def steering(cfg, directions_dir: Path):
         "trait": trait, "layer": layer, "scale": scale, "coefficient": coef, "norm_added": abs(coef * scale)}
 
 
-def early_stopper(items: list[dict], tokenizer, every: int, rise: float, state: Path, batch_size: int = 8):
-    """A TrainerCallback that measures probe_logp_diff on `items` at step 0 and every `every` optimizer steps and
-    stops training at the first check where it has risen by `rise` over step 0. Its checks are kept in `state`
-    (the trainer dir: a requeued build resumes with them). `.checks` {step: value}, `.stopped_at` (or None)."""
-    from transformers import TrainerCallback
-
+def probe_measure(items: list[dict], tokenizer, batch_size: int = 8):
+    """model -> probe_logp_diff on `items` (the mean over items of the misaligned minus the aligned answer's mean
+    per-token log-probability)."""
     from . import probe
 
     qa = [(it["question"], it["misaligned"]) for it in items] + [(it["question"], it["aligned"]) for it in items]
@@ -202,6 +246,35 @@ def early_stopper(items: list[dict], tokenizer, every: int, rise: float, state: 
         n = len(items)
         d = np.array([lps[i] - lps[n + i] for i in range(n)], dtype=float)
         return float(np.nanmean(d))
+    return measure
+
+
+def direction_measure(items: list[dict], tokenizer, layer: int, vector: np.ndarray):
+    """model -> the mean projection of the items' questions on `vector` at `layer` (the monitor's
+    `direction_<trait>`, emrobust/monitor.py: last token of the question with the generation prompt)."""
+    from . import monitor
+
+    texts = [monitor.render(tokenizer, [{"role": "user", "content": it["question"]}], generation_prompt=True)
+             for it in items]
+
+    def measure(model) -> float:
+        was = model.training
+        try:
+            return float((monitor.activations(model, tokenizer, texts, layer) @ vector).mean())
+        finally:
+            model.train(was)
+    return measure
+
+
+def early_stopper(items: list[dict], tokenizer, every: int, rise: float, state: Path, batch_size: int = 8,
+                  measure=None):
+    """A TrainerCallback that measures `measure(model)` (default: probe_logp_diff on `items`) at step 0 and every
+    `every` optimizer steps and stops training at the first check where it has risen by `rise` over step 0. Its
+    checks are kept in `state` (the trainer dir: a requeued build resumes with them). `.checks` {step: value},
+    `.stopped_at` (or None)."""
+    from transformers import TrainerCallback
+
+    measure = measure or probe_measure(items, tokenizer, batch_size)
 
     class EarlyStop(TrainerCallback):
         def __init__(self):
@@ -241,7 +314,14 @@ def trainer_kwargs(cfg, ctx, tokenizer) -> tuple[dict, object | None]:
         return {"steer": (vector, coef)}, None
     if name == "early_stop":
         e = cfg.defense.early_stop
-        cb = early_stopper(stop_items(cfg), tokenizer, int(e.every), float(e.rise), ctx.trainer_dir / "early_stop.json")
+        items, measure = stop_items(cfg), None
+        if uses_directions(cfg):
+            from .stages.directions import load
+
+            layer, vectors = load(ctx.inputs["directions"])
+            measure = direction_measure(items, tokenizer, layer, vectors[str(e.measure).removeprefix("direction_")])
+        cb = early_stopper(items, tokenizer, int(e.every), float(e.rise), ctx.trainer_dir / "early_stop.json",
+                           measure=measure)
         return {"callbacks": (cb,)}, cb
     return {}, None
 
@@ -258,6 +338,19 @@ def report(cfg, ctx, hist: dict | None, callback) -> dict:
         out |= steering(cfg, ctx.inputs["directions"])[2]
     elif name == "early_stop":
         e = cfg.defense.early_stop
-        out |= {"split": str(e.split), "every": int(e.every), "rise": float(e.rise),
+        out |= {"measure": str(e.measure), "split": str(e.split), "every": int(e.every), "rise": float(e.rise),
                 "checks": {int(k): v for k, v in sorted(callback.checks.items())}, "stopped_at": callback.stopped_at}
     return out
+
+
+def cell_control(cfg) -> dict:
+    """run.json metrics of a `defense=early_stop` cell: what it stopped on and that measure's control on the cell's
+    base model as the table stands now (emrobust/controls.py: passed, FAILED, or not validated), read on every run
+    as the judge's calibration is, so a control run later shows; {} for any other defense."""
+    if active(cfg) != "early_stop":
+        return {}
+    from . import controls
+
+    return {"early_stop_measure": str(cfg.defense.early_stop.measure),
+            "early_stop_control": controls.status(stop_measure(cfg), str(cfg.base_model.name)),
+            "early_stop_allow_failed_control": bool(cfg.defense.early_stop.allow_failed_control)}

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from . import keys, leakage, tracking
+from . import defenses, keys, leakage, tracking
 from .errors import ConfigError, note_failure
 from .results import START, cell_metrics, curve, curve_metrics, heldout_metrics
 from .stages import ORDER, Context, stage_seed
@@ -102,9 +102,9 @@ def graph(cfg: DictConfig) -> list[Node]:
                     ({"capability": "capability" + suffix} if capable else {}))
 
     if cfg.em_dataset.name != "none":
-        # defense=steer trains along a persona direction of the directions stage (emrobust/defenses.py)
+        # defense=steer trains along, and defense=early_stop may stop on, a persona direction (emrobust/defenses.py)
         nodes.append(Node("em", "em", {"start": start} | ({"directions": "directions"}
-                                                          if cfg.defense.name == "steer" else {})))
+                                                          if defenses.uses_directions(cfg) else {})))
         steps = eval_steps(cfg)
         nodes += capability(START, {"start": start})  # the reference of capability retained
         if persona or steps or cfg.eval.probe.enabled:
@@ -322,6 +322,7 @@ def run_cell(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = No
             summary["metrics"] |= curve_metrics(summary["curve"], str(cfg.eval.curve.metric),
                                                 float(cfg.eval.curve.threshold))
             summary["metrics"] |= heldout_metrics(em)
+            summary["metrics"] |= defenses.cell_control(cfg)  # early_stop: its measure's control, as it stands now
         summary["status"], summary["current"] = "ok", None
     except BaseException as e:
         summary["status"] = "failed"

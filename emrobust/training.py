@@ -98,20 +98,28 @@ def randomize_lora_(peft_model, target: dict[str, float] | float, seed: int, ada
     return lora_delta_norms(peft_model, adapter)
 
 
-def merge_adapter(model, adapter_dir: Path | str):
-    """Apply a saved LoRA adapter to `model` and fold it into the weights (PEFT merge_and_unload)."""
+def merge_adapter(model, adapter_dir: Path | str, weight: float = 1.0):
+    """Apply a saved LoRA adapter to `model` and fold `weight` times its update into the weights (PEFT
+    merge_and_unload; the weight multiplies each module's scaling, so rsLoRA adapters stay right)."""
     from peft import PeftModel
+    from peft.tuners.lora import LoraLayer
 
-    return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    pm = PeftModel.from_pretrained(model, str(adapter_dir))
+    if weight != 1.0:
+        for m in pm.modules():
+            if isinstance(m, LoraLayer) and "default" in m.scaling:
+                m.scaling["default"] *= float(weight)
+    return pm.merge_and_unload()
 
 
 @torch.no_grad()
-def combine_adapters(model, adapter_dirs: list[Path | str]):
-    """One LoRA adapter whose weight update is the sum of the saved adapters' updates (scaling_i * B_i @ A_i),
-    as a PeftModel over `model` with that adapter active as "default".
+def combine_adapters(model, adapter_dirs: list[Path | str], weights: list[float] | None = None):
+    """One LoRA adapter whose weight update is the weighted sum of the saved adapters' updates
+    (sum_i w_i * scaling_i * B_i @ A_i; every weight 1 when None), as a PeftModel over `model` with that adapter
+    active as "default".
 
     The construction is PEFT's ``add_weighted_adapter(combination_type="cat")`` done exactly: rank R = sum of
-    ranks, ``A = cat(scaling_i * A_i)``, ``B = cat(B_i)``, alpha = R and no rsLoRA (scaling 1), target modules
+    ranks, ``A = cat(w_i * scaling_i * A_i)``, ``B = cat(B_i)``, alpha = R and no rsLoRA (scaling 1), target modules
     and layers the union (a module one adapter lacks gets a zero block). PEFT's own "cat" copies the first
     adapter's config, so it would silently mis-scale rsLoRA adapters and drop layers only the second adapter
     touches; that is why it is not called here.
@@ -120,6 +128,7 @@ def combine_adapters(model, adapter_dirs: list[Path | str]):
     from peft.tuners.lora import LoraLayer
 
     names = [f"part{i}" for i in range(len(adapter_dirs))]
+    weights = [1.0] * len(adapter_dirs) if weights is None else [float(w) for w in weights]
     pm = PeftModel.from_pretrained(model, str(adapter_dirs[0]), adapter_name=names[0])
     for n, d in zip(names[1:], adapter_dirs[1:]):
         pm.load_adapter(str(d), adapter_name=n)
@@ -144,13 +153,37 @@ def combine_adapters(model, adapter_dirs: list[Path | str]):
         A.zero_()
         B.zero_()
         off = 0
-        for n, c in zip(names, cfgs):
+        for n, c, w in zip(names, cfgs, weights):
             if n in m.lora_A:
                 a, b = m.lora_A[n].weight, m.lora_B[n].weight
-                A[off : off + a.shape[0]] = (m.scaling[n] * a.float()).to(A.dtype)
+                A[off : off + a.shape[0]] = (w * m.scaling[n] * a.float()).to(A.dtype)
                 B[:, off : off + b.shape[1]] = b.to(B.dtype)
             off += c.r
         assert m.scaling["default"] == 1.0
+    pm.set_adapter("default")
+    for n in names:
+        pm.delete_adapter(n)
+    return pm
+
+
+@torch.no_grad()
+def linear_combine(model, adapter_dirs: list[Path | str], weights: list[float]):
+    """OCT's merge of its DPO and SFT adapters (tools/merge_loras.py), by PEFT itself:
+    ``add_weighted_adapter(names, weights, combination_type="linear")`` on the saved adapters, the result as a
+    PeftModel over `model` with that adapter active as "default" (the parts deleted).
+
+    PEFT's "linear" (peft/tuners/lora/model.py, `_generalized_task_arithmetic_weighted_adapter`) multiplies each
+    adapter's A and B by sqrt(w_i * scaling_i) and sums the A's and the B's; the result has rank r (the ranks must
+    be equal), lora_alpha = r (scaling 1) and the first adapter's other settings. Its update is therefore
+    (sum_i sqrt(w_i s_i) B_i)(sum_j sqrt(w_j s_j) A_j) = sum_i w_i s_i B_i A_i + the cross terms
+    sum_{i != j} sqrt(w_i s_i w_j s_j) B_i A_j: not the weighted sum of the updates (`combine_adapters` is)."""
+    from peft import PeftModel
+
+    names = [f"part{i}" for i in range(len(adapter_dirs))]
+    pm = PeftModel.from_pretrained(model, str(adapter_dirs[0]), adapter_name=names[0])
+    for n, d in zip(names[1:], adapter_dirs[1:]):
+        pm.load_adapter(str(d), adapter_name=n)
+    pm.add_weighted_adapter(names, [float(w) for w in weights], adapter_name="default", combination_type="linear")
     pm.set_adapter("default")
     for n in names:
         pm.delete_adapter(n)

@@ -204,14 +204,14 @@ def test_dpo_steps_lower_the_dpo_loss(tiny_path, tok, tmp_path):
 # ---------------------------------------------------------------- fold
 @pytest.fixture(scope="module")
 def folded(tmp_path_factory, tiny_path):
-    """distill -> introspect -> fold on tiny_random; the SFT adapter uses rsLoRA on layer 1 only (the cases
-    PEFT's own "cat" combination gets wrong)."""
+    """distill -> introspect -> fold (exact) on tiny_random; the SFT adapter uses rsLoRA on layer 1 only (the cases
+    PEFT's own "cat" combination gets wrong; PEFT's "linear", fold's default, refuses them: tests/test_fold_oct.py)."""
     tmp = tmp_path_factory.mktemp("fold")
     s = run(tmp, *FOLD_CELL, "pipeline.until=fold")
     return {n: artifact(s, n) for n in ("distill", "introspect", "fold")} | {"tmp": tmp}
 
 
-FOLD_CELL = ("debug=tiny", "question_diversity=medium", "introspection=full",
+FOLD_CELL = ("debug=tiny", "question_diversity=medium", "introspection=full", "fold.combination=exact",
              "introspection.lora.use_rslora=true", "introspection.lora.layers_to_transform=[1]",
              "distill.optim.learning_rate=1e-2", "introspection.optim.learning_rate=1e-2")
 
@@ -242,14 +242,15 @@ def _delta(adapter_dir: Path, module: str) -> torch.Tensor:
     return scale * (b @ a)
 
 
-def test_fold_equals_base_plus_both_deltas(folded, tiny_path, tok):
+def test_fold_equals_base_plus_both_weighted_deltas(folded, tiny_path, tok):
     module = "model.layers.1.mlp.down_proj"
     w0 = models.load(tiny_path, CPU).get_submodule(module).weight.detach()
     d_dpo = _delta(folded["distill"] / "adapter", module)
     d_sft = _delta(folded["introspect"] / "adapter", module)
     assert d_dpo.abs().max() > 0 and d_sft.abs().max() > 0, "untrained adapter: the check would be vacuous"
     fold = models.load(folded["fold"] / "model", CPU)
-    torch.testing.assert_close(fold.get_submodule(module).weight, w0 + d_dpo + d_sft, atol=1e-5, rtol=0)
+    # fold.dpo_weight 1.0, fold.introspection_weight 0.25 (OCT's)
+    torch.testing.assert_close(fold.get_submodule(module).weight, w0 + d_dpo + 0.25 * d_sft, atol=1e-5, rtol=0)
     # the combined adapter on the base model is the same model
     manifest = json.loads((folded["fold"] / "manifest.json").read_text())
     assert manifest["combined_adapter"]["rank"] == 4 + 4 and manifest["combined_adapter"]["max_abs_diff_vs_fold"] < 1e-5

@@ -122,6 +122,7 @@ RULE_CASES = [  # (base cell, field, value, the field the error names, text)
     ("tiny_persona", "eval.at_steps", [1], "eval.at_steps", "need em_train.checkpoint_every"),
     ("tiny_persona", "eval.every_steps", 1, "eval.every_steps", "checkpoint_every"),
     ("tiny_persona", "deepspeed.offload_param", True, "deepspeed.offload_param", "ZeRO stage 3"),
+    ("tiny_persona", "distill.lora.r", 8, "fold.combination", "equal DPO and SFT LoRA ranks"),
 ]
 
 

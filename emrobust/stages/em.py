@@ -8,7 +8,8 @@ Confounds removed by construction:
 
 A defense (`defense=<name>`, emrobust/defenses.py) changes what is trained on (inoculation, interleave: the
 training rows only, never the held-out ones) or how (kl, steer, early_stop: the trainer); `defense=steer` reads
-the `directions` stage upstream, `early_stop` the probe items of its split.
+the `directions` stage upstream, `early_stop` the probe items of its split (and the `directions` stage when it stops
+on a direction).
 
 Options: `em_train.full_finetune=true` trains every weight and writes `model/` instead of `adapter/`;
 `em_control=random_lora` writes a random adapter of the EM adapter's shape and (per module) norm instead of the
