@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from emrobust.controls import COMMAND, CONTROLS, NEGATIVE, POSITIVE, Control, find, status, tag  # noqa: F401
+from emrobust.controls import (COMMAND, CONTROLS, NEGATIVE, POSITIVE, Control, find, measure_name,  # noqa: F401
+                               status, tag)
 
 
 def headline(df: pd.DataFrame, contrasts: pd.DataFrame | None = None) -> list[str]:
@@ -42,7 +43,7 @@ def early_stop_lines(df: pd.DataFrame) -> list[str]:
     out = []
     rows = df.dropna(subset=["early_stop_measure"])
     for (m, bm), g in sorted(rows.groupby(["early_stop_measure", "base_model"]), key=lambda x: x[0]):
-        measure, n = ("probe_logp_diff" if m == "probe" else str(m)), len(g)
+        measure, n = measure_name(str(m)), len(g)
         s = status(measure, str(bm))
         if s == "not validated":
             out.append(f"**Early stopping on `{m}` on `{bm}`: not validated** ({n} cell(s); no control run on this "

@@ -18,6 +18,11 @@ COMMAND = "emrobust -m experiment=probe_control && emrobust analyze <sweep dir>"
 POSITIVE, NEGATIVE = "oct_misalignment", "oct_goodness"  # the two personas of experiment=probe_control
 
 
+def measure_name(stop_measure: str) -> str:
+    """The table's name of a `defense.early_stop.measure`: probe -> probe_logp_diff, direction_<trait> as it is."""
+    return "probe_logp_diff" if stop_measure == "probe" else str(stop_measure)
+
+
 @dataclass(frozen=True)
 class Control:
     measure: str  # a contrasts.csv measure: probe_logp_diff, direction_<trait>

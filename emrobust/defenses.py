@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import controls
 from .errors import ConfigError, Unmet
 
 
@@ -39,8 +40,7 @@ def active(cfg) -> str:
 
 def stop_measure(cfg) -> str:
     """The controls table's name of what `defense=early_stop` stops on: probe_logp_diff or direction_<trait>."""
-    m = str(cfg.defense.early_stop.measure)
-    return "probe_logp_diff" if m == "probe" else m
+    return controls.measure_name(str(cfg.defense.early_stop.measure))
 
 
 def uses_directions(cfg) -> bool:
@@ -52,7 +52,6 @@ def uses_directions(cfg) -> bool:
 def _stop_measure(cfg) -> None:
     """ConfigError when `defense.early_stop.measure` names no measure, a direction the cell does not read, or a
     measure whose control failed on the cell's base model (unless allow_failed_control)."""
-    from . import controls
     from .stages import directions
 
     e, where = cfg.defense.early_stop, "defense.early_stop.measure"
@@ -349,8 +348,6 @@ def cell_control(cfg) -> dict:
     as the judge's calibration is, so a control run later shows; {} for any other defense."""
     if active(cfg) != "early_stop":
         return {}
-    from . import controls
-
     return {"early_stop_measure": str(cfg.defense.early_stop.measure),
             "early_stop_control": controls.status(stop_measure(cfg), str(cfg.base_model.name)),
             "early_stop_allow_failed_control": bool(cfg.defense.early_stop.allow_failed_control)}
