@@ -239,6 +239,22 @@ def slurm_cluster():
         os.environ["SLURM_CONF"] = old
 
 
+@pytest.fixture(autouse=True)
+def _slurm_queue_empty(request):
+    """Each Slurm test starts on an empty queue: jobs a test before it left (a sweep it stopped waiting for, a
+    requeued job) would hold the node's 2 CPUs and GPUs and make this one wait behind them."""
+    if "slurm_cluster" not in request.fixturenames:
+        yield
+        return
+    request.getfixturevalue("slurm_cluster")
+    subprocess.run(["scancel", "--user", str(os.getuid())], capture_output=True, timeout=60)
+    deadline = time.time() + 120
+    while subprocess.run(["squeue", "-h"], capture_output=True, text=True, timeout=60).stdout.strip():
+        assert time.time() < deadline, "jobs left from an earlier test did not leave the queue within 120 s"
+        time.sleep(0.5)
+    yield
+
+
 # ---------------------------------------------------------------- the llama.cpp server: one per test run
 @pytest.fixture(scope="session")
 def llama_server(tmp_path_factory):

@@ -79,7 +79,7 @@ def test_fake_gpus_set_cuda_visible_devices(slurm_cluster, tmp_path):
     out = tmp_path / "gpu.out"
     job = subprocess.run(["sbatch", "--parsable", "--gpus=2", "--mem=100M", "-o", str(out), "--wrap",
                           "echo CVD=$CUDA_VISIBLE_DEVICES"], capture_output=True, text=True, check=True).stdout
-    deadline = time.time() + 60
+    deadline = time.time() + 180
     while subprocess.run(["squeue", "-h", "-j", job.strip()], capture_output=True, text=True).stdout.strip():
         assert time.time() < deadline
         time.sleep(0.2)
