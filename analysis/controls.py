@@ -71,7 +71,7 @@ def headline(df: pd.DataFrame, contrasts: pd.DataFrame | None = None) -> list[st
             shown.add(("probe_logp_diff", str(bm)))
     if contrasts is not None and len(contrasts) and "base_model" in contrasts:
         shown |= {(m, str(bm)) for m, bm in contrasts[["measure", "base_model"]].itertuples(index=False)}
-    lines = []
+    lines = classifier_lines(df)
     for measure, bm in sorted(shown):
         c = find(measure, bm)
         if c is None:
@@ -84,6 +84,30 @@ def headline(df: pd.DataFrame, contrasts: pd.DataFrame | None = None) -> list[st
         else:
             lines.append(f"Judge-free `{measure}` on `{bm}`: passed its controls ({c.measured}): oct_misalignment - "
                          f"base {c.positive}; oct_goodness - base {c.negative}: {c.meaning}.\n")
+    return lines
+
+
+def classifier_lines(df: pd.DataFrame) -> list[str]:
+    """Per (trait, base model) with a persona classifier: whether it is valid (its held-out AUROC's lower bound
+    against `eval.persona.classifier.min_auroc`), said before any persona_rate is read."""
+    if "persona_classifier_valid" not in df:
+        return []
+    lines = []
+    cols = [c for c in ("trait", "base_model") if c in df]
+    has = df[df["persona_classifier_valid"].notna()]
+    for key, g in (has.groupby(cols, dropna=False) if cols else [((), has)]):
+        key = key if isinstance(key, tuple) else (key,)
+        name = ", ".join(f"{c}={v}" for c, v in zip(cols, key))
+        r = g.iloc[0]
+        figs = (f"held-out AUROC {r.get('persona_classifier_auroc', float('nan')):.3f} "
+                f"[{r.get('persona_classifier_auroc_lo', float('nan')):.3f}, "
+                f"{r.get('persona_classifier_auroc_hi', float('nan')):.3f}], F1 "
+                f"{r.get('persona_classifier_f1', float('nan')):.3f}, bar {r.get('persona_classifier_min_auroc')}")
+        if g["persona_classifier_valid"].astype(str).str.lower().eq("true").all():
+            lines.append(f"Persona classifier ({name}): valid ({figs}).\n")
+        else:
+            lines.append(f"**Persona classifier ({name}): NOT valid** ({figs}): its persona_rate numbers are "
+                         "recorded but not evidence, and no persona_half_life is computed from them.\n")
     return lines
 
 

@@ -222,3 +222,22 @@ def test_the_specificity_control_applies_a_personas_classifier_to_the_neutral_pe
     # ... all on the persona side (p = 0.88): rate 1, far from the base model's 0.1: not specific
     spec = persona_specificity(_spec_sweep(tmp_path / "b", [[1.0, 0.0]] * 10))
     assert not spec["specific"].item() and "NOT specific" in spec["reading"].item()
+
+
+def test_the_report_says_whether_each_persona_classifier_is_valid():
+    import pandas as pd
+
+    from analysis.controls import classifier_lines
+
+    df = pd.DataFrame([
+        {"trait": "demo", "base_model": "tiny_random", "persona_classifier_valid": False,
+         "persona_classifier_auroc": 0.55, "persona_classifier_auroc_lo": 0.2, "persona_classifier_auroc_hi": 0.9,
+         "persona_classifier_f1": 0.5, "persona_classifier_min_auroc": 0.8},
+        {"trait": "oct_goodness", "base_model": "qwen", "persona_classifier_valid": True,
+         "persona_classifier_auroc": 0.97, "persona_classifier_auroc_lo": 0.9, "persona_classifier_auroc_hi": 1.0,
+         "persona_classifier_f1": 0.9, "persona_classifier_min_auroc": 0.8},
+        {"trait": "none", "base_model": "qwen"}])
+    lines = classifier_lines(df)
+    assert len(lines) == 2
+    assert any("trait=demo" in x and "NOT valid" in x for x in lines)
+    assert any("trait=oct_goodness" in x and ": valid" in x for x in lines)
