@@ -241,3 +241,18 @@ def test_the_report_says_whether_each_persona_classifier_is_valid():
     assert len(lines) == 2
     assert any("trait=demo" in x and "NOT valid" in x for x in lines)
     assert any("trait=oct_goodness" in x and ": valid" in x for x in lines)
+
+
+def test_a_mixture_reserves_per_piece_what_its_trait_reserves_at_home(tmp_path):
+    from emrobust.data import constitutions
+
+    cfg = compose("debug=tiny", "trait=mixture", f"paths.data_mirror={SHARED_DATA}", tmp=tmp_path)
+    mix = constitutions.load_cfg(cfg.trait, cfg.paths)
+    got = persona.reserve([t.questions for t in mix.traits], cfg.trait.reserved_questions)
+    pieces = constitutions.mixture_pieces(cfg.trait)
+    assert len(got) == 20 and sorted(t for t, _ in got) == sorted(list(range(len(pieces))) * 2)
+    for k, (name, i) in enumerate(pieces):
+        home = constitutions.load_cfg(constitutions.named(name), cfg.paths)
+        qs = home.traits[i].questions
+        at_home = persona.reserve([qs], 2)  # the same share, in its own constitution's trait
+        assert [q for t, q in got if t == k] == [q for _, q in at_home], name
