@@ -1,5 +1,5 @@
 """sample: one model's answers to the eval questions (their `system` prompts included) and, for a persona, to
-held-out constitution questions (no system prompt: the persona must be carried by the weights).
+its reserved constitution questions (no system prompt: the persona must be carried by the weights).
 
 Keyed by the model (its upstream keys), the question set (its sha256) and the sampling settings, never by the
 judge: a new judge, a judge sweep or a panel re-uses these answers (`evaluate` scores them). The model is the
