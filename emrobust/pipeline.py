@@ -208,6 +208,26 @@ def _record(summary: dict, cfg: DictConfig, node: Node, manifest: dict) -> None:
             summary["training"][node.id]["max_drop_share"] = cfg.em_train.max_drop_share
 
 
+def _classified(nodes: list[Node], paths: dict[str, Path], evaluations: dict[str, dict]) -> dict | None:
+    """The persona answers of each evaluated step as classified (1 = the persona) and the base model's, for the
+    interval of persona_half_life: {"steps": {step: [...]}, "base": [...]}; None without a classifier."""
+    from .persona_classifier import THRESHOLD
+    from .stages import read_jsonl
+
+    if "classifier" not in paths:
+        return None
+    steps: dict[int, list[int]] = {}
+    for n in nodes:
+        step = evaluations.get(n.id, {}).get("em_step")
+        f = paths.get(n.id, Path("/nonexistent")) / "persona_answers.jsonl"
+        if n.stage == "evaluate" and step is not None and f.exists():
+            steps[int(step)] = [int(r["p_persona"] >= THRESHOLD) for r in read_jsonl(f) if "p_persona" in r]
+    base = paths["classifier"] / "base_answers.jsonl"
+    if not base.exists():
+        return None
+    return {"steps": steps, "base": [int(r["p_persona"] >= THRESHOLD) for r in read_jsonl(base)]}
+
+
 def write_run_json(output_dir: Path, summary: dict) -> None:
     """run.json, replaced whole (a reader never sees half of it; several ranks may write the same content)."""
     tmp = output_dir / f".run.json.{os.getpid()}.tmp"
@@ -334,7 +354,9 @@ def run_cell(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = No
             summary["metrics"] |= curve_metrics(summary["curve"], str(cfg.eval.curve.metric),
                                                 float(cfg.eval.curve.threshold))
             summary["metrics"] |= heldout_metrics(em)
-            summary["metrics"] |= persona_half_life(summary["curve"], summary["metrics"])
+            summary["metrics"] |= persona_half_life(summary["curve"], summary["metrics"],
+                                                    _classified(nodes, paths, evaluations), int(cfg.eval.n_bootstrap),
+                                                    int(cfg.seed))
         summary["status"], summary["current"] = "ok", None
     except BaseException as e:
         summary["status"] = "failed"

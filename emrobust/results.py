@@ -120,10 +120,41 @@ def half_life(points: list[tuple[float, float]], base: float) -> dict:
     return {"half_life": None, "censored": True, "censored_at": pts[-1][0], "target": target}
 
 
-def persona_half_life(points: list[dict], metrics: dict) -> dict:
+def half_life_interval(by_step: dict[int, list[int]], base: list[int], n_resamples: int = 2000,
+                       seed: int = 0) -> dict:
+    """A 95% percentile bootstrap interval of `half_life`: each step's persona answers (1 = classified as the
+    persona) and the base model's are resampled independently, and the half-life recomputed. A resample whose curve
+    never reaches halfway counts as beyond the last step: when more than 2.5% do, the upper bound is censored
+    (None, `hi_censored`). Resamples where it is undefined (the start not above the base) are left out."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    steps = sorted(by_step)
+    arrays = [np.asarray(by_step[s], dtype=float) for s in steps]
+    b = np.asarray(base, dtype=float)
+    if not steps or not len(b) or any(len(a) == 0 for a in arrays):
+        return {"lo": None, "hi": None, "hi_censored": False}
+    vals = []
+    for _ in range(int(n_resamples)):
+        rates = [float(a[rng.integers(len(a), size=len(a))].mean()) for a in arrays]
+        h = half_life(list(zip(steps, rates)), float(b[rng.integers(len(b), size=len(b))].mean()))
+        if h["half_life"] is not None:
+            vals.append(h["half_life"])
+        elif h["censored"]:
+            vals.append(float("inf"))
+    if not vals:
+        return {"lo": None, "hi": None, "hi_censored": False}
+    lo, hi = np.quantile(np.array(vals), [0.025, 0.975], method="inverted_cdf")  # no interpolation with inf
+    return {"lo": None if np.isinf(lo) else float(lo), "hi": None if np.isinf(hi) else float(hi),
+            "hi_censored": bool(np.isinf(hi)), "n_defined": len(vals)}
+
+
+def persona_half_life(points: list[dict], metrics: dict, answers: dict | None = None,
+                      n_resamples: int = 2000, seed: int = 0) -> dict:
     """`persona_half_life` of a cell (see `half_life`): `persona_rate` along its curve against the persona
-    classifier's base rate. Computed only from a valid classifier (`persona_classifier_valid`); otherwise empty,
-    with the reason in `persona_half_life_why`."""
+    classifier's base rate, with `_lo`/`_hi` (`half_life_interval`) when `answers` gives the classified answers.
+    Computed only from a valid classifier (`persona_classifier_valid`); otherwise empty, with the reason in
+    `persona_half_life_why`."""
     if "persona_classifier_valid" not in metrics:
         return {}
     out: dict = {"persona_half_life": None, "persona_half_life_censored": False}
@@ -132,6 +163,10 @@ def persona_half_life(points: list[dict], metrics: dict) -> dict:
                                                 f"{metrics.get('persona_classifier_min_auroc')}): nothing relies on it"}
     h = half_life([(p["step"], p.get("persona_rate")) for p in points], metrics.get("persona_classifier_base_rate"))
     out |= {"persona_half_life": h["half_life"], "persona_half_life_censored": h["censored"]}
+    if answers and not h.get("why"):  # {"steps": {step: [0/1, ...]}, "base": [0/1, ...]}: the interval
+        ci = half_life_interval(answers["steps"], answers["base"], n_resamples, seed)
+        out |= {"persona_half_life_lo": ci["lo"], "persona_half_life_hi": ci["hi"],
+                "persona_half_life_hi_censored": ci["hi_censored"]}
     if h["censored"]:
         out["persona_half_life_censored_at"] = h["censored_at"]  # "> last step"
     if h.get("why"):

@@ -256,3 +256,18 @@ def test_a_mixture_reserves_per_piece_what_its_trait_reserves_at_home(tmp_path):
         qs = home.traits[i].questions
         at_home = persona.reserve([qs], 2)  # the same share, in its own constitution's trait
         assert [q for t, q in got if t == k] == [q for _, q in at_home], name
+
+
+def test_half_life_has_a_bootstrap_interval_censored_above_when_the_curve_may_never_get_there():
+    from emrobust.results import half_life_interval
+
+    by_step = {0: [1] * 18 + [0] * 2, 10: [1] * 9 + [0] * 11, 20: [0] * 20}
+    ci = half_life_interval(by_step, [0] * 20, 500, 0)
+    assert ci["lo"] < 10 < ci["hi"] <= 20 and not ci["hi_censored"]
+    m = persona_half_life([{"step": s, "persona_rate": sum(v) / len(v)} for s, v in by_step.items()],
+                          {"persona_classifier_valid": True, "persona_classifier_base_rate": 0.0},
+                          {"steps": by_step, "base": [0] * 20}, 500, 0)
+    assert m["persona_half_life"] == pytest.approx(10.0)
+    assert m["persona_half_life_lo"] == ci["lo"] and m["persona_half_life_hi"] == ci["hi"]
+    ci = half_life_interval({0: [1] * 18 + [0] * 2, 10: [1] * 17 + [0] * 3}, [0] * 20, 500, 0)
+    assert ci["hi"] is None and ci["hi_censored"]
