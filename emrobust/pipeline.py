@@ -27,7 +27,8 @@ from omegaconf import DictConfig
 
 from . import keys, leakage, tracking
 from .errors import ConfigError, note_failure
-from .results import START, cell_metrics, curve, curve_metrics, heldout_metrics, persona_half_life
+from .results import (START, cell_metrics, curve, curve_metrics, heldout_metrics, persona_half_life,
+                      without_invalid_classifier)
 from .stages import ORDER, Context, stage_seed
 from .store import Result, Store
 
@@ -357,6 +358,7 @@ def run_cell(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = No
             summary["metrics"] |= persona_half_life(summary["curve"], summary["metrics"],
                                                     _classified(nodes, paths, evaluations), int(cfg.eval.n_bootstrap),
                                                     int(cfg.seed))
+            summary["metrics"] = without_invalid_classifier(summary["metrics"])
         summary["status"], summary["current"] = "ok", None
     except BaseException as e:
         summary["status"] = "failed"

@@ -149,6 +149,17 @@ def half_life_interval(by_step: dict[int, list[int]], base: list[int], n_resampl
             "hi_censored": bool(np.isinf(hi)), "n_defined": len(vals)}
 
 
+RELIES_ON_CLASSIFIER = ("auc_persona_rate", "persona_rate_delta")  # curve summaries computed from persona_rate
+
+
+def without_invalid_classifier(metrics: dict) -> dict:
+    """The cell's metrics without the summaries computed from an invalid persona classifier's persona_rate (its
+    own numbers stay, flagged `persona_classifier_valid: false`)."""
+    if metrics.get("persona_classifier_valid") is False:
+        return {k: v for k, v in metrics.items() if k not in RELIES_ON_CLASSIFIER}
+    return metrics
+
+
 def persona_half_life(points: list[dict], metrics: dict, answers: dict | None = None,
                       n_resamples: int = 2000, seed: int = 0) -> dict:
     """`persona_half_life` of a cell (see `half_life`): `persona_rate` along its curve against the persona

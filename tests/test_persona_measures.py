@@ -32,6 +32,7 @@ def test_a_tiny_persona_cell_reports_persona_rate_along_em_width_and_the_classif
     # on a random model nothing relies on an invalid classifier: no half-life, and it says why
     if not m["persona_classifier_valid"]:
         assert m["persona_half_life"] is None and "not valid" in m["persona_half_life_why"]
+        assert "auc_persona_rate" not in m and "persona_rate_delta" not in m
     assert "persona_rate" in CURVE and "persona_width" in CURVE
     # the classifier was built once, from the base model, and every evaluation read the same one
     cls = artifact(s, "classifier")
