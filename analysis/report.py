@@ -180,6 +180,19 @@ def analyze(sweep_dir: Path, out: Path | None = None, n_resamples: int = 10_000,
                 run["curve"]
     files |= analyze_table(sweep_table(sweep_dir), out, load_answers(sweep_dir), n_resamples, str(sweep_dir),
                            balance_tolerance, curves=curves, contrasts=with_controls(sweep_dir, n_resamples))
+    spec = controls.persona_specificity(sweep_dir)  # the persona classifier against the neutral persona
+    if len(spec):
+        spec.to_csv(out / "persona_specificity.csv", index=False)
+        files["persona_specificity.csv"] = out / "persona_specificity.csv"
+        lines = ["\n## Persona classifier: specificity control (the neutral persona before EM)\n",
+                 f"Each persona's classifier on the neutral persona's answers: its rate must stay within "
+                 f"{controls.SPECIFICITY_TOLERANCE} of the base model's own rate (`persona_specificity.csv`).\n",
+                 *(f"- `{r.cell}` ({r.trait}) on `{r.neutral_cell}`: {r.neutral_rate:.3f} "
+                   f"[{r.neutral_rate_lo:.3f}, {r.neutral_rate_hi:.3f}] vs base {r.base_rate:.3f} "
+                   f"[{r.base_rate_lo:.3f}, {r.base_rate_hi:.3f}]: {r.reading}.\n" for r in spec.itertuples()),
+                 _md(spec)]
+        with open(out / "report.md", "a") as f:
+            f.write("\n".join(lines))
     # the sweep-level W&B run: the tables, the figures and the curves of this report (offline unless told)
     from emrobust import tracking
 

@@ -32,7 +32,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-STAGES = ("questions", "distill", "introspect", "fold", "directions", "em", "sample", "capability", "evaluate")
+STAGES = ("questions", "distill", "introspect", "fold", "directions", "classifier", "em", "sample", "capability",
+          "evaluate")
 
 
 @dataclass(frozen=True)
@@ -319,6 +320,11 @@ class TraitConfig:
     )
     # questions per trait after expansion (OCT: 50); None = 50 for oct_hand_written, else no expansion
     expand_to: Optional[int] = setting(None, ge=1, also={0: "no expansion"})
+    # questions of the constitution (as read, before any expansion) kept out of every diversity level's selection:
+    # the persona check (eval.persona) and its classifier's base rate are measured on them, the same set for every
+    # arm of the trait (emrobust/persona.py `reserve`: spread round-robin over the traits, for a mixture over its
+    # pieces, each trait's questions of smallest sha256)
+    reserved_questions: int = setting(20, ge=1, when=lambda t: t.name != "none")
     expansion: ExpansionConfig = setting(factory=lambda: ExpansionConfig(), when=_expands)
 
 
@@ -624,13 +630,33 @@ class JudgeConfig:
 
 
 @dataclass
+class PersonaClassifierConfig:
+    """The persona classifier (emrobust/persona_classifier.py, the `classifier` stage): the base model answers
+    non-reserved constitution questions with the persona's system prompt (positive) and without (negative); a kept
+    sentence encoder and a logistic regression tell them apart. One instrument per (persona, base model): its key
+    holds no seed. `min_auroc` is read by `evaluate` only (the validity flag), never by the classifier stage."""
+    enabled: bool = True
+    # non-reserved constitution questions answered both ways (None = every one)
+    n_questions: Optional[int] = setting(None, ge=4, when=lambda c: c.enabled)
+    heldout_fraction: float = setting(0.3, gt=0, lt=1, when=lambda c: c.enabled)  # questions held out for F1/AUROC
+    embedder: str = setting("minilm", when=lambda c: c.enabled)  # minilm, or a sentence-transformers model path
+    C: float = setting(1.0, gt=0, when=lambda c: c.enabled)  # inverse L2 strength of the logistic regression
+    # valid when the lower 95% bootstrap bound of the held-out AUROC is at least this; an invalid classifier's
+    # numbers are recorded and flagged, and nothing (persona_half_life) is computed from them
+    min_auroc: float = setting(0.8, ge=0, le=1, when=lambda c: c.enabled)
+
+
+@dataclass
 class PersonaCheckConfig:
-    """Trait-expression score (emrobust/persona.py), before EM (fold model) and on the evaluated model."""
-    n_questions: int = setting(20, ge=1, also={0: "no persona check"})  # held-out constitution questions
+    """Trait-expression score (emrobust/persona.py), before EM (fold model) and on the evaluated model, on the
+    trait's reserved questions (`trait.reserved_questions`): the same questions for every arm of the trait."""
+    # the first N reserved questions (None = all of them)
+    n_questions: Optional[int] = setting(None, ge=1, also={0: "no persona check"})
     samples_per_question: int = setting(1, ge=1)
     temperature: float = setting(0.7, ge=0)
     top_p: float = setting(0.95, gt=0, le=1)
     max_new_tokens: int = setting(300, ge=1)
+    classifier: PersonaClassifierConfig = setting(factory=PersonaClassifierConfig)
 
 
 @dataclass

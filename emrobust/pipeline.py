@@ -1,6 +1,7 @@
 """The stage graph of a cell, its keys, the run loop and run.json.
 
     base ─► questions ─► distill ─► [introspect] ─► fold ─► [em] ─► sample ─► evaluate
+    base ─► classifier ─► evaluate (a persona cell: the persona classifier, one per persona and base model)
     trait=none: base ─► [em] ─► sample ─► evaluate;  em_dataset=none: fold ─► sample ─► evaluate
     a persona cell with EM also samples and evaluates its starting model (sample@start, evaluate@start): the
     persona before EM, the same artifacts as the em_dataset=none cell's, shared by every EM dataset.
@@ -26,7 +27,8 @@ from omegaconf import DictConfig
 
 from . import defenses, keys, leakage, tracking
 from .errors import ConfigError, note_failure
-from .results import START, cell_metrics, curve, curve_metrics, heldout_metrics
+from .results import (START, cell_metrics, curve, curve_metrics, heldout_metrics, persona_half_life,
+                      without_invalid_classifier)
 from .stages import ORDER, Context, stage_seed
 from .store import Result, Store
 
@@ -67,13 +69,17 @@ def eval_steps(cfg: DictConfig) -> list[int]:
 
 def graph(cfg: DictConfig) -> list[Node]:
     """The nodes this cell runs, in order (`base` first), with their upstream nodes by role."""
-    from .stages import questions, sample
+    from .stages import classifier, questions, sample
 
     nodes = [Node("base", "base")]
     monitored = {}
     if cfg.eval.monitor.enabled:
         nodes.append(Node("directions", "directions", {"base": "base"}))
         monitored = {"directions": "directions"}
+    classified = {}
+    if classifier.active(cfg):  # the persona classifier on the base model (persona_rate of every evaluated model)
+        nodes.append(Node("classifier", "classifier", {"base": "base"}))
+        classified = {"classifier": "classifier"}
     if cfg.trait.name != "none":
         nodes.append(Node("questions", "questions", {"base": "base"} if questions.uses_cell_base(cfg) else {}))
         nodes.append(Node("distill", "distill", {"questions": "questions", "base": "base"}))
@@ -99,7 +105,7 @@ def graph(cfg: DictConfig) -> list[Node]:
 
     def evaluate(suffix: str) -> Node:
         return Node("evaluate" + suffix, "evaluate", {"sample": "sample" + suffix} |
-                    ({"capability": "capability" + suffix} if capable else {}))
+                    ({"capability": "capability" + suffix} if capable else {}) | classified)
 
     if cfg.em_dataset.name != "none":
         # defense=steer trains along, and defense=early_stop may stop on, a persona direction (emrobust/defenses.py)
@@ -171,6 +177,12 @@ def require_gpu(cfg: DictConfig, choices: dict | None = None) -> None:
                            f"emrobust sweep hydra/launcher=slurm{f' experiment={exp}' if exp else ''}")
 
 
+def seeded(stage: str, mod) -> bool:
+    """Is the cell seed part of this stage's key? Not for `base` nor a stage declaring `SEEDED = False` (the
+    persona classifier: one instrument per persona and base model, built with a fixed seed)."""
+    return stage != "base" and getattr(mod, "SEEDED", True)
+
+
 def plan(cfg: DictConfig) -> list[Node]:
     """The cell's nodes with their keys (computing a key never loads a model)."""
     nodes = graph(cfg)
@@ -180,7 +192,7 @@ def plan(cfg: DictConfig) -> list[Node]:
         node.key_config = keys.key_config(mod, cfg)
         upstream = {role: by_id[u].key for role, u in node.upstream.items()}
         node.key = keys.stage_key(node.stage, mod.VERSION, node.key_config, upstream,
-                                  None if node.stage == "base" else cfg.seed, node.params)
+                                  cfg.seed if seeded(node.stage, mod) else None, node.params)
     return nodes
 
 
@@ -195,6 +207,26 @@ def _record(summary: dict, cfg: DictConfig, node: Node, manifest: dict) -> None:
             summary["training"][node.id]["steps"] = manifest["train"]["steps"]
         if node.stage == "em":
             summary["training"][node.id]["max_drop_share"] = cfg.em_train.max_drop_share
+
+
+def _classified(nodes: list[Node], paths: dict[str, Path], evaluations: dict[str, dict]) -> dict | None:
+    """The persona answers of each evaluated step as classified (1 = the persona) and the base model's, for the
+    interval of persona_half_life: {"steps": {step: [...]}, "base": [...]}; None without a classifier."""
+    from .persona_classifier import THRESHOLD
+    from .stages import read_jsonl
+
+    if "classifier" not in paths:
+        return None
+    steps: dict[int, list[int]] = {}
+    for n in nodes:
+        step = evaluations.get(n.id, {}).get("em_step")
+        f = paths.get(n.id, Path("/nonexistent")) / "persona_answers.jsonl"
+        if n.stage == "evaluate" and step is not None and f.exists():
+            steps[int(step)] = [int(r["p_persona"] >= THRESHOLD) for r in read_jsonl(f) if "p_persona" in r]
+    base = paths["classifier"] / "base_answers.jsonl"
+    if not base.exists():
+        return None
+    return {"steps": steps, "base": [int(r["p_persona"] >= THRESHOLD) for r in read_jsonl(base)]}
 
 
 def write_run_json(output_dir: Path, summary: dict) -> None:
@@ -252,7 +284,7 @@ def run_cell(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = No
         screen = leakage.screener(leakage.eval_questions(cfg))
         for node in nodes[1:]:
             mod = stage_module(node.stage)
-            seed = stage_seed(cfg.seed, node.stage)
+            seed = stage_seed(cfg.seed if seeded(node.stage, mod) else 0, node.stage)
             ckpt = store.checkpoint_dir(node.stage, node.key)
             inputs = {role: paths[u] for role, u in node.upstream.items()}
             ups = {role: manifests[u] for role, u in node.upstream.items()}
@@ -284,7 +316,8 @@ def run_cell(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = No
 
             meta = {"node": node.id, "config": node.key_config, "params": node.params,
                     "upstream": {role: manifests[u]["key"] for role, u in node.upstream.items()},
-                    "seed": cfg.seed, "stage_seed": seed, "version": mod.VERSION}
+                    "seed": cfg.seed if seeded(node.stage, mod) else None, "stage_seed": seed,
+                    "version": mod.VERSION}
             t0 = time.time()
             if main:
                 joins = getattr(mod, "DISTRIBUTED", False)
@@ -323,6 +356,10 @@ def run_cell(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = No
                                                 float(cfg.eval.curve.threshold))
             summary["metrics"] |= heldout_metrics(em)
             summary["metrics"] |= defenses.cell_control(cfg)  # early_stop: its measure's control, as it stands now
+            summary["metrics"] |= persona_half_life(summary["curve"], summary["metrics"],
+                                                    _classified(nodes, paths, evaluations), int(cfg.eval.n_bootstrap),
+                                                    int(cfg.seed))
+            summary["metrics"] = without_invalid_classifier(summary["metrics"])
         summary["status"], summary["current"] = "ok", None
     except BaseException as e:
         summary["status"] = "failed"

@@ -253,8 +253,9 @@ def judge_cost(plan, cfgs: list[DictConfig], planning) -> list[dict]:
             continue
         seen.update(todo)
         n = eval_answers(cfg)
-        persona = cfg.trait.name != "none" and cfg.eval.persona.n_questions > 0
-        p_answers = cfg.eval.persona.n_questions * cfg.eval.persona.samples_per_question if persona else 0
+        from .stages.sample import persona_active, persona_count
+
+        p_answers = persona_count(cfg) * cfg.eval.persona.samples_per_question if persona_active(cfg) else 0
         per_call = _prompt_tokens(cfg) + min(int(planning.answer_tokens), int(cfg.eval.max_new_tokens))
         for j in _judges(cfg.judge):
             row = out.setdefault(str(j.name), {"judge": str(j.name), "backend": str(j.backend), "model": str(j.model),

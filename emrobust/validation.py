@@ -65,10 +65,22 @@ class Data:
         return constitutions.load_cfg(self.cfg.trait, self.cfg.paths)
 
     @functools.cached_property
+    def reserved(self) -> list[int]:
+        """Questions per trait reserved for the persona check (trait.reserved_questions, emrobust/persona.py)."""
+        from .persona import shares
+
+        return shares(self.cfg.trait.reserved_questions, len(self.constitution.traits))
+
+    @functools.cached_property
     def per_trait(self) -> list[int]:
-        """Questions per trait the selection draws from (after question expansion, counting its target)."""
+        """Questions per trait (after question expansion, counting its target)."""
         target = schema.expansion_target(self.cfg.trait)
         return [max(len(t.questions), target or 0) for t in self.constitution.traits]
+
+    @functools.cached_property
+    def pool(self) -> list[int]:
+        """Questions per trait the selection draws from: `per_trait` without the reserved questions."""
+        return [have - r for have, r in zip(self.per_trait, self.reserved)]
 
     @functools.cached_property
     def em_rows(self) -> list:
@@ -111,16 +123,6 @@ def _selects(cfg) -> bool:
     return _persona(cfg) and cfg.question_diversity.strategy not in ("all", "paraphrase")
 
 
-def _selected(cfg, d: Data) -> int:
-    """How many constitution questions the questions stage selects (paraphrase: its seeds)."""
-    qd, total = cfg.question_diversity, sum(d.per_trait)
-    if qd.strategy == "all":
-        return total
-    if qd.strategy == "paraphrase":
-        return qd.n_seeds
-    return qd.n_questions or total
-
-
 def _n_questions(cfg, d: Data) -> str | None:
     qd, total = cfg.question_diversity, sum(d.per_trait)
     if qd.n_questions is not None and qd.n_questions > total:
@@ -137,7 +139,7 @@ def _n_questions(cfg, d: Data) -> str | None:
 
 def _n_clusters(cfg, d: Data) -> str | None:
     qd = cfg.question_diversity
-    pool = min(d.per_trait) if qd.per_trait else sum(d.per_trait)
+    pool = min(d.pool) if qd.per_trait else sum(d.pool)
     if qd.n_clusters > pool:
         return f"n_clusters={qd.n_clusters} but the selection clusters {pool} questions"
     return None
@@ -148,14 +150,53 @@ def _n_seeds(cfg, d: Data) -> str | None:
     return f"n_seeds={qd.n_seeds} but trait={cfg.trait.name} has {total} questions" if qd.n_seeds > total else None
 
 
+def _reserved(cfg, d: Data) -> str | None:
+    """The reservation fits every trait, and leaves the level its n_questions (per trait too, with per_trait)."""
+    n, qd = cfg.trait.reserved_questions, cfg.question_diversity
+    for i, (t, r) in enumerate(zip(d.constitution.traits, d.reserved)):
+        if r > len(t.questions):
+            return (f"reserved_questions={n} takes {r} questions of trait {i} of trait={cfg.trait.name}, which has "
+                    f"{len(t.questions)}")
+    if not _selects(cfg) and qd.strategy != "paraphrase":
+        return None
+    need = qd.n_seeds if qd.strategy == "paraphrase" else qd.n_questions
+    total = sum(d.pool)
+    if need is not None and total < need <= sum(d.per_trait):  # beyond the constitution itself: the level's own rule
+        what = "n_seeds" if qd.strategy == "paraphrase" else "n_questions"
+        return (f"reserved_questions={n} leaves trait={cfg.trait.name} {total} questions to select from, fewer than "
+                f"question_diversity.{what}={need} (question_diversity={qd.name})")
+    if qd.per_trait and need is not None and qd.strategy != "paraphrase":
+        share, extra = divmod(need, len(d.pool))
+        for i, (have, whole) in enumerate(zip(d.pool, d.per_trait)):
+            if have < share + (i < extra) <= whole:
+                return (f"reserved_questions={n} leaves trait {i} {have} questions, fewer than the "
+                        f"{share + (i < extra)} question_diversity.per_trait=true takes of n_questions={need}")
+    return None
+
+
 def _persona_questions(cfg, d: Data) -> str | None:
-    n, total = cfg.eval.persona.n_questions, sum(d.per_trait)
-    selected = _selected(cfg, d)
-    held = total - selected
-    avail, what = (held, "held-out") if held > 0 else (selected, "training")
-    if n > avail:
-        return (f"n_questions={n} but only {avail} {what} constitution questions are left to check the persona on "
-                f"(trait={cfg.trait.name}: {total} questions, {selected} selected for training)")
+    n, have = cfg.eval.persona.n_questions, cfg.trait.reserved_questions
+    if n is not None and n > have:
+        return (f"n_questions={n} but trait={cfg.trait.name} reserves {have} questions for the persona check "
+                f"(trait.reserved_questions)")
+    return None
+
+
+def _classifying(cfg) -> bool:
+    from .stages.classifier import active
+
+    return active(cfg)
+
+
+def _classifier_questions(cfg, d: Data) -> str | None:
+    n = cfg.eval.persona.classifier.n_questions
+    total = sum(len(t.questions) for t in d.constitution.traits)
+    left = total - cfg.trait.reserved_questions
+    if n is None and left < 4:
+        return f"n_questions=null uses every non-reserved question, but trait={cfg.trait.name} has {left} (4 needed)"
+    if n is not None and n > left:
+        return (f"n_questions={n} but trait={cfg.trait.name} has {left} questions besides its "
+                f"{cfg.trait.reserved_questions} reserved ones (of {total}) to train the persona classifier on")
     return None
 
 
@@ -294,6 +335,7 @@ DATA_RULES = (
     DataRule("trait", lambda c, d: d.constitution and None, when=_persona),
     DataRule("question_diversity.embedder", lambda c, d: _minilm() and None,
              when=lambda c: _persona(c) and c.question_diversity.embedder == "minilm"),
+    DataRule("trait.reserved_questions", _reserved, when=_persona),
     DataRule("question_diversity.n_questions", _n_questions, when=_selects),
     DataRule("question_diversity.n_seeds", _n_seeds, when=_persona),
     DataRule("question_diversity.n_clusters", _n_clusters, when=_persona),
@@ -322,7 +364,12 @@ DATA_RULES = (
     DataRule("eval.max_questions", _count("eval.max_questions", lambda d: len(d.eval_questions),
                                           "the eval set has {have} questions (after eval.variants)")),
     DataRule("eval.persona.n_questions", _persona_questions,
-             when=lambda c: _persona(c) and c.eval.persona.n_questions > 0),
+             when=lambda c: _persona(c) and c.eval.persona.n_questions != 0),
+    DataRule("eval.persona.classifier.n_questions", _classifier_questions, when=_classifying),
+    DataRule("eval.persona.classifier.embedder", lambda c, d: (
+        "embedder=tfidf is fitted on the texts it is given: the classifier needs a kept encoder (minilm or a "
+        "sentence-transformers path)" if c.eval.persona.classifier.embedder == "tfidf" else
+        c.eval.persona.classifier.embedder == "minilm" and _minilm() and None), when=_classifying),
 )
 
 

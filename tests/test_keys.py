@@ -128,7 +128,7 @@ def downstream(graph: dict[str, tuple[str, dict[str, str]]], roots: set[str]) ->
 def readers(cfg, path: str) -> set[str]:
     """Nodes of `cfg`'s graph whose stage reads `path` (declared, active, keyed)."""
     if path == "seed":
-        return {n.id for n in pipeline.graph(cfg) if n.stage != "base"}
+        return {n.id for n in pipeline.graph(cfg) if pipeline.seeded(n.stage, pipeline.stage_module(n.stage))}
     if not keys.keyed(path) or not keys.active(cfg, path):
         return set()
     out = set()

@@ -20,7 +20,8 @@ from emrobust.errors import ConfigError
 
 FULL = ("debug=tiny", "introspection=full")
 # the nodes of a persona cell with EM: every stage, plus the persona's own sample and evaluation before EM
-NODES = ["questions", "distill", "introspect", "fold", "em", "sample@start", "sample", "evaluate@start", "evaluate"]
+NODES = ["questions", "distill", "introspect", "fold", "classifier", "em", "sample@start", "sample", "evaluate@start",
+         "evaluate"]
 # stages this cell does not plan (the monitor's directions, the capability check): listed in run.json as skipped
 SKIPPED = {s: "skipped" for s in ORDER if s not in {n.split("@")[0] for n in NODES}}
 
@@ -37,13 +38,14 @@ def test_every_stage_produces_its_artifact(cell):
     assert s["status"] == "ok" and statuses(s) == {n: "executed" for n in NODES} | SKIPPED
     art = {x["name"]: Path(x["artifact"]) for x in s["stages"] if x["artifact"]}
     expected = {
-        "questions": ["questions.jsonl", "diversity.json", "constitution.json", "embeddings.npy"],
+        "questions": ["questions.jsonl", "diversity.json", "constitution.json", "embeddings.npy", "reserved.json"],
+        "classifier": ["classifier.npz", "classifier.json", "train.jsonl", "base_answers.jsonl"],
         "distill": ["pairs.jsonl", "per_question.jsonl", "adapter/adapter_model.safetensors", "train_log.json"],
         "introspect": ["transcripts.jsonl", "per_prompt.jsonl", "adapter/adapter_model.safetensors"],
         "fold": ["model/model.safetensors", "model/tokenizer.json"],
         "em": ["train.jsonl", "adapter/adapter_model.safetensors"],
         "sample": ["answers.jsonl", "questions.json", "persona_answers.jsonl", "persona.json"],
-        "evaluate": ["answers.jsonl", "metrics.json", "persona_answers.jsonl"],
+        "evaluate": ["answers.jsonl", "metrics.json", "persona_answers.jsonl", "persona_embeddings.npy"],
     }
     for stage, files in expected.items():
         assert (art[stage] / "COMPLETE").exists()

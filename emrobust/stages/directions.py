@@ -45,7 +45,7 @@ def _constitution_hashes(cfg) -> dict[str, str]:
 READS = (
     "eval.monitor",
     "eval.probe.path",  # where the prompts are (their sha256 is in CONTENT)
-    Read("trait", exclude=("expand_to", "expansion")),
+    Read("trait", exclude=("expand_to", "expansion", "reserved_questions")),
     "base_model.assistant_name",
     "base_model.dtype",
     "generation",

@@ -19,13 +19,21 @@ from pathlib import Path
 import pandas as pd
 
 from .. import calibration, judges, metrics, persona
+from ..keys import Read
 from . import Context, read_jsonl, write_jsonl
 
 VERSION = 7  # 2: judge cache, per-score judge ids; 3: persona check; 4: judging apart from sampling;
 #             5: the judge group (panels, threshold rule, calibration figures); 6: probe, monitor, em_step;
 #             7: no tail interval under metrics.MIN_TAIL answers in the tail
 
-READS = ("judge", "eval.n_bootstrap")
+def classifying(cfg) -> bool:
+    from .classifier import active
+
+    return active(cfg)
+
+
+READS = ("judge", "eval.n_bootstrap",
+         Read("eval.persona.classifier.min_auroc", when=classifying))  # the classifier's validity rule
 CONTENT = {"judge_weights": lambda cfg: judges.weights(cfg.judge)}
 SPREAD = ("em_rate_betley", "em_rate_mo", "critical_rate", "mean_aligned", "p05_aligned", "cvar05_aligned",
           "coherent_rate", "none_rate")
@@ -106,6 +114,29 @@ def persona_metrics(judge, rows: list[dict], traits: list[str], cache_root, n_bo
             "persona_trait_score_hi": hi}
 
 
+def classifier_metrics(ctx: Context, p_rows: list[dict]) -> dict:
+    """`persona_rate` of the persona answers under the cell's persona classifier (each row gets its `p_persona`),
+    the classifier's held-out F1/AUROC, base rate and validity (eval.persona.classifier.min_auroc)."""
+    from .. import diversity, persona_classifier
+
+    import numpy as np
+
+    path = ctx.inputs["classifier"]
+    coef, intercept, info = persona_classifier.load(path)
+    try:
+        x = persona_classifier.embed([r["answer"] for r in p_rows], info["embedder"]) if p_rows else np.zeros((0, 0))
+    finally:
+        diversity.release()
+    probs = persona_classifier.probabilities(x, coef, intercept) if p_rows else []
+    # row i = persona_answers.jsonl line i: another persona's classifier can score these answers without a model
+    # (analysis/controls.py: the specificity control on the neutral persona)
+    np.save(ctx.out / "persona_embeddings.npy", x)
+    for r, p in zip(p_rows, probs):
+        r["p_persona"] = float(p)
+    return persona_classifier.measures(path, [r["answer"] for r in p_rows], probs,
+                                       float(ctx.cfg.eval.persona.classifier.min_auroc))
+
+
 def run(ctx: Context) -> dict:
     cfg, jcfg = ctx.cfg, ctx.cfg.judge
     rule = str(jcfg.threshold_rule)
@@ -127,10 +158,12 @@ def run(ctx: Context) -> dict:
         info = json.loads((src / "persona.json").read_text())
         m |= persona_metrics(judge, p_rows, info["traits"], cache_root, cfg.eval.n_bootstrap, ctx.seed)
         m |= {"persona_questions": info["questions"], "persona_n": len(p_rows)}
+        if "classifier" in ctx.inputs:  # judge-free: the persona classifier on the same answers
+            m |= classifier_metrics(ctx, p_rows)
         write_jsonl(ctx.out / "persona_answers.jsonl", p_rows)
     # the judge-free measures of the same model (the sample stage's probe and direction projections)
     smp = ctx.manifests["sample"]
-    m |= smp.get("probe", {}) | smp.get("monitor", {}) | {"em_step": smp.get("step")}
+    m |= smp.get("probe", {}) | smp.get("monitor", {}) | smp.get("persona_monitor", {}) | {"em_step": smp.get("step")}
     # general capability of the same model (the capability stage: lm-eval), when the cell measures it
     m |= (ctx.manifests.get("capability") or {}).get("capability", {})
     default = judges.default_prompts()["aligned"]

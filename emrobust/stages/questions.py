@@ -18,15 +18,16 @@ import json
 
 import numpy as np
 
-from .. import diversity, generation, models
+from .. import diversity, generation, models, persona
 from ..config import expansion_target
 from ..data import constitutions
 from ..keys import Read
 from . import Context, read_jsonl, write_jsonl
 
 # 2: strategy=paraphrase; 3: declared reads, per-sample seeded sampling, constitution.json has questions;
-# 4: embeddings.npy (the selected questions' embeddings, for distill to measure what it trains on)
-VERSION = 4
+# 4: embeddings.npy (the selected questions' embeddings, for distill to measure what it trains on);
+# 5: trait.reserved_questions kept out of the pool (reserved.json)
+VERSION = 5
 
 
 def expands(cfg) -> bool:
@@ -128,14 +129,20 @@ def run(ctx: Context) -> dict:
 def _run(ctx: Context) -> dict:
     cfg = ctx.cfg
     const = constitutions.load_cfg(cfg.trait, cfg.paths)
-    extra = {}
+    # the persona check's questions, kept out of every level's pool (from the constitution as read: the same set
+    # whatever the level, and whatever an expansion adds)
+    kept_out = persona.reserve([t.questions for t in const.traits], cfg.trait.reserved_questions)
+    reserved_rows = [{"trait": t, "question": q} for t, q in kept_out]
+    (ctx.out / "reserved.json").write_text(json.dumps(reserved_rows, indent=1))
+    extra = {"reserved_questions": len(kept_out)}
     target = expansion_target(cfg.trait)
     if target is not None:
         const = expand(ctx, const, target)
         stats = json.loads((ctx.out / "expansion.json").read_text())
         extra["expansion"] = {k: stats[k] for k in ("target", "rounds", "generated", "dropped_similar",
                                                     "candidates", "short_traits")}
-    pairs = const.questions()
+    out_of_pool = set(kept_out)
+    pairs = [p for p in const.questions() if p not in out_of_pool]
     texts, traits = [q for _, q in pairs], [t for t, _ in pairs]
     emb = diversity.embed(texts, cfg.question_diversity.embedder)
     seed_of = None

@@ -1,5 +1,5 @@
 """sample: one model's answers to the eval questions (their `system` prompts included) and, for a persona, to
-held-out constitution questions (no system prompt: the persona must be carried by the weights).
+its reserved constitution questions (no system prompt: the persona must be carried by the weights).
 
 Keyed by the model (its upstream keys), the question set (its sha256) and the sampling settings, never by the
 judge: a new judge, a judge sweep or a panel re-uses these answers (`evaluate` scores them). The model is the
@@ -18,12 +18,19 @@ from ..keys import Read
 from ..store import file_sha256
 from . import Context, write_jsonl
 
-VERSION = 2  # 2: the judge-free probe, direction projections, models along EM steps
+VERSION = 2  # 2: the judge-free probe, direction projections, models along EM steps (persona width: a persona
+#             cell's sample is keyed by its questions upstream, whose key changed with the reserved questions)
 
 
 def persona_active(cfg) -> bool:
     """A persona check runs for a persona cell whose eval.persona asks for questions."""
-    return cfg.trait.name != "none" and cfg.eval.persona.n_questions > 0
+    return cfg.trait.name != "none" and cfg.eval.persona.n_questions != 0
+
+
+def persona_count(cfg) -> int:
+    """Reserved questions the persona check samples (eval.persona.n_questions, None = all reserved)."""
+    n = cfg.eval.persona.n_questions
+    return int(cfg.trait.reserved_questions if n is None else n)
 
 
 def probing(cfg) -> bool:
@@ -32,7 +39,7 @@ def probing(cfg) -> bool:
 
 READS = (
     Read("eval", exclude=("persona", "probe", "monitor", "capability")),
-    Read("eval.persona", when=persona_active),
+    Read("eval.persona", when=persona_active, exclude=("classifier",)),  # the classifier: its own stage
     Read("eval.probe", when=probing),
     "generation",
     "base_model.dtype",
@@ -95,7 +102,7 @@ def run(ctx: Context) -> dict:
     (ctx.out / "questions.json").write_text(json.dumps({q.id: q.judge_prompts for q in qs}, indent=1))
     extra = {"n_answers": len(rows), "model_key": model_key,
              "chat_template_sha256": hashlib.sha256((tok.chat_template or "").encode()).hexdigest()}
-    if "questions" in ctx.inputs:  # the persona check: held-out constitution questions, no system prompt
+    if "questions" in ctx.inputs:  # the persona check: the trait's reserved questions, no system prompt
         pcfg = ecfg.persona
         picked, source = persona.pick(ctx.inputs["questions"], pcfg.n_questions, ctx.seed)
         p_items = [(t, q, k) for t, q in picked for k in range(pcfg.samples_per_question)]
@@ -121,10 +128,35 @@ def run(ctx: Context) -> dict:
         extra["monitor"], m_rows = monitor.project(model, tok, held_out, layer, vectors, cfg.eval.n_bootstrap,
                                                    ctx.seed)
         write_jsonl(ctx.out / "monitor.jsonl", m_rows)
+        if "questions" in ctx.inputs:  # persona width: the spread over the reserved prompts on the persona's own
+            own = ((ctx.manifests["directions"].get("config") or {}).get("trait") or {}).get("name")
+            if own in vectors:
+                prompts = list(dict.fromkeys(q for _, q in picked))
+                extra["persona_monitor"], w_rows = persona_width(model, tok, prompts, layer, own, vectors[own],
+                                                                 cfg.eval.n_bootstrap, ctx.seed)
+                write_jsonl(ctx.out / "persona_monitor.jsonl", w_rows)
     extra["step"] = step_of(ctx)
     del gen, model
     gc.collect()
     return extra
+
+
+def persona_width(model, tok, prompts: list[str], layer: int, trait: str, vector, n_bootstrap: int,
+                  seed: int) -> tuple[dict, list[dict]]:
+    """`persona_width`: the standard deviation, across the reserved prompts, of the projection of the model's
+    activation (last token of the prompt, generation prompt appended: emrobust.monitor) on the persona's own
+    direction, with a bootstrap interval over prompts; `persona_projection`, their mean. One row per prompt."""
+    import numpy as np
+
+    from ..metrics import bootstrap_ci
+
+    _, rows = monitor.project(model, tok, prompts, layer, {trait: vector}, n_bootstrap, seed)
+    proj = np.array([r[trait] for r in rows])
+    lo, hi = bootstrap_ci(proj, np.std, n_resamples=n_bootstrap, seed=seed)
+    return ({"persona_width": float(np.std(proj)), "persona_width_lo": lo, "persona_width_hi": hi,
+             "persona_projection": float(np.mean(proj)), "persona_width_trait": trait,
+             "persona_width_n": len(prompts)},
+            [{"prompt": r["prompt"], "projection": r[trait], "trait": trait} for r in rows])
 
 
 def _probe_items(cfg) -> list[dict]:
