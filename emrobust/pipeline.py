@@ -23,12 +23,11 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from . import defenses, keys, leakage, tracking
 from .errors import ConfigError, note_failure
-from .results import (START, cell_metrics, curve, curve_metrics, heldout_metrics, persona_half_life,
-                      without_invalid_classifier)
+from .results import START, heldout_metrics, summary_metrics
 from .stages import ORDER, Context, stage_seed
 from .store import Result, Store
 
@@ -349,17 +348,12 @@ def run_cell(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = No
             from . import calibration
 
             # the judge's calibration as it stands now (it may have been calibrated after the evaluation was built)
-            summary["metrics"] = cell_metrics(evaluations) | calibration.cell_trust(cfg)
             em = manifests.get("em") or {}
-            summary["curve"] = curve(evaluations, em)
-            summary["metrics"] |= curve_metrics(summary["curve"], str(cfg.eval.curve.metric),
-                                                float(cfg.eval.curve.threshold))
-            summary["metrics"] |= heldout_metrics(em)
-            summary["metrics"] |= defenses.cell_control(cfg)  # early_stop: its measure's control, as it stands now
-            summary["metrics"] |= persona_half_life(summary["curve"], summary["metrics"],
-                                                    _classified(nodes, paths, evaluations), int(cfg.eval.n_bootstrap),
-                                                    int(cfg.seed))
-            summary["metrics"] = without_invalid_classifier(summary["metrics"])
+            # the judge's trust and early_stop's control as they stand now; the em stage's held-out measures
+            extra = calibration.cell_trust(cfg) | heldout_metrics(em) | defenses.cell_control(cfg)
+            summary["metrics"], summary["curve"] = summary_metrics(
+                evaluations, em, OmegaConf.to_container(cfg.eval.curve), extra,
+                _classified(nodes, paths, evaluations), int(cfg.eval.n_bootstrap), int(cfg.seed))
         summary["status"], summary["current"] = "ok", None
     except BaseException as e:
         summary["status"] = "failed"

@@ -185,6 +185,20 @@ def persona_half_life(points: list[dict], metrics: dict, answers: dict | None = 
     return out
 
 
+def summary_metrics(evaluations: dict[str, dict], em: dict | None, curve_cfg: dict, extra: dict | None = None,
+                    answers: dict | None = None, n_resamples: int = 2000, seed: int = 0) -> tuple[dict, list[dict]]:
+    """A cell's metrics and curve from its evaluate nodes' metrics, by one rule for run.json and for the table
+    rebuilt from W&B: `cell_metrics`, the curve's summaries (`curve_cfg`: metric, threshold), `extra` (the em
+    stage's held-out measures, the judge's trust, a defense's control), `persona_half_life` (its interval when
+    `answers` gives the classified answers), and nothing computed from an invalid persona classifier."""
+    points = curve(evaluations, em)
+    metrics = cell_metrics(evaluations)
+    if "metric" in curve_cfg and "threshold" in curve_cfg:
+        metrics |= curve_metrics(points, str(curve_cfg["metric"]), float(curve_cfg["threshold"]))
+    metrics |= (extra or {}) | persona_half_life(points, metrics, answers, n_resamples, seed)
+    return without_invalid_classifier(metrics), points
+
+
 def cell_row(cell: str, run: dict) -> dict:
     """The sweep-table row of one cell from its run.json dict (or the same dict rebuilt from W&B runs by
     analysis/wandb_source.py): the one row schema of sweep.csv and `emrobust analyze`."""

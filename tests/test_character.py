@@ -274,7 +274,7 @@ def test_persona_check_before_and_after_em(folded):
     m = s["metrics"]
     for k in ("persona_trait_score", "persona_trait_score_fold"):
         assert 0 <= m[k] <= 100 and m[k + "_lo"] <= m[k] <= m[k + "_hi"]
-    assert m["persona_questions"] == "heldout" and m["persona_n"] == 2
+    assert m["persona_questions"] == "reserved" and m["persona_n"] == 2
     # the evaluated model's persona answers, and the persona's before EM (its own sample, shared by EM datasets)
     rows = [json.loads(x) for x in (artifact(s, "evaluate") / "persona_answers.jsonl").read_text().splitlines()]
     before = [json.loads(x) for x in (artifact(s, "evaluate@start") / "persona_answers.jsonl").read_text().splitlines()]

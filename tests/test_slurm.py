@@ -108,39 +108,41 @@ def wait_for(pred, timeout: float, what: str, step: float = 0.05):
 
 
 def test_sweep_builds_each_shared_stage_once(slurm_cluster, tmp_path, tiny_path):
-    """2 traits x 2 diversities x 2 EM datasets: each persona (questions -> distill -> fold) is one job, built
-    once; the 8 cells wait for it (afterok) and find it cached."""
+    """1 trait x 2 diversities x 2 EM datasets: the trait's persona classifier is one job (seedless, shared by
+    both personas), each persona (questions -> distill -> fold) is one job after it, built once; the 4 cells wait
+    for both (afterok) and find them cached."""
     import collections
     import json
     import uuid
 
     sweep = tmp_path / f"sweep-{uuid.uuid4().hex[:8]}"
-    grid = ["debug=tiny", "introspection=none", "trait=demo,neutral", "question_diversity=low,high",
+    grid = ["debug=tiny", "introspection=none", "trait=demo", "question_diversity=low,high",
             "em_dataset=demo_insecure,insecure"]
     dry = cli("sweep", "--dry-run", *grid, *JOB, f"hydra.sweep.dir={sweep}", tmp=tmp_path)
-    assert "cells: 8" in dry.stdout and "jobs to submit: 12 (4 shared-stage jobs + 8 cell jobs)" in dry.stdout
-    # 8 nodes a cell; a persona's questions, distill, fold and its evaluation before EM are shared by 2 cells
-    assert "64 uses of 44 unique stage keys, 0 cached" in dry.stdout and not sweep.exists()
+    assert "cells: 4" in dry.stdout and "jobs to submit: 7 (3 shared-stage jobs + 4 cell jobs)" in dry.stdout
+    # 9 nodes a cell; the classifier is shared by 4 cells, a persona's questions, distill, fold and its evaluation
+    # before EM by 2: 1 + 2 x 5 + 4 x 3 = 23 keys
+    assert "36 uses of 23 unique stage keys, 0 cached" in dry.stdout and not sweep.exists()
 
     p = cli("sweep", *grid, *JOB, f"hydra.sweep.dir={sweep}", tmp=tmp_path, timeout=1500)
     plan = json.loads((sweep / "plan.json").read_text())
     ids = [j["slurm_id"] for j in plan["jobs"]]
     # the login node has every result; give slurmdbd a moment to record the last job's end
     jobs = wait_for(lambda: ended(ids), 60, "sacct to show every job ended", 0.5)
-    # sbatch submissions of this sweep, counted in Slurm's own accounting: one per persona + one per cell
+    # sbatch submissions of this sweep, counted in Slurm's own accounting: the classifier, one per persona, one per cell
     mine = {j: ns for j, ns in jobs.items() if ns[0].startswith(f"emrobust-{sweep.name}-")}
-    assert len(mine) == 12 == len(set(ids)), jobs
-    assert sum("-stages-" in n for n, _ in mine.values()) == 4
+    assert len(mine) == 7 == len(set(ids)), jobs
+    assert sum("-stages-" in n for n, _ in mine.values()) == 3
     assert {s for _, s in mine.values()} == {"COMPLETED"}, mine
     runs = [json.loads(r.read_text()) for r in [*sweep.glob("*/run.json"), *sweep.glob(".stages/*/run.json")]]
     executed = collections.Counter((s["name"], s["key"]) for r in runs for s in r["stages"] if s["status"] == "executed")
-    assert len(executed) == plan["unique_stages"] == 44 and set(executed.values()) == {1}  # ratio 1.0
+    assert len(executed) == plan["unique_stages"] == 23 and set(executed.values()) == {1}  # ratio 1.0
     df = pd.read_csv(sweep / "sweep.csv")
-    assert len(df) == 8 and (df["status"] == "ok").all() and (df["cached"] == 5).all() and (df["executed"] == 3).all()
-    assert "8 cells ok, 0 failed" in p.stdout
+    assert len(df) == 4 and (df["status"] == "ok").all() and (df["cached"] == 6).all() and (df["executed"] == 3).all()
+    assert "4 cells ok, 0 failed" in p.stdout
 
     again = cli("sweep", "--dry-run", *grid, *JOB, f"hydra.sweep.dir={tmp_path / 'again'}", tmp=tmp_path)
-    assert "44 cached, 0 to build" in again.stdout and "(0 shared-stage jobs + 8 cell jobs)" in again.stdout
+    assert "23 cached, 0 to build" in again.stdout and "(0 shared-stage jobs + 4 cell jobs)" in again.stdout
 
 
 def test_sweep_validates_every_cell_before_submitting(tmp_path):
@@ -266,7 +268,7 @@ def test_sweep_dry_run_of_the_study_preset(tmp_path):
             env=no_slurm)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "Slurm: not reachable from here" in p.stdout and "was not checked" in p.stdout
-    assert "cells: 60" in p.stdout and "jobs to submit: 75 (15 shared-stage jobs + 60 cell jobs)" in p.stdout
+    assert "cells: 60" in p.stdout and "jobs to submit: 83 (23 shared-stage jobs + 60 cell jobs)" in p.stdout
     assert "high vs low diversity: 12 pairs" in p.stdout
     assert "model qwen2_5_7b_instruct: Qwen/Qwen2.5-7B-Instruct@a09a35458c70" in p.stdout
     assert "GPU-hours requested" in p.stdout and not (tmp_path / "outputs").exists()
@@ -341,7 +343,7 @@ def test_status_shows_pending_running_done_and_failed(slurm_cluster, tmp_path, t
     assert proc.returncode != 0  # cell 1 failed
     assert seen == {"pending", "running"}, (seen, out[-2000:])
     final = cli("status", "--watch", "--interval", "1", str(sweep), tmp=tmp_path).stdout.splitlines()
-    assert "1 done, 1 failed" in final[0]
+    assert "1 done, 1 failed" in final[0], "\n".join(final)  # the cells' lines say why when it is not
     assert final[1].split()[:2] == ["cell:0", "done"] and "5 stages executed" in final[1]
     assert final[2].split()[:2] == ["cell:1", "failed"] and "stage em: ValueError: no training example" in final[2]
     assert "log: " + str(sweep / ".submitit") in final[2] and final[2].endswith("_0_log.err")

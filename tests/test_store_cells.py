@@ -46,7 +46,7 @@ def test_killed_between_stages_then_damaged_then_rebuilt(tmp_path, tiny_path):
     assert _statuses(tmp_path / "again") == {"questions": "skipped", "distill": "skipped", "introspect": "skipped",
                                              "fold": "skipped", "directions": "skipped", "em": "cached",
                                              "sample@start": "executed", "sample": "executed",
-                                             "capability": "skipped", "evaluate@start": "executed",
+                                             "capability": "skipped", "classifier": "skipped", "evaluate@start": "executed",
                                              "evaluate": "executed"}
 
     # 2. a damaged em adapter: an error naming the file (on_damage=error), or rebuilt with the run saying why

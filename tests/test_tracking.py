@@ -95,7 +95,8 @@ def test_analyze_from_wandb_records_matches_run_json(tmp_path, tiny_path, monkey
     local = sweep_table(sweep)
     runs = wandb_source.from_offline([sweep])
     assert sorted(r["job_type"] for r in runs) == sorted(["questions", "distill", "fold", "em", "sample@start",
-                                                          "evaluate@start", "sample", "evaluate"] * 2)
+                                                          "evaluate@start", "sample", "evaluate"] * 2
+                                                         + ["classifier"])  # one persona classifier per trait
     assert {r["group"] for r in runs} == {"sweep"} and {r["state"] for r in runs} == {"finished"}
     wb = wandb_source.table(runs)
     assert set(wb.columns) == set(local.columns) and len(wb) == len(local) == 2
