@@ -207,10 +207,20 @@ def pytest_collection_modifyitems(config, items):
             kinds.add("subprocess")
         for k in sorted(kinds):
             item.add_marker(k)
-        for k in ONE_WORKER:
-            if k in kinds:
-                item.add_marker(pytest.mark.xdist_group(k))
-                break
+        group = next((k for k in ONE_WORKER if k in kinds), None) or _module_fixture_group(item)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+def _module_fixture_group(item) -> str | None:
+    """The tests of a module that use a module-scoped fixture of that module run on one worker, so the fixture
+    (a trained cell, embedded constitutions, a composed sweep) is built once per run, not once per worker."""
+    mod = getattr(item, "module", None)
+    for defs in item._fixtureinfo.name2fixturedefs.values():
+        d = defs[-1]
+        if d.scope == "module" and mod is not None and getattr(d.func, "__module__", None) == mod.__name__:
+            return mod.__name__
+    return None
 
 
 # ---------------------------------------------------------------- the Slurm cluster: one per test run
