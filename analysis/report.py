@@ -5,7 +5,7 @@ Writes into each sweep dir (or `--out`): sweep.csv, summary.csv, summary.parquet
 balance.csv, metrics.png, em_vs_vendi.png, cdf.png, question_heatmap.png, report.md; for a sweep of defenses also
 defenses.csv and defenses_pareto.png (analysis/defenses.py: the EM tail against capability retained). The report's
 first lines say whether the cells of each contrast trained on equal data (analysis/balance.py,
-`--balance-tolerance`).
+`--balance-tolerance`) and learned the persona equally before EM (analysis/manipulation.py: manipulation.csv).
 
 `--wandb ENTITY/PROJECT --group G` (the W&B API) or `--wandb-dir DIR` (offline run-*.wandb files) build the same
 table from the stages' W&B runs instead (analysis/wandb_source.py); the answer-level parts need local answers.
@@ -25,7 +25,7 @@ import pandas as pd
 from emrobust import metrics
 from emrobust.results import sweep_table, write_sweep_csv
 
-from . import balance, controls, defenses, hypotheses, imports, plots, references
+from . import balance, controls, defenses, hypotheses, imports, manipulation, plots, references
 from .stats import compare_levels
 
 AXES = ["trait", "question_diversity", "introspection", "em_dataset", "defense", "eval", "judge_preset", "base_model",
@@ -206,10 +206,11 @@ def analyze(sweep_dir: Path, out: Path | None = None, n_resamples: int = 10_000,
     return files
 
 
-def hypothesis_sections(df: pd.DataFrame, out: Path, n_resamples: int) -> tuple[list[str], list[str]]:
+def hypothesis_sections(df: pd.DataFrame, out: Path, n_resamples: int) -> tuple[list[str], list[str], list[str]]:
     """The report's section for the hypothesis each experiment of the table tests (analysis/hypotheses.py; the
-    `experiment` column, a `_cpu` twin testing its study's), each also written as hypothesis_<name>.csv."""
-    files, lines = [], []
+    `experiment` column, a `_cpu` twin testing its study's), each also written as hypothesis_<name>.csv, with its
+    manipulation check (analysis/manipulation.py; all of them in manipulation.csv) and its headline line."""
+    files, lines, checks = [], [], []
     names = sorted({h.name for e in (df["experiment"].dropna().unique() if "experiment" in df else [])
                     if (h := hypotheses.hypothesis_of(e)) is not None})
     for name in names:
@@ -219,8 +220,14 @@ def hypothesis_sections(df: pd.DataFrame, out: Path, n_resamples: int) -> tuple[
         table = hypotheses.compare(h, cells, n_resamples)
         table.to_csv(out / f"hypothesis_{name}.csv", index=False)
         files.append(f"hypothesis_{name}.csv")
-        lines += hypotheses.section(h, table)
-    return files, lines
+        check = manipulation.table(h, cells, n_resamples)
+        checks.append(check)
+        lines += hypotheses.section(h, table) + manipulation.section(check)
+    check = pd.concat(checks, ignore_index=True) if checks else pd.DataFrame(columns=manipulation.COLUMNS)
+    if len(check):
+        check.to_csv(out / "manipulation.csv", index=False)
+        files.append("manipulation.csv")
+    return files, lines, manipulation.headline(check)
 
 
 def dynamics_lines(df: pd.DataFrame, contrasts: pd.DataFrame | None) -> list[str]:
@@ -301,7 +308,8 @@ def analyze_table(df: pd.DataFrame, out: Path, answers: dict | None, n_resamples
                  *dyn, "\n",
                  _md(df[df["n_steps_evaluated"].fillna(0) > 1][dyn_cols]) if "n_steps_evaluated" in df else ""]
                 if dyn else [])
-    tested, hyp_lines = hypothesis_sections(df, out, n_resamples)
+    tested, hyp_lines, manip = hypothesis_sections(df, out, n_resamples)
+    hyp_lines += manipulation.width_section(df, n_resamples)
     refs = references.baseline(df)
     far = ([f"**The no-persona control is far from the published figure** for "
             f"{', '.join(f'{r.base_model} on {r.em_dataset}' for r in refs[refs['far_off']].itertuples())}: see "
@@ -309,7 +317,7 @@ def analyze_table(df: pd.DataFrame, out: Path, answers: dict | None, n_resamples
            if len(refs) and refs["far_off"].any() else [])
     defended, defense_figures = defenses.section(df, out, _md)
     figures += defense_figures
-    headline = [*judge_headline(df), *controls.headline(df, contrasts), *far,
+    headline = [*judge_headline(df), *controls.headline(df, contrasts), *far, *manip,
                 *(line + "\n" for line in balance.headline(data, flagged, balance_tolerance, df))]
     undefined = undefined_lines(df)
     single = (["_A cell with one seed has no interval over seeds (lo, hi empty)._\n"]

@@ -22,11 +22,12 @@ START = "@start"  # node-id suffix of the evaluation of the cell's starting mode
 
 def cell_metrics(evaluations: dict[str, dict]) -> dict:
     """The cell's metrics from its evaluate nodes' metrics ({node id: metrics}): the evaluated model's, plus the
-    persona score of the starting model (before EM) as `persona_trait_score_fold` (the evaluated model's own
-    when there was no EM)."""
+    persona measures of the starting model (before EM) as `<measure>_fold` (the evaluated model's own when there
+    was no EM): the judged trait score, the classifier's rate, the width and mean projection on the persona's
+    direction."""
     final = dict(evaluations.get("evaluate", {}))
     start = evaluations.get("evaluate" + START, final)
-    for m in ("persona_trait_score", "persona_rate"):
+    for m in ("persona_trait_score", "persona_rate", "persona_width", "persona_projection"):
         for s in ("", "_lo", "_hi"):
             if m + s in start:
                 final[f"{m}_fold{s}"] = start[m + s]
