@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from emrobust.controls import COMMAND, CONTROLS, NEGATIVE, POSITIVE, Control, find, measure_name, status, tag  # noqa: F401
+from emrobust.controls import (COMMAND, CONTROLS, NEGATIVE, NEUTRAL, POSITIVE, Control, find,  # noqa: F401
+                               measure_name, status, tag)
 
 
 def headline(df: pd.DataFrame, contrasts: pd.DataFrame | None = None) -> list[str]:
@@ -82,7 +83,6 @@ def classifier_lines(df: pd.DataFrame) -> list[str]:
 
 # ---------------------------------------------------------------- the persona classifier's specificity control
 SPECIFICITY_TOLERANCE = 0.1  # a persona classifier is specific when the neutral persona's rate is this near the base
-NEUTRAL = "neutral"
 
 
 def _stage(run: dict, name: str):

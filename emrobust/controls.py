@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 COMMAND = "emrobust -m experiment=probe_control && emrobust analyze <sweep dir>"
 POSITIVE, NEGATIVE = "oct_misalignment", "oct_goodness"  # the two personas of experiment=probe_control
+NEUTRAL = "neutral"  # and its fine-tuned control: bland traits, trained as the two are
 
 
 def measure_name(stop_measure: str) -> str:

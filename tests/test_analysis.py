@@ -134,15 +134,16 @@ def _with_sample(sweep, i, probe_diffs, projections):
 
 @pytest.mark.parametrize("base_model", ["smollm2_135m", "qwen2_5_7b_instruct"])
 def test_judge_free_contrasts_carry_their_control_and_the_negative_control_is_read_directly(tmp_path, base_model):
-    """probe_control's three cells: each persona against the base model, the misaligned one against the goodness
-    one; every judge-free number says whether its measure passed its controls on that base model
+    """probe_control's four cells: each persona against the base model, the misaligned one against the goodness
+    one, both against the fine-tuned neutral persona; every judge-free number says whether its measure passed its controls on that base model
     (analysis/controls.py: the probe failed on SmolLM2-135M, the direction passed; nothing is validated on Qwen)."""
     from analysis import controls
 
     rng = np.random.default_rng(0)
     base, noise = rng.normal(-0.3, 0.2, 40), rng.normal(0, 0.01, 40)
     cells = {"none": (base, np.zeros(20)), "oct_misalignment": (base + 0.07 + noise, np.full(20, 2.0)),
-             "oct_goodness": (base + 0.07 - noise, np.full(20, -1.0))}
+             "oct_goodness": (base + 0.07 - noise, np.full(20, -1.0)),
+             "neutral": (base + 0.06, np.full(20, 0.5))}  # the fine-tuned control moves the probe too
     for i, (trait, (probe, proj)) in enumerate(cells.items()):
         _cell(tmp_path, i, 0, [50, 60], [90, 90], trait=trait, qd="medium", em="none",
               choices={"base_model": base_model, "experiment": "probe_control"},
@@ -151,7 +152,11 @@ def test_judge_free_contrasts_carry_their_control_and_the_negative_control_is_re
     analyze(tmp_path, tmp_path / "out", n_resamples=500)
     c = pd.read_csv(tmp_path / "out" / "contrasts.csv")
     got = {(r.trait, r.against, r.measure): r for r in c.itertuples()}
-    assert len(got) == 6
+    assert len(got) == 12  # 3 personas vs base, misalignment vs goodness, both vs neutral; x probe and direction
+    # against the fine-tuned control, fine-tuning is held equal: the probe's shared movement cancels
+    assert got["oct_misalignment", "trait=neutral", "probe_logp_diff"].diff == pytest.approx(0.01 + noise.mean())
+    assert got["oct_goodness", "trait=neutral", "direction_oct_misalignment"].diff == pytest.approx(-1.5)
+    assert ("neutral", "the base model", "probe_logp_diff") in got
     assert got["oct_misalignment", "the base model", "probe_logp_diff"].diff == pytest.approx(0.07 + noise.mean())
     assert got["oct_goodness", "the base model", "probe_logp_diff"].lo > 0  # moved as much: the failure mode
     neg = got["oct_misalignment", "trait=oct_goodness", "probe_logp_diff"]
@@ -168,4 +173,4 @@ def test_judge_free_contrasts_carry_their_control_and_the_negative_control_is_re
     else:
         assert controls.status("probe_logp_diff", base_model) == "not validated"
         assert head.count(f"on `{base_model}`: not validated**") == 2
-        assert report.count("(control not run on this model: not yet evidence)") == 6
+        assert report.count("(control not run on this model: not yet evidence)") == 12
