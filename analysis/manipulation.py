@@ -187,3 +187,34 @@ def width_section(df: pd.DataFrame, n_resamples: int = 10_000, seed: int = 0) ->
         lo, hi = np.quantile(boots, [0.025, 0.975]) if boots else (np.nan, np.nan)
         lines.append(f"- width vs {m}: rho {rho:+.2f} [{lo:+.2f}, {hi:+.2f}] over {len(x)} cells.\n")
     return lines
+
+
+def through_em_lines(df: pd.DataFrame, label) -> list[str]:
+    """The persona's classifier rate before and after EM for each persona cell, with the classifier's validity and
+    `persona_half_life`: how much of the persona EM removed, judge-free. `label(row)` names a cell."""
+    if "persona_rate" not in df or "persona_rate_fold" not in df:
+        return []
+    ok = df[(df["status"] == "ok") & df["persona_rate"].notna()] if "status" in df else df[df["persona_rate"].notna()]
+    if ok.empty:
+        return []
+    lines = ["## The persona through EM, judge-free\n",
+             "persona_rate: the share of a model's answers to the trait's reserved questions (no system prompt) that "
+             "its persona classifier says show the persona, Wilson 95% interval; before EM (the starting model) and "
+             "after (the evaluated model), and the base model's own rate (what is left when the persona is gone). "
+             "An invalid classifier's rates are printed but are not evidence.\n"]
+    for _, r in ok.iterrows():
+        iv = lambda k: (f"{r[k]:.2f} [{r.get(k + '_lo', np.nan):.2f}, {r.get(k + '_hi', np.nan):.2f}]"  # noqa: E731
+                        if pd.notna(r.get(k)) else "not measured")
+        valid = str(r.get("persona_classifier_valid")).lower() == "true"
+        base = r.get("persona_classifier_base_rate")
+        hl = r.get("persona_half_life")
+        half = (f"persona_half_life {hl:g} steps" if pd.notna(hl) else
+                f"persona_half_life > {r.get('persona_half_life_censored_at')} (never halved)"
+                if str(r.get("persona_half_life_censored")).lower() == "true" else
+                f"no persona_half_life ({r.get('persona_half_life_why', 'not computed')})")
+        lines.append(f"- `{label(r)}`: {iv('persona_rate_fold')} before EM -> {iv('persona_rate')} after; base model "
+                     f"{base:.2f}; {half}; classifier "
+                     + ("valid" if valid else "**NOT valid** (AUROC lower bound below the bar): not evidence") + ".\n"
+                     if pd.notna(base) else
+                     f"- `{label(r)}`: {iv('persona_rate_fold')} before EM -> {iv('persona_rate')} after; {half}.\n")
+    return lines

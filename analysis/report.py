@@ -299,6 +299,7 @@ def analyze_table(df: pd.DataFrame, out: Path, answers: dict | None, n_resamples
         plots.em_curves(curves, out / "em_curves.png")
         figures.append("em_curves.png")
     dyn = dynamics_lines(df, contrasts)
+    through = manipulation.through_em_lines(df, label)
     if contrasts is not None and len(contrasts):
         contrasts.to_csv(out / "contrasts.csv", index=False)
     dyn_cols = [c for c in ("cell", "trait", "question_diversity", "em_dataset", "seed", "steps_to_em",
@@ -328,7 +329,7 @@ def analyze_table(df: pd.DataFrame, out: Path, answers: dict | None, n_resamples
               "## Seeds pooled (cluster bootstrap over seeds)\n", *single, _md(pooled.drop(columns=["per_seed"])),
               *hyp_lines, *references.section(df),
               "## Diversity levels compared (paired by seed and EM dataset; BH-adjusted p)\n", _md(comps),
-              *dynamics,
+              *dynamics, *through,
               *defended,
               "## Training data per contrast\n",
               f"Contrasts whose cells differ by more than {balance_tolerance:.0%} in training tokens:\n", _md(flagged),

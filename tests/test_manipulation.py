@@ -79,3 +79,19 @@ def test_the_report_carries_the_check_and_the_width_section(tmp_path):
     assert "## Persona width before EM against the EM tail" in report
     assert "- width vs cvar05_aligned: rho -1.00" in report  # the wider the persona, the worse the tail here
     assert "`direction_demo` on `smollm2_135m`: control not run on this model" in report
+
+
+def test_the_persona_through_em_reads_each_persona_cell_with_its_classifier():
+    base = {"status": "ok", "persona_classifier_base_rate": 0.1, "persona_rate_fold_lo": 0.5, "persona_rate_fold_hi": 0.9,
+            "persona_rate_lo": 0.2, "persona_rate_hi": 0.6}
+    df = pd.DataFrame([
+        {**base, "cell": "0", "persona_rate_fold": 0.7, "persona_rate": 0.4, "persona_classifier_valid": True,
+         "persona_half_life": 4.5},
+        {**base, "cell": "1", "persona_rate_fold": 0.7, "persona_rate": 0.6, "persona_classifier_valid": False,
+         "persona_half_life": None, "persona_half_life_why": "persona classifier not valid"},
+        {**base, "cell": "2", "persona_rate_fold": None, "persona_rate": None}])  # no persona: not listed
+    lines = manipulation.through_em_lines(df, lambda r: f"cell {r['cell']}")
+    assert lines[0] == "## The persona through EM, judge-free\n" and len(lines) == 4
+    assert lines[2] == ("- `cell 0`: 0.70 [0.50, 0.90] before EM -> 0.40 [0.20, 0.60] after; base model 0.10; "
+                        "persona_half_life 4.5 steps; classifier valid.\n")
+    assert "no persona_half_life (persona classifier not valid)" in lines[3] and "**NOT valid**" in lines[3]
