@@ -27,7 +27,7 @@ import pandas as pd
 
 from emrobust.controls import tag
 
-from .hypotheses import Hypothesis, _col, pairs
+from .hypotheses import Hypothesis, _col, pairs, select
 from .stats import paired_bootstrap
 
 
@@ -54,8 +54,6 @@ WIDTH_VS = ("cvar05_aligned", "em_rate_mo")  # the EM tail and rate the width is
 
 def _same_persona(ok: pd.DataFrame, c) -> str | None:
     """The persona both arms of a contrast train, or None (no persona, or two different ones)."""
-    from .hypotheses import select
-
     traits = set(_col(select(ok, c.a), "trait")) | set(_col(select(ok, c.b), "trait"))
     return traits.pop() if len(traits) == 1 and not traits & {"none", "nan"} else None
 

@@ -347,9 +347,9 @@ def run_cell(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = No
         if "evaluate" in evaluations:
             from . import calibration
 
-            # the judge's calibration as it stands now (it may have been calibrated after the evaluation was built)
             em = manifests.get("em") or {}
-            # the judge's trust and early_stop's control as they stand now; the em stage's held-out measures
+            # the judge's trust and early_stop's control as they stand now (the judge may have been calibrated after
+            # the evaluation was built); the em stage's held-out measures
             extra = calibration.cell_trust(cfg) | heldout_metrics(em) | defenses.cell_control(cfg)
             summary["metrics"], summary["curve"] = summary_metrics(
                 evaluations, em, OmegaConf.to_container(cfg.eval.curve), extra,

@@ -250,17 +250,27 @@ def slurm_cluster():
 
 
 @pytest.fixture(autouse=True)
-def _slurm_queue_empty(request):
-    """Each Slurm test starts on an empty queue: jobs a test before it left (a sweep it stopped waiting for, a
-    requeued job) would hold the node's 2 CPUs and GPUs and make this one wait behind them."""
+def _slurm_queue_empty(request, tmp_path_factory):
+    """Each Slurm test starts without the jobs an earlier test of this pytest process left (a sweep it stopped
+    waiting for, a requeued job): they would hold the node's 2 CPUs and GPUs and make this one wait behind them. Only
+    jobs submitted from under this process's base temp dir (their working dir) are cancelled: another pytest process
+    on the same cluster keeps its own."""
     if "slurm_cluster" not in request.fixturenames:
         yield
         return
     request.getfixturevalue("slurm_cluster")
-    subprocess.run(["scancel", "--user", str(os.getuid())], capture_output=True, timeout=60)
+    base = str(tmp_path_factory.getbasetemp())
+
+    def left() -> list[str]:
+        out = subprocess.run(["squeue", "-h", "-u", str(os.getuid()), "-o", "%i %Z"], capture_output=True, text=True,
+                             timeout=60).stdout.split("\n")
+        return [ln.split()[0] for ln in out if len(ln.split()) == 2 and ln.split()[1].startswith(base)]
+
+    if jobs := left():
+        subprocess.run(["scancel", *jobs], capture_output=True, timeout=60)
     deadline = time.time() + 120
-    while subprocess.run(["squeue", "-h"], capture_output=True, text=True, timeout=60).stdout.strip():
-        assert time.time() < deadline, "jobs left from an earlier test did not leave the queue within 120 s"
+    while jobs := left():
+        assert time.time() < deadline, f"jobs {jobs} left from an earlier test did not leave the queue within 120 s"
         time.sleep(0.5)
     yield
 

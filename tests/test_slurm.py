@@ -169,8 +169,8 @@ def test_sweep_validates_every_cell_before_submitting(tmp_path):
     assert not sweep.exists()
 
 
-RESUME = ["debug=tiny", "trait=none", "pipeline.until=em", "em_dataset.n_examples=40", "em_train.optim.max_steps=30",
-          "em_train.optim.save_steps=5"]
+RESUME = ["debug=tiny", "trait=none", "pipeline.until=em", "em_dataset.n_examples=40", "em_train.optim.max_steps=80",
+          "em_train.optim.save_steps=5"]  # 80 tiny steps ~ 19 s: the signal sent at checkpoint-5 lands mid-training
 
 
 def test_requeued_training_resumes_from_checkpoint(slurm_cluster, tmp_path, tiny_path):
@@ -191,7 +191,7 @@ def test_requeued_training_resumes_from_checkpoint(slurm_cluster, tmp_path, tiny
                             env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         art = tmp_path / "artifacts" / "em"
-        wait_for(lambda: list(art.glob(".*.ckpt/checkpoint-10/.complete")), 600, "checkpoint-10")
+        wait_for(lambda: list(art.glob(".*.ckpt/checkpoint-5/.complete")), 600, "checkpoint-5", 0.1)
         jid = wait_for(lambda: subprocess.run(["squeue", "-h", "-o", "%i", "-n", "emrobust"], capture_output=True,
                                               text=True).stdout.split(), 30, "the job in squeue")[0]
         subprocess.run(["scancel", "--signal=USR2", jid], check=True)
@@ -208,7 +208,7 @@ def test_requeued_training_resumes_from_checkpoint(slurm_cluster, tmp_path, tiny
     logs = "".join(p.read_text() for p in (sweep / ".submitit").rglob("*_log.*"))
     assert "Caught signal SIGUSR2" in logs and "resuming from" in logs
     manifest = json.loads(next(art.glob("*/manifest.json")).read_text())
-    assert 10 <= manifest["train"]["resumed_from_step"] < 30 and manifest["train"]["steps"] == 30
+    assert 5 <= manifest["train"]["resumed_from_step"] < 80 and manifest["train"]["steps"] == 80
     assert file_sha256(next(art.glob("*/adapter/adapter_model.safetensors"))) == file_sha256(ref)
     assert not list(art.glob(".*.ckpt"))  # checkpoints are gone once the artifact is complete
 
