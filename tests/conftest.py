@@ -212,6 +212,17 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.xdist_group(group))
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session):
+    """Under `--dist loadgroup` every xdist_group mark must have reached the node id (xdist appends `@<group>`): a
+    pytest that xdist does not know drops them silently, and the Slurm tests then run on both workers at once."""
+    if os.environ.get("PYTEST_XDIST_WORKER") and session.config.getvalue("loadgroup"):
+        lost = [i.nodeid for i in session.items if i.get_closest_marker("xdist_group") and "@" not in i.nodeid]
+        if lost:
+            raise pytest.UsageError(f"pytest-xdist did not apply the xdist_group marks (pytest {pytest.__version__}; "
+                                    f"e.g. {lost[0]}): install the dev extra's pytest pin")
+
+
 def _module_fixture_group(item) -> str | None:
     """The tests of a module that use a module-scoped fixture of that module run on one worker, so the fixture
     (a trained cell, embedded constitutions, a composed sweep) is built once per run, not once per worker."""
