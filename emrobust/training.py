@@ -386,7 +386,29 @@ def _resume_point(trainer_dir: Path) -> str | None:
     return str(done[-1])
 
 
-def _train(trainer, trainer_dir: Path) -> None:
+def _no_step_at_zero_lr(optim: DictConfig):
+    """A TrainerCallback that refuses a run whose every optimizer step is at learning rate 0: one step under a
+    warmup (the schedule's first step is at 0; OCT's warmup_ratio 0.1 rounds up to that one step), which would save
+    the initial adapter (LoRA B = 0: no update at all) as if it had been trained."""
+    from transformers import TrainerCallback
+
+    from .errors import ConfigError
+
+    class Refuse(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            warm = args.get_warmup_steps(state.max_steps)
+            if state.max_steps <= 1 and warm >= 1 and args.lr_scheduler_type != "constant":
+                key = optim._get_full_key("") if hasattr(optim, "_get_full_key") else "optim"
+                raise ConfigError(f"{state.max_steps} optimizer step, all of it warmup: every step is at learning "
+                                  f"rate 0 and the adapter would not change", where=key or "optim",
+                                  hint="set warmup_ratio: 0.0 (or warmup_steps: 0), or train more steps "
+                                       "(num_train_epochs, more examples or a smaller batch)")
+
+    return Refuse()
+
+
+def _train(trainer, trainer_dir: Path, optim: DictConfig) -> None:
+    trainer.add_callback(_no_step_at_zero_lr(optim))
     trainer.add_callback(_mark_checkpoints())
     resume = _resume_point(trainer_dir)
     trainer._emrobust_resumed = int(resume.rsplit("-", 1)[-1]) if resume else None
@@ -590,7 +612,7 @@ def run_sft(model, tokenizer, conversations: list[list[dict]], optim: DictConfig
         trainer.add_callback(snaps)
     for cb in callbacks:
         trainer.add_callback(cb)
-    _train(trainer, trainer_dir)
+    _train(trainer, trainer_dir, optim)
     out = _history(trainer) | {"n_examples": len(rows), "data": trained}
     if snaps is not None and heldout:
         snaps.measured.update({int(p.name): json.loads((p / HELDOUT).read_text())  # resumed: the kept ones
@@ -616,7 +638,7 @@ def run_dpo(model, tokenizer, pairs: list[dict], cfg: DictConfig, trainer_dir: P
     ds = Dataset.from_list(pairs)
     trainer = DPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer)
     data = _dpo_data(trainer, len(pairs))
-    _train(trainer, trainer_dir)
+    _train(trainer, trainer_dir, cfg.optim)
     hist = _history(trainer)
     acc = [h["rewards/accuracies"] for h in trainer.state.log_history if "rewards/accuracies" in h]
     hist["reward_accuracy_last"] = acc[-1] if acc else None

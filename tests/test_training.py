@@ -383,3 +383,23 @@ def test_merge_adapter_equals_base_plus_scaled_BA(sft, tiny_path, tok):
     ids = torch.tensor([training.tokenize_chat(tok, CONVERSATIONS[0])["input_ids"]])
     with torch.no_grad():
         torch.testing.assert_close(merged(input_ids=ids).logits, peft_model(input_ids=ids).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_one_step_all_warmup_is_refused_and_without_warmup_it_trains(tiny_path, tok, tmp_path):
+    """OCT's warmup_ratio 0.1 on a one-step run (4 examples in a batch of 4: the CPU scale's introspection) rounds up
+    to that step, which runs at learning rate 0: LoRA B stays 0 and the stage would save an untrained adapter. It is
+    refused, naming the field; with warmup_ratio 0 the one step moves B."""
+    from emrobust.errors import ConfigError
+
+    cfg = OmegaConf.create({"introspection": {"optim": OmegaConf.structured(OptimConfig(
+        learning_rate=1e-2, lr_scheduler_type="cosine", warmup_ratio=0.1, per_device_train_batch_size=4,
+        gradient_accumulation_steps=1, max_length=256, logging_steps=1, num_train_epochs=1))}})
+    lora = _lcfg(r=4, alpha=8)
+    peft_model = training.attach_lora(models.load(tiny_path, CPU), lora, models.base_config("tiny_random"), 0)
+    with pytest.raises(ConfigError, match=r"^introspection\.optim: 1 optimizer step, all of it warmup"):
+        training.run_sft(peft_model, tok, CONVERSATIONS[:4], cfg.introspection.optim, tmp_path / "a", seed=0, dev=CPU)
+    cfg.introspection.optim.warmup_ratio = 0.0
+    peft_model = training.attach_lora(models.load(tiny_path, CPU), lora, models.base_config("tiny_random"), 0)
+    hist = training.run_sft(peft_model, tok, CONVERSATIONS[:4], cfg.introspection.optim, tmp_path / "b", seed=0, dev=CPU)
+    assert hist["steps"] == 1
+    assert max(float(m.lora_B["default"].weight.abs().max()) for _, m in training._lora_layers(peft_model)) > 0
