@@ -142,8 +142,11 @@ def headline(t: pd.DataFrame) -> list[str]:
                 f"{_f(w['b'])}, tolerance {_f(w['tolerance'])} {w['unit']}): an EM difference there may be persona "
                 "strength, not the manipulation; see each hypothesis's *Manipulation check*.\n"]
     if len(usable):
+        # the measure's own standing (its control not run or failed on this model) goes with the OK, as in the table
+        caveats = sorted({w for w in usable["why"] if w})
         return [f"Manipulation check: OK, the arms of {usable['contrast'].nunique()} same-persona contrast(s) learned "
-                f"the persona within tolerance ({', '.join(sorted(set(usable['measure'])))}).\n"]
+                f"the persona within tolerance ({', '.join(sorted(set(usable['measure'])))})"
+                + (f"; but {'; '.join(caveats)}" if caveats else "") + ".\n"]
     whys = sorted({w for w in t.loc[t["tolerance"].notna(), "why"] if w})
     return [f"**Manipulation check: not possible here**: no flagging measure is usable ({'; '.join(whys)}); the "
             "arms' persona strength is shown per hypothesis, unchecked.\n"]

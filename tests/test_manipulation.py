@@ -43,6 +43,11 @@ def test_equal_arms_pass_and_unequal_arms_are_flagged():
     proj = pd.DataFrame([_cell(0, "low", 0.6, proj=1.0), _cell(1, "high", 0.6, proj=1.5)])
     row = manipulation.table(h, proj, 200).set_index("measure").loc["persona_projection_fold"]
     assert row["effect"] == 1.0 and row["flag"] and "control not run on this model" in row["why"]
+    # within tolerance on the projection alone (an invalid classifier): the OK carries the projection's standing
+    near = pd.DataFrame([_cell(0, "low", 0.6, valid=False, proj=1.0), _cell(1, "high", 0.6, valid=False, proj=1.1)])
+    line = manipulation.headline(manipulation.table(h, near, 200))[0]
+    assert line.startswith("Manipulation check: OK") and "(persona_projection_fold); but " in line
+    assert "control not run on this model: not yet evidence" in line
 
 
 def test_an_invalid_classifier_never_flags_and_the_report_says_so():
