@@ -63,9 +63,9 @@ def validate(ccfg) -> None:
 
 def task_config(path: Path) -> dict:
     """Our task's YAML as an lm-eval task config, its `data_files` resolved against its folder."""
-    import yaml
+    from .data import read_yaml
 
-    cfg = yaml.safe_load(Path(path).read_text())
+    cfg = read_yaml(path)
     files = ((cfg.get("dataset_kwargs") or {}).get("data_files")) if isinstance(cfg, dict) else None
     if not isinstance(cfg, dict) or not cfg.get("task") or not files:
         raise ConfigError("an emrobust capability task is an lm-eval task YAML with `task` and "

@@ -95,7 +95,11 @@ def job_failure(job) -> str:
 
 # ---------------------------------------------------------------- what the partition offers vs the request
 def _slurm(*args: str) -> str | None:
-    """stdout of a Slurm command, or None when Slurm is not reachable from here (not installed, no controller)."""
+    """stdout of a Slurm command, or None when Slurm is not reachable from here (not installed, no controller, or
+    $SLURM_CONF naming a file that does not exist: the command would spend its 30 s looking for a controller)."""
+    conf = os.environ.get("SLURM_CONF")
+    if conf and not os.path.exists(conf):
+        return None
     try:
         p = subprocess.run(list(args), capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):

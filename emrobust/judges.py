@@ -18,14 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 from filelock import FileLock
+
+from .data import read_yaml
 
 DEFAULT_PROMPTS_FILE = Path(__file__).parent / "data" / "builtin" / "eval" / "demo.yaml"
 
 
 def default_prompts() -> dict[str, str]:
-    return dict(yaml.safe_load(DEFAULT_PROMPTS_FILE.read_text())[0]["judge_prompts"])
+    return dict(read_yaml(DEFAULT_PROMPTS_FILE)[0]["judge_prompts"])
 
 
 def expectation(probs: dict[int, float], min_mass: float = 0.25) -> float | None:

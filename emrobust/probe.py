@@ -26,12 +26,12 @@ def path(pcfg) -> Path:
 
 def load(pcfg) -> list[dict]:
     """The probe items of `eval.probe` (its splits), validated (errors name the file and item)."""
-    import yaml
+    from .data import read_yaml
 
     p = path(pcfg)
     if not p.is_file():
         raise ConfigError("probe set does not exist", file=str(p), where="eval.probe.path")
-    items = yaml.safe_load(p.read_text())
+    items = read_yaml(p)
     if not isinstance(items, list) or not items:
         raise ConfigError("a probe set is a non-empty YAML list", file=str(p))
     for i, it in enumerate(items):

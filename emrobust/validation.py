@@ -315,11 +315,10 @@ class DataRule:
 
 
 def _probe_prompts() -> int:
-    import yaml
-
     from . import probe
+    from .data import read_yaml
 
-    return sum(it.get("split", "a") == "a" for it in yaml.safe_load(probe.BUILTIN.read_text()))
+    return sum(it.get("split", "a") == "a" for it in read_yaml(probe.BUILTIN))
 
 
 def _probe(cfg, d: Data) -> str | None:

@@ -102,3 +102,18 @@ def test_system_prompt_reaches_chat_input(tmp_path):
     text = tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
     assert q.system in text and q.paraphrases[0] in text
     assert text.index(q.system) < text.index(q.paraphrases[0])
+
+
+def test_read_yaml_parses_once_returns_copies_and_sees_a_changed_file(tmp_path):
+    """emrobust.data.read_yaml: the probe and eval sets every cell of a sweep validates are parsed once per process;
+    each caller gets its own copy, and a file changed on disk is read again."""
+    from emrobust.data import _parsed, read_yaml
+
+    f = tmp_path / "q.yaml"
+    f.write_text("- {id: a, paraphrases: [x]}\n")
+    first = read_yaml(f)
+    first[0]["id"] = "changed by a caller"
+    hits = _parsed.cache_info().hits
+    assert read_yaml(f) == [{"id": "a", "paraphrases": ["x"]}] and _parsed.cache_info().hits == hits + 1
+    f.write_text("- {id: b, paraphrases: [y, z]}\n")  # another size: read again
+    assert read_yaml(f) == [{"id": "b", "paraphrases": ["y", "z"]}]

@@ -13,7 +13,7 @@ import yaml
 
 from ..config import Variant
 from ..errors import ConfigError
-from . import registry
+from . import read_yaml, registry
 
 BUILTIN = Path(__file__).parent / "builtin" / "eval"
 
@@ -49,7 +49,7 @@ def load(path: str | Path) -> list[Question]:
     if not path.exists():
         raise ConfigError("eval file does not exist", file=file)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = read_yaml(path)
     except yaml.YAMLError as e:
         raise ConfigError(f"invalid YAML: {e}", file=file) from None
     if not isinstance(data, list) or not data:

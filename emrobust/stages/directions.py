@@ -13,7 +13,7 @@ import json
 import numpy as np
 
 from .. import generation, models, monitor, probe
-from ..data import constitutions
+from ..data import constitutions, read_yaml
 from ..keys import Read
 from ..store import file_sha256
 from . import Context
@@ -60,9 +60,7 @@ def persona_prompt(cfg, name: str) -> str:
 
 
 def training_prompts(cfg) -> list[str]:
-    import yaml
-
-    items = yaml.safe_load(probe.path(cfg.eval.probe).read_text())
+    items = read_yaml(probe.path(cfg.eval.probe))
     return [it["question"] for it in items if it.get("split", "a") == "a"][: cfg.eval.monitor.n_prompts]
 
 

@@ -13,7 +13,7 @@ import hashlib
 import json
 
 from .. import generation, models, monitor, persona, probe, training
-from ..data import evalsets
+from ..data import evalsets, read_yaml
 from ..keys import Read
 from ..store import file_sha256
 from . import Context, write_jsonl
@@ -160,9 +160,7 @@ def persona_width(model, tok, prompts: list[str], layer: int, trait: str, vector
 
 
 def _probe_items(cfg) -> list[dict]:
-    import yaml
-
-    return yaml.safe_load(probe.path(cfg.eval.probe).read_text())
+    return read_yaml(probe.path(cfg.eval.probe))
 
 
 def step_of(ctx: Context) -> int | None:
