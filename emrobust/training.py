@@ -456,13 +456,15 @@ def assistant_metrics(model, tokenizer, conversations: list[list[dict]], max_len
             att[i, :n] = 1
             m = torch.tensor(r["assistant_masks"], dtype=torch.bool)
             lab[i, :n] = torch.where(m, torch.tensor(r["input_ids"]), torch.tensor(-100))
-        logits = model(input_ids=ids.to(model.device), attention_mask=att.to(model.device)).logits.float()
-        target = lab[:, 1:].to(model.device)
-        lp = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), target.reshape(-1),
+        pos = (lab[:, 1:] != -100).any(0).nonzero()[:, 0]  # logits only where some row predicts an assistant token
+        logits = model(input_ids=ids.to(model.device), attention_mask=att.to(model.device),
+                       logits_to_keep=pos.to(model.device)).logits.float()
+        target = lab[:, pos + 1].to(model.device)
+        lp = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
                                                reduction="sum", ignore_index=-100)
         total += float(lp)
         keep = target != -100
-        correct += int((logits[:, :-1].argmax(-1)[keep] == target[keep]).sum())
+        correct += int((logits.argmax(-1)[keep] == target[keep]).sum())
         count += int(keep.sum())
     model.train(was)
     nan = float("nan")

@@ -75,6 +75,30 @@ def test_probe_moves_on_the_half_a_model_was_trained_on(tmp_path, tiny_path):
     assert probe.measure(peft, tok, trained, n_bootstrap=100)[0] == after_t
 
 
+def test_answer_scores_equal_those_of_the_full_forward(tiny_path):
+    """The probe's answer log-probabilities and the SFT loss compute the head only at answer positions; each equals
+    the plain computation over every position's logits, in a batch of answers of different lengths."""
+    from omegaconf import OmegaConf
+
+    items = probe.load(OmegaConf.create({"path": None, "splits": ["a"]}))[:5]
+    qa = [(it["question"], it["misaligned"]) for it in items] + [(items[0]["question"], "Yes.")]
+    tok = models.load_tokenizer(tiny_path)
+    model = models.load(tiny_path, torch.device("cpu"))
+    got = probe.answer_logps(model, tok, qa, batch_size=4)
+    want, total, count = [], 0.0, 0
+    with torch.no_grad():
+        for q, a in qa:
+            r = training.tokenize_chat(tok, [{"role": "user", "content": q}, {"role": "assistant", "content": a}])
+            ids = torch.tensor([r["input_ids"]])
+            lp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+            tok_lp = lp.gather(-1, ids[0, 1:, None])[:, 0][torch.tensor(r["assistant_masks"][1:], dtype=torch.bool)]
+            want.append(float(tok_lp.mean()))
+            total, count = total - float(tok_lp.sum()), count + len(tok_lp)
+    assert np.allclose(got, want, atol=1e-4), (got, want)
+    convs = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}] for q, a in qa]
+    assert abs(training.assistant_metrics(model, tok, convs, batch_size=4)["loss"] - total / count) < 1e-4
+
+
 def test_a_direction_separates_persona_from_neutral_activations_on_held_out_prompts(tiny_path):
     """A direction read from persona-prompted vs neutral texts on some prompts separates them on other prompts; a
     random direction does not; reading it again gives the same vector."""

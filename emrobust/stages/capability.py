@@ -10,7 +10,6 @@ EM steps and W&B.
 """
 from __future__ import annotations
 
-import gc
 
 from .. import capability
 from . import Context, read_jsonl, write_jsonl
@@ -31,5 +30,4 @@ def run(ctx: Context) -> dict:
         m |= capability.retained(rows, read_jsonl(ctx.inputs["reference"] / "docs.jsonl"), cfg.eval.n_bootstrap,
                                  ctx.seed)
     del model
-    gc.collect()
     return {"capability": m, "model_key": model_key, "step": step_of(ctx), "n_docs": len(rows)}

@@ -8,7 +8,6 @@ upstream `em` artifact (its adapter on its starting weights, or its full model) 
 """
 from __future__ import annotations
 
-import gc
 import hashlib
 import json
 
@@ -137,7 +136,6 @@ def run(ctx: Context) -> dict:
                 write_jsonl(ctx.out / "persona_monitor.jsonl", w_rows)
     extra["step"] = step_of(ctx)
     del gen, model
-    gc.collect()
     return extra
 
 
