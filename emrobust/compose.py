@@ -6,6 +6,8 @@ else the source tree's. A leaf module: it imports neither torch nor any stage.
 """
 from __future__ import annotations
 
+import copy
+import functools
 from pathlib import Path
 
 _HERE = Path(__file__).resolve().parent
@@ -58,13 +60,22 @@ def choices(runtime_choices) -> dict[str, str]:
 def preset(group: str, name: str, where: str | None = None):
     """The option `conf/<group>/<name>.yaml` on its own, validated against the group's schema (e.g. a judge panel's
     member); ConfigError naming the options when there is no such file."""
-    from omegaconf import OmegaConf
-
     from .errors import ConfigError
-    from .keys import field_at
 
     path = CONF_DIR / group / f"{name}.yaml"
     if not path.exists():
         known = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
         raise ConfigError(f"no {group} preset {name!r}; known: {known}", file=str(path), where=where or group)
+    st = path.stat()
+    return copy.deepcopy(_preset(group, str(path), st.st_mtime_ns, st.st_size))
+
+
+@functools.lru_cache(maxsize=128)
+def _preset(group: str, path: str, mtime_ns: int, size: int):
+    """Built once per process while the file is unchanged (a structured schema and a merge: 8 ms, asked for by
+    every plan of a judge panel or a tiny model; `preset` hands out copies)."""
+    from omegaconf import OmegaConf
+
+    from .keys import field_at
+
     return OmegaConf.merge(OmegaConf.structured(field_at(group)[0]), OmegaConf.load(path))

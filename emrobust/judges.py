@@ -398,7 +398,7 @@ def judge_id(jcfg) -> str:
     from . import models
 
     if jcfg.backend in ("hf", "vllm"):
-        return f"{jcfg.backend}:{jcfg.model}@{models.weights_key(models.base_config(jcfg.model))[:8]}"
+        return f"{jcfg.backend}:{jcfg.model}@{models.named_weights_key(jcfg.model)[:8]}"
     if jcfg.backend == "openai":
         return f"openai:{jcfg.model}@{jcfg.base_url or 'https://api.openai.com/v1'}"
     return f"panel[{','.join(judge_id(m) for m in members(jcfg).values())}]:{jcfg.aggregate}"
@@ -413,7 +413,7 @@ def weights(jcfg) -> str | dict | None:
     from .store import stable_hash
 
     if jcfg.backend in ("hf", "vllm"):
-        return models.base_key(models.base_config(jcfg.model))
+        return models.named_base_key(jcfg.model)
     if jcfg.backend == "panel":
         return {name: stable_hash({"config": keys.pruned(m, JudgeConfig), "weights": weights(m)})
                 for name, m in members(jcfg).items()}

@@ -30,20 +30,42 @@ WEIGHT_FIELDS = ("source", "hf_id", "revision", "local_path", "gguf_package", "g
 
 def base_config(name: str) -> DictConfig:
     """The `conf/base_model/<name>.yaml` config, validated against the schema (for judges and tokenizers)."""
-    from .config import BaseModelConfig
+    from .compose import preset
 
-    path = CONF_DIR / "base_model" / f"{name}.yaml"
-    if not path.exists():
-        known = sorted(p.stem for p in (CONF_DIR / "base_model").glob("*.yaml"))
-        raise ConfigError(f"unknown base model {name!r}; known: {known}", file=str(path))
-    return OmegaConf.merge(OmegaConf.structured(BaseModelConfig), OmegaConf.load(path))
+    return preset("base_model", name)
 
 
 def weights_key(cfg: DictConfig) -> str:
     spec = {k: OmegaConf.to_container(cfg[k]) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in WEIGHT_FIELDS}
     if cfg.source == "tiny_random":
-        spec["tokenizer_key"] = weights_key(base_config(cfg.tokenizer_from))
+        spec["tokenizer_key"] = named_weights_key(cfg.tokenizer_from)
     return stable_hash(spec)
+
+
+def named_weights_key(name: str) -> str:
+    """`weights_key(base_config(name))`, computed once per process while `conf/base_model/<name>.yaml` is unchanged."""
+    return _named_keys(name, *_file_state(name))[0]
+
+
+def named_base_key(name: str) -> str:
+    """`base_key(base_config(name))`, computed once per process while the file is unchanged: a judge's weights and a
+    tiny model's tokenizer are keyed in every plan (tests/test_keys.py planned 1567 cells: 71 of its 131 s went to
+    building these two configs again)."""
+    return _named_keys(name, *_file_state(name))[1]
+
+
+def _file_state(name: str) -> tuple[int, int]:
+    path = CONF_DIR / "base_model" / f"{name}.yaml"
+    if not path.exists():
+        base_config(name)  # its one-line error
+    st = path.stat()
+    return st.st_mtime_ns, st.st_size
+
+
+@functools.lru_cache(maxsize=64)
+def _named_keys(name: str, mtime_ns: int, size: int) -> tuple[str, str]:
+    cfg = base_config(name)
+    return weights_key(cfg), base_key(cfg)
 
 
 class Base:
@@ -52,7 +74,7 @@ class Base:
     `assistant_name` and the LoRA targets are read by the stages that use them."""
     VERSION = 1
     READS = (Read("base_model", exclude=("assistant_name", "lora_target_modules")),)
-    CONTENT = {"tokenizer": lambda cfg: (base_key(base_config(cfg.base_model.tokenizer_from))
+    CONTENT = {"tokenizer": lambda cfg: (named_base_key(cfg.base_model.tokenizer_from)
                                          if cfg.base_model.source == "tiny_random" else None)}
 
 

@@ -134,7 +134,7 @@ def test_questions_stage_expands_hand_written_on_tiny_random(tmp_path, tiny_path
     assert "expansion" not in few["trait"]
     # a second run is served from the cache
     assert {x["name"]: x["status"] for x in run(tmp_path, *over, out="again")["stages"]}["questions"] == "cached"
-    with pytest.raises(ConfigError, match="unknown base model 'nope'"):
+    with pytest.raises(ConfigError, match="no base_model preset 'nope'"):
         pipeline.validate(compose(*over, "trait.expansion.generator=nope", f"paths.data_mirror={SHARED_DATA}",
                                   tmp=tmp_path))
 

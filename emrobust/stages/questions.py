@@ -50,7 +50,7 @@ def uses_cell_base(cfg) -> bool:
 
 
 def _named_generator_key(name) -> str | None:
-    return None if name is None else models.base_key(models.base_config(name))
+    return None if name is None else models.named_base_key(name)
 
 
 READS = (
