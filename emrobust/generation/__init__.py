@@ -72,16 +72,14 @@ def validate_openai(node, prefix: str, model_noun: str) -> None:
     import importlib.util
     import os
 
-    from ..errors import ConfigError
+    from ..errors import ConfigError, Unmet
 
-    if importlib.util.find_spec("openai") is None:
-        raise ConfigError(f"{prefix}.backend=openai needs the openai package: pip install -e '.[openai]'",
-                          where=f"{prefix}.backend")
+    if importlib.util.find_spec("openai") is None:  # a package to install: the dry-run lists it as a gate
+        raise Unmet(f"{prefix}.backend=openai needs the openai package: pip install -e '.[openai]'",
+                    kind="package", what="openai", where=f"{prefix}.backend")
     if not node.model:
         raise ConfigError(f"{prefix}.model must name {model_noun} ({prefix}.backend=openai)", where=f"{prefix}.model")
     if node.api_key_env and not os.environ.get(node.api_key_env):
-        from ..errors import Unmet
-
         raise Unmet(f"environment variable {node.api_key_env} ({prefix}.api_key_env) is not set; set it, "
                     f"or {prefix}.api_key_env=null for a keyless server", kind="key", what=node.api_key_env,
                     where=f"{prefix}.api_key_env")
