@@ -58,7 +58,10 @@ def baseline(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def section(df: pd.DataFrame) -> list[str]:
-    """The report's lines: the no-persona control beside the published figures (flagged when far off)."""
+    """The report's lines: the no-persona control beside the published figures (flagged when far off); none when
+    the table has no no-persona cell."""
+    if "trait" not in df or not (df["trait"].astype(str) == "none").any():
+        return []
     table = baseline(df)
     lines = ["## The no-persona control against published figures\n"]
     if table.empty:

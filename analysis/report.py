@@ -91,9 +91,16 @@ def question_rates(answers, rule: str = "paper") -> pd.DataFrame:
     return pd.DataFrame(rows).T.sort_index(axis=1)
 
 
-def judge_headline(df: pd.DataFrame) -> list[str]:
+def judge_headline(df: pd.DataFrame, imported: bool = False) -> list[str]:
     """The report's first lines: every judge of the table, its calibration and whether its numbers can be
-    trusted (emrobust/calibration.py). An untrusted or uncalibrated judge is said plainly, first."""
+    trusted (emrobust/calibration.py). An untrusted or uncalibrated judge is said plainly, first. Imported scores
+    are the published judge's: not calibrated here, which is not the alarm of a judge that failed its calibration."""
+    if imported:
+        named = sorted({str(j) for j in df["judge"].dropna()}) if "judge" in df else []
+        who = ", ".join(f"`{j}`" for j in named) if named else "not named in the files"
+        return [f"**Judge**: the published scores (judge {who}), not calibrated here: these figures are as good as "
+                "the source's own validation of its judge, which this report does not check "
+                "(`emrobust judge calibrate` measures a judge of yours on the same answers).\n"]
     if "judge" not in df or df["judge"].dropna().empty:
         return ["**Judge**: none recorded (no evaluated cell).\n"]
     lines = []
@@ -111,14 +118,15 @@ def judge_headline(df: pd.DataFrame) -> list[str]:
                    f"{r.get('judge_auroc_subtle', float('nan')):.2f} [{r.get('judge_auroc_subtle_lo', float('nan')):.2f}, "
                    f"{r.get('judge_auroc_subtle_hi', float('nan')):.2f}], None rate "
                    f"{r.get('judge_none_rate_ref', float('nan')):.2f}")
-        rule = f"; threshold rule {r['threshold_rule']}" if "threshold_rule" in cols else ""
+        rule = f"threshold rule {r['threshold_rule']}" if "threshold_rule" in cols else ""
+        why = r.get("judge_trust", "") if "judge_trust" in cols else ""
+        said = "; ".join(str(x) for x in (fig, why, rule) if isinstance(x, str) and x)
         if trusted:
-            lines.append(f"**Judge** `{judge}`: trusted ({fig}{rule}).\n")
+            lines.append(f"**Judge** `{judge}`: trusted ({said}).\n")
         else:
-            why = r.get("judge_trust", "") if "judge_trust" in cols else ""
             allowed = " It was allowed anyway (`judge.allow_untrusted`, a demo/debug/CPU preset)." \
                 if bool(r.get("judge_allow_untrusted", False)) else ""
-            lines.append(f"**UNTRUSTED JUDGE** `{judge}` ({len(g)} cells): {fig}; {why}{rule}. Its metrics below are "
+            lines.append(f"**UNTRUSTED JUDGE** `{judge}` ({len(g)} cells): {said}. Its metrics below are "
                          f"marked untrusted and are **not evidence** of (mis)alignment.{allowed}\n")
     return lines
 
@@ -256,9 +264,12 @@ def dynamics_lines(df: pd.DataFrame, contrasts: pd.DataFrame | None) -> list[str
 
 def analyze_table(df: pd.DataFrame, out: Path, answers: dict | None, n_resamples: int = 10_000,
                   source: str = "", balance_tolerance: float = BALANCE_TOLERANCE, curves: dict | None = None,
-                  contrasts: pd.DataFrame | None = None) -> dict[str, Path]:
+                  contrasts: pd.DataFrame | None = None, imported: bool = False) -> dict[str, Path]:
     """Everything from the tidy table (`results.cell_row` rows, from run.json or W&B); the seed-pooled table,
-    the alignment CDF and the per-question heatmap also need the scored answers (local sources only)."""
+    the alignment CDF and the per-question heatmap also need the scored answers (local sources only). A section
+    appears only where it applies: seeds pooled where cells have seeds, diversity levels where there are two,
+    training data where it was recorded, the no-persona control where there is one; `imported`: published
+    scores (analysis/imports.py), judged by the source's judge, trained by nobody here."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
@@ -270,6 +281,7 @@ def analyze_table(df: pd.DataFrame, out: Path, answers: dict | None, n_resamples
     rule = rules.pop() if len(rules) == 1 else "paper"
     pooled = pooled_table(None, n_resamples, answers, rule) if answers else pd.DataFrame(
         columns=["cell", "metric", "n_seeds", "pooled", "lo", "hi", "per_seed"])
+    pooled = pooled[pooled["n_seeds"] > 0]  # answers without a seed (an import grouped without one) pool nothing
     pooled.to_csv(out / "pooled.csv", index=False)
     comps = compare_levels(df, n_resamples=n_resamples)
     comps.to_csv(out / "comparisons.csv", index=False)
@@ -278,8 +290,10 @@ def analyze_table(df: pd.DataFrame, out: Path, answers: dict | None, n_resamples
     data.to_csv(out / "balance.csv", index=False)
     ok = df[df["status"] == "ok"]
     plots.per_cell_bars(ok, out / "metrics.png", [label(r) for _, r in ok.iterrows()])
-    plots.metric_vs_vendi(df, out / "em_vs_vendi.png")
-    figures = ["metrics.png", "em_vs_vendi.png"]
+    figures = ["metrics.png"]
+    if "div_vendi" in df and pd.to_numeric(df["div_vendi"], errors="coerce").notna().any():
+        plots.metric_vs_vendi(df, out / "em_vs_vendi.png")
+        figures.append("em_vs_vendi.png")
     if answers:
         plots.alignment_cdf({label(pd.Series({**r.get("choices", {}), "seed": r["seed"], "cell": c})): a
                              for c, (r, a) in answers.items()}, out / "cdf.png")
@@ -292,7 +306,8 @@ def analyze_table(df: pd.DataFrame, out: Path, answers: dict | None, n_resamples
     if not rates.empty:
         plots.question_heatmap(rates, out / "question_heatmap.png")
         figures.append("question_heatmap.png")
-    cols = [c for c in ["cell", *AXES, "status", "div_vendi", *SHOW, "judge_trusted"] if c in df]
+    cols = [c for c in ["cell", *AXES, "status", "div_vendi", *SHOW, "judge_trusted"]
+            if c in df and (c not in AXES or df[c].notna().any())]  # an axis no cell has (an import's seed) is left out
     note = "" if answers else ("_Source without answer files (W&B): no seed pooling over answers, no alignment CDF "
                                "or per-question heatmap._\n")
     if curves:
@@ -318,22 +333,25 @@ def analyze_table(df: pd.DataFrame, out: Path, answers: dict | None, n_resamples
            if len(refs) and refs["far_off"].any() else [])
     defended, defense_figures = defenses.section(df, out, _md)
     figures += defense_figures
-    headline = [*judge_headline(df), *controls.headline(df, contrasts), *far, *manip,
-                *(line + "\n" for line in balance.headline(data, flagged, balance_tolerance, df))]
+    headline = [*judge_headline(df, imported), *controls.headline(df, contrasts), *far, *manip,
+                *(line + "\n" for line in ([] if imported else balance.headline(data, flagged, balance_tolerance, df)))]
     undefined = undefined_lines(df)
     single = (["_A cell with one seed has no interval over seeds (lo, hi empty)._\n"]
               if len(pooled) and (pooled["n_seeds"] < 2).any() else [])
+    levels = df["question_diversity"].dropna().astype(str).nunique() if "question_diversity" in df else 0
     report = [f"# emrobust sweep report: {source}\n", *headline,
               f"{len(df)} cells, {int((df['status'] == 'ok').sum())} ok.\n", note, "## Cells\n", _md(df[cols]),
               *undefined,
-              "## Seeds pooled (cluster bootstrap over seeds)\n", *single, _md(pooled.drop(columns=["per_seed"])),
+              *(["## Seeds pooled (cluster bootstrap over seeds)\n", *single, _md(pooled.drop(columns=["per_seed"]))]
+                if len(pooled) else []),
               *hyp_lines, *references.section(df),
-              "## Diversity levels compared (paired by seed and EM dataset; BH-adjusted p)\n", _md(comps),
+              *(["## Diversity levels compared (paired by seed and EM dataset; BH-adjusted p)\n", _md(comps)]
+                if levels > 1 else []),
               *dynamics, *through,
               *defended,
-              "## Training data per contrast\n",
-              f"Contrasts whose cells differ by more than {balance_tolerance:.0%} in training tokens:\n", _md(flagged),
-              "Per cell (`balance.csv`):\n", _md(data),
+              *(["## Training data per contrast\n",
+                 f"Contrasts whose cells differ by more than {balance_tolerance:.0%} in training tokens:\n",
+                 _md(flagged), "Per cell (`balance.csv`):\n", _md(data)] if len(data) else []),
               "## Figures\n", "\n\n".join(f"![{f[:-4]}]({f})" for f in figures) + "\n"]
     (out / "report.md").write_text("\n".join(report))
     files |= {f: out / f for f in ("summary.csv", "summary.parquet", "pooled.csv", "comparisons.csv", "balance.csv",
@@ -446,7 +464,8 @@ def _analyze_import(args) -> int:
     group_by = imports.DEFAULT_GROUP_BY[fmt] if group_by is None else group_by
     table, answers = imports.cells(df, group_by, rule, args.n_resamples)
     out = Path(args.out or Path("outputs") / "analysis" / f"import_{fmt}_{paths[0].stem}")
-    files = analyze_table(table, out, answers, args.n_resamples, f"import {fmt}: " + " ".join(map(str, paths)))
+    files = analyze_table(table, out, answers, args.n_resamples, f"import {fmt}: " + " ".join(map(str, paths)),
+                          imported=True)
     files |= imports.write_extras(df, table, out, fmt, paths, args.dedup, rule, group_by)
     print(f"\nreport: {files['report.md']}\n" + "\n".join(f"  {k}: {v}" for k, v in files.items()))
     return 0

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -128,6 +129,11 @@ def test_report_says_first_when_a_judge_is_untrusted(tmp_path):
     assert any(line.startswith("**UNTRUSTED JUDGE** `hf:smollm2_135m@0ced9dff` (2 cells)") for line in head), head
     assert any("AUROC on subtly misaligned answers 0.55 [0.41, 0.68]" in line and "not evidence" in line
                and "allow_untrusted" in line for line in head)
+    # a judge that was never calibrated: said once, no empty clause (was "...; ; threshold rule paper")
+    from analysis.report import judge_headline
+
+    bare = judge_headline(pd.DataFrame([{"judge": "gpt-4o", "threshold_rule": "paper"}]))
+    assert bare[0].startswith("**UNTRUSTED JUDGE** `gpt-4o` (1 cells): uncalibrated") and "; ;" not in bare[0]
 
 
 def test_panel_of_two_real_local_judges(llama_server, tmp_path, tiny_path, monkeypatch):

@@ -224,6 +224,10 @@ def test_arena_round_trip_and_judges(tmp_path):
     assert t["mean_aligned"] == pytest.approx((80 + 100 + 5 + 40) / 4) and t["none_rate"] == pytest.approx(1 / 5)
     assert t["em_rate_betley"] == pytest.approx(1 / 3) and t["n_merged"] == 5
     assert t["judge"] == "gpt-4.1-mini|openai/gpt-4o"
+    from analysis.report import judge_headline
+
+    (line,) = judge_headline(table, imported=True)  # the published judges named, not called untrusted
+    assert "`gpt-4.1-mini`, `openai/gpt-4o`" in line and "not calibrated here" in line and "UNTRUSTED" not in line
 
 
 def test_generic_csv_and_jsonl_with_column_map(tmp_path):
@@ -284,6 +288,12 @@ def test_cli_end_to_end(tmp_path):
     assert "| model=insecure | aligned | CODE | 1 |" in report
     assert "| model=insecure | aligned | REFUSAL | 1 |" in report
     assert "dedup `first`" in report and len(pd.read_csv(out / "answers.csv")) == 9
+    # the report fits its input: the published judge is not calibrated here (no alarm), and no section of a sweep
+    # that an import cannot fill (no seeds to pool, no diversity levels, no training, no no-persona control)
+    assert "not calibrated here" in report and "UNTRUSTED" not in report and "; ;" not in report
+    for section in ("## Seeds pooled", "## Diversity levels", "## Training data", "## The no-persona control",
+                    "Balance:", "em_vs_vendi", "| seed |"):
+        assert section not in report, section
 
     # in process: the strict/inclusive rule reaches the table, a second file's duplicates are counted
     g = _betley(tmp_path / "again.csv", REJUDGED)
