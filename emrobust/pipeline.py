@@ -8,8 +8,11 @@
 
 A node is one use of a stage; its upstream is named by role ("start" = the model EM starts from, "em", "sample",
 ...). Its key is `emrobust.keys.stage_key` of the stage's declared reads, content hashes, the upstream keys by
-role, and the seed: nothing is written per stage. `base` is the base model itself (key = what determines the
-weights; prepared into the cache, not built as a stage).
+role, and the seed: nothing is written per stage. `base` is the base model itself (emrobust/stages/base.py: key =
+what determines the weights; placed in the model cache, not built in the store).
+
+`run_cell` is plan -> run each node -> summarise, and names no stage: what it asks of a stage is the protocol in
+emrobust/stages/__init__.py (seeded, distributed, placed, accepted, recorded, measuring), declared by each module.
 """
 from __future__ import annotations
 
@@ -28,17 +31,13 @@ from omegaconf import DictConfig, OmegaConf
 from . import defenses, keys, leakage, tracking
 from .errors import ConfigError, note_failure
 from .results import START, heldout_metrics, summary_metrics
-from .stages import ORDER, Context, stage_seed
+from .stages import ORDER, Context, spec, stage_seed
 from .store import Result, Store
 
 log = logging.getLogger("emrobust")
 
 
 def stage_module(name: str):
-    if name == "base":
-        from .models import Base
-
-        return Base
     return importlib.import_module(f"emrobust.stages.{name}")
 
 
@@ -177,9 +176,9 @@ def require_gpu(cfg: DictConfig, choices: dict | None = None) -> None:
 
 
 def seeded(stage: str, mod) -> bool:
-    """Is the cell seed part of this stage's key? Not for `base` nor a stage declaring `SEEDED = False` (the
+    """Is the cell seed part of this stage's key? Not for a stage declaring `SEEDED = False` (the base model; the
     persona classifier: one instrument per persona and base model, built with a fixed seed)."""
-    return stage != "base" and getattr(mod, "SEEDED", True)
+    return spec(mod).seeded
 
 
 def plan(cfg: DictConfig) -> list[Node]:
@@ -193,19 +192,6 @@ def plan(cfg: DictConfig) -> list[Node]:
         node.key = keys.stage_key(node.stage, mod.VERSION, node.key_config, upstream,
                                   cfg.seed if seeded(node.stage, mod) else None, node.params)
     return nodes
-
-
-def _record(summary: dict, cfg: DictConfig, node: Node, manifest: dict) -> None:
-    """What run.json keeps of a node's manifest: the diversity measured on what is trained on (distill's, else the
-    selection's) and, per training stage, the data it trained on (with the cell's own em drop share)."""
-    if node.stage in ("questions", "distill") and manifest.get("diversity"):
-        summary["diversity"] = manifest["diversity"]
-    if manifest.get("data"):
-        summary["training"][node.id] = dict(manifest["data"])
-        if (manifest.get("train") or {}).get("steps") is not None:  # optimizer steps: a training stage's dose
-            summary["training"][node.id]["steps"] = manifest["train"]["steps"]
-        if node.stage == "em":
-            summary["training"][node.id]["max_drop_share"] = cfg.em_train.max_drop_share
 
 
 def _classified(nodes: list[Node], paths: dict[str, Path], evaluations: dict[str, dict]) -> dict | None:
@@ -228,11 +214,80 @@ def _classified(nodes: list[Node], paths: dict[str, Path], evaluations: dict[str
     return {"steps": steps, "base": [int(r["p_persona"] >= THRESHOLD) for r in read_jsonl(base)]}
 
 
+def summarise(cfg: DictConfig, nodes: list[Node], paths: dict[str, Path], manifests: dict[str, dict],
+              evaluations: dict[str, dict]) -> tuple[dict, list[dict]] | None:
+    """The cell's metrics and curve from its evaluations (None when it evaluated nothing): the judge's trust and
+    early_stop's control as they stand now (the judge may have been calibrated after the evaluation was built),
+    the em stage's held-out measures, and the persona answers as classified (persona_half_life's interval)."""
+    if "evaluate" not in evaluations:
+        return None
+    from . import calibration
+
+    em = manifests.get("em") or {}
+    extra = calibration.cell_trust(cfg) | heldout_metrics(em) | defenses.cell_control(cfg)
+    return summary_metrics(evaluations, em, OmegaConf.to_container(cfg.eval.curve), extra,
+                           _classified(nodes, paths, evaluations), int(cfg.eval.n_bootstrap), int(cfg.seed))
+
+
 def write_run_json(output_dir: Path, summary: dict) -> None:
     """run.json, replaced whole (a reader never sees half of it; several ranks may write the same content)."""
     tmp = output_dir / f".run.json.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(summary, indent=2, default=str))
     os.replace(tmp, output_dir / "run.json")
+
+
+def _run_node(cfg: DictConfig, node: Node, st, view: DictConfig, store: Store, paths: dict[str, Path],
+              manifests: dict[str, dict], screen, dev, summary: dict, output_dir: Path, group: str | None,
+              main: bool) -> tuple[Result, float]:
+    """One node's artifact from the store, built there if missing (on every rank for a distributed stage; rank 0
+    alone holds the lock and writes), and the seconds it took."""
+    from . import distributed
+
+    mod = st.module
+    seed = stage_seed(cfg.seed if st.seeded else 0, node.stage)
+    ckpt = store.checkpoint_dir(node.stage, node.key)
+    inputs = {role: paths[u] for role, u in node.upstream.items()}
+    ups = {role: manifests[u] for role, u in node.upstream.items()}
+
+    def build(tmp: Path) -> dict:
+        log.info("stage %s: building %s", node.id, node.key)
+        from .training import set_seed
+
+        set_seed(seed)
+        ctx = Context(view, node.id, node.key, seed, tmp, inputs, ups, dev, ckpt, params=dict(node.params),
+                      screen=screen)
+        try:
+            if not main:  # a rank > 0 trains alongside rank 0; what it writes is discarded
+                return mod.run(ctx) or {}
+            with tracking.stage_run(cfg, node.id, node.key, output_dir, summary, group) as run:
+                extra = mod.run(ctx) or {}
+                # a measuring stage is logged with the cell's measured diversity and training data
+                logged = extra | ({"diversity": summary["diversity"], "training": summary["training"]}
+                                  if st.measures else {})
+                tracking.log_stage(run, cfg, tmp, logged, measures=st.measures)
+            return extra
+        finally:
+            # a trainer's model sits in reference cycles (trainer <-> callbacks, accelerator): collect them
+            # now, before the next stage loads its own model, not whenever the cyclic GC next runs
+            gc.collect()
+
+    meta = {"node": node.id, "config": node.key_config, "params": node.params,
+            "upstream": {role: manifests[u]["key"] for role, u in node.upstream.items()},
+            "seed": cfg.seed if st.seeded else None, "stage_seed": seed, "version": mod.VERSION}
+    t0 = time.time()
+    if main:
+        res = store.get_or_build(node.stage, node.key, build, meta,
+                                 decided=lambda status: st.distributed and distributed.broadcast(status))
+        distributed.barrier()
+    else:
+        if st.distributed and distributed.broadcast(None) == "build":
+            import tempfile
+
+            with tempfile.TemporaryDirectory(prefix=f"emrobust-rank{distributed.rank()}-") as scratch:
+                build(Path(scratch))
+        distributed.barrier()  # rank 0 has renamed the artifact into place
+        res = Result(store.path(node.stage, node.key), node.key, "cached", 0.0, store.manifest(node.stage, node.key))
+    return res, round(time.time() - t0, 3)
 
 
 def run_cell(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None,
@@ -272,88 +327,37 @@ def run_cell(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = No
         store = Store(cfg.paths.artifacts, cfg.pipeline.on_damage)
         summary["artifacts"] = str(store.root)
         dev = models.device(cfg.pipeline.device)
-        base = nodes[0]
-        summary["current"] = {"node": "base", "key": base.key, "started": time.time()}
-        if main:
-            write_run_json(output_dir, summary)
-        base_path = distributed.rank0_compute(lambda: str(models.prepare(cfg.base_model, cfg.paths.cache)))
-        paths: dict[str, Path] = {"base": Path(base_path)}
-        manifests: dict[str, dict] = {"base": {"stage": "base", "key": base.key, "config": base.key_config}}
+        paths: dict[str, Path] = {}
+        manifests: dict[str, dict] = {}
         evaluations: dict[str, dict] = {}
         screen = leakage.screener(leakage.eval_questions(cfg))
-        for node in nodes[1:]:
-            mod = stage_module(node.stage)
-            seed = stage_seed(cfg.seed if seeded(node.stage, mod) else 0, node.stage)
-            ckpt = store.checkpoint_dir(node.stage, node.key)
-            inputs = {role: paths[u] for role, u in node.upstream.items()}
-            ups = {role: manifests[u] for role, u in node.upstream.items()}
+        for node in nodes:
+            st = spec(stage_module(node.stage))
+            view = keys.view(cfg, st.module)
             summary["current"] = {"node": node.id, "key": node.key, "started": time.time()}
             if main:
                 write_run_json(output_dir, summary)
-
-            def build(tmp: Path, node=node, mod=mod, seed=seed, ckpt=ckpt, inputs=inputs, ups=ups) -> dict:
-                log.info("stage %s: building %s", node.id, node.key)
-                from .training import set_seed
-
-                set_seed(seed)
-                ctx = Context(keys.view(cfg, mod), node.id, node.key, seed, tmp, inputs, ups, dev, ckpt,
-                              params=dict(node.params), screen=screen)
-                try:
-                    if not main:  # a rank > 0 trains alongside rank 0; what it writes is discarded
-                        return mod.run(ctx) or {}
-                    with tracking.stage_run(cfg, node.id, node.key, output_dir, summary, group) as run:
-                        extra = mod.run(ctx) or {}
-                        logged = dict(extra)
-                        if node.stage == "evaluate":  # the cell's measured diversity and training data too
-                            logged |= {"diversity": summary["diversity"], "training": summary["training"]}
-                        tracking.log_stage(run, cfg, node.stage, tmp, logged)
-                    return extra
-                finally:
-                    # a trainer's model sits in reference cycles (trainer <-> callbacks, accelerator): collect them
-                    # now, before the next stage loads its own model, not whenever the cyclic GC next runs
-                    gc.collect()
-
-            meta = {"node": node.id, "config": node.key_config, "params": node.params,
-                    "upstream": {role: manifests[u]["key"] for role, u in node.upstream.items()},
-                    "seed": cfg.seed if seeded(node.stage, mod) else None, "stage_seed": seed,
-                    "version": mod.VERSION}
-            t0 = time.time()
-            if main:
-                joins = getattr(mod, "DISTRIBUTED", False)
-                res = store.get_or_build(node.stage, node.key, build, meta,
-                                         decided=lambda st, joins=joins: joins and distributed.broadcast(st))
-                distributed.barrier()
-            else:
-                if getattr(mod, "DISTRIBUTED", False) and distributed.broadcast(None) == "build":
-                    import tempfile
-
-                    with tempfile.TemporaryDirectory(prefix=f"emrobust-rank{distributed.rank()}-") as scratch:
-                        build(Path(scratch))
-                distributed.barrier()  # rank 0 has renamed the artifact into place
-                res = Result(store.path(node.stage, node.key), node.key, "cached", 0.0,
-                             store.manifest(node.stage, node.key))
+            if st.place is not None:  # not built in the store (the base model: into the model cache, once)
+                paths[node.id] = Path(distributed.rank0_compute(lambda st=st, view=view: str(st.place(view))))
+                manifests[node.id] = {"stage": node.stage, "key": node.key, "config": node.key_config}
+                continue
+            res, seconds = _run_node(cfg, node, st, view, store, paths, manifests, screen, dev, summary, output_dir,
+                                     group, main)
             paths[node.id], manifests[node.id] = res.path, res.manifest
-            accept = getattr(mod, "accept", None)
-            if accept is not None:  # the cell's checks of the artifact, built or reused (eval set, drop share)
-                accept(keys.view(cfg, mod), res.path, res.manifest.get("data", {}), screen)
-            _record(summary, cfg, node, res.manifest)
-            if node.stage == "evaluate":
+            if st.accept is not None:  # the cell's checks of the artifact, built or reused (eval set, drop share)
+                st.accept(view, res.path, res.manifest.get("data", {}), screen)
+            st.record(view, node.id, res.manifest, summary)
+            if st.measures:
                 evaluations[node.id] = res.manifest.get("metrics", {})
             summary["stages"].append({"name": node.id, "key": node.key, "status": res.status,
-                                      "seconds": round(time.time() - t0, 3), "artifact": str(res.path)}
+                                      "seconds": seconds, "artifact": str(res.path)}
                                      | ({"damaged": res.damaged} if res.damaged else {}))
-            log.info("stage %s: %s in %.1fs", node.id, res.status, time.time() - t0)
-        summary["stages"].sort(key=lambda s: ORDER.index(s["name"].split("@")[0]))
-        if "evaluate" in evaluations:
-            from . import calibration
-
-            em = manifests.get("em") or {}
-            # the judge's trust and early_stop's control as they stand now (the judge may have been calibrated after
-            # the evaluation was built); the em stage's held-out measures
-            extra = calibration.cell_trust(cfg) | heldout_metrics(em) | defenses.cell_control(cfg)
-            summary["metrics"], summary["curve"] = summary_metrics(
-                evaluations, em, OmegaConf.to_container(cfg.eval.curve), extra,
-                _classified(nodes, paths, evaluations), int(cfg.eval.n_bootstrap), int(cfg.seed))
+            log.info("stage %s: %s in %.1fs", node.id, res.status, seconds)
+        rank = {stage: i for i, stage in enumerate(ORDER)}  # a stage the order does not list goes last
+        summary["stages"].sort(key=lambda s: rank.get(s["name"].split("@")[0], len(ORDER)))
+        summarised = summarise(cfg, nodes, paths, manifests, evaluations)
+        if summarised is not None:
+            summary["metrics"], summary["curve"] = summarised
         summary["status"], summary["current"] = "ok", None
     except BaseException as e:
         summary["status"] = "failed"

@@ -105,8 +105,9 @@ def stage_run(cfg: DictConfig, stage: str, key: str, output_dir: Path, cell: dic
         _ACTIVE = None
 
 
-def log_stage(run, cfg: DictConfig, stage: str, artifact_dir: Path, extra: dict) -> None:
-    """Summary numbers of a finished stage; evaluate also logs a bounded table of scored answers."""
+def log_stage(run, cfg: DictConfig, artifact_dir: Path, extra: dict, measures: bool = False) -> None:
+    """Summary numbers of a finished stage; a measuring stage (emrobust.stages.PROTOCOL `measures`: evaluate) also
+    logs its metrics along the EM step and a bounded table of scored answers."""
     if run is None:
         return
     import wandb
@@ -115,7 +116,7 @@ def log_stage(run, cfg: DictConfig, stage: str, artifact_dir: Path, extra: dict)
                                                     "capability")}
     summary = _flat(picked)
     step = (extra.get("metrics") or {}).get("em_step")
-    if stage == "evaluate" and isinstance(step, int):
+    if measures and isinstance(step, int):
         # the EM step as the x axis: W&B's own charts draw each cell's metrics along EM training across its
         # evaluate runs (one point each: step 0, the kept steps, the end)
         run.define_metric("em_step")
@@ -126,7 +127,7 @@ def log_stage(run, cfg: DictConfig, stage: str, artifact_dir: Path, extra: dict)
     # the summary also keeps the non-numeric and NaN scalars (judge name, strategy, ...) that run.json has
     run.summary.update(_flat(picked, scalars=True))
     answers = artifact_dir / "answers.jsonl"
-    if stage == "evaluate" and answers.exists():
+    if measures and answers.exists():
         rows = [json.loads(x) for x in answers.read_text().splitlines()[: cfg.tracking.max_table_rows]]
         cols = ["question_id", "question", "answer", "aligned", "coherent"]
         run.log({"answers": wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in rows])})

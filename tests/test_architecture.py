@@ -168,3 +168,46 @@ def test_readme_stage_table_names_what_each_stage_reads():
     for stage, listed in rows.items():
         declared = set(keys.read_paths(pipeline.stage_module(stage)))
         assert listed == declared, (stage, listed ^ declared)
+
+
+def test_the_run_loop_names_no_stage():
+    """run_cell (and the node runner) ask a stage only what the protocol declares (emrobust.stages.PROTOCOL):
+    no stage name is written in them; each module's answers are its own declarations or the defaults."""
+    from emrobust import stages
+
+    names = {*ORDER, "base"}
+    src = ast.parse((ROOT / "emrobust" / "pipeline.py").read_text())
+    for fn in (n for n in src.body if isinstance(n, ast.FunctionDef) and n.name in ("run_cell", "_run_node")):
+        said = {c.value for c in ast.walk(fn) if isinstance(c, ast.Constant) and isinstance(c.value, str)}
+        assert not said & names, (fn.name, said & names)
+    spec = {s: stages.spec(pipeline.stage_module(s)) for s in names}
+    assert {s for s, x in spec.items() if not x.seeded} == {"base", "classifier"}
+    assert {s for s, x in spec.items() if x.distributed} == {"distill", "introspect", "em"}
+    assert {s for s, x in spec.items() if x.place} == {"base"} and {s for s, x in spec.items() if x.measures} == \
+        {"evaluate"}
+    assert {s for s, x in spec.items() if x.record is stages.record_diversity} == {"questions", "distill"}
+    assert {s for s, x in spec.items() if x.accept} == {"questions", "distill", "introspect", "em"}
+
+
+def test_a_new_stage_is_a_module_and_its_node(tmp_path, monkeypatch):
+    """A toy stage declared here alone (its reads, version, protocol answers, run) runs under the unchanged engine
+    once its node is in the cell's graph: built into the store under its key, recorded, and reused on a rerun."""
+    import types
+
+    from conftest import compose
+
+    toy = types.ModuleType("emrobust.stages.toy")
+    toy.VERSION, toy.READS, toy.SEEDED = 1, ("eval.max_new_tokens",), False
+    toy.run = lambda ctx: (ctx.out / "toy.txt").write_text(f"{ctx.cfg.eval.max_new_tokens} {ctx.inputs['start']}") \
+        and {"data": {"rows": 1}}
+    monkeypatch.setitem(sys.modules, "emrobust.stages.toy", toy)
+    monkeypatch.setattr(pipeline, "graph", lambda cfg: [pipeline.Node("base", "base"),
+                                                       pipeline.Node("toy", "toy", {"start": "base"})])
+    cfg = compose("debug=tiny", "trait=none", "em_dataset=none", tmp=tmp_path)
+    first = pipeline.run_cell(cfg, tmp_path / "a")
+    (row,) = [s for s in first["stages"] if s["name"] == "toy"]
+    assert row["status"] == "executed" and first["training"] == {"toy": {"rows": 1}} and first["status"] == "ok"
+    assert (Path(row["artifact"]) / "toy.txt").read_text().startswith(str(cfg.eval.max_new_tokens))
+    cfg.seed = cfg.seed + 1  # SEEDED = False: another seed reuses it
+    again = pipeline.run_cell(cfg, tmp_path / "b")
+    assert [s["status"] for s in again["stages"] if s["name"] == "toy"] == ["cached"]

@@ -1,7 +1,10 @@
 """The stages. Each module declares `VERSION` (bump it when the stage's output would change), `READS` (the config
 paths it reads) and `CONTENT` (hashes of what it reads outside the config), from which `emrobust.keys` builds
 its key; and `run(ctx) -> dict` (write into `ctx.out`, return extra manifest fields). Nothing in a stage knows
-about caching: see `emrobust.pipeline` (the graph and the run loop) and `emrobust.store`."""
+about caching: see `emrobust.pipeline` (the graph and the run loop) and `emrobust.store`.
+
+What else the engine asks of a stage is the protocol below (`PROTOCOL`, with its defaults, read by `spec`): a
+stage module declares only where it differs, and the run loop names no stage."""
 from __future__ import annotations
 
 import hashlib
@@ -13,6 +16,54 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..config import STAGES as ORDER  # noqa: F401  (the stage order, re-exported)
+
+
+def record_training(cfg, node_id: str, manifest: dict, summary: dict) -> None:
+    """What run.json keeps of a node's manifest, by default: the data a training stage trained on and its
+    optimizer steps (its dose), under `training[node_id]`."""
+    if manifest.get("data"):
+        summary["training"][node_id] = dict(manifest["data"])
+        if (manifest.get("train") or {}).get("steps") is not None:
+            summary["training"][node_id]["steps"] = manifest["train"]["steps"]
+
+
+def record_diversity(cfg, node_id: str, manifest: dict, summary: dict) -> None:
+    """`record_training`, and the diversity measured on what is trained on: the cell's `diversity` (distill's,
+    which comes after the selection's, else the selection's)."""
+    record_training(cfg, node_id, manifest, summary)
+    if manifest.get("diversity"):
+        summary["diversity"] = manifest["diversity"]
+
+
+# what the engine (emrobust.pipeline.run_cell) asks of a stage module beyond VERSION/READS/CONTENT/run, and the
+# default of each: a module declares an attribute of the same name (upper case) only where it differs
+PROTOCOL: dict[str, Any] = {
+    "seeded": True,  # the cell seed is part of the key (not for one instrument per persona, nor the base model)
+    "distributed": False,  # trains: runs on every rank of a multi-process job (emrobust.distributed)
+    "place": None,  # place(cfg) -> path: not built in the store but put there (the base model, in the model cache)
+    "accept": None,  # accept(cfg, path, data, screen): the cell's checks of its artifact, built or reused
+    "record": record_training,  # record(cfg, node_id, manifest, summary): what run.json keeps of the manifest
+    "measures": False,  # its manifest's `metrics` are the cell's evaluation, logged with the cell's training data
+}
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One stage as the engine sees it: its module and the protocol's answers."""
+    module: Any
+    seeded: bool
+    distributed: bool
+    place: Callable | None
+    accept: Callable | None
+    record: Callable
+    measures: bool
+
+
+def spec(module) -> Spec:
+    """The protocol's answers of one stage module (PROTOCOL's defaults where it declares nothing). Functions are
+    declared lower case (`accept`, `record`, `place`), flags upper case (`SEEDED`, `DISTRIBUTED`, `MEASURES`)."""
+    got = {k: getattr(module, k if callable(d) or d is None else k.upper(), d) for k, d in PROTOCOL.items()}
+    return Spec(module, **got)
 
 
 def stage_seed(seed: int, stage: str) -> int:

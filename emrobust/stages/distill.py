@@ -9,10 +9,11 @@ import numpy as np
 from .. import diversity, generation, models, training
 from ..data import chat, constitutions
 from ..store import stable_hash
-from . import Context, read_jsonl, top_up, write_jsonl
+from . import Context, read_jsonl, record_diversity, top_up, write_jsonl
 
 # 2: declared reads, per-sample seeded sampling; 3: topped up to the requested pairs, token accounting,
 # question_diversity.token_budget, diversity measured on the trained questions
+record = record_diversity  # run.json keeps the diversity of the questions trained on
 VERSION = 3
 DISTRIBUTED = True  # trains: runs on every rank of a multi-process job (emrobust.distributed)
 FINAL_PUNCT = tuple('.!?"\')]*`…')

@@ -30,7 +30,7 @@ from .. import defenses, models, probe, training
 from ..data import em_datasets
 from ..keys import Read
 from ..store import file_sha256
-from . import Context, write_jsonl
+from . import Context, record_training, write_jsonl
 
 VERSION = 6  # 3: declared reads; 4: train.jsonl is what is trained on (dropped.jsonl apart), token accounting;
 #             5: adapters along training (checkpoint_every), held-out loss curve; 6: defenses, held-out accuracy
@@ -52,6 +52,13 @@ CONTENT = {"dataset_sha256": lambda cfg: em_datasets.content_sha256(cfg.em_datas
 def trains(cfg) -> bool:
     """Does the stage train on the dataset (not for a random LoRA matched to a target norm)?"""
     return not (cfg.em_control.name == "random_lora" and cfg.em_control.match == "target")
+
+
+def record(cfg, node_id: str, manifest: dict, summary: dict) -> None:
+    """run.json keeps the data EM trained on, with the cell's own allowed drop share beside the measured one."""
+    record_training(cfg, node_id, manifest, summary)
+    if node_id in summary["training"]:
+        summary["training"][node_id]["max_drop_share"] = cfg.em_train.max_drop_share
 
 
 def accept(cfg, out, data: dict, screen=None) -> None:

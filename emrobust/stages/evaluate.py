@@ -22,6 +22,7 @@ from .. import calibration, judges, metrics, persona
 from ..keys import Read
 from . import Context, read_jsonl, write_jsonl
 
+MEASURES = True  # its metrics are the cell's evaluation (emrobust.results), logged with the cell's training data
 VERSION = 7  # 2: judge cache, per-score judge ids; 3: persona check; 4: judging apart from sampling;
 #             5: the judge group (panels, threshold rule, calibration figures); 6: probe, monitor, em_step;
 #             7: no tail interval under metrics.MIN_TAIL answers in the tail

@@ -22,11 +22,12 @@ from .. import diversity, generation, models, persona
 from ..config import expansion_target
 from ..data import constitutions
 from ..keys import Read
-from . import Context, read_jsonl, write_jsonl
+from . import Context, read_jsonl, record_diversity, write_jsonl
 
 # 2: strategy=paraphrase; 3: declared reads, per-sample seeded sampling, constitution.json has questions;
 # 4: embeddings.npy (the selected questions' embeddings, for distill to measure what it trains on);
 # 5: trait.reserved_questions kept out of the pool (reserved.json)
+record = record_diversity  # run.json keeps the selection's diversity (distill's replaces it)
 VERSION = 5
 
 
