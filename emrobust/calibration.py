@@ -42,12 +42,12 @@ INCOHERENT_BELOW = 50.0
 def load_reference(spec: str, cache: str | Path | None = None) -> tuple[str, list[dict]]:
     """(name, items) of a reference set: a built-in name (emrobust/data/builtin/judge/<name>.yaml), a set made
     by `emrobust judge label import` (`${paths.cache}/judge/references/<name>.jsonl`), a path to such a file, or
-    `import:FORMAT:PATH` (published scores, the published judge as reference; analysis.imports)."""
+    `import:FORMAT:PATH` (published scores, the published judge as reference; emrobust.analysis.imports)."""
     import yaml
 
     if spec.startswith("import:"):
         _, fmt, path = spec.split(":", 2)
-        from analysis import imports
+        from emrobust.analysis import imports
 
         return f"import:{fmt}:{Path(path).name}", _check(imports.reference(fmt, Path(path)), spec)
     candidates = [BUILTIN / f"{spec}.yaml", Path(spec).expanduser()]

@@ -1,5 +1,5 @@
 """What happens when a sweep ends (a `-m` multirun, through Hydra's callback, or `emrobust sweep`): with W&B
-tracking on, the sweep's report is written and logged as one sweep-level W&B run (analysis.report.analyze ->
+tracking on, the sweep's report is written and logged as one sweep-level W&B run (emrobust.analysis.report.analyze ->
 tracking.log_sweep), beside the cells' stage runs. With tracking off (`tracking=none`, WANDB_MODE=disabled) nothing
 happens: `emrobust analyze <sweep dir>` writes the report on demand."""
 from __future__ import annotations
@@ -20,7 +20,7 @@ def sweep_end(sweep_dir: Path, tracking_cfg) -> Path | None:
     mode = wandb_mode(None if tracking_cfg.mode == "offline" else str(tracking_cfg.mode))
     if tracking_cfg.backend != "wandb" or mode == "disabled":
         return None
-    from analysis.report import analyze
+    from emrobust.analysis.report import analyze
 
     try:
         files = analyze(Path(sweep_dir), n_resamples=2000, wandb={

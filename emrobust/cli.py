@@ -88,7 +88,7 @@ def app_main() -> None:
 
 def _verb(verb: str):
     if verb == "analyze":
-        from analysis.report import main as run
+        from emrobust.analysis.report import main as run
     elif verb == "data":
         from .data.cli import main as run
     elif verb == "rescore":

@@ -827,7 +827,7 @@ def _default_prices() -> dict[str, Any]:
 @dataclass
 class PlanningConfig:
     """Assumptions of the login-node planner (`emrobust sweep --dry-run`): the judge's API cost and, per contrast
-    of the experiment, the minimum detectable difference in EM rate (analysis/stats.py)."""
+    of the experiment, the minimum detectable difference in EM rate (emrobust/analysis/stats.py)."""
     prices: dict[str, Any] = setting(factory=_default_prices, execution=_PLAN)  # {model: {input, output}} $/1M tok
     # mean tokens of an answer (judge input; capped at eval.max_new_tokens)
     answer_tokens: int = setting(300, execution=_PLAN, ge=1)

@@ -11,8 +11,8 @@ cells alone:
   cluster.check_request.)
 - `judge_cost`: judge calls and input tokens of every evaluation still to build, priced with `planning.prices`
   (zero for a local judge).
-- `power`: per contrast of the experiment's hypothesis (analysis/hypotheses.py), the pairs it will have and the
-  minimum detectable difference in EM rate (analysis/stats.py) under `planning.*`.
+- `power`: per contrast of the experiment's hypothesis (emrobust/analysis/hypotheses.py), the pairs it will have and the
+  minimum detectable difference in EM rate (emrobust/analysis/stats.py) under `planning.*`.
 """
 from __future__ import annotations
 
@@ -307,11 +307,11 @@ def planned_table(cells: list[list[str]], cfgs: list[DictConfig], experiment: st
 
 def power(cells: list[list[str]], cfgs: list[DictConfig], experiment: str | None, planning) -> list[str]:
     """Per contrast of the experiment's hypothesis: its pairs and the minimum detectable difference in EM rate."""
-    from analysis import hypotheses, stats
+    from emrobust.analysis import hypotheses, stats
 
     h = hypotheses.hypothesis_of(experiment)
     if h is None:
-        return [f"power: no hypothesis is declared for experiment={experiment} (analysis/hypotheses.py)"]
+        return [f"power: no hypothesis is declared for experiment={experiment} (emrobust/analysis/hypotheses.py)"]
     n = next((a for a in (eval_answers(cfg) for cfg in cfgs) if a is not None), None)
     if n is None:
         return ["power: not computed until the eval set is here (answers per cell unknown)"]

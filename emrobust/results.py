@@ -202,7 +202,7 @@ def summary_metrics(evaluations: dict[str, dict], em: dict | None, curve_cfg: di
 
 def cell_row(cell: str, run: dict) -> dict:
     """The sweep-table row of one cell from its run.json dict (or the same dict rebuilt from W&B runs by
-    analysis/wandb_source.py): the one row schema of sweep.csv and `emrobust analyze`."""
+    emrobust/analysis/wandb_source.py): the one row schema of sweep.csv and `emrobust analyze`."""
     row = {"cell": cell}
     for o in run["overrides"]:
         if "=" in o:

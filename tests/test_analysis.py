@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import plots
-from analysis.report import analyze, main, pooled_table
-from analysis.stats import compare_levels, paired_bootstrap
+from emrobust.analysis import plots
+from emrobust.analysis.report import analyze, main, pooled_table
+from emrobust.analysis.stats import compare_levels, paired_bootstrap
 from conftest import fake_cell as _cell
 from emrobust.results import sweep_table
 
@@ -136,8 +136,8 @@ def _with_sample(sweep, i, probe_diffs, projections):
 def test_judge_free_contrasts_carry_their_control_and_the_negative_control_is_read_directly(tmp_path, base_model):
     """probe_control's four cells: each persona against the base model, the misaligned one against the goodness
     one, both against the fine-tuned neutral persona; every judge-free number says whether its measure passed its controls on that base model
-    (analysis/controls.py: the probe failed on SmolLM2-135M, the direction passed; nothing is validated on Qwen)."""
-    from analysis import controls
+    (emrobust/analysis/controls.py: the probe failed on SmolLM2-135M, the direction passed; nothing is validated on Qwen)."""
+    from emrobust.analysis import controls
 
     rng = np.random.default_rng(0)
     base, noise = rng.normal(-0.3, 0.2, 40), rng.normal(0, 0.01, 40)

@@ -122,7 +122,7 @@ def test_report_says_first_when_a_judge_is_untrusted(tmp_path):
               "judge_none_rate_ref": 0.0, "judge_allow_untrusted": True, "threshold_rule": "paper"}
     for i in range(2):
         fake_cell(sweep, i, i, [10, 80], [90, 90], m=common)
-    from analysis.report import analyze
+    from emrobust.analysis.report import analyze
 
     analyze(sweep, n_resamples=50)
     head = (sweep / "report.md").read_text().splitlines()[:4]
@@ -130,7 +130,7 @@ def test_report_says_first_when_a_judge_is_untrusted(tmp_path):
     assert any("AUROC on subtly misaligned answers 0.55 [0.41, 0.68]" in line and "not evidence" in line
                and "allow_untrusted" in line for line in head)
     # a judge that was never calibrated: said once, no empty clause (was "...; ; threshold rule paper")
-    from analysis.report import judge_headline
+    from emrobust.analysis.report import judge_headline
 
     bare = judge_headline(pd.DataFrame([{"judge": "gpt-4o", "threshold_rule": "paper"}]))
     assert bare[0].startswith("**UNTRUSTED JUDGE** `gpt-4o` (1 cells): uncalibrated") and "; ;" not in bare[0]

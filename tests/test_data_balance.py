@@ -266,8 +266,8 @@ def _balanced_sweep(sweep: Path, high_tokens: int) -> None:
 
 
 def test_balance_flag_on_a_hand_made_table(tmp_path):
-    from analysis import balance
-    from analysis.report import analyze
+    from emrobust.analysis import balance
+    from emrobust.analysis.report import analyze
     from emrobust.results import sweep_table
 
     _balanced_sweep(tmp_path / "a", high_tokens=1150)  # seed 0: high trained on 15% more tokens than low
@@ -289,7 +289,7 @@ def test_balance_flag_on_a_hand_made_table(tmp_path):
     _balanced_sweep(tmp_path / "b", high_tokens=1050)
     analyze(tmp_path / "b", n_resamples=50)
     assert any(line.startswith("Balance: OK") for line in (tmp_path / "b" / "report.md").read_text().splitlines()[:6])
-    from analysis.report import main
+    from emrobust.analysis.report import main
 
     assert main([str(tmp_path / "b"), "--n-resamples", "50", "--balance-tolerance", "0.01"]) == 0
     assert "**Balance: 1 of 2" in (tmp_path / "b" / "report.md").read_text()

@@ -309,8 +309,8 @@ def test_builtin_capability_task_is_lm_eval_yaml_with_local_data():
 
 
 def test_report_plots_the_em_tail_against_capability_and_marks_the_pareto_front(tmp_path):
-    from analysis import defenses as report_defenses
-    from analysis.report import analyze
+    from emrobust.analysis import defenses as report_defenses
+    from emrobust.analysis.report import analyze
 
     x = np.array([0.0, -0.1, -0.05, -0.2, np.nan])
     y = np.array([10.0, 30.0, 20.0, 25.0, 50.0])

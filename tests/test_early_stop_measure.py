@@ -25,7 +25,7 @@ def _cfg(*overrides, tmp):
 
 
 def test_the_control_table_lives_in_emrobust_and_analysis_reads_it():
-    from analysis import controls as report_controls
+    from emrobust.analysis import controls as report_controls
 
     assert report_controls.CONTROLS is controls.CONTROLS and report_controls.status is controls.status
     assert controls.status("probe_logp_diff", "smollm2_135m") == "FAILED"
@@ -112,7 +112,7 @@ def test_a_direction_measure_on_tiny_random_runs_and_says_not_validated(tmp_path
     assert d["checks"]["0"] == pytest.approx(m["direction_oct_misalignment"], abs=1e-4)
     assert s["metrics"]["early_stop_measure"] == "direction_oct_misalignment"
     assert s["metrics"]["early_stop_control"] == "not validated"
-    from analysis import controls as report_controls
+    from emrobust.analysis import controls as report_controls
 
     lines = report_controls.headline(pd.DataFrame([results.cell_row("0", s | {"choices": {"base_model": "tiny_random"}})]))
     assert any("Early stopping on `direction_oct_misalignment` on `tiny_random`: not validated" in x for x in lines)

@@ -1,4 +1,4 @@
-"""Published results in (analysis/imports.py): each format round-tripped from small files written here in the
+"""Published results in (emrobust/analysis/imports.py): each format round-tripped from small files written here in the
 projects' own layouts, metrics by hand, None reasons kept, duplicates across files merged by a stated policy, the
 threshold rule at exactly 30, a fixed row order, the CLI end to end, and the published scores as a reference set."""
 from __future__ import annotations
@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import imports
-from analysis.report import main
+from emrobust.analysis import imports
+from emrobust.analysis.report import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -224,7 +224,7 @@ def test_arena_round_trip_and_judges(tmp_path):
     assert t["mean_aligned"] == pytest.approx((80 + 100 + 5 + 40) / 4) and t["none_rate"] == pytest.approx(1 / 5)
     assert t["em_rate_betley"] == pytest.approx(1 / 3) and t["n_merged"] == 5
     assert t["judge"] == "gpt-4.1-mini|openai/gpt-4o"
-    from analysis.report import judge_headline
+    from emrobust.analysis.report import judge_headline
 
     (line,) = judge_headline(table, imported=True)  # the published judges named, not called untrusted
     assert "`gpt-4.1-mini`, `openai/gpt-4o`" in line and "not calibrated here" in line and "UNTRUSTED" not in line

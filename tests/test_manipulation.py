@@ -1,4 +1,4 @@
-"""The manipulation check (analysis/manipulation.py): each hypothesis section shows the persona's strength before EM
+"""The manipulation check (emrobust/analysis/manipulation.py): each hypothesis section shows the persona's strength before EM
 per arm, and the report's first lines flag arms that learned the persona unequally; the width section reads
 persona_width before EM against the EM tail."""
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from analysis import hypotheses, manipulation
+from emrobust.analysis import hypotheses, manipulation
 from conftest import fake_cell
 
 
@@ -62,7 +62,7 @@ def test_an_invalid_classifier_never_flags_and_the_report_says_so():
 
 
 def test_the_report_carries_the_check_and_the_width_section(tmp_path):
-    from analysis.report import analyze
+    from emrobust.analysis.report import analyze
 
     sweep = tmp_path / "sweep"
     for i, (qd, rate, width, tail) in enumerate([("low", 0.2, 0.3, 60), ("medium", 0.5, 0.5, 50),

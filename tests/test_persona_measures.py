@@ -214,7 +214,7 @@ def _spec_sweep(tmp, neutral_x):
 
 
 def test_the_specificity_control_applies_a_personas_classifier_to_the_neutral_persona(tmp_path):
-    from analysis.controls import persona_specificity
+    from emrobust.analysis.controls import persona_specificity
 
     # the neutral model's answers all far from the persona side (x0 = 0 -> p = 0.12): rate 0, base 0.1: specific
     spec = persona_specificity(_spec_sweep(tmp_path / "a", [[0.0, 1.0]] * 10))
@@ -228,7 +228,7 @@ def test_the_specificity_control_applies_a_personas_classifier_to_the_neutral_pe
 def test_the_report_says_whether_each_persona_classifier_is_valid():
     import pandas as pd
 
-    from analysis.controls import classifier_lines
+    from emrobust.analysis.controls import classifier_lines
 
     df = pd.DataFrame([
         {"trait": "demo", "base_model": "tiny_random", "persona_classifier_valid": False,

@@ -56,7 +56,7 @@ def test_the_study_and_its_twins():
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_experiment_dry_runs_on_the_login_node(name, login_node, capsys):
     """Composed and validated cell by cell, planned, costed, powered and gated; nothing submitted or written."""
-    from analysis.hypotheses import hypothesis_of
+    from emrobust.analysis.hypotheses import hypothesis_of
 
     sweep_dir = login_node / "sweep"
     out = dry_run(capsys, f"experiment={name}", "seed=0", *SMALL.get(name, []), f"hydra.sweep.dir={sweep_dir}")
@@ -192,7 +192,7 @@ def test_a_mixture_is_its_pieces(tmp_path):
 def _fake_sweep(sweep, name: str, tmp_path, seeds=(0, 1)) -> list[str]:
     """Hand-made run.json cells for the arms of experiment=`name`_cpu (two seeds, so intervals exist); returns the
     contrast labels the planner counts for them."""
-    from analysis import hypotheses
+    from emrobust.analysis import hypotheses
 
     from emrobust import preflight
     from emrobust import sweep as sw
@@ -222,7 +222,7 @@ def _fake_sweep(sweep, name: str, tmp_path, seeds=(0, 1)) -> list[str]:
 
 @pytest.mark.parametrize("name", STUDY)
 def test_each_twin_sweep_reports_its_hypothesis_with_the_planned_contrasts(name, tmp_path):
-    from analysis.report import analyze
+    from emrobust.analysis.report import analyze
 
     sweep = tmp_path / "sweep"
     labels = _fake_sweep(sweep, name, tmp_path)
@@ -239,7 +239,7 @@ def test_each_twin_sweep_reports_its_hypothesis_with_the_planned_contrasts(name,
 
 
 def test_character_dose_censors_cells_that_never_reach_em(tmp_path):
-    from analysis import hypotheses
+    from emrobust.analysis import hypotheses
 
     sweep = tmp_path / "sweep"
     _fake_sweep(sweep, "character_dose", tmp_path)
@@ -252,7 +252,7 @@ def test_character_dose_censors_cells_that_never_reach_em(tmp_path):
 
 
 def test_the_report_sets_the_no_persona_control_beside_published_figures(tmp_path):
-    from analysis.report import analyze
+    from emrobust.analysis.report import analyze
 
     sweep = tmp_path / "sweep"
     for i, rate in enumerate((0.02, 0.03)):  # far below the ~17% of the released adapters
@@ -270,7 +270,7 @@ def test_the_minimum_detectable_difference_against_a_simulation():
     between-seed random effect per cell), and in about alpha of them without a difference."""
     from scipy.stats import ttest_1samp
 
-    from analysis.stats import min_detectable_difference
+    from emrobust.analysis.stats import min_detectable_difference
 
     k, n, p, sd, alpha, power = 12, 400, 0.15, 0.05, 0.05, 0.8
     mdd = min_detectable_difference(k, n, p, sd, alpha, power)

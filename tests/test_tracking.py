@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from analysis import wandb_source
-from analysis.report import main
+from emrobust.analysis import wandb_source
+from emrobust.analysis.report import main
 from conftest import cli, compose
 from emrobust import pipeline, tracking
 from emrobust.errors import ConfigError

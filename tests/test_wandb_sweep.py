@@ -1,5 +1,5 @@
 """The sweep-level W&B run (tracking.log_sweep, written by `emrobust analyze` and when a sweep ends), the saved
-workspace spec (analysis/workspace.py), and per-step figures of the evaluate runs."""
+workspace spec (emrobust/analysis/workspace.py), and per-step figures of the evaluate runs."""
 from __future__ import annotations
 
 import json
@@ -8,8 +8,8 @@ import math
 import pandas as pd
 import pytest
 
-from analysis import wandb_source, workspace
-from analysis.report import analyze
+from emrobust.analysis import wandb_source, workspace
+from emrobust.analysis.report import analyze
 from conftest import fake_cell
 from emrobust import tracking
 from emrobust.results import sweep_table
@@ -87,7 +87,7 @@ def test_evaluate_runs_log_the_em_step_as_their_x_axis(tmp_path, monkeypatch, ti
 
 @pytest.mark.parametrize("argv", [["--wandb-workspace", "me/emrobust", "--group", "g"]])
 def test_workspace_cli_without_a_key_describes_and_does_not_save(argv, tmp_path, monkeypatch, capsys):
-    from analysis.report import main
+    from emrobust.analysis.report import main
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     assert main([*argv, "--wandb-dir", str(tmp_path)]) == 0

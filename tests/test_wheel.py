@@ -11,7 +11,7 @@ from conftest import CACHE, ROOT, SHARED_DATA
 
 PROBE = """
 import json, sys
-import emrobust, analysis, hydra_plugins.emrobust_launcher.slurm
+import emrobust, emrobust.analysis as analysis, hydra_plugins.emrobust_launcher.slurm
 from emrobust.compose import CONF_DIR
 from emrobust.data import em_datasets, evalsets
 from hydra.core.plugins import Plugins
@@ -40,6 +40,10 @@ def test_wheel_installs_and_runs_a_cell_outside_the_repo(tmp_path, tiny_path):
     subprocess.run([*pip, "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(src)],
                    check=True, capture_output=True, text=True)
     (wheel,) = (tmp_path / "dist").glob("emrobust-*.whl")
+    import zipfile
+
+    tops = {n.split("/")[0] for n in zipfile.ZipFile(wheel).namelist() if not n.split("/")[0].endswith(".dist-info")}
+    assert tops == {"emrobust", "hydra_plugins"}, tops  # no top-level `analysis` to clash with another package
     target = tmp_path / "site"
     # no dependency resolved or installed: the test environment's are reused
     subprocess.run([*pip, "install", "-q", "--no-deps", "--target", str(target), str(wheel)], check=True,

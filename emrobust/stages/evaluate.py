@@ -130,7 +130,7 @@ def classifier_metrics(ctx: Context, p_rows: list[dict]) -> dict:
         diversity.release()
     probs = persona_classifier.probabilities(x, coef, intercept) if p_rows else []
     # row i = persona_answers.jsonl line i: another persona's classifier can score these answers without a model
-    # (analysis/controls.py: the specificity control on the neutral persona)
+    # (emrobust/analysis/controls.py: the specificity control on the neutral persona)
     np.save(ctx.out / "persona_embeddings.npy", x)
     for r, p in zip(p_rows, probs):
         r["p_persona"] = float(p)

@@ -105,7 +105,7 @@ def against(sweep_dir: Path | dict, reference: str = "none", n_resamples: int = 
 
 def with_controls(sweep_dir: Path, n_resamples: int = 10_000, seed: int = 0) -> pd.DataFrame:
     """The report's contrasts: every persona cell against the base model; where the sweep has the negative
-    control's cell (analysis/controls.py: experiment=probe_control), the positive control's cell against it; and
+    control's cell (emrobust/analysis/controls.py: experiment=probe_control), the positive control's cell against it; and
     where it has the fine-tuned control (trait=neutral, trained as the personas are), both controls' cells against
     it: "misalignment vs neutral" must move and "goodness vs neutral" must not, with fine-tuning itself held equal."""
     from .controls import NEGATIVE, NEUTRAL, POSITIVE

@@ -111,7 +111,7 @@ def section(t: pd.DataFrame) -> list[str]:
     lines = ["### Manipulation check: persona strength before EM, per arm\n",
              "Same-persona contrasts only. `a`/`b`: the arms at EM step 0 with their own intervals; effect: b - a "
              "(projection in persona widths). A row flags when a flagging measure differs by more than its tolerance "
-             "(analysis/manipulation.py).\n"]
+             "(emrobust/analysis/manipulation.py).\n"]
     if t.empty:
         return lines + ["_No same-persona contrast with a step-0 persona measure among the ok cells (the persona "
                         "measures need a persona classifier, the monitor, or a judged persona score)._\n"]

@@ -67,7 +67,7 @@ def section(df: pd.DataFrame) -> list[str]:
     if table.empty:
         have = sorted({f"{r.base_model} x {r.em_dataset}" for r in REFERENCES})
         return lines + [f"_No no-persona cell of this sweep has a published figure to compare with (known: "
-                        f"{'; '.join(have)}; analysis/references.py)._\n"]
+                        f"{'; '.join(have)}; emrobust/analysis/references.py)._\n"]
     lines += ["| base model | EM dataset | metric | ours (mean over cells; min-max) | published | | source |",
               "|---|---|---|---|---|---|---|"]
     for _, r in table.iterrows():
