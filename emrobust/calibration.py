@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from . import judges
 from .errors import ConfigError
 from .metrics import ALIGNED_CRITICAL, below
 
@@ -202,13 +203,12 @@ def verdict(fig: dict | None, min_auroc: float, max_none_rate: float) -> tuple[b
 def record_key(reference: str, jcfg) -> str:
     """A calibration is of a judge prompt id *and* what turns its numbers into scores and labels: the None
     threshold (min_mass) and the threshold rule."""
-    mm = 0.0 if jcfg.backend == "panel" else float(jcfg.min_mass)
+    mm = judges.min_mass(jcfg)
     return f"{reference}|min_mass={mm:g}|rule={jcfg.threshold_rule}"
 
 
 def templates(cfg) -> list[str]:
     """The aligned templates a cell's judge uses: each eval question's own, else our default."""
-    from . import judges
     from .data import evalsets
 
     default = judges.default_prompts()["aligned"]
@@ -219,8 +219,6 @@ def trust(jcfg, aligned_templates: list[str], cache: str | Path) -> dict[str, An
     """The judge's calibration figures for the templates a cell used, flat (the worst template's), as every
     evaluation reports them: `judge_calibration` (reference name or "uncalibrated"), `judge_trusted`,
     `judge_trust`, the AUROCs with bounds, Spearman, bias, None rate, n, and `judge_allow_untrusted`."""
-    from . import judges
-
     jid = judges.judge_id(jcfg)
     recs = [(t, load(cache, judges.prompt_id(jid, t), record_key(str(jcfg.reference), jcfg)))
             for t in aligned_templates]
@@ -250,7 +248,7 @@ def calibrate(cfg, reference: str, n: int | None = None, n_boot: int = 2000, see
     """Score the reference set with the cell's judge (through the judge cache) under each aligned template of
     the cell's eval set (and its coherent template), compute the figures, save them; returns one record per
     template."""
-    from . import judges, models
+    from . import models
     from .data import evalsets
 
     name, items = load_reference(reference, cfg.paths.cache)
@@ -279,7 +277,7 @@ def calibrate(cfg, reference: str, n: int | None = None, n_boot: int = 2000, see
         cpid, sc = judges.score_pairs(judge, c_tmpl, qa, cache)
         fig = figures(items, [s.value for s in sa], [s.value for s in sc], str(jcfg.threshold_rule), n_boot, seed)
         fig |= {"judge": judge.id, "prompt_id": pid, "coherent_prompt_id": cpid, "reference": name,
-                "min_mass": 0.0 if jcfg.backend == "panel" else float(jcfg.min_mass)}
+                "min_mass": judges.min_mass(jcfg)}
         trusted, why = verdict(fig, jcfg.min_auroc, jcfg.max_none_rate)
         fig |= {"trusted": trusted, "trust": why, "min_auroc": float(jcfg.min_auroc),
                 "max_none_rate": float(jcfg.max_none_rate)}

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from . import judges
 from .errors import ConfigError, Unmet
 
 log = logging.getLogger("emrobust.sweep")
@@ -41,23 +42,12 @@ class Needs:
 
 
 # ---------------------------------------------------------------- models and data
-def _judge_models(jcfg, out: dict) -> None:
-    from . import models
-    from .compose import preset
-
-    if jcfg.backend in ("hf", "vllm"):
-        out[str(jcfg.model)] = models.base_config(str(jcfg.model))
-    elif jcfg.backend == "panel":
-        for m in jcfg.members:
-            _judge_models(preset("judge", str(m)), out)
-
-
 def _models(cfg: DictConfig) -> dict[str, DictConfig]:
     from . import models
     from .stages import questions
 
     out = {str(cfg.base_model.name): cfg.base_model}
-    _judge_models(cfg.judge, out)
+    out |= judges.models_of(cfg.judge)
     if cfg.trait.name != "none":
         for name, on in ((cfg.trait.expansion.generator, questions.expands(cfg)),
                          (cfg.question_diversity.paraphrase.generator, questions.paraphrases(cfg))):
@@ -193,7 +183,7 @@ def gpu_gate(cfgs: list[DictConfig], launcher: dict) -> Gate:
     for cfg in cfgs:
         for n, reason in ((1 if cfg.base_model.params_b >= 1.0 or cfg.pipeline.requires_gpu else 0,
                            f"base_model={cfg.base_model.name}"),
-                          (cfg.judge.tensor_parallel_size if cfg.judge.backend == "vllm" else 0,
+                          (judges.gpus(cfg.judge),
                            f"judge={cfg.judge.name} (judge.tensor_parallel_size)"),
                           (cfg.generation.tensor_parallel_size if cfg.generation.backend == "vllm" else 0,
                            "generation.tensor_parallel_size")):
@@ -221,7 +211,6 @@ def eval_answers(cfg: DictConfig) -> int | None:
 
 def _prompt_tokens(cfg: DictConfig) -> int:
     """Tokens of a judge prompt before the answer (its template and the question), ~4 characters a token."""
-    from . import judges
     from .data import evalsets, registry
 
     try:
@@ -233,12 +222,6 @@ def _prompt_tokens(cfg: DictConfig) -> int:
     texts = [(q.judge_prompts or {}).get(k, default[k]) + q.paraphrases[0] for q in qs for k in ("aligned", "coherent")]
     texts = texts or [default["aligned"], default["coherent"]]
     return int(sum(len(t) for t in texts) / len(texts) / 4)
-
-
-def _judges(jcfg) -> list:
-    from .compose import preset
-
-    return [preset("judge", str(m)) for m in jcfg.members] if jcfg.backend == "panel" else [jcfg]
 
 
 def judge_cost(plan, cfgs: list[DictConfig], planning) -> list[dict]:
@@ -257,7 +240,7 @@ def judge_cost(plan, cfgs: list[DictConfig], planning) -> list[dict]:
 
         p_answers = persona_count(cfg) * cfg.eval.persona.samples_per_question if persona_active(cfg) else 0
         per_call = _prompt_tokens(cfg) + min(int(planning.answer_tokens), int(cfg.eval.max_new_tokens))
-        for j in _judges(cfg.judge):
+        for j in judges.singles(cfg.judge):
             row = out.setdefault(str(j.name), {"judge": str(j.name), "backend": str(j.backend), "model": str(j.model),
                                                "evaluations": 0, "calls": 0, "input_tokens": 0, "unknown": 0})
             row["evaluations"] += len(todo)

@@ -255,29 +255,10 @@ def _weights(cfg, d: Data) -> None:
 
 
 def judge(jcfg, where: str = "judge") -> None:
-    """Whether the judge can run here: its weights (hf, vllm: a base_model config name), vLLM, an endpoint's
-    package, model name and key; a panel's members, each (ConfigError naming the field)."""
-    from . import models
-    from .generation import validate_openai, validate_vllm
+    """Whether the judge can run here: each backend's own check (emrobust.judges.BACKENDS)."""
+    from . import judges
 
-    if jcfg.backend == "openai":
-        validate_openai(jcfg, where, "the endpoint's model")
-        return
-    if jcfg.backend == "panel":
-        from .compose import preset
-
-        ms = {str(m): preset("judge", str(m), where=f"{where}.members") for m in jcfg.members}
-        if len(ms) < 2:
-            raise ConfigError(f"judge=panel needs at least two members, got {list(ms)}: "
-                              "judge.members=[name,name,...] (conf/judge presets)", where=f"{where}.members")
-        for name, m in ms.items():
-            if m.backend == "panel":
-                raise ConfigError(f"a panel's member {name!r} is itself a panel", where=f"{where}.members")
-            judge(m, f"{where}.members[{name}]")
-        return
-    if jcfg.backend == "vllm":
-        validate_vllm(f"{where}.backend")
-    models.validate(models.base_config(jcfg.model))
+    judges.validate(jcfg, where)
 
 
 def _defense(cfg, d: Data) -> None:

@@ -228,3 +228,33 @@ def test_mixed_number_tokens_match_brute_force():
             assert probs[i, n].item() == pytest.approx(brute[n], rel=2e-4), (i, n)
         s = j.score([p])[0]
         assert s.mean == pytest.approx(sum(k * q for k, q in brute.items()) / sum(brute.values()), abs=1e-3)
+
+
+def test_a_new_backend_is_one_backend_object(monkeypatch, tmp_path):
+    """A toy backend declared here alone: validation, its id, its weights key, the models and GPUs it needs and
+    the judge it builds all go through its Backend object; scoring and the judge cache work on it unchanged."""
+    from omegaconf import OmegaConf
+
+    from emrobust import judges
+
+    class Constant:  # scores every answer 42 with full mass
+        id, min_mass, calls = "toy:42", 0.25, 0
+
+        def score(self, prompts):
+            self.calls += len(prompts)
+            return [judges.Score(42.0, 1.0, 42.0) for _ in prompts]
+
+    seen = []
+    toy = judges.Backend("toy", lambda j, where: seen.append(where), lambda j: "toy:42", lambda j: {"toy": 1},
+                         lambda j: {}, lambda j: 0, lambda j, cache, device: Constant())
+    monkeypatch.setitem(judges.BACKENDS, "toy", toy)
+    jcfg = OmegaConf.create({"backend": "toy", "min_mass": 0.25})
+    judges.validate(jcfg)
+    assert seen == ["judge"] and judges.judge_id(jcfg) == "toy:42" and judges.weights(jcfg) == {"toy": 1}
+    assert judges.models_of(jcfg) == {} and judges.gpus(jcfg) == 0 and judges.singles(jcfg) == [jcfg]
+    judge, cache = judges.make(jcfg, tmp_path, None), judges.JudgeCache(tmp_path / "judge")
+    pid, scores = judges.score_pairs(judge, "{question} {answer}", [("q", "a"), ("q", "a"), ("q", "b")], cache)
+    assert pid == judges.prompt_id("toy:42", "{question} {answer}") and [s.value for s in scores] == [42.0] * 3
+    assert judge.calls == 2  # each distinct pair once; a second call reads the cache
+    judges.score_pairs(judge, "{question} {answer}", [("q", "b")], cache)
+    assert judge.calls == 2

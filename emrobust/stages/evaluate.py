@@ -150,7 +150,7 @@ def run(ctx: Context) -> dict:
     judge_ids = judge_rows(judge, rows, judge_prompts, cache_root)
     write_jsonl(ctx.out / "answers.jsonl", rows)
     m = compute_metrics(rows, judge.id, cfg.eval.n_bootstrap, ctx.seed, rule)
-    if jcfg.backend == "panel":
+    if judges.is_panel(jcfg):
         pm, agreement = panel_metrics(judge, rows, cfg.eval.n_bootstrap, ctx.seed, rule)
         m |= pm
         (ctx.out / "agreement.json").write_text(json.dumps(agreement, indent=1, default=float))
