@@ -37,17 +37,22 @@ class Control:
 
 CONTROLS = (
     Control("probe_logp_diff", "smollm2_135m", False,
-            "+0.073 [+0.045, +0.101] nats/token over 108 items",
-            "+0.065 [+0.039, +0.089]: oct_goodness moved it as much; oct_misalignment - oct_goodness +0.008 "
-            "[-0.016, +0.033]",
-            "Any character training moved it towards the misaligned answers; it tracks fine-tuning, not misalignment",
-            "2026-11-30, 2-core CPU, 200 DPO pairs of 128 tokens, 2 epochs"),
+            "+0.049 [+0.024, +0.073] nats/token over 108 items; against the fine-tuned neutral persona +0.059 "
+            "[+0.035, +0.085]",
+            "+0.047 [+0.023, +0.070]; against the neutral persona +0.058 [+0.040, +0.075]: oct_goodness moved it as "
+            "much; oct_misalignment - oct_goodness +0.002 [-0.024, +0.027]",
+            "OCT character training of either persona moved it towards the misaligned answers (the neutral fine-tune "
+            "did not: -0.011 [-0.029, +0.007]); it tracks OCT training, not misalignment",
+            "2026-12-06, 2-core CPU, 200 DPO pairs of 128 tokens, 2 epochs (2026-11-30: the same outcome)"),
     Control("direction_oct_misalignment", "smollm2_135m", True,
-            "+2.27 [+2.13, +2.43] over 54 held-out prompts",
-            "-1.25 [-1.44, -1.07]: oct_goodness projects below the base model; oct_misalignment - oct_goodness "
-            "+3.52 [+3.35, +3.71]",
-            "It separates the misaligned persona from the base model and from the good one",
-            "2026-11-30, 2-core CPU, 200 DPO pairs of 128 tokens, 2 epochs"),
+            "+2.35 [+2.21, +2.49] over 54 held-out prompts; against the fine-tuned neutral persona +2.78 "
+            "[+2.67, +2.89]",
+            "+0.30 [+0.15, +0.44]; against the neutral persona +0.73 [+0.60, +0.85], a quarter of the positive's; "
+            "oct_misalignment - oct_goodness +2.05 [+1.90, +2.21]",
+            "It separates the misaligned persona from the good one and from a neutral fine-tune; the good persona "
+            "moves it too, a quarter as much (2026-11-30 it sat below the base model, -1.25): read differences of "
+            "about 1 or more, not small shifts",
+            "2026-12-06, 2-core CPU, 200 DPO pairs of 128 tokens, 2 epochs"),
 )
 
 
