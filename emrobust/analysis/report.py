@@ -320,9 +320,10 @@ def analyze_table(df: pd.DataFrame, out: Path, answers: dict | None, n_resamples
     dyn_cols = [c for c in ("cell", "trait", "question_diversity", "em_dataset", "seed", "steps_to_em",
                             "auc_em_rate_mo", "auc_probe_logp_diff", "probe_logp_diff_delta", "heldout_loss_delta")
                 if c in df]
+    stepped = df[df["n_steps_evaluated"].fillna(0) > 1] if "n_steps_evaluated" in df else df.iloc[0:0]
     dynamics = (["## Along EM training, and judge-free measures against the base model (and the negative control)\n",
                  *dyn, "\n",
-                 _md(df[df["n_steps_evaluated"].fillna(0) > 1][dyn_cols]) if "n_steps_evaluated" in df else ""]
+                 _md(stepped[dyn_cols]) if len(stepped) else ""]  # no empty table where no cell has EM steps
                 if dyn else [])
     tested, hyp_lines, manip = hypothesis_sections(df, out, n_resamples)
     hyp_lines += manipulation.width_section(df, n_resamples)
