@@ -33,7 +33,7 @@ for fold in sorted((root / "fold").glob("*/manifest.json")):
             acc[k] += float((v ** 2).sum())
     n = {k: np.sqrt(v) for k, v in acc.items()}
     print(f"fold {fold.parent.name} (dpo_weight {m.get('dpo_weight')}, introspection_weight {m.get('introspection_weight')}, "
-          f"{m.get('combination')}; manifest cross_terms_max_abs {(m.get("combined_adapter") or {}).get("cross_terms_max_abs")})")
+          f"{m.get('combination')}; manifest cross_terms_max_abs {(m.get('combined_adapter') or {}).get('cross_terms_max_abs')})")
     print("  norms: " + ", ".join(f"{k} {v:.4f}" for k, v in n.items()))
     print(f"  relative to ||exact(1,.25)||: cross terms {n['cross']/n['exact']:.1%}, peft_linear - exact(1,.25) "
           f"{n['peft_minus_exact']/n['exact']:.1%}, peft_linear - exact(1,1) {n['peft_minus_old']/n['exact']:.1%}")
