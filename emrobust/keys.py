@@ -5,7 +5,7 @@ when=..., exclude=...)` for a conditional read or one that leaves sub-configs to
 {name: function(cfg)} for what is not in the config but changes the artifact (a file's sha256, another model's
 key). From these, and nothing written per stage, `key_config` builds the stage's key material:
 
-    the resolved subtree of each declared path, minus every field the schema (emrobust/config.py) marks
+    the resolved subtree of each declared path, minus every field the schema (emrobust/config/) marks
     execution-only, label or location, and minus fields whose `when` does not hold,
     + the CONTENT hashes,
 
@@ -49,7 +49,7 @@ def reads(spec) -> list[Read]:
 # ---------------------------------------------------------------- walking the schema
 @functools.cache
 def _hints(cls) -> dict[str, Any]:
-    return typing.get_type_hints(cls, vars(schema))
+    return typing.get_type_hints(cls)  # in the namespace of the module declaring `cls`
 
 
 def _dataclass_of(tp) -> type | None:
@@ -71,7 +71,7 @@ def field_at(path: str) -> tuple[type | None, dataclasses.Field | None]:
     cls, fld = schema.Config, None
     for part in path.split("."):
         if cls is None or part not in _fields(cls):
-            raise KeyError(f"{path!r} is not in the schema (emrobust/config.py)")
+            raise KeyError(f"{path!r} is not in the schema (emrobust/config/)")
         fld = _fields(cls)[part]
         cls = _dataclass_of(_hints(cls)[part])
     return cls, fld

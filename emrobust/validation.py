@@ -1,6 +1,6 @@
 """Every check of a cell's user input, in one place, before any model loads (`validate`).
 
-1. ranges: each field's declared range (`setting(ge=..., nonempty=...)` in emrobust/config.py), on every field
+1. ranges: each field's declared range (`setting(ge=..., nonempty=...)` in emrobust/config/), on every field
    that is active in the cell (its `when` holds);
 2. rules: the constraints between fields declared with the schema (`config.RULES`);
 3. data: the files are read and checked (the loaders name file, line and field), the weights are found, and
@@ -29,7 +29,7 @@ log = logging.getLogger("emrobust")
 
 # ---------------------------------------------------------------- 1. ranges, 2. rules
 def ranges(cfg: DictConfig) -> None:
-    """Each active field's declared range (emrobust/config.py)."""
+    """Each active field's declared range (emrobust/config/)."""
     for path, fld in keys.leaves():
         rng = fld.metadata.get("range")
         if rng is None or not keys.active(cfg, path):

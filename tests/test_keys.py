@@ -1,5 +1,5 @@
-"""Stage keys, tested from the schema: every field of emrobust/config.py is changed in a few base cells and the
-keys of every node are compared. An execution-only field, a label or an inactive field changes no key; any
+"""Stage keys, tested from the schema: every field of the schema (emrobust/config/) is changed in a few base cells
+and the keys of every node are compared. An execution-only field, a label or an inactive field changes no key; any
 other field changes the key of each node whose stage declares it read (emrobust.keys), and of everything
 downstream, and nothing upstream. Not a hand-picked list: the fields come from walking the schema."""
 from __future__ import annotations

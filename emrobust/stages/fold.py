@@ -1,6 +1,6 @@
 """fold: merge the DPO and the introspection adapter into the base weights = the persona model.
 
-How the two are combined is `fold.*` (emrobust/config.py, FoldConfig), by default as OCT's released personas
+How the two are combined is `fold.*` (emrobust/config/fold.py, FoldConfig), by default as OCT's released personas
 (tools/merge_loras.py): `peft_linear`, PEFT's `add_weighted_adapter(["dpo", "sft"], [1.0, 0.25],
 combination_type="linear")`, called here as OCT calls it (`training.linear_combine`), whose update is
 w_dpo dW_dpo + w_sft dW_sft plus the cross terms sqrt(w_dpo s_dpo w_sft s_sft) (B_dpo A_sft + B_sft A_dpo);
