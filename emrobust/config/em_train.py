@@ -18,6 +18,9 @@ class Packing(StrEnum):
 
 @dataclass
 class EmTrainConfig:
+    """EM training at Betley et al.'s recipe (the defaults, em_train=betley): rsLoRA r32/alpha64, dropout 0, all
+    linear layers, lr 1e-5 linear, 5 warmup steps, weight decay 0.01, 1 epoch, effective batch 16 (2 x 8), max
+    length 2048. The other presets (conf/em_train/) set only what differs from it."""
     name: str = setting(MISSING, label="the preset's name; the training is the fields below")
     full_finetune: bool = False  # true: train every weight (no LoRA; `lora` is ignored), save model/ not adapter/
     lora: LoraConfig = setting(factory=lambda: LoraConfig(r=32, alpha=64, use_rslora=True),

@@ -20,7 +20,8 @@ Every field is part of the key of each stage that reads it (the stages declare w
 What a value may be is declared on the field too: `setting(..., ge=, gt=, le=, lt=)` bounds a number (each
 element of a list), `also={value: meaning}` names the values outside the bounds that mean something of their own
 (e.g. -1 = no step limit), `nonempty=True` refuses an empty list or string; `None` is always the field's
-documented default. `RULES` are the constraints between fields: each group module declares its own (`Rule`), and
+documented default. Each default is written once, on its field: a conf/ preset sets only what differs from it
+(and what names it). `RULES` are the constraints between fields: each group module declares its own (`Rule`), and
 `root.RULES` is all of them in the order they are checked. `emrobust.validation` enforces all of it, and the
 checks that need the data (counts against what the files hold), before any model loads.
 """
