@@ -108,6 +108,7 @@ class EvalConfig:
     variants: Optional[list[Variant]] = setting(None, nonempty=True)
     samples_per_paraphrase: Optional[int] = setting(None, ge=1)  # None = the YAML's own value
     max_questions: Optional[int] = setting(None, ge=1)  # the first N (None = all)
+    # the answers are sampled as Betley et al. sample them (every eval preset): temperature 1, top_p 1, 600 tokens
     temperature: float = setting(1.0, ge=0)
     top_p: float = setting(1.0, gt=0, le=1)
     max_new_tokens: int = setting(600, ge=1)
