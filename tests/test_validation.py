@@ -17,12 +17,12 @@ from emrobust import config as schema
 from emrobust import keys, pipeline
 from emrobust.errors import ConfigError, report
 
-# cells in which, together, every field with a declared range is active
+# cells in which, together, every field with a declared range is active (a defense's fields only under that defense)
 CELLS = {
     "tiny_persona": ["debug=tiny", "introspection=full", "question_diversity=low", "eval.monitor.enabled=true",
-                     "introspection.interaction_samples=2"],
+                     "introspection.interaction_samples=2", "defense=early_stop"],
     "paraphrase": ["debug=tiny", "question_diversity=very_low", "question_diversity.embedder=tfidf",
-                   "trait.expand_to=13", "em_train=rank1"],
+                   "trait.expand_to=13", "em_train=rank1", "defense=interleave"],
     "endpoints": ["debug=tiny", "trait=none", "generation.backend=openai", "generation.model=m",
                   "generation.api_key_env=null", "judge.backend=openai", "judge.model=j",
                   "judge.api_key_env=null", "em_control=random_lora", "em_control.match=target",
@@ -30,7 +30,7 @@ CELLS = {
     "explicit": ["debug=tiny", "introspection=full", "em_train.lora.layers_to_transform=[0]",
                  "distill.lora.target_modules=[q_proj]", "eval=first_plot", "eval.variants=[plain]",
                  "distill.optim.max_steps=-1", "introspection.optim.max_steps=-1", "em_train.optim.max_steps=-1",
-                 "distill.general_prompts={prompts}"],
+                 "distill.general_prompts={prompts}", "defense=kl"],
 }
 
 

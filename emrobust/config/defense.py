@@ -32,7 +32,7 @@ INOCULATION_PROMPT = (
 class KlDefenseConfig:
     # the loss is SFT + weight * KL(start || trained), the KL per assistant token of the batch (Model Organisms for
     # EM's KL-regularised trainer); the start model is the EM model with its adapter switched off
-    weight: float = 1.0
+    weight: float = setting(1.0, ge=0)
 
 
 @dataclass
@@ -44,7 +44,7 @@ class InoculationDefenseConfig:
 @dataclass
 class InterleaveDefenseConfig:
     # benign chat examples mixed in: they make this share of the training set (the EM examples all kept)
-    fraction: float = 0.5
+    fraction: float = setting(0.5, ge=0, lt=1)
     name: str = setting("benign_chat", location="selects a builtin or registry dataset, whose sha256 is in the "
                                                 "em key")
     source: DataSource = setting(DataSource.builtin, location="where the benign set is read from; its sha256 is in "
@@ -63,7 +63,7 @@ class EarlyStopDefenseConfig:
     # A measure whose control failed on the cell's base model (emrobust/controls.py) is refused unless
     # allow_failed_control; one never validated on it runs, and the em manifest and the report say so.
     measure: str = "probe"
-    every: int = 2
+    every: int = setting(2, ge=1)
     rise: float = 0.05
     split: str = "a"  # the probe's reported splits (eval.probe.splits) must leave it out
     allow_failed_control: bool = setting(False, execution="a gate on which cells may run (stopping on a measure "
