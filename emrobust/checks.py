@@ -1,5 +1,5 @@
 """Login-node checks of a sweep's cells and launcher, before anything is submitted (`emrobust sweep` and the
-`-m hydra/launcher=slurm` launcher both call them)."""
+`-m hydra/launcher=slurm` launcher both reach them through emrobust.sweep.check)."""
 from __future__ import annotations
 
 import logging
@@ -14,10 +14,9 @@ log = logging.getLogger("emrobust.sweep")
 SECRET_LINE = ("API_KEY", "TOKEN", "SECRET", "PASSWORD")
 
 
-def validate_cells(job_overrides, loader, config, launcher: dict | None = None, start: int = 0) -> list:
-    """Every cell of a multirun, before the first one runs or is submitted: composed by Hydra's `loader` from the
-    sweep's `config`, its choices checked (compose.check_choices); `launcher` (a Slurm launcher's params) adds the
-    checks of its request; None for cells run here."""
+def load_cells(job_overrides, loader, config, start: int = 0) -> list:
+    """Every cell of a multirun composed by Hydra's `loader` from the sweep's `config` (as its job will be), its
+    choices checked (compose.check_choices); ConfigError naming the cell."""
     from .compose import check_choices
 
     cfgs = []
@@ -27,8 +26,16 @@ def validate_cells(job_overrides, loader, config, launcher: dict | None = None, 
             check_choices(cfg.hydra.runtime.choices, loader)
         except ConfigError as e:
             raise ConfigError(str(e), where=f"cell {idx} ({' '.join(overrides)})") from None
-        validate_cell(idx, list(overrides), cfg, launcher)
         cfgs.append(cfg)
+    return cfgs
+
+
+def validate_cells(job_overrides, loader, config, start: int = 0) -> list:
+    """Every cell of a multirun run here (`hydra/launcher=local`), before the first one runs (load_cells, then
+    validate_cell). A Slurm multirun is checked by emrobust.sweep.check instead, as `emrobust sweep` is."""
+    cfgs = load_cells(job_overrides, loader, config, start)
+    for idx, (overrides, cfg) in enumerate(zip(job_overrides, cfgs), start=start):
+        validate_cell(idx, list(overrides), cfg, None)
     return cfgs
 
 

@@ -58,28 +58,24 @@ def app_main() -> None:
 
         from hydra.core.global_hydra import GlobalHydra
 
-        from . import distributed, pipeline, results
+        from . import pipeline
         from .compose import check_choices, choices
         from .errors import note_failure
 
         hc = HydraConfig.get()
         out = Path(hc.runtime.output_dir)
+        sweep = Path(hc.sweep.dir) if hc.mode == RunMode.MULTIRUN else None
         try:
-            group = Path(hc.sweep.dir).name if hc.mode == RunMode.MULTIRUN else None
             loader = GlobalHydra.instance().config_loader()
-            summary = pipeline.run_cell(cfg, out, list(hc.overrides.task), choices(hc.runtime.choices), group,
-                                        checks=lambda: check_choices(hc.runtime.choices, loader))
-            print(results.format_metrics(summary))
-            return summary
+            return pipeline.run_job(cfg, out, list(hc.overrides.task), choices(hc.runtime.choices),
+                                    sweep.name if sweep else None, sweep,
+                                    checks=lambda: check_choices(hc.runtime.choices, loader))
         except Exception as e:
             note_failure(e, log=str(out / f"{hc.job.name}.log"), run_json=str(out / "run.json"))
             if hc.mode == RunMode.RUN:
                 failed.append(e)
                 return None
             raise
-        finally:
-            if hc.mode == RunMode.MULTIRUN and distributed.is_main():
-                results.write_sweep_csv(Path(hc.sweep.dir))
 
     app()
     if failed:

@@ -231,46 +231,57 @@ if _sl is not None:
             from hydra.core.singleton import Singleton
             from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 
-            from . import results
-            from .checks import check_launcher, judge_gate, validate_cells
-            from .errors import ConfigError
+            from . import sweep
+            from .checks import load_cells
 
-            # login-node validation of every cell, before anything is submitted
-            check_launcher(self.params)
-            log.info(check_request(self.params))
-            cfgs = validate_cells(job_overrides, self.hydra_context.config_loader, self.config, self.params,
-                                  initial_job_idx)
-            for idx, cfg in enumerate(cfgs, start=initial_job_idx):
-                ok, line = judge_gate(cfg)
-                if not ok:
-                    raise ConfigError(line, where=f"cell {idx}", hint="nothing was submitted")
+            # login-node checks of every cell, before anything is submitted: the very checks of `emrobust sweep`
+            cells = [list(o) for o in job_overrides]
+            cfgs = load_cells(cells, self.hydra_context.config_loader, self.config, initial_job_idx)
+            checked = sweep.check(cells, self.params, dry_run=False, cfgs=cfgs, start=initial_job_idx)
+            for g in checked.gates:
+                log.info(g.text)
+            sweep.refuse(checked.gates)
             sweep_dir = Path(str(self.config.hydra.sweep.dir))
             sweep_dir.mkdir(parents=True, exist_ok=True)
             ex = executor(self.params, self.params["submitit_folder"])
             log.info(f"Submitit 'slurm' sweep output dir : {sweep_dir}")
             args = []
-            for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+            for idx, overrides in enumerate(cells, start=initial_job_idx):
                 log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
-                args.append((list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state()))
+                args.append((overrides, "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state()))
             jobs = ex.map_array(self, *zip(*args))
             # which Slurm job runs which cell, for `emrobust status`
             (sweep_dir / "slurm_jobs.json").write_text(json.dumps(
                 {str(idx): str(job.job_id) for (_, _, idx, _, _), job in zip(args, jobs)}, indent=1))
-            rets, lost = [], False
-            for (overrides, _, idx, _, _), job in zip(args, jobs):
-                try:
-                    rets.append(job.results()[0])
-                except Exception as e:  # noqa: BLE001 - the job died without returning (killed by Slurm)
-                    why = job_failure(job)
-                    log.error("cell #%d: %s (%s)", idx, why, type(e).__name__)
-                    results.record_failure(sweep_dir / str(idx), list(overrides), why)
-                    lost = True
-                    ret = JobReturn(overrides=list(overrides), status=JobStatus.FAILED)
+            rets = []
+            for (overrides, _, _, _, _), (ret, why) in zip(args, collect(
+                    [(job, sweep_dir / str(a[2]), a[0]) for a, job in zip(args, jobs)], sweep_dir)):
+                if why is not None:
+                    ret = JobReturn(overrides=overrides, status=JobStatus.FAILED)
                     ret._return_value = RuntimeError(why)
-                    rets.append(ret)
-            if lost:
-                results.write_sweep_csv(sweep_dir)
+                rets.append(ret)
             return rets
+
+
+def collect(jobs: Sequence[tuple[Any, Path | None, list[str]]], sweep_dir: Path) -> list[tuple[Any, str | None]]:
+    """Wait for every submitted job `(submitit job, the cell's output dir or None, its overrides)`, in order: (its
+    first task's result, None), or (None, why) for a job that raised, was killed, or lost a dependency. A cell
+    whose job died before finishing its run.json is recorded failed with Slurm's reason; sweep.csv is written at
+    the end. One loop for both submission paths (the `-m` launcher and `emrobust sweep`)."""
+    from . import results
+
+    out: list[tuple[Any, str | None]] = []
+    for job, output_dir, overrides in jobs:
+        try:
+            out.append((job.results()[0], None))
+        except Exception as e:  # noqa: BLE001 - the job raised, was killed, or a dependency failed
+            why = job_failure(job)
+            if output_dir is not None:
+                log.error("cell %s: %s (%s)", Path(output_dir).name, why, type(e).__name__)
+                results.record_failure(Path(output_dir), list(overrides), why)
+            out.append((None, why))
+    results.write_sweep_csv(sweep_dir)
+    return out
 
 
 # ---------------------------------------------------------------- `emrobust sweep` jobs
@@ -286,7 +297,7 @@ class CellJob:
     def __call__(self) -> str:
         from omegaconf import open_dict
 
-        from . import distributed, pipeline, results
+        from . import pipeline
         from .compose import choices as recorded, compose
 
         extra = [f"pipeline.until={self.until}"] if self.until else []
@@ -295,13 +306,8 @@ class CellJob:
         with open_dict(cfg):
             del cfg["hydra"]
         logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-        try:
-            summary = pipeline.run_cell(cfg, Path(self.output_dir), self.overrides, choices, self.group)
-            print(results.format_metrics(summary))
-            return summary["status"]
-        finally:
-            if self.sweep_dir and distributed.is_main():
-                results.write_sweep_csv(Path(self.sweep_dir))
+        sweep = Path(self.sweep_dir) if self.sweep_dir else None
+        return pipeline.run_job(cfg, Path(self.output_dir), self.overrides, choices, self.group, sweep)["status"]
 
     def checkpoint(self, *args: Any, **kwargs: Any):
         import submitit

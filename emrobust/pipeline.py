@@ -372,3 +372,19 @@ def run_cell(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = No
         if main:
             write_run_json(output_dir, summary)
     return summary
+
+
+def run_job(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None, choices: dict | None = None,
+            group: str | None = None, sweep_dir: Path | None = None, checks=None) -> dict:
+    """One cell as every path runs it (`emrobust <overrides>`, `-m` here or on Slurm, and `emrobust sweep`'s Slurm
+    jobs): `run_cell`, its metrics printed, and, for a cell of a sweep, the sweep's sweep.csv rewritten by rank 0
+    whether the cell succeeded or not."""
+    from . import distributed, results
+
+    try:
+        summary = run_cell(cfg, output_dir, overrides, choices, group, checks)
+        print(results.format_metrics(summary))
+        return summary
+    finally:
+        if sweep_dir is not None and distributed.is_main():
+            results.write_sweep_csv(Path(sweep_dir))

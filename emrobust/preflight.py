@@ -34,6 +34,11 @@ class Gate:
     ok: bool
     line: str
 
+    @property
+    def text(self) -> str:
+        """The gate as the dry-run prints it."""
+        return f"{self.name} gate: {'pass' if self.ok else 'REFUSED'}: {self.line}"
+
 
 @dataclass
 class Needs:

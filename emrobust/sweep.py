@@ -164,33 +164,26 @@ def submit(plan: Plan, launcher: dict) -> dict[str, str]:
 
 
 def wait(plan: Plan) -> list[str]:
-    """Wait for every job; a cell whose job died without run.json is recorded failed. Returns failed cells."""
-    from . import cluster, results
-
-    failed = []
-    for j in plan.jobs:
-        sj = j.handle
-        try:
-            sj.results()
-        except Exception:  # noqa: BLE001 - the job raised, was killed, or a dependency failed
-            if j.is_cell:
-                results.record_failure(j.output_dir, j.overrides, cluster.job_failure(sj))
-                failed.append(j.name)
-    results.write_sweep_csv(plan.sweep_dir)
-    return failed
+    """Wait for every job (cluster.collect: a cell whose job died without run.json is recorded failed, sweep.csv
+    written). Returns the failed cells."""
+    done = cluster.collect([(j.handle, j.output_dir if j.is_cell else None, j.overrides) for j in plan.jobs],
+                           plan.sweep_dir)
+    return [j.name for j, (_, why) in zip(plan.jobs, done) if j.is_cell and why is not None]
 
 
-def prepare(cells: list[list[str]], launcher: dict, dry_run: bool):
-    """Compose and validate every cell (data not here yet, keys and packages collected, errors.Unmet), the gates of
-    what they need (preflight), and, for a real submission, every model and dataset fetched into the shared
-    caches, then every cell validated again on the fetched data. Returns (cfgs, needs, gates)."""
+def prepare(cells: list[list[str]], launcher: dict, dry_run: bool, cfgs: list[DictConfig] | None = None,
+            start: int = 0):
+    """Compose (unless `cfgs` are given, as the `-m` launcher composes them) and validate every cell (data not here
+    yet, keys and packages collected, errors.Unmet), the gates of what they need (preflight), and, for a real
+    submission, every model and dataset fetched into the shared caches, then every cell validated again on the
+    fetched data. Cells are numbered from `start`. Returns (cfgs, needs, gates)."""
     from . import preflight
     from .data import registry
 
-    cfgs, unmet = [], []
+    given, cfgs, unmet = cfgs, [], []
     with registry.no_fetch():
-        for i, c in enumerate(cells):
-            cfg = compose(c)
+        for i, c in enumerate(cells, start=start):
+            cfg = compose(c) if given is None else given[i - start]
             validate_cell(i, c, cfg, launcher, unmet)
             cfgs.append(cfg)
     needs = preflight.needs(cfgs)
@@ -202,9 +195,47 @@ def prepare(cells: list[list[str]], launcher: dict, dry_run: bool):
         raise ConfigError("; ".join(f"{g.name}: {g.line}" for g in blocked), where="sweep gates")
     for line in preflight.fetch(needs):
         log.info("fetched%s", line)
-    for i, (c, cfg) in enumerate(zip(cells, cfgs)):
+    for i, (c, cfg) in enumerate(zip(cells, cfgs), start=start):
         validate_cell(i, c, cfg, launcher)  # on the fetched data: counts, leakage
     return cfgs, needs, gates
+
+
+@dataclass
+class Checked:
+    """What the login-node checks found: the composed cells, what they need, and every gate (judge, Slurm, data,
+    keys, packages, GPUs), each a preflight.Gate."""
+    cfgs: list[DictConfig]
+    needs: object
+    gates: list
+
+
+def check(cells: list[list[str]], launcher: dict, dry_run: bool, cfgs: list[DictConfig] | None = None,
+          start: int = 0) -> Checked:
+    """The login-node checks of a Slurm sweep, one path for `emrobust sweep` and the `-m hydra/launcher=slurm`
+    launcher: no secret in the job script, the request against the partition (a dry-run reports a refusal as the
+    Slurm gate instead of stopping), every cell validated (`prepare`), and the judge gates. A problem that a
+    config change fixes raises ConfigError naming the cell and field; `refuse` then stops on a failed gate."""
+    from .preflight import Gate
+
+    check_launcher(launcher)
+    try:
+        slurm = Gate("slurm", True, cluster.check_request(launcher))
+    except ConfigError as e:
+        if not dry_run:
+            raise
+        slurm = Gate("slurm", False, str(e) + (f" (hint: {e.hint})" if e.hint else ""))
+    cfgs, needs, study = prepare(cells, launcher, dry_run, cfgs, start)
+    judge = [Gate("judge", ok, line) for line, ok in judge_gates(cfgs).items()]
+    return Checked(cfgs, needs, [*judge, slurm, *study])
+
+
+def refuse(gates: list) -> None:
+    """ConfigError when a judge gate failed (the others stop `check` itself on a real submission)."""
+    failed = [g for g in gates if g.name == "judge" and not g.ok]
+    if failed:
+        raise ConfigError(f"a judge is below the bar: {failed[0].line}", where="judge",
+                          hint="calibrate it (emrobust judge calibrate) or set judge.allow_untrusted=true; "
+                               "nothing was submitted")
 
 
 def judge_gates(cfgs: list[DictConfig]) -> dict[str, bool]:
@@ -252,45 +283,28 @@ def main(argv: list[str]) -> int:
         if not str(launcher.get("_target_", "")).endswith("SlurmLauncher"):
             raise ConfigError("emrobust sweep submits to Slurm: add hydra/launcher=slurm (or slurm_multigpu)",
                               where="hydra/launcher")
-        check_launcher(launcher)
-        refused = None
-        try:
-            checked = cluster.check_request(launcher)
-        except ConfigError as e:  # --dry-run still prints the plan, then the refusal
-            if not args.dry_run:
-                raise
-            checked, refused = "", e
         sweep_dir = Path(str(primary.hydra.sweep.dir)).resolve()
         # the store and cache as the login node sees them: the jobs must use the very same paths
         pin = [f"paths.artifacts={Path(primary.paths.artifacts).resolve()}",
                f"paths.cache={Path(primary.paths.cache).resolve()}"]
         cells = [c + [p for p in pin if p.split("=")[0] not in {o.split("=")[0] for o in c}] for c in cells]
-        cfgs, needs, study = prepare(cells, launcher, args.dry_run)
+        checked = check(cells, launcher, args.dry_run)
     except ConfigError as e:  # reported by the CLI: one line, exit 2
         e.hint = f"{e.hint}; nothing was submitted" if e.hint else "nothing was submitted"
         raise
     from .data import registry
 
+    cfgs = checked.cfgs
     with registry.no_fetch(provisional=args.dry_run):  # keys of data not here yet: their pinned hashes
         plan = make_plan(cells, cfgs, sweep_dir)
     print(plan.summary(launcher))
-    print(study_report(plan, cells, cfgs, needs, primary))
+    print(study_report(plan, cells, cfgs, checked.needs, primary))
     # the gates: every one is reported; --dry-run exits 0 with them, a real submission refuses until each passes
-    gates = judge_gates(cfgs)
-    for line, ok in gates.items():
-        print(f"judge gate: {'pass' if ok else 'REFUSED'}: {line}")
-    if refused is not None:
-        print(f"slurm gate: REFUSED: {refused}" + (f" (hint: {refused.hint})" if refused.hint else ""))
-    else:
-        print(f"slurm gate: {checked}")
-    for g in study:
-        print(f"{g.name} gate: {'pass' if g.ok else 'REFUSED'}: {g.line}")
+    for g in checked.gates:
+        print(g.text)
     if args.dry_run:
         return 0
-    if not all(gates.values()):
-        raise ConfigError("a judge is below the bar (see the judge gate above)", where="judge",
-                          hint="calibrate it (emrobust judge calibrate) or set judge.allow_untrusted=true; "
-                               "nothing was submitted")
+    refuse(checked.gates)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     ids = submit(plan, launcher)

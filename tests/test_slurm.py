@@ -162,6 +162,11 @@ def test_sweep_validates_every_cell_before_submitting(tmp_path):
             tmp=tmp_path, check=False)
     assert p.returncode != 0 and "cell 1 (" in p.stderr and "n_examples=100000" in p.stderr, p.stderr[-2000:]
     assert not (msweep / ".submitit").exists()
+    # the `-m` launcher passes the same gates as `emrobust sweep` (emrobust.sweep.check): an untrusted judge
+    p = cli("-m", "debug=tiny", "trait=none", "seed=0,1", "judge.allow_untrusted=false", *JOB,
+            f"hydra.sweep.dir={msweep}", tmp=tmp_path, check=False)
+    assert p.returncode != 0 and "a judge is below the bar" in p.stderr and "uncalibrated" in p.stderr, p.stderr[-2000:]
+    assert "nothing was submitted" in p.stderr and not (msweep / ".submitit").exists()
     env_secret = "sk-test-0123456789"
     p = cli("sweep", "debug=tiny", "trait=none", *JOB, f"hydra.launcher.setup=['export OPENAI_API_KEY={env_secret}']",
             f"hydra.sweep.dir={sweep}", tmp=tmp_path, check=False)

@@ -8,5 +8,5 @@ class LocalLauncher(BasicLauncher):
     def launch(self, job_overrides, initial_job_idx):
         from emrobust.checks import validate_cells  # here, not at import: Hydra imports every plugin module
 
-        validate_cells(job_overrides, self.hydra_context.config_loader, self.config, None, initial_job_idx)
+        validate_cells(job_overrides, self.hydra_context.config_loader, self.config, initial_job_idx)
         return super().launch(job_overrides, initial_job_idx)
