@@ -140,24 +140,17 @@ def n_benign(n_em: int, fraction: float) -> int:
 
 
 def benign_rows(cfg) -> list[list[dict]]:
-    """The interleave set (`defense.interleave`: name/source/path as an em_dataset), validated."""
+    """The interleave set (`defense.interleave`: name/source/path as an em_dataset; an input of the cell,
+    emrobust.data.inputs), validated."""
     from .data import em_datasets
 
     try:
-        return em_datasets.load_all(cfg.defense.interleave, cfg.paths)
+        return em_datasets.load_all(cfg.defense.interleave, cfg.paths, "defense.interleave")
     except Unmet:  # data still to fetch, a user-supplied file: a gate for the sweep planner, as for the EM dataset
         raise
     except ConfigError as e:
         # the loader's file and message, located at the defense's field (not the field named twice)
         raise ConfigError(e.message, file=e.file, where="defense.interleave", hint=e.hint) from None
-
-
-def benign_hash(cfg) -> str | None:
-    if active(cfg) != "interleave":
-        return None
-    from .data import em_datasets
-
-    return em_datasets.content_sha256(cfg.defense.interleave, cfg.paths)  # a registry set: its pinned hash
 
 
 def inoculate(conversation: list[dict], prompt: str) -> list[dict]:

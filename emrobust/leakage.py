@@ -136,19 +136,17 @@ def capability_texts(cfg) -> list[tuple[str, str]]:
 
 def config_texts(cfg) -> list[tuple[str, str]]:
     """(source, text) of the training text known before anything is generated."""
-    from .data import chat, constitutions, em_datasets
+    from .data import chat, em_datasets, inputs
     from .stages import stage_seed
 
     out: list[tuple[str, str]] = []
-    if cfg.trait.name != "none":
-        const = constitutions.load_cfg(cfg.trait, cfg.paths)
+    for const in inputs.read(cfg, "trait"):  # the cell's inputs: emrobust.data.inputs
         out += [(f"constitution {const.name}, trait {t + 1} question", q) for t, q in const.questions()]
         if cfg.distill.general_prompts:
             ps = chat.read_first_user_turns(cfg.distill.general_prompts)
             n = cfg.distill.n_general_prompts
             out += [(f"distill.general_prompts line {i + 1}", p) for i, p in enumerate(ps[:n] if n else ps)]
-    if cfg.em_dataset.name != "none":
-        rows = em_datasets.load_all(cfg.em_dataset, cfg.paths)
+    for rows in inputs.read(cfg, "em_dataset"):
         train, _ = em_datasets.split(rows, cfg.em_dataset, stage_seed(cfg.seed, "em"))
         index = {id(r): i for i, r in enumerate(rows)}
         for r in train:
@@ -166,8 +164,10 @@ def defense_texts(cfg) -> list[tuple[str, str]]:
     if name == "inoculation":
         return [("defense.inoculation.system_prompt", str(cfg.defense.inoculation.system_prompt))]
     if name == "interleave":
+        from .data import inputs
+
         return [(f"defense.interleave {cfg.defense.interleave.name}, example {i + 1}, {m['role']} turn", m["content"])
-                for i, r in enumerate(defenses.benign_rows(cfg)) for m in r]
+                for rows in inputs.read(cfg, "defense.interleave") for i, r in enumerate(rows) for m in r]
     return []
 
 

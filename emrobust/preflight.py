@@ -65,35 +65,10 @@ def _models(cfg: DictConfig) -> dict[str, DictConfig]:
 
 
 def _data(cfg: DictConfig) -> dict[str, tuple]:
-    from .data import constitutions, registry
-    from .stages import directions
+    """The registry files the cell reads (emrobust.data.inputs: the one declaration of a cell's inputs)."""
+    from .data import inputs
 
-    cache = Path(cfg.paths.cache).expanduser()
-    mirror = cfg.paths.data_mirror or registry.default_mirror()
-    out = {}
-
-    def trait(tcfg):
-        if constitutions.source(tcfg) == constitutions.MIXTURE:
-            for piece, _ in constitutions.mixture_pieces(tcfg):
-                trait(constitutions.named(piece))
-            return
-        persona = constitutions.oct_persona(tcfg)
-        if persona is not None:
-            e = registry.oct_entry(persona, constitutions.source(tcfg))
-            out[e.name] = (e, None, cache, mirror)
-
-    if cfg.trait.name != "none":
-        trait(cfg.trait)
-    if cfg.eval.monitor.enabled:
-        for t in directions.traits(cfg):
-            trait(directions._trait_cfg(cfg, t))
-    if cfg.em_dataset.name != "none" and cfg.em_dataset.source == "registry":
-        e = registry.get(str(cfg.em_dataset.name))
-        out[e.name] = (e, cfg.em_dataset.path, cache, mirror)
-    if cfg.eval.source == "registry":
-        e = registry.get(str(cfg.eval.name), registry.EVAL_SETS, where="eval.name")
-        out[e.name] = (e, None, cache, mirror)
-    return out
+    return inputs.needs(cfg)
 
 
 def needs(cfgs: list[DictConfig]) -> Needs:

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import config as schema
 from . import keys
+from .data.inputs import INPUTS
 from .errors import ConfigError
 
 log = logging.getLogger("emrobust")
@@ -57,12 +58,19 @@ class Data:
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
+        self._inputs: dict[str, list] = {}
 
-    @functools.cached_property
+    def read(self, where: str) -> list:
+        """Input `where` of the cell (emrobust.data.inputs), read once."""
+        if where not in self._inputs:
+            from .data import inputs
+
+            self._inputs[where] = inputs.read(self.cfg, where)
+        return self._inputs[where]
+
+    @property
     def constitution(self):
-        from .data import constitutions
-
-        return constitutions.load_cfg(self.cfg.trait, self.cfg.paths)
+        return self.read("trait")[0]
 
     @functools.cached_property
     def reserved(self) -> list[int]:
@@ -82,19 +90,16 @@ class Data:
         """Questions per trait the selection draws from: `per_trait` without the reserved questions."""
         return [have - r for have, r in zip(self.per_trait, self.reserved)]
 
-    @functools.cached_property
+    @property
     def em_rows(self) -> list:
-        from .data import em_datasets
-
-        return em_datasets.load_all(self.cfg.em_dataset, self.cfg.paths)
+        return self.read("em_dataset")[0]
 
     @functools.cached_property
     def eval_questions(self) -> list:
         """The eval set after `eval.variants` (not yet cut to max_questions)."""
         from .data import evalsets
 
-        qs = evalsets.load(evalsets.resolve_path(self.cfg.eval, self.cfg.paths))
-        return evalsets.select(qs, OmegaConf.merge(self.cfg.eval, {"max_questions": None}))
+        return evalsets.select(self.read("eval")[0], OmegaConf.merge(self.cfg.eval, {"max_questions": None}))
 
     @functools.cached_property
     def general_prompts(self) -> list[str]:
@@ -312,7 +317,8 @@ def _probe(cfg, d: Data) -> str | None:
 DATA_RULES = (
     DataRule("base_model", _weights),
     DataRule("generation", _generators),
-    DataRule("trait", lambda c, d: d.constitution and None, when=_persona),
+    # every file the cell reads (emrobust.data.inputs.INPUTS), resolved and read: one line naming it when it is not
+    *(DataRule(i.where, lambda c, d, w=i.where: d.read(w) and None, when=i.when) for i in INPUTS),
     DataRule("question_diversity.embedder", lambda c, d: _minilm() and None,
              when=lambda c: _persona(c) and c.question_diversity.embedder == "minilm"),
     DataRule("trait.reserved_questions", _reserved, when=_persona),

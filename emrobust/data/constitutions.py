@@ -20,8 +20,9 @@ from pathlib import Path
 import yaml
 
 from ..errors import ConfigError
+from . import sources
 
-BUILTIN = Path(__file__).parent / "builtin" / "constitutions"
+BUILTIN = sources.BUILTIN / "constitutions"
 
 
 @dataclass
@@ -118,31 +119,29 @@ def oct_persona(trait_cfg) -> str | None:
     return None
 
 
-def resolve_path(trait_cfg, paths=None) -> Path:
-    """The file a trait config points to: a builtin name, an OCT persona (`trait.name=oct_<persona>` with
-    `trait.source=oct_few_shot|oct_hand_written` and no `trait.path`: fetched through the pinned registry into
-    `paths.cache`, or copied from the mirror `paths.data_mirror` / $EMROBUST_DATA_MIRROR), or a user path."""
+def _kind_source(trait_cfg) -> str:
+    """A trait's source as the shared resolver reads it: an OCT persona without a user path is a registry file."""
     src = source(trait_cfg)
     if src == MIXTURE:
         raise ConfigError("a mixture has no single file: load it with load_cfg (its pieces: trait.mixture)",
                           where="trait.source")
-    if src == "builtin":
-        p = BUILTIN / f"{trait_cfg.name}.yaml"
-        if not p.exists():
-            known = sorted(x.stem for x in BUILTIN.glob("*.yaml"))
-            raise ConfigError(f"unknown builtin trait {trait_cfg.name!r}; known: {known}", where="trait.name")
-        return p
-    persona = oct_persona(trait_cfg)
-    if persona is not None:
-        from . import registry
+    if src in ("oct_few_shot", "oct_hand_written"):
+        return "registry" if oct_persona(trait_cfg) is not None else "path"
+    return src
 
-        entry = registry.oct_entry(persona, src)
-        cache = Path(paths.cache).expanduser() if paths is not None else registry.default_cache()
-        mirror = (paths.data_mirror if paths is not None else None) or registry.default_mirror()
-        return registry.fetch(entry.name, cache, mirror, entry=entry)
-    if not trait_cfg.path:
-        raise ConfigError(f"trait.source={trait_cfg.source} needs trait.path", where="trait.path")
-    return Path(trait_cfg.path).expanduser()
+
+def _entry(trait_cfg, where: str = "trait"):
+    from . import registry
+
+    return registry.oct_entry(oct_persona(trait_cfg), source(trait_cfg))
+
+
+def resolve_path(trait_cfg, paths=None) -> Path:
+    """The file a trait config points to: a builtin name, an OCT persona (`trait.name=oct_<persona>` with
+    `trait.source=oct_few_shot|oct_hand_written` and no `trait.path`: fetched through the pinned registry into
+    `paths.cache`, or copied from the mirror `paths.data_mirror` / $EMROBUST_DATA_MIRROR), or a user path
+    (emrobust.data.sources)."""
+    return KIND.path(trait_cfg, paths, "trait")
 
 
 def load_cfg(trait_cfg, paths=None) -> Constitution:
@@ -164,15 +163,17 @@ def content_sha256(trait_cfg, paths=None) -> str:
     """The identity of a trait's constitution for stage keys: an OCT persona's pinned sha256 (nothing read or
     fetched), a mixture's pieces (each piece's constitution identity and trait index, in order), else the sha256
     of the file."""
-    from . import registry
-
     if source(trait_cfg) == MIXTURE:
         pieces = [{"constitution": content_sha256(named(p), paths), "trait": i} for p, i in mixture_pieces(trait_cfg)]
         return hashlib.sha256(json.dumps(pieces, sort_keys=True).encode()).hexdigest()
-    persona = oct_persona(trait_cfg)
-    if persona is not None:
-        return registry.pinned(registry.oct_entry(persona, source(trait_cfg)))
-    return registry.sha256_file(resolve_path(trait_cfg, paths))
+    return KIND.content_id(trait_cfg, paths, "trait")
+
+
+def needs(trait_cfg, paths) -> dict[str, tuple]:
+    """The registry files a trait reads (a mixture: its pieces'), for the planner (emrobust.preflight)."""
+    if source(trait_cfg) == MIXTURE:
+        return {k: v for piece, _ in mixture_pieces(trait_cfg) for k, v in needs(named(piece), paths).items()}
+    return KIND.needs(trait_cfg, paths, "trait")
 
 
 # ---------------------------------------------------------------- mixtures
@@ -216,3 +217,6 @@ def mixture_pieces(trait_cfg) -> list[tuple[str, int]]:
 def persona_prompt(const: Constitution, template: str, assistant_name: str) -> str:
     traits = "\n".join(f"- {t.text}" for t in const.traits)
     return template.format(name=assistant_name, traits=traits)
+
+
+KIND = sources.Kind("trait", BUILTIN, ".yaml", _entry, source=_kind_source)

@@ -13,9 +13,9 @@ import yaml
 
 from ..config import Variant
 from ..errors import ConfigError
-from . import read_yaml, registry
+from . import read_yaml, registry, sources
 
-BUILTIN = Path(__file__).parent / "builtin" / "eval"
+BUILTIN = sources.EVAL.builtin
 
 VARIANTS = tuple(v.value for v in Variant)  # plain, json, template: the schema's choices
 
@@ -77,29 +77,15 @@ def load(path: str | Path) -> list[Question]:
 
 
 def resolve_path(eval_cfg, paths=None) -> Path:
-    """The eval set's YAML. `paths` (the cell's `paths` config) gives the cache and mirror for `registry`."""
-    if eval_cfg.source == "registry":
-        cache = Path(paths.cache).expanduser() if paths is not None else registry.default_cache()
-        return fetch(eval_cfg.name, cache, paths.data_mirror if paths is not None else None)
-    if eval_cfg.source == "builtin":
-        p = BUILTIN / f"{eval_cfg.name}.yaml"
-        if not p.exists():
-            known = sorted(x.stem for x in BUILTIN.glob("*.yaml"))
-            raise ConfigError(f"unknown builtin eval set {eval_cfg.name!r}; known: {known}", where="eval.name")
-        return p
-    if eval_cfg.source != "path":
-        raise ConfigError(f"eval.source={eval_cfg.source!r}; known: builtin, registry, path", where="eval.source")
-    if not eval_cfg.path:
-        raise ConfigError(f"eval.source={eval_cfg.source} needs eval.path", where="eval.path")
-    return Path(eval_cfg.path).expanduser()
+    """The eval set's YAML (builtin | path | registry: emrobust.data.sources). `paths` (the cell's `paths` config)
+    gives the cache and mirror for `registry`."""
+    return sources.EVAL.path(eval_cfg, paths, "eval")
 
 
 def content_sha256(eval_cfg, paths=None) -> str:
     """The identity of the eval set for stage keys: a published set's pinned sha256 (nothing read or fetched),
     else the sha256 of the file."""
-    if eval_cfg.source == "registry":
-        return registry.pinned(registry.get(eval_cfg.name, registry.EVAL_SETS, where="eval.name"))
-    return registry.sha256_file(resolve_path(eval_cfg, paths))
+    return sources.EVAL.content_id(eval_cfg, paths, "eval")
 
 
 def select(qs: list[Question], eval_cfg) -> list[Question]:

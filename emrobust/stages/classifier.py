@@ -15,7 +15,7 @@ import random
 import numpy as np
 
 from .. import generation, models, persona, persona_classifier
-from ..data import constitutions
+from ..data import constitutions, inputs
 from ..keys import Read
 from . import Context, write_jsonl
 
@@ -37,7 +37,7 @@ READS = (
     "base_model.dtype",
     "generation",
 )
-CONTENT = {"constitution_sha256": lambda cfg: constitutions.content_sha256(cfg.trait, cfg.paths)}
+CONTENT = {"constitution_sha256": lambda cfg: inputs.content_id(cfg, "trait")}
 
 
 def training_questions(per_trait: list[list[str]], reserved: list[tuple[int, str]], n: int,

@@ -27,7 +27,7 @@ import shutil
 import torch
 
 from .. import defenses, models, probe, training
-from ..data import em_datasets
+from ..data import em_datasets, inputs
 from ..keys import Read
 from ..store import file_sha256
 from . import Context, record_training, write_jsonl
@@ -43,8 +43,8 @@ def _stops_early(cfg) -> bool:
 
 READS = ("em_dataset", "em_train", "em_control", "defense", "base_model.lora_target_modules", "base_model.dtype",
          Read("eval.probe.path", when=_stops_early))
-CONTENT = {"dataset_sha256": lambda cfg: em_datasets.content_sha256(cfg.em_dataset, cfg.paths),
-           "interleave_sha256": defenses.benign_hash,
+CONTENT = {"dataset_sha256": lambda cfg: inputs.content_id(cfg, "em_dataset"),
+           "interleave_sha256": lambda cfg: inputs.content_id(cfg, "defense.interleave"),
            "probe_sha256": lambda cfg: file_sha256(probe.path(cfg.eval.probe)) if _stops_early(cfg) else None}
 
 

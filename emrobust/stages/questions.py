@@ -20,7 +20,7 @@ import numpy as np
 
 from .. import diversity, generation, models, persona
 from ..config import expansion_target
-from ..data import constitutions
+from ..data import constitutions, inputs
 from ..keys import Read
 from . import Context, read_jsonl, record_diversity, write_jsonl
 
@@ -62,7 +62,7 @@ READS = (
     Read("base_model.dtype", when=uses_cell_base),
 )
 CONTENT = {
-    "constitution_sha256": lambda cfg: constitutions.content_sha256(cfg.trait, cfg.paths),
+    "constitution_sha256": lambda cfg: inputs.content_id(cfg, "trait"),
     "expansion_generator": lambda cfg: _named_generator_key(cfg.trait.expansion.generator) if expands(cfg) else None,
     "paraphrase_generator": lambda cfg: (_named_generator_key(cfg.question_diversity.paraphrase.generator)
                                         if paraphrases(cfg) else None),

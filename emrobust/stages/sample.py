@@ -12,7 +12,7 @@ import hashlib
 import json
 
 from .. import generation, models, monitor, persona, probe, training
-from ..data import evalsets, read_yaml
+from ..data import evalsets, inputs, read_yaml
 from ..keys import Read
 from ..store import file_sha256
 from . import Context, write_jsonl
@@ -43,7 +43,7 @@ READS = (
     "generation",
     "base_model.dtype",
 )
-CONTENT = {"eval_sha256": lambda cfg: evalsets.content_sha256(cfg.eval, cfg.paths),
+CONTENT = {"eval_sha256": lambda cfg: inputs.content_id(cfg, "eval"),
            "probe_sha256": lambda cfg: file_sha256(probe.path(cfg.eval.probe)) if probing(cfg) else None}
 
 
