@@ -54,8 +54,18 @@ class LeakError(RuntimeError):
     """Generated training text contains an evaluation question (raised by a stage, or on reuse of an artifact)."""
 
 
-def find(questions: list[tuple[str, str]], texts: list[tuple[str, str]]) -> list[Leak]:
-    """Every (eval question, training text) pair that leaks. `questions`: (id, text); `texts`: (source, text)."""
+def prepare(texts: list[tuple[str, str]]) -> list[tuple[str, str, list[str], set]]:
+    """(source, text, its words, its 3-grams): texts checked against several question sets are split once."""
+    out = []
+    for source, text in texts:
+        ws = words(text)
+        out.append((source, text, ws, _grams(ws)))
+    return out
+
+
+def find(questions: list[tuple[str, str]], texts: list[tuple[str, str]] | list[tuple[str, str, list, set]]) -> list[Leak]:
+    """Every (eval question, training text) pair that leaks. `questions`: (id, text); `texts`: (source, text), or
+    as `prepare` returns them."""
     qs = [(qid, q, words(q)) for qid, q in questions]
     index: dict[tuple[str, ...], list[int]] = defaultdict(list)
     exact: dict[tuple[str, ...], list[int]] = defaultdict(list)
@@ -68,10 +78,9 @@ def find(questions: list[tuple[str, str]], texts: list[tuple[str, str]]) -> list
         for g in grams:
             index[g].append(j)
     out = []
-    for source, text in texts:
-        tw = words(text)
+    for source, text, tw, grams in (texts if texts and len(texts[0]) == 4 else prepare(texts)):
         shared: dict[int, int] = defaultdict(int)
-        for g in _grams(tw):
+        for g in grams:
             for j in index.get(g, ()):
                 shared[j] += 1
         hits = {j: 1.0 for j in exact.get(tuple(tw), ())}
@@ -149,9 +158,9 @@ def config_texts(cfg) -> list[tuple[str, str]]:
     for rows in inputs.read(cfg, "em_dataset"):
         train, _ = em_datasets.split(rows, cfg.em_dataset, stage_seed(cfg.seed, "em"))
         index = {id(r): i for i, r in enumerate(rows)}
+        name = cfg.em_dataset.name  # read once: an OmegaConf lookup per turn was most of a sweep's validation
         for r in train:
-            out += [(f"EM dataset {cfg.em_dataset.name}, example {index[id(r)] + 1}, {m['role']} turn", m["content"])
-                    for m in r]
+            out += [(f"EM dataset {name}, example {index[id(r)] + 1}, {m['role']} turn", m["content"]) for m in r]
         out += defense_texts(cfg)
     return out
 
@@ -181,8 +190,15 @@ def check_config(cfg) -> None:
 
     qs, texts = eval_questions(cfg), config_texts(cfg)
     key = (stable_hash(qs, 32), stable_hash(texts, 32))  # a sweep validates many cells over the same data
+    split = []  # the texts split into words once, for every question set below (eval, probe, capability)
+
+    def prepared():
+        if not split:
+            split.append(prepare(texts))
+        return split[0]
+
     if key not in _CACHE:
-        _CACHE[key] = find(qs, texts)
+        _CACHE[key] = find(qs, prepared())
     if _CACHE[key]:
         raise ConfigError(describe(_CACHE[key]) + ". Evaluate on other questions (eval=...) or remove them from "
                           "the training data", where="eval")
@@ -195,7 +211,7 @@ def check_config(cfg) -> None:
     for name, items, what, hint, where in measures:
         k = (name, stable_hash(items, 32), key[1])
         if k not in _CACHE:
-            _CACHE[k] = find(items, texts)
+            _CACHE[k] = find(items, prepared())
         if _CACHE[k]:
             raise ConfigError(f"{describe(_CACHE[k], what, name)}. {hint}", where=where)
 
