@@ -174,8 +174,8 @@ def test_sweep_validates_every_cell_before_submitting(tmp_path):
     assert not sweep.exists()
 
 
-RESUME = ["debug=tiny", "trait=none", "pipeline.until=em", "em_dataset.n_examples=40", "em_train.optim.max_steps=80",
-          "em_train.optim.save_steps=5"]  # 80 tiny steps ~ 19 s: the signal sent at checkpoint-5 lands mid-training
+RESUME = ["debug=tiny", "trait=none", "pipeline.until=em", "em_dataset.n_examples=40", "em_train.optim.max_steps=40",
+          "em_train.optim.save_steps=5"]  # 40 tiny steps ~ 10 s: the signal sent at checkpoint-5 lands mid-training
 
 
 def test_requeued_training_resumes_from_checkpoint(slurm_cluster, tmp_path, tiny_path):
@@ -213,7 +213,7 @@ def test_requeued_training_resumes_from_checkpoint(slurm_cluster, tmp_path, tiny
     logs = "".join(p.read_text() for p in (sweep / ".submitit").rglob("*_log.*"))
     assert "Caught signal SIGUSR2" in logs and "resuming from" in logs
     manifest = json.loads(next(art.glob("*/manifest.json")).read_text())
-    assert 5 <= manifest["train"]["resumed_from_step"] < 80 and manifest["train"]["steps"] == 80
+    assert 5 <= manifest["train"]["resumed_from_step"] < 40 and manifest["train"]["steps"] == 40
     assert file_sha256(next(art.glob("*/adapter/adapter_model.safetensors"))) == file_sha256(ref)
     assert not list(art.glob(".*.ckpt"))  # checkpoints are gone once the artifact is complete
 
