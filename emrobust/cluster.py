@@ -1,5 +1,6 @@
-"""The one place that talks to Slurm (through submitit): the Hydra launcher for `-m hydra/launcher=slurm`, the
-executor `emrobust sweep` submits its jobs with, the job callable, and `sacct`.
+"""The one place that talks to Slurm (through submitit): the executor both submission paths submit with (`emrobust
+sweep` and the `-m hydra/launcher=slurm` launcher, both in emrobust.sweep), the one wait loop (`collect`), the job
+callable, and `sacct`.
 
 Failures are failures. Hydra's `run_job` catches a cell's exception and returns it inside a `JobReturn`, so the
 stock submitit job exits 0 and Slurm records a cell that raised as COMPLETED (hydra issue #1928). Here the job
@@ -14,7 +15,6 @@ every finished stage cached and the interrupted training stage's checkpoints in 
 """
 from __future__ import annotations
 
-import atexit
 import json
 import logging
 import os
@@ -47,7 +47,7 @@ def executor(params: dict, folder: str | os.PathLike):
     return ex
 
 
-def _exit_failed() -> None:
+def exit_failed() -> None:
     """Registered last, so it runs first at interpreter exit: after submitit has written the result pickle."""
     logging.shutdown()
     sys.stdout.flush()
@@ -202,65 +202,6 @@ def check_request(params: dict) -> str:
                           f"{where} offer that together; the job would pend forever", where="hydra.launcher.nodes")
     return (f"Slurm: the request ({want}) fits {len(fit)} node(s) of partition {name} (at most {cpus} CPU, "
             f"{mem / 1024:.1f} GB, {gpus} GPU; time limit {partitions[name][1]})")
-
-
-# ---------------------------------------------------------------- `-m hydra/launcher=slurm`
-try:
-    from hydra_plugins.hydra_submitit_launcher import submitit_launcher as _sl
-except ImportError:  # pragma: no cover - hydra-submitit-launcher is a dependency
-    _sl = None
-
-
-if _sl is not None:
-
-    class SlurmLauncher(_sl.SlurmLauncher):
-        """hydra-submitit-launcher's Slurm launcher, with failed cells failing their job and killed cells
-        marked failed in sweep.csv."""
-
-        def __call__(self, *args: Any, **kwargs: Any):
-            from hydra.core.utils import JobStatus
-
-            ret = super().__call__(*args, **kwargs)
-            if ret.status == JobStatus.FAILED:
-                log.error("cell failed (%s: %s); this Slurm job will exit 1", type(ret._return_value).__name__,
-                          ret._return_value)
-                atexit.register(_exit_failed)
-            return ret
-
-        def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int):
-            from hydra.core.singleton import Singleton
-            from hydra.core.utils import JobReturn, JobStatus, filter_overrides
-
-            from . import sweep
-            from .checks import load_cells
-
-            # login-node checks of every cell, before anything is submitted: the very checks of `emrobust sweep`
-            cells = [list(o) for o in job_overrides]
-            cfgs = load_cells(cells, self.hydra_context.config_loader, self.config, initial_job_idx)
-            checked = sweep.check(cells, self.params, dry_run=False, cfgs=cfgs, start=initial_job_idx)
-            for g in checked.gates:
-                log.info(g.text)
-            sweep.refuse(checked.gates)
-            sweep_dir = Path(str(self.config.hydra.sweep.dir))
-            sweep_dir.mkdir(parents=True, exist_ok=True)
-            ex = executor(self.params, self.params["submitit_folder"])
-            log.info(f"Submitit 'slurm' sweep output dir : {sweep_dir}")
-            args = []
-            for idx, overrides in enumerate(cells, start=initial_job_idx):
-                log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
-                args.append((overrides, "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state()))
-            jobs = ex.map_array(self, *zip(*args))
-            # which Slurm job runs which cell, for `emrobust status`
-            (sweep_dir / "slurm_jobs.json").write_text(json.dumps(
-                {str(idx): str(job.job_id) for (_, _, idx, _, _), job in zip(args, jobs)}, indent=1))
-            rets = []
-            for (overrides, _, _, _, _), (ret, why) in zip(args, collect(
-                    [(job, sweep_dir / str(a[2]), a[0]) for a, job in zip(args, jobs)], sweep_dir)):
-                if why is not None:
-                    ret = JobReturn(overrides=overrides, status=JobStatus.FAILED)
-                    ret._return_value = RuntimeError(why)
-                rets.append(ret)
-            return rets
 
 
 def collect(jobs: Sequence[tuple[Any, Path | None, list[str]]], sweep_dir: Path) -> list[tuple[Any, str | None]]:

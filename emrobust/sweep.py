@@ -21,15 +21,21 @@
    (judge calibration, Slurm request, data, keys, packages, GPUs); `--dry-run` exits 0 there. Then submit the
    shared-stage jobs and the cells with `afterok` dependencies through `emrobust.cluster`, so each missing shared
    stage is built exactly once, and every cell job finds it cached.
+
+`-m hydra/launcher=slurm` (the `SlurmLauncher` below) is the other way to submit a sweep: one array job of cells,
+without the shared-stage jobs. It passes the same login-node checks (`check`, `refuse`) and waits in the same loop
+(`cluster.collect`).
 """
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -328,3 +334,61 @@ def main(argv: list[str]) -> int:
           f"{sweep_dir / 'sweep.csv'}")
     print(df[[c for c in ("cell", "status", "executed", "cached", "error") if c in df]].to_string(index=False))
     return 0 if (df["status"] == "ok").all() else 1
+
+
+# ---------------------------------------------------------------- `-m hydra/launcher=slurm`
+try:
+    from hydra_plugins.hydra_submitit_launcher import submitit_launcher as _sl
+except ImportError:  # pragma: no cover - hydra-submitit-launcher is a dependency
+    _sl = None
+
+
+if _sl is not None:
+
+    class SlurmLauncher(_sl.SlurmLauncher):
+        """hydra-submitit-launcher's Slurm launcher, with failed cells failing their job and killed cells
+        marked failed in sweep.csv."""
+
+        def __call__(self, *args: Any, **kwargs: Any):
+            from hydra.core.utils import JobStatus
+
+            ret = super().__call__(*args, **kwargs)
+            if ret.status == JobStatus.FAILED:
+                log.error("cell failed (%s: %s); this Slurm job will exit 1", type(ret._return_value).__name__,
+                          ret._return_value)
+                atexit.register(cluster.exit_failed)
+            return ret
+
+        def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int):
+            from hydra.core.singleton import Singleton
+            from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+
+            from .checks import load_cells
+
+            # login-node checks of every cell, before anything is submitted: the very checks of `emrobust sweep`
+            cells = [list(o) for o in job_overrides]
+            cfgs = load_cells(cells, self.hydra_context.config_loader, self.config, initial_job_idx)
+            checked = check(cells, self.params, dry_run=False, cfgs=cfgs, start=initial_job_idx)
+            for g in checked.gates:
+                log.info(g.text)
+            refuse(checked.gates)
+            sweep_dir = Path(str(self.config.hydra.sweep.dir))
+            sweep_dir.mkdir(parents=True, exist_ok=True)
+            ex = cluster.executor(self.params, self.params["submitit_folder"])
+            log.info(f"Submitit 'slurm' sweep output dir : {sweep_dir}")
+            args = []
+            for idx, overrides in enumerate(cells, start=initial_job_idx):
+                log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+                args.append((overrides, "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state()))
+            jobs = ex.map_array(self, *zip(*args))
+            # which Slurm job runs which cell, for `emrobust status`
+            (sweep_dir / "slurm_jobs.json").write_text(json.dumps(
+                {str(idx): str(job.job_id) for (_, _, idx, _, _), job in zip(args, jobs)}, indent=1))
+            rets = []
+            for (overrides, _, _, _, _), (ret, why) in zip(args, cluster.collect(
+                    [(job, sweep_dir / str(a[2]), a[0]) for a, job in zip(args, jobs)], sweep_dir)):
+                if why is not None:
+                    ret = JobReturn(overrides=overrides, status=JobStatus.FAILED)
+                    ret._return_value = RuntimeError(why)
+                rets.append(ret)
+            return rets

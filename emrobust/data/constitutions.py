@@ -125,9 +125,9 @@ def _kind_source(trait_cfg) -> str:
     if src == MIXTURE:
         raise ConfigError("a mixture has no single file: load it with load_cfg (its pieces: trait.mixture)",
                           where="trait.source")
-    if src in ("oct_few_shot", "oct_hand_written"):
-        return "registry" if oct_persona(trait_cfg) is not None else "path"
-    return src
+    if src == "builtin":
+        return src
+    return "registry" if oct_persona(trait_cfg) is not None else "path"  # yaml, or an OCT format at trait.path
 
 
 def _entry(trait_cfg, where: str = "trait"):

@@ -1,7 +1,7 @@
-"""Hydra only takes launchers defined in the `hydra_plugins` package; what this one does lives with the rest of
-the Slurm code in `emrobust/cluster.py`."""
-from emrobust import cluster
+"""Hydra only takes launchers defined in the `hydra_plugins` package; what this one does lives with the other
+submission path, `emrobust sweep`, in `emrobust/sweep.py` (both pass `sweep.check` and wait in `cluster.collect`)."""
+from emrobust import sweep
 
 
-class SlurmLauncher(cluster.SlurmLauncher):
+class SlurmLauncher(sweep.SlurmLauncher):
     """hydra-submitit-launcher's Slurm launcher; failed cells fail their job, killed cells fail in sweep.csv."""
