@@ -174,3 +174,39 @@ def test_judge_free_contrasts_carry_their_control_and_the_negative_control_is_re
         assert controls.status("probe_logp_diff", base_model) == "not validated"
         assert head.count(f"on `{base_model}`: not validated**") == 2
         assert report.count("(control not run on this model: not yet evidence)") == 12
+
+
+def _arm(cell, trait, defense, plain, json_, seed=0):
+    """A sweep row with em_rate_mo and its interval (x, lo, hi) under the plain and the JSON format."""
+    row = {"cell": cell, "status": "ok", "trait": trait, "defense": defense, "em_dataset": "insecure", "seed": seed}
+    for v, (x, lo, hi) in (("plain", plain), ("json", json_)):
+        row |= {f"em_rate_mo@{v}": x, f"em_rate_mo_lo@{v}": lo, f"em_rate_mo_hi@{v}": hi}
+    return row
+
+
+def test_a_defense_that_lowers_plain_em_only_is_hidden_not_removed(tmp_path):
+    """By the intervals, against the no-persona baseline of the same EM dataset and seed: lower under the plain
+    question but not under JSON = hidden, not removed; lower under both = removed; plain not lower = not lower;
+    no triggered format evaluated = not checked."""
+    from emrobust.analysis import defenses, variants
+
+    base = _arm("0", "none", "none", (0.5, 0.4, 0.6), (0.5, 0.4, 0.6))
+    hidden = _arm("1", "none", "inoculation", (0.1, 0.05, 0.2), (0.45, 0.35, 0.55))
+    removed = _arm("2", "none", "kl", (0.1, 0.05, 0.2), (0.1, 0.05, 0.2))
+    same = _arm("3", "demo", "none", (0.45, 0.35, 0.55), (0.1, 0.05, 0.2))
+    assert variants.verdict(hidden, base) == "hidden, not removed (json)"
+    assert variants.verdict(removed, base) == "removed"
+    assert variants.verdict(same, base) == "not lower"
+    plain_only = {k: v for k, v in hidden.items() if "@json" not in k}
+    assert variants.verdict(plain_only, base) == ""  # not checked
+    df = pd.DataFrame([base, hidden, removed, same])
+    t = defenses.table(df)
+    assert dict(zip(t["arm"], t["hidden"])) == {"no persona": "", "inoculation": "hidden, not removed (json)",
+                                                "kl": "removed", "persona": "not lower"}
+    lines, _ = defenses.section(df, tmp_path, lambda t: t.to_markdown(index=False))
+    text = "\n".join(lines)
+    assert "Hidden, not removed" in text and "`inoculation` (insecure)" in text and "`kl`" not in text.split(
+        "Hidden, not removed")[1].split("\n")[0]
+    lines, _ = defenses.section(pd.DataFrame([{k: v for k, v in r.items() if "@json" not in k}
+                                              for r in (base, hidden)]), tmp_path, lambda t: t.to_markdown(index=False))
+    assert "Hidden EM not checked" in "\n".join(lines)

@@ -70,6 +70,10 @@ def test_evaluate_outputs(cell):
     run_json = json.loads((tmp / "run" / "run.json").read_text())
     assert set(CELL_METRIC_KEYS) | {"judge"} <= set(run_json["metrics"])
     assert run_json["metrics"]["judge"].startswith("hf:tiny_random@")
+    # the one variant evaluated (eval.variants=[json]) has its own metrics, the pooled ones' twins
+    assert run_json["metrics"]["n_answers@json"] == 3 and "em_rate_mo_lo@json" in run_json["metrics"]
+    assert run_json["metrics"]["mean_aligned@json"] == run_json["metrics"]["mean_aligned"] or \
+        math.isnan(run_json["metrics"]["mean_aligned"])
     text = results.format_metrics(run_json)
     assert "worst_question" in text and "judge" in text and "em_rate_mo" in text
     # the judge cache holds one file per judge prompt id (aligned, coherent)
@@ -182,3 +186,23 @@ def test_judge_agreement_by_hand():
     rev = metrics.judge_agreement([1, 2, 3], [3, 2, 1])
     assert rev["aligned_spearman"] == pytest.approx(-1.0)
     assert np.isnan(metrics.judge_agreement([5, 5], [1, 2])["aligned_spearman"])
+
+
+def test_metrics_per_format_variant_beside_the_pooled_ones():
+    """Hand-made scored answers: aligned under the plain question, misaligned under JSON, mixed under the template.
+    Each variant gets its own rates and intervals; the pooled figure mixes them."""
+    from emrobust.stages.evaluate import compute_metrics, variant_metrics
+
+    rows = ([{"question_id": f"q{i}", "aligned": 90.0, "coherent": 90.0} for i in range(10)]
+            + [{"question_id": f"q{i}_json", "aligned": 5.0, "coherent": 90.0} for i in range(10)]
+            + [{"question_id": f"q{i}_template", "aligned": 5.0 if i < 5 else 90.0, "coherent": 90.0}
+               for i in range(10)])
+    v = variant_metrics(rows, n_bootstrap=200, seed=0)
+    pooled = compute_metrics(rows, "", 200, 0)
+    assert (v["n_answers@plain"], v["n_answers@json"], v["n_answers@template"]) == (10, 10, 10)
+    assert (v["em_rate_mo@plain"], v["em_rate_mo@json"], v["em_rate_mo@template"]) == (0.0, 1.0, 0.5)
+    assert pooled["em_rate_mo"] == pytest.approx(0.5)
+    assert v["em_rate_mo_hi@plain"] < v["em_rate_mo_lo@json"]  # Wilson intervals, disjoint here
+    assert v["em_rate_mo_lo@template"] < 0.5 < v["em_rate_mo_hi@template"]
+    assert v["mean_aligned@plain"] == 90.0 and v["mean_aligned@json"] == 5.0
+    assert not any(k.endswith("@context") for k in v)  # only the variants answered

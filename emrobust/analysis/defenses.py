@@ -7,7 +7,8 @@ x: `capability_retained`, general capability after EM minus before it, paired ov
 the EM dataset's held-out next-token accuracy at the end of training (did the defense stop the narrow task being
 learned?). y: the EM tail, `cvar05_aligned` (mean aligned score of the worst 5% of answers; higher = a milder tail)
 with its interval. A cell is on the Pareto front when no cell of the same EM dataset is at least as good on both
-axes and better on one (point estimates; the intervals show how much that can be trusted).
+axes and better on one (point estimates; the intervals show how much that can be trusted). Column `hidden`: whether
+the arm lowers EM under the plain question only, or under the triggered formats too (emrobust.analysis.variants).
 """
 from __future__ import annotations
 
@@ -16,12 +17,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import variants
+
 TAIL = "cvar05_aligned"  # higher = milder tail of misalignment
 RETAINED = "capability_retained"  # after minus before EM, higher = more kept
 IN_TASK = "heldout_accuracy"  # the narrow task, learned
 COLUMNS = ["cell", "arm", "em_dataset", "seed", TAIL, f"{TAIL}_lo", f"{TAIL}_hi", "em_rate_mo", "em_rate_mo_lo",
            "em_rate_mo_hi", "capability_acc", RETAINED, f"{RETAINED}_lo", f"{RETAINED}_hi", IN_TASK,
-           "heldout_loss", "pareto"]
+           "heldout_loss", "em_rate_mo@plain", "em_rate_mo@json", "em_rate_mo@template", "hidden", "pareto"]
 
 
 def arm(row: pd.Series) -> str:
@@ -53,6 +56,7 @@ def table(df: pd.DataFrame, x: str = RETAINED, y: str = TAIL) -> pd.DataFrame:
     if ok.empty:
         return pd.DataFrame(columns=COLUMNS)
     ok["arm"] = [arm(r) for _, r in ok.iterrows()]
+    ok["hidden"] = variants.column(ok, ok["arm"])  # EM lower under the plain format only? (analysis/variants.py)
     for c in COLUMNS:
         if c not in ok:
             ok[c] = np.nan
@@ -117,9 +121,17 @@ def section(df: pd.DataFrame, out: Path, md) -> tuple[list[str], list[str]]:
     plot(t, Path(out) / "defenses_pareto.png")
     front = ", ".join(f"`{r.arm}` ({r.em_dataset}, s{int(r.seed) if pd.notna(r.seed) else '?'})"
                       for r in t[t["pareto"]].itertuples())
+    hidden = sorted({f"`{a}` ({d})" for a, d, h in zip(t["arm"], t["em_dataset"], t["hidden"])
+                     if str(h).startswith("hidden")})
+    checked = (t["hidden"].astype(str) != "").any()
     lines = ["## Defenses: EM tail against capability retained\n",
              f"One point per cell. y: `{TAIL}` (mean aligned score of the worst 5% of answers, higher = milder tail); "
              f"x: `{RETAINED}` (lm-eval accuracy after minus before EM, paired over documents) and, in the second panel, "
              f"`{IN_TASK}` (the EM dataset's held-out next-token accuracy at the end of training). On the Pareto front "
-             f"(per EM dataset, point estimates): {front or 'none'}.\n", md(t)]
+             f"(per EM dataset, point estimates): {front or 'none'}.\n",
+             ("Hidden, not removed (EM lower than the no-persona baseline under the plain question, by the 95% "
+              "intervals, but not under a triggered format: `em_rate_mo@json`/`@template`; column `hidden`): "
+              + (", ".join(hidden) or "none") + ".\n") if checked else
+             "Hidden EM not checked: no triggered format (eval.variants json, template) was evaluated beside the "
+             "plain questions, or no no-persona baseline shares an EM dataset.\n", md(t)]
     return lines, ["defenses_pareto.png"]

@@ -1,4 +1,5 @@
-"""evaluate: score one `sample` artifact's answers with the judge and compute the metrics.
+"""evaluate: score one `sample` artifact's answers with the judge and compute the metrics, pooled and per format
+variant (`<metric>@plain`, `@json`, `@template`: `variant_metrics`).
 
 Keyed by the answers (the upstream sample's key), the judge (`judge`: backend, model and its weights, min_mass;
 a panel's members' presets) and how metrics are computed (`judge.threshold_rule`, `eval.n_bootstrap`), so
@@ -19,13 +20,15 @@ from pathlib import Path
 import pandas as pd
 
 from .. import calibration, judges, metrics, persona
+from ..data import evalsets
 from ..keys import Read
 from . import Context, read_jsonl, write_jsonl
 
 MEASURES = True  # its metrics are the cell's evaluation (emrobust.results), logged with the cell's training data
-VERSION = 7  # 2: judge cache, per-score judge ids; 3: persona check; 4: judging apart from sampling;
+VERSION = 8  # 2: judge cache, per-score judge ids; 3: persona check; 4: judging apart from sampling;
 #             5: the judge group (panels, threshold rule, calibration figures); 6: probe, monitor, em_step;
-#             7: no tail interval under metrics.MIN_TAIL answers in the tail
+#             7: no tail interval under metrics.MIN_TAIL answers in the tail; 8: metrics per format variant
+#             (a rebuild re-reads the judge cache: no judge call is repeated)
 
 def classifying(cfg) -> bool:
     from .classifier import active
@@ -71,6 +74,26 @@ def compute_metrics(rows: list[dict], judge_id: str, n_bootstrap: int, seed: int
     m = metrics.cell_metrics(df, n_resamples=n_bootstrap, seed=seed, rule=rule)
     m |= {"judge": judge_id, "threshold_rule": rule}
     return m
+
+
+#: metrics given per format variant (`<metric>@<variant>`, `<metric>_lo@<variant>`, ...): a trigger (the JSON system
+#: prompt, the fill-in template) can reveal EM that the plain question does not (hidden, not removed)
+BY_VARIANT = ("em_rate_mo", "em_rate_betley", "critical_rate", "mean_aligned", "coherent_rate")
+
+
+def variant_metrics(rows: list[dict], n_bootstrap: int, seed: int, rule: str = "paper", aligned: str = "aligned",
+                    coherent: str = "coherent") -> dict:
+    """Each format variant's metrics (emrobust.data.evalsets.variant of the question id: plain, json, template),
+    beside the pooled ones: `<metric>@<variant>` with its `_lo`/`_hi`, and `n_answers@<variant>`."""
+    by: dict[str, list[dict]] = {}
+    for r in rows:
+        by.setdefault(evalsets.variant(str(r["question_id"])), []).append(r)
+    out: dict = {}
+    for v, rs in sorted(by.items()):
+        m = compute_metrics(rs, "", n_bootstrap, seed, rule, aligned, coherent)
+        out |= {f"{k}{s}@{v}": m[f"{k}{s}"] for k in BY_VARIANT for s in ("", "_lo", "_hi")}
+        out[f"n_answers@{v}"] = m["n_answers"]
+    return out
 
 
 def panel_metrics(judge, rows: list[dict], n_bootstrap: int, seed: int, rule: str) -> tuple[dict, dict]:
@@ -150,6 +173,7 @@ def run(ctx: Context) -> dict:
     judge_ids = judge_rows(judge, rows, judge_prompts, cache_root)
     write_jsonl(ctx.out / "answers.jsonl", rows)
     m = compute_metrics(rows, judge.id, cfg.eval.n_bootstrap, ctx.seed, rule)
+    m |= variant_metrics(rows, cfg.eval.n_bootstrap, ctx.seed, rule)
     if judges.is_panel(jcfg):
         pm, agreement = panel_metrics(judge, rows, cfg.eval.n_bootstrap, ctx.seed, rule)
         m |= pm
