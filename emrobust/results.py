@@ -99,6 +99,31 @@ def curve_metrics(points: list[dict], metric: str, threshold: float) -> dict:
     return out
 
 
+def task_convergence(heldout: dict | None, within: float = 0.1) -> dict:
+    """When the narrow task was learned, by one declared rule: the first step at which the EM dataset's held-out
+    loss (the em stage's, at each step it measured) has come within `within` of its whole drop, from step 0 to
+    its lowest value: `task_converged_step`. None, with `task_converged_why`, when there is no held-out loss or it
+    never fell."""
+    by_step = {int(k): float(v) for k, v in ((heldout or {}).get("heldout_loss") or {}).items() if v is not None}
+    out: dict = {"task_converged_within": within, "task_converged_step": None}
+    if 0 not in by_step or len(by_step) < 2:
+        return out | {"task_converged_why": "no held-out loss at step 0 and after (em_dataset.heldout_fraction, "
+                                            "em_train.checkpoint_every)"}
+    start, low = by_step[0], min(by_step.values())
+    if not low < start:
+        return out | {"task_converged_why": f"the held-out loss never fell below its step-0 value {start:.3g}"}
+    bar = low + within * (start - low)
+    return out | {"task_converged_step": min(s for s, v in by_step.items() if v <= bar)}
+
+
+def timing(metrics: dict) -> dict:
+    """`em_after_task_steps`: `steps_to_em` minus `task_converged_step` (positive = EM appeared after the narrow
+    task had converged, as "overtrained, not misaligned" reports; None when either is undefined)."""
+    em, task = metrics.get("steps_to_em"), metrics.get("task_converged_step")
+    return {"em_after_task_steps": em - task if isinstance(em, (int, float)) and isinstance(task, (int, float))
+            else None}
+
+
 def half_life(points: list[tuple[float, float]], base: float) -> dict:
     """EM steps until a rate falls halfway from its step-0 value to `base`: `points` are (step, rate) in step
     order, the first at step 0; linear between evaluated steps. {"half_life": steps or None, "censored": True when
@@ -196,6 +221,9 @@ def summary_metrics(evaluations: dict[str, dict], em: dict | None, curve_cfg: di
     metrics = cell_metrics(evaluations)
     if "metric" in curve_cfg and "threshold" in curve_cfg:
         metrics |= curve_metrics(points, str(curve_cfg["metric"]), float(curve_cfg["threshold"]))
+    if (em or {}).get("heldout_loss"):  # the narrow task's curve: the em stage measured its held-out split
+        metrics |= task_convergence(em, float(curve_cfg.get("converged_within", 0.1)))
+        metrics |= timing(metrics)
     metrics |= (extra or {}) | persona_half_life(points, metrics, answers, n_resamples, seed)
     return without_invalid_classifier(metrics), points
 

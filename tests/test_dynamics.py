@@ -11,7 +11,7 @@ import torch
 from conftest import SHARED_DATA, artifact, compose, run_cell, statuses
 from emrobust import models, monitor, pipeline, probe, training
 from emrobust.calibration import auroc
-from emrobust.results import curve_metrics
+from emrobust.results import curve_metrics, summary_metrics, task_convergence, timing
 
 STEPS = ("debug=tiny", "em_train.checkpoint_every=1", "em_dataset.heldout_fraction=0.25")
 
@@ -36,6 +36,9 @@ def test_step_zero_is_the_starting_model_shared_by_every_em_dataset(tmp_path, ti
     em = json.loads((artifact(s, "em") / "manifest.json").read_text())
     assert sorted(int(k) for k in em["heldout_loss"]) == [0, 1, 2] and em["snapshots"] == [1, 2]
     assert all("heldout_loss" in p for p in s["curve"])
+    # when the narrow task converged, by the declared rule, beside steps_to_em
+    assert s["metrics"]["task_converged_within"] == 0.1 and "em_after_task_steps" in s["metrics"]
+    assert s["metrics"]["task_converged_step"] in (1, 2) or s["metrics"]["task_converged_why"]
     # adding a step later builds that step alone
     s2 = run_cell(tmp_path, *STEPS, "eval.at_steps=[1,2]", out="b")
     executed = {n for n, v in statuses(s2).items() if v == "executed"}
@@ -140,6 +143,25 @@ def test_curve_summaries_by_hand():
     assert m["auc_em_rate_mo"] == pytest.approx((0.1 + 0.6 + 3.0) / 40) and m["em_rate_mo_delta"] == pytest.approx(0.2)
     assert curve_metrics(pts, "mean_aligned", 70.0)["steps_to_em"] == 20  # aligned scores cross downwards
     assert curve_metrics(pts, "em_rate_mo", 0.5)["steps_to_em"] is None
+
+
+def test_task_convergence_and_em_after_it_by_hand():
+    """The narrow task converged at the first step within 10% of the held-out loss's whole drop (2.0 -> 1.0: at
+    most 1.1); EM at step 30 is 10 steps after it; a loss that never fell, or none measured, says why."""
+    held = {"heldout_loss": {"0": 2.0, "10": 1.2, "20": 1.05, "30": 1.0, "40": 1.01}}
+    t = task_convergence(held)
+    assert t["task_converged_step"] == 20 and t["task_converged_within"] == 0.1
+    assert task_convergence(held, within=0.25)["task_converged_step"] == 10
+    assert timing({"steps_to_em": 30} | t) == {"em_after_task_steps": 10}
+    assert timing({"steps_to_em": 10} | t) == {"em_after_task_steps": -10}  # EM before the task was learned
+    assert timing({"steps_to_em": None} | t) == {"em_after_task_steps": None}  # never reached the threshold
+    flat = task_convergence({"heldout_loss": {"0": 1.0, "10": 1.2}})
+    assert flat["task_converged_step"] is None and "never fell" in flat["task_converged_why"]
+    assert task_convergence({})["task_converged_step"] is None
+    m, _ = summary_metrics({"evaluate": {"em_step": 40, "em_rate_mo": 0.2},
+                            "evaluate@30": {"em_step": 30, "em_rate_mo": 0.1}}, held,
+                           {"metric": "em_rate_mo", "threshold": 0.05})
+    assert m["steps_to_em"] == 30 and m["task_converged_step"] == 20 and m["em_after_task_steps"] == 10
 
 
 def test_a_probe_item_in_the_training_data_is_named_at_validation(tmp_path):

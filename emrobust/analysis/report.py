@@ -252,6 +252,13 @@ def dynamics_lines(df: pd.DataFrame, contrasts: pd.DataFrame | None) -> list[str
             em = (f"{r.get('steps_to_em_metric')} reached {r.get('steps_to_em_threshold')} at step {int(hit)}"
                   if isinstance(hit, (int, float)) and hit == hit else
                   f"{r.get('steps_to_em_metric')} never reached {r.get('steps_to_em_threshold')}")
+            task = r.get("task_converged_step")
+            after = r.get("em_after_task_steps")
+            if isinstance(task, (int, float)) and task == task:
+                em += (f"; the narrow task converged at step {int(task)} (held-out loss within "
+                       f"{r.get('task_converged_within')} of its drop)"
+                       + (f": EM {int(after)} steps {'after' if after >= 0 else 'before'} it"
+                          if isinstance(after, (int, float)) and after == after else ""))
             lines.append(f"- `{name}`: {probe}; {em} (judge: {'trusted' if r.get('judge_trusted') else 'untrusted'}).")
     if contrasts is not None and len(contrasts):
         for _, c in contrasts.iterrows():

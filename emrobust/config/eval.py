@@ -94,6 +94,9 @@ class CurveConfig:
     """How run.json summarises the metrics along EM steps (no stage reads it)."""
     metric: str = setting("em_rate_mo", execution="how the curve is summarised in run.json, not what is built")
     threshold: float = setting(0.05, execution="how the curve is summarised in run.json, not what is built")
+    # the rule of `task_converged_step` (emrobust.results.task_convergence): within this share of its whole drop
+    converged_within: float = setting(0.1, execution="how the curve is summarised in run.json, not what is built",
+                                      gt=0, lt=1)
 
 
 @dataclass
