@@ -63,9 +63,13 @@ def prepare(texts: list[tuple[str, str]]) -> list[tuple[str, str, list[str], set
     return out
 
 
-def find(questions: list[tuple[str, str]], texts: list[tuple[str, str]] | list[tuple[str, str, list, set]]) -> list[Leak]:
-    """Every (eval question, training text) pair that leaks. `questions`: (id, text); `texts`: (source, text), or
-    as `prepare` returns them."""
+def find(questions: list[tuple[str, str]], texts: list[tuple[str, str]]) -> list[Leak]:
+    """Every (eval question, training text) pair that leaks. `questions`: (id, text); `texts`: (source, text)."""
+    return matches(questions, prepare(texts))
+
+
+def matches(questions: list[tuple[str, str]], texts: list[tuple[str, str, list[str], set]]) -> list[Leak]:
+    """`find` over texts already split by `prepare` (texts checked against several question sets)."""
     qs = [(qid, q, words(q)) for qid, q in questions]
     index: dict[tuple[str, ...], list[int]] = defaultdict(list)
     exact: dict[tuple[str, ...], list[int]] = defaultdict(list)
@@ -78,7 +82,7 @@ def find(questions: list[tuple[str, str]], texts: list[tuple[str, str]] | list[t
         for g in grams:
             index[g].append(j)
     out = []
-    for source, text, tw, grams in (texts if texts and len(texts[0]) == 4 else prepare(texts)):
+    for source, text, tw, grams in texts:
         shared: dict[int, int] = defaultdict(int)
         for g in grams:
             for j in index.get(g, ()):
@@ -198,7 +202,7 @@ def check_config(cfg) -> None:
         return split[0]
 
     if key not in _CACHE:
-        _CACHE[key] = find(qs, prepared())
+        _CACHE[key] = matches(qs, prepared())
     if _CACHE[key]:
         raise ConfigError(describe(_CACHE[key]) + ". Evaluate on other questions (eval=...) or remove them from "
                           "the training data", where="eval")
@@ -211,7 +215,7 @@ def check_config(cfg) -> None:
     for name, items, what, hint, where in measures:
         k = (name, stable_hash(items, 32), key[1])
         if k not in _CACHE:
-            _CACHE[k] = find(items, prepared())
+            _CACHE[k] = matches(items, prepared())
         if _CACHE[k]:
             raise ConfigError(f"{describe(_CACHE[k], what, name)}. {hint}", where=where)
 

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import config as schema
 from . import keys
-from .data.inputs import INPUTS
+from .data import inputs
 from .errors import ConfigError
 
 log = logging.getLogger("emrobust")
@@ -63,8 +63,6 @@ class Data:
     def read(self, where: str) -> list:
         """Input `where` of the cell (emrobust.data.inputs), read once."""
         if where not in self._inputs:
-            from .data import inputs
-
             self._inputs[where] = inputs.read(self.cfg, where)
         return self._inputs[where]
 
@@ -318,7 +316,7 @@ DATA_RULES = (
     DataRule("base_model", _weights),
     DataRule("generation", _generators),
     # every file the cell reads (emrobust.data.inputs.INPUTS), resolved and read: one line naming it when it is not
-    *(DataRule(i.where, lambda c, d, w=i.where: d.read(w) and None, when=i.when) for i in INPUTS),
+    *(DataRule(i.where, lambda c, d, w=i.where: d.read(w) and None, when=i.when) for i in inputs.INPUTS),
     DataRule("question_diversity.embedder", lambda c, d: _minilm() and None,
              when=lambda c: _persona(c) and c.question_diversity.embedder == "minilm"),
     DataRule("trait.reserved_questions", _reserved, when=_persona),

@@ -136,15 +136,7 @@ def _entry(trait_cfg, where: str = "trait"):
     return registry.oct_entry(oct_persona(trait_cfg), source(trait_cfg))
 
 
-def resolve_path(trait_cfg, paths=None) -> Path:
-    """The file a trait config points to: a builtin name, an OCT persona (`trait.name=oct_<persona>` with
-    `trait.source=oct_few_shot|oct_hand_written` and no `trait.path`: fetched through the pinned registry into
-    `paths.cache`, or copied from the mirror `paths.data_mirror` / $EMROBUST_DATA_MIRROR), or a user path
-    (emrobust.data.sources)."""
-    return KIND.path(trait_cfg, paths, "trait")
-
-
-def load_cfg(trait_cfg, paths=None) -> Constitution:
+def load_cfg(trait_cfg, paths=None, where: str = "trait") -> Constitution:
     """Resolve and load the cell's constitution (validated; errors name file, entry and field)."""
     if source(trait_cfg) == MIXTURE:
         traits = []
@@ -152,28 +144,28 @@ def load_cfg(trait_cfg, paths=None) -> Constitution:
             const = load_cfg(named(piece), paths)
             if i >= len(const.traits):
                 raise ConfigError(f"{piece!r} has {len(const.traits)} traits (indices 0..{len(const.traits) - 1}), "
-                                  f"not {i}", where=f"trait.mixture[{k}]")
+                                  f"not {i}", where=f"{where}.mixture[{k}]")
             traits.append(const.traits[i])
         return Constitution(name=str(trait_cfg.name), traits=traits, source=MIXTURE,
                             extra={"pieces": [f"{piece}:{i}" for piece, i in mixture_pieces(trait_cfg)]})
-    return load(resolve_path(trait_cfg, paths), name=trait_cfg.name)
+    return load(KIND.path(trait_cfg, paths, where), name=trait_cfg.name)
 
 
-def content_sha256(trait_cfg, paths=None) -> str:
+def content_sha256(trait_cfg, paths=None, where: str = "trait") -> str:
     """The identity of a trait's constitution for stage keys: an OCT persona's pinned sha256 (nothing read or
     fetched), a mixture's pieces (each piece's constitution identity and trait index, in order), else the sha256
     of the file."""
     if source(trait_cfg) == MIXTURE:
         pieces = [{"constitution": content_sha256(named(p), paths), "trait": i} for p, i in mixture_pieces(trait_cfg)]
         return hashlib.sha256(json.dumps(pieces, sort_keys=True).encode()).hexdigest()
-    return KIND.content_id(trait_cfg, paths, "trait")
+    return KIND.content_id(trait_cfg, paths, where)
 
 
-def needs(trait_cfg, paths) -> dict[str, tuple]:
+def needs(trait_cfg, paths, where: str = "trait") -> dict[str, tuple]:
     """The registry files a trait reads (a mixture: its pieces'), for the planner (emrobust.preflight)."""
     if source(trait_cfg) == MIXTURE:
         return {k: v for piece, _ in mixture_pieces(trait_cfg) for k, v in needs(named(piece), paths).items()}
-    return KIND.needs(trait_cfg, paths, "trait")
+    return KIND.needs(trait_cfg, paths, where)
 
 
 # ---------------------------------------------------------------- mixtures
@@ -219,4 +211,6 @@ def persona_prompt(const: Constitution, template: str, assistant_name: str) -> s
     return template.format(name=assistant_name, traits=traits)
 
 
-KIND = sources.Kind("trait", BUILTIN, ".yaml", _entry, source=_kind_source)
+KIND = sources.Kind("trait", BUILTIN, ".yaml", _entry, load, source=_kind_source)
+# the `trait` input (emrobust.data.inputs): one constitution file through KIND, or a mixture's pieces
+SOURCE = sources.Source(load_cfg, content_sha256, needs)

@@ -6,10 +6,14 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
-from . import chat, sources
+from . import chat, registry, sources
 
-# our own datasets, shipped with the package as chat JSONL (emrobust/data/builtin/em/<name>.jsonl)
-BUILTIN = sources.EM.builtin
+# our own datasets, shipped with the package as chat JSONL (emrobust/data/builtin/em/<name>.jsonl); the same kind
+# serves the interleave defense's benign set (`defense.interleave`)
+KIND = sources.Kind("EM dataset", sources.BUILTIN / "em", ".jsonl",
+                    lambda node, where="em_dataset": registry.get(str(node.name), where=f"{where}.name"),
+                    chat.read_jsonl)
+BUILTIN = KIND.builtin
 
 
 def load_all(cfg, paths=None, where: str = "em_dataset") -> list[list[dict]]:
@@ -19,12 +23,7 @@ def load_all(cfg, paths=None, where: str = "em_dataset") -> list[list[dict]]:
     `paths` (the cell's `paths` group) gives the cache and mirror for `source: registry`; without it the
     environment's (EMROBUST_CACHE, EMROBUST_DATA_MIRROR) are used.
     """
-    return chat.read_jsonl(sources.EM.path(cfg, paths, where))
-
-
-def content_sha256(cfg, paths=None, where: str = "em_dataset") -> str:
-    """The identity of the dataset's file for stage keys (sources.Kind.content_id)."""
-    return sources.EM.content_id(cfg, paths, where)
+    return KIND.load(cfg, paths, where)
 
 
 def split(rows: list[list[dict]], cfg, seed: int) -> tuple[list[list[dict]], list[list[dict]]]:

@@ -15,7 +15,7 @@ from ..config import Variant
 from ..errors import ConfigError
 from . import read_yaml, registry, sources
 
-BUILTIN = sources.EVAL.builtin
+BUILTIN = sources.BUILTIN / "eval"
 
 VARIANTS = tuple(v.value for v in Variant)  # plain, json, template: the schema's choices
 
@@ -76,18 +76,6 @@ def load(path: str | Path) -> list[Question]:
     return out
 
 
-def resolve_path(eval_cfg, paths=None) -> Path:
-    """The eval set's YAML (builtin | path | registry: emrobust.data.sources). `paths` (the cell's `paths` config)
-    gives the cache and mirror for `registry`."""
-    return sources.EVAL.path(eval_cfg, paths, "eval")
-
-
-def content_sha256(eval_cfg, paths=None) -> str:
-    """The identity of the eval set for stage keys: a published set's pinned sha256 (nothing read or fetched),
-    else the sha256 of the file."""
-    return sources.EVAL.content_id(eval_cfg, paths, "eval")
-
-
 def select(qs: list[Question], eval_cfg) -> list[Question]:
     """`eval.variants` (plain/json/template, by id suffix) then `eval.max_questions`."""
     vs = eval_cfg.get("variants")
@@ -108,4 +96,8 @@ def select(qs: list[Question], eval_cfg) -> list[Question]:
 
 def questions(cfg) -> list[Question]:
     """The cell's questions: resolved, loaded, validated and selected."""
-    return select(load(resolve_path(cfg.eval, cfg.paths)), cfg.eval)
+    return select(KIND.load(cfg.eval, cfg.paths, "eval"), cfg.eval)
+
+
+KIND = sources.Kind("eval set", BUILTIN, ".yaml", lambda node, where="eval": registry.get(
+    str(node.name), registry.EVAL_SETS, where=f"{where}.name"), load, sources="builtin, registry, path")

@@ -2,8 +2,9 @@
 validation (every active input is resolved and read before a model loads), the leakage check (the training text
 each input adds) and the sweep planner (the registry files to fetch first, emrobust.preflight).
 
-Each `Input` is a config node (or several: the monitor's constitutions), when the cell reads it, and how its
-file is found (a `sources.Kind`: builtin | path | registry, one resolver for every kind).
+Each `Input` is a config node (or several: the monitor's constitutions), when the cell reads it, and its source:
+the kind of file it names (a `sources.Kind`, declared beside its reader: builtin | path | registry, one resolver
+for every kind), or `constitutions.SOURCE` for a trait (a mixture has no single file).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any, Callable
 
 from omegaconf import OmegaConf
 
-from . import sources
+from . import constitutions, em_datasets, evalsets, sources
 
 
 def _persona(cfg) -> bool:
@@ -36,20 +37,14 @@ def _monitor_traits(cfg) -> list[tuple[str, Any]]:
     return [(f"eval.monitor.traits {t}", directions._trait_cfg(cfg, t)) for t in directions.traits(cfg) if t != own]
 
 
-def _trait_kind():
-    from . import constitutions
-
-    return constitutions
-
-
 @dataclass(frozen=True)
 class Input:
     """A data file a cell reads: the config node `where` (or `nodes(cfg)`: (where, node) pairs), read when
-    `when(cfg)` holds; `trait` marks a constitution (a mixture has no single file: its pieces are resolved by
-    emrobust.data.constitutions), else `kind` resolves it."""
+    `when(cfg)` holds, through its `source` (a `sources.Kind`, or `constitutions.SOURCE`, which adds mixtures):
+    `load`, `content_id` and `needs`, each given (node, paths, where)."""
     where: str
     when: Callable[[Any], bool]
-    kind: sources.Kind | None = None
+    source: sources.Kind | sources.Source
     nodes: Callable[[Any], list[tuple[str, Any]]] | None = None
 
     def active_nodes(self, cfg) -> list[tuple[str, Any]]:
@@ -57,35 +52,13 @@ class Input:
             return []
         return self.nodes(cfg) if self.nodes is not None else [(self.where, OmegaConf.select(cfg, self.where))]
 
-    def content_id(self, node, paths, where: str) -> str:
-        if self.kind is None:
-            return _trait_kind().content_sha256(node, paths)
-        return self.kind.content_id(node, paths, where)
-
-    def needs(self, node, paths, where: str) -> dict[str, tuple]:
-        if self.kind is None:
-            return _trait_kind().needs(node, paths)
-        return self.kind.needs(node, paths, where)
-
-    def read(self, node, paths, where: str):
-        """The input's content, validated (errors name the file, the line and `where`)."""
-        if self.kind is None:
-            return _trait_kind().load_cfg(node, paths)
-        if self.kind is sources.EM:
-            from . import em_datasets
-
-            return em_datasets.load_all(node, paths, where)
-        from . import evalsets
-
-        return evalsets.load(self.kind.path(node, paths, where))
-
 
 INPUTS = (
-    Input("trait", _persona),
-    Input("em_dataset", _em, sources.EM),
-    Input("eval", lambda cfg: True, sources.EVAL),
-    Input("defense.interleave", _interleave, sources.EM),
-    Input("eval.monitor", lambda cfg: bool(cfg.eval.monitor.enabled), nodes=_monitor_traits),
+    Input("trait", _persona, constitutions.SOURCE),
+    Input("em_dataset", _em, em_datasets.KIND),
+    Input("eval", lambda cfg: True, evalsets.KIND),
+    Input("defense.interleave", _interleave, em_datasets.KIND),
+    Input("eval.monitor", lambda cfg: bool(cfg.eval.monitor.enabled), constitutions.SOURCE, _monitor_traits),
 )
 BY_WHERE = {i.where: i for i in INPUTS}
 
@@ -93,13 +66,13 @@ BY_WHERE = {i.where: i for i in INPUTS}
 def content_id(cfg, where: str) -> str | None:
     """The identity of input `where`'s file for the stage keys (its CONTENT); None when the cell does not read it."""
     i = BY_WHERE[where]
-    return i.content_id(OmegaConf.select(cfg, where), cfg.paths, where) if i.when(cfg) else None
+    return i.source.content_id(OmegaConf.select(cfg, where), cfg.paths, where) if i.when(cfg) else None
 
 
 def read(cfg, where: str) -> list:
     """The content of input `where` (one per node; [] when the cell does not read it), validated."""
     i = BY_WHERE[where]
-    return [i.read(node, cfg.paths, w) for w, node in i.active_nodes(cfg)]
+    return [i.source.load(node, cfg.paths, w) for w, node in i.active_nodes(cfg)]
 
 
 def needs(cfg) -> dict[str, tuple]:
@@ -107,5 +80,5 @@ def needs(cfg) -> dict[str, tuple]:
     out: dict[str, tuple] = {}
     for i in INPUTS:
         for where, node in i.active_nodes(cfg):
-            out.update(i.needs(node, cfg.paths, where))
+            out.update(i.source.needs(node, cfg.paths, where))
     return out

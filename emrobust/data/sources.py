@@ -8,15 +8,19 @@ A config node of such a kind names a `source`:
   copied from the offline mirror `paths.data_mirror`; a user-supplied registry file (Model Organisms' data) is
   read from `<node>.path`.
 
-`Kind.path` resolves the file (a registry file is fetched, or `Unmet` inside `registry.no_fetch`), `Kind.content_id`
-is its identity for stage keys (a registry file's pinned hash: nothing read or fetched), and `Kind.entry` is the
-registry entry a planner fetches before submitting (emrobust.preflight). Errors name the node's field.
+`Kind.path` resolves the file (a registry file is fetched, or `Unmet` inside `registry.no_fetch`), `Kind.load` reads
+it (validated by the kind's reader), `Kind.content_id` is its identity for stage keys (a registry file's pinned hash:
+nothing read or fetched), and `Kind.needs` names the registry file a planner fetches before submitting
+(emrobust.preflight). Errors name the node's field.
+
+Every kind is declared beside its reader: `em_datasets.KIND`, `evalsets.KIND`, `constitutions.KIND` (whose
+`constitutions.SOURCE` adds mixtures, which have no single file). emrobust.data.inputs lists which a cell reads.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from ..errors import ConfigError
 from . import registry
@@ -26,12 +30,14 @@ BUILTIN = Path(__file__).parent / "builtin"
 
 @dataclass(frozen=True)
 class Kind:
-    """One kind of data file: `what` it is (for messages), its builtin folder and suffix, its `source` read from
-    a node (`source(node)` -> builtin|path|registry), and its registry entry (`entry(node, where)`)."""
+    """One kind of data file: `what` it is (for messages), its builtin folder and suffix, its registry entry
+    (`entry(node, where)`), its reader (`read(path)` -> the validated content; errors name file and line), and its
+    `source` read from a node (`source(node)` -> builtin|path|registry)."""
     what: str
     builtin: Path
     suffix: str
     entry: Callable[..., registry.Entry]
+    read: Callable[[Path], Any]
     source: Callable[..., str] = lambda node: str(node.source)
     sources: str = "builtin|path|registry"
 
@@ -64,6 +70,10 @@ class Kind:
         return registry.fetch(self.entry(node, where).name, cache, mirror, user_path=node.get("path"),
                               entry=self.entry(node, where))
 
+    def load(self, node, paths=None, where: str = ""):
+        """The content of the file `node` names, read and validated by the kind's reader."""
+        return self.read(self.path(node, paths, where))
+
     def content_id(self, node, paths=None, where: str = "") -> str:
         """The identity of the file's bytes for stage keys: a registry file's pinned hash (nothing read or
         fetched; a user-supplied one: its sha256), else the sha256 of the file."""
@@ -92,7 +102,10 @@ def _places(paths) -> tuple[Path, Path | None]:
     return cache, mirror
 
 
-EM = Kind("EM dataset", BUILTIN / "em", ".jsonl", lambda node, where="em_dataset": registry.get(
-    str(node.name), where=f"{where}.name"))
-EVAL = Kind("eval set", BUILTIN / "eval", ".yaml", lambda node, where="eval": registry.get(
-    str(node.name), registry.EVAL_SETS, where=f"{where}.name"), sources="builtin, registry, path")
+@dataclass(frozen=True)
+class Source:
+    """What emrobust.data.inputs asks of an input's source, for a source that is not one file of a `Kind` (a
+    mixture of constitutions): `load`, `content_id` and `needs`, each `(node, paths, where)` as on `Kind`."""
+    load: Callable[..., Any]
+    content_id: Callable[..., str]
+    needs: Callable[..., dict[str, tuple]]
