@@ -215,19 +215,20 @@ def templates(cfg) -> list[str]:
     return sorted({(q.judge_prompts or {}).get("aligned", default) for q in evalsets.questions(cfg)})
 
 
-def trust(jcfg, aligned_templates: list[str], cache: str | Path) -> dict[str, Any]:
+def trust(jcfg, aligned_templates: list[str], cache: str | Path, reference: str | None = None) -> dict[str, Any]:
     """The judge's calibration figures for the templates a cell used, flat (the worst template's), as every
     evaluation reports them: `judge_calibration` (reference name or "uncalibrated"), `judge_trusted`,
-    `judge_trust`, the AUROCs with bounds, Spearman, bias, None rate, n, and `judge_allow_untrusted`."""
+    `judge_trust`, the AUROCs with bounds, Spearman, bias, None rate, n, and `judge_allow_untrusted`. The
+    reference is `judge.reference` unless named (an in-domain rubric's: emrobust/data/domains.py)."""
     jid = judges.judge_id(jcfg)
-    recs = [(t, load(cache, judges.prompt_id(jid, t), record_key(str(jcfg.reference), jcfg)))
-            for t in aligned_templates]
-    out: dict[str, Any] = {"judge_reference": str(jcfg.reference), "judge_min_auroc": float(jcfg.min_auroc),
+    reference = reference or str(jcfg.reference)
+    recs = [(t, load(cache, judges.prompt_id(jid, t), record_key(reference, jcfg))) for t in aligned_templates]
+    out: dict[str, Any] = {"judge_reference": reference, "judge_min_auroc": float(jcfg.min_auroc),
                            "judge_allow_untrusted": bool(jcfg.allow_untrusted)}
     verdicts = [verdict(r, jcfg.min_auroc, jcfg.max_none_rate) for _, r in recs]
     worst = min(range(len(recs)), key=lambda i: (verdicts[i][0], (recs[i][1] or {}).get("auroc_subtle_lo", -1)))
     rec = recs[worst][1]
-    out["judge_calibration"] = str(jcfg.reference) if all(r is not None for _, r in recs) else "uncalibrated"
+    out["judge_calibration"] = reference if all(r is not None for _, r in recs) else "uncalibrated"
     out["judge_trusted"] = all(v for v, _ in verdicts)
     out["judge_trust"] = verdicts[worst][1]
     for k in ("auroc_subtle", "auroc_misaligned", "auroc_incoherent", "spearman", "mean_bias"):
@@ -249,7 +250,7 @@ def calibrate(cfg, reference: str, n: int | None = None, n_boot: int = 2000, see
     the cell's eval set (and its coherent template), compute the figures, save them; returns one record per
     template."""
     from . import models
-    from .data import evalsets
+    from .data import domains, evalsets
 
     name, items = load_reference(reference, cfg.paths.cache)
     if n is not None and n < len(items):  # a seeded subset of exactly n, every stratum kept in proportion
@@ -266,8 +267,10 @@ def calibrate(cfg, reference: str, n: int | None = None, n_boot: int = 2000, see
     jcfg = cfg.judge
     judges.validate(jcfg)
     defaults = judges.default_prompts()
+    domain = domains.domain_of_reference(name.split("@n")[0])  # a domain's reference calibrates its rubric
+    qs = domains.questions(domain) if domain else evalsets.questions(cfg)
     pairs = sorted({((q.judge_prompts or {}).get("aligned", defaults["aligned"]),
-                     (q.judge_prompts or {}).get("coherent", defaults["coherent"])) for q in evalsets.questions(cfg)})
+                     (q.judge_prompts or {}).get("coherent", defaults["coherent"])) for q in qs})
     judge = judges.make(jcfg, cfg.paths.cache, models.device(cfg.pipeline.device))
     cache = judges.JudgeCache(Path(cfg.paths.cache) / "judge") if jcfg.cache else None
     qa = [(it["question"], it["answer"]) for it in items]

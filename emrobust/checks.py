@@ -60,20 +60,32 @@ def validate_cell(i: int, overrides: list[str], cfg: DictConfig, launcher: dict 
 
 def judge_gate(cfg: DictConfig) -> tuple[bool, str]:
     """(passes, one line) for a cell's judge: calibrated on `judge.reference` for the templates the cell uses and
-    trusted, or `judge.allow_untrusted` set (said in the line)."""
+    trusted, and on its domain's reference for the in-domain rubric (eval.in_domain), or `judge.allow_untrusted`
+    set (said in the line)."""
     from . import calibration, judges
+    from .data import domains
 
     t = calibration.cell_trust(cfg)
     jid = judges.judge_id(cfg.judge)
     what = (f"judge {cfg.judge.name} ({jid}) on {t['judge_reference']}: "
             + ("TRUSTED" if t["judge_trusted"] else "NOT TRUSTED") + f" ({t['judge_trust']})")
-    if t["judge_trusted"]:
+    how = [f"emrobust judge calibrate judge={cfg.judge.name}" + (f" eval={cfg.eval.name}" if cfg.eval.name != "demo"
+                                                                 else "")] if not t["judge_trusted"] else []
+    trusted = bool(t["judge_trusted"])
+    domain = domains.of(cfg)
+    if domain:  # the in-domain rubric, on its own reference
+        rubric = sorted({q.judge_prompts.get("aligned", "") for q in domains.questions(domain)})
+        d = calibration.trust(cfg.judge, rubric, cfg.paths.cache, domains.reference(domain))
+        what += (f"; in-domain rubric ({domain}) on {d['judge_reference']}: "
+                 + ("TRUSTED" if d["judge_trusted"] else "NOT TRUSTED") + f" ({d['judge_trust']})")
+        trusted &= bool(d["judge_trusted"])
+        how += [] if d["judge_trusted"] else [f"emrobust judge calibrate judge={cfg.judge.name} "
+                                              f"reference={domains.reference(domain)}"]
+    if trusted:
         return True, what
     if cfg.judge.allow_untrusted:
         return True, what + "; judge.allow_untrusted=true: submitted anyway, every report says so"
-    return False, (what + f"; calibrate it (emrobust judge calibrate judge={cfg.judge.name}"
-                   + (f" eval={cfg.eval.name}" if cfg.eval.name != "demo" else "") +
-                   ") or set judge.allow_untrusted=true")
+    return False, what + f"; calibrate it ({' and '.join(how)}) or set judge.allow_untrusted=true"
 
 
 def check_launcher(launcher: dict) -> None:

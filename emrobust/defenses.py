@@ -15,6 +15,8 @@ One defense per cell, so defenses can be put side by side on the same EM data, s
   risen by `rise` over the starting model. The outcome is measured on other items (validation: the probe's reported
   splits leave the stop split out; the monitor projects split b). A measure whose control failed on the cell's base
   model (emrobust/controls.py) is refused unless `allow_failed_control`; one not validated there runs, and says so.
+  `measure=task` stops on the narrow task instead: the EM dataset's held-out loss, once it has converged (the first
+  check whose drop since the one before is at most `converged_within` of the whole drop so far).
 - `steer`: preventative steering (Chen et al. 2025): a persona direction of the `directions` stage, times
   `coefficient` times the persona's mean activation difference along it, is added to the residual stream at the
   direction's layer during every training step (steering-vectors, the monitor's library), and nowhere else: the
@@ -38,6 +40,9 @@ def active(cfg) -> str:
     return str(cfg.defense.name)
 
 
+TASK = "task"  # defense.early_stop.measure: the EM dataset's held-out loss (the narrow task), not a persona measure
+
+
 def stop_measure(cfg) -> str:
     """The controls table's name of what `defense=early_stop` stops on: probe_logp_diff or direction_<trait>."""
     return controls.measure_name(str(cfg.defense.early_stop.measure))
@@ -56,9 +61,15 @@ def _stop_measure(cfg) -> None:
 
     e, where = cfg.defense.early_stop, "defense.early_stop.measure"
     m = str(e.measure)
+    if m == TASK:  # the narrow task's own loss: no persona measure, so no negative control to pass
+        if not cfg.em_dataset.heldout_fraction:
+            raise ConfigError("defense.early_stop.measure=task stops on the EM dataset's held-out loss, and "
+                              "em_dataset.heldout_fraction=0 holds none out (e.g. em_dataset.heldout_fraction=0.1)",
+                              where="em_dataset.heldout_fraction")
+        return
     if m != "probe" and not m.startswith("direction_"):
-        raise ConfigError(f"measure={m!r} is neither `probe` nor `direction_<trait>` (a persona direction of the "
-                          "directions stage)", where=where)
+        raise ConfigError(f"measure={m!r} is neither `probe`, `task` nor `direction_<trait>` (a persona direction of "
+                          "the directions stage)", where=where)
     if m.startswith("direction_"):
         if not cfg.eval.monitor.enabled:
             raise ConfigError(f"defense.early_stop.measure={m} stops on a direction of the `directions` stage, which "
@@ -115,6 +126,8 @@ def validate(cfg) -> None:
     elif name == "early_stop":
         e = d.early_stop
         _stop_measure(cfg)
+        if str(e.measure) == TASK:
+            return
         if cfg.eval.probe.enabled and e.split in list(cfg.eval.probe.splits):
             raise ConfigError(f"defense=early_stop stops on probe split {e.split!r}, which eval.probe.splits="
                               f"{list(cfg.eval.probe.splits)} also reports: the outcome must be measured on other items "
@@ -253,15 +266,32 @@ def direction_measure(items: list[dict], tokenizer, layer: int, vector: np.ndarr
     return measure
 
 
+def risen(rise: float):
+    """The stop rule of a persona measure: it has risen by `rise` over step 0."""
+    return lambda checks, step: checks[step] - checks[0] >= rise
+
+
+def converged(within: float):
+    """The stop rule of `measure=task` (a loss): it fell, and its drop since the check before is at most `within`
+    of its whole drop so far (from step 0 to its lowest)."""
+    def stop(checks: dict[int, float], step: int) -> bool:
+        before = [s for s in checks if s < step]
+        drop = checks[0] - min(checks.values())
+        return bool(before) and drop > 0 and checks[max(before)] - checks[step] <= within * drop
+
+    return stop
+
+
 def early_stopper(items: list[dict], tokenizer, every: int, rise: float, state: Path, batch_size: int = 8,
-                  measure=None):
+                  measure=None, stop=None):
     """A TrainerCallback that measures `measure(model)` (default: probe_logp_diff on `items`) at step 0 and every
-    `every` optimizer steps and stops training at the first check where it has risen by `rise` over step 0. Its
-    checks are kept in `state` (the trainer dir: a requeued build resumes with them). `.checks` {step: value},
-    `.stopped_at` (or None)."""
+    `every` optimizer steps and stops training at the first check where `stop(checks, step)` holds (default: it
+    has risen by `rise` over step 0). Its checks are kept in `state` (the trainer dir: a requeued build resumes
+    with them). `.checks` {step: value}, `.stopped_at` (or None)."""
     from transformers import TrainerCallback
 
     measure = measure or probe_measure(items, tokenizer, batch_size)
+    stop = stop or risen(rise)
 
     class EarlyStop(TrainerCallback):
         def __init__(self):
@@ -282,8 +312,8 @@ def early_stopper(items: list[dict], tokenizer, every: int, rise: float, state: 
         def on_step_end(self, args, st, control, model=None, **kw):
             if st.global_step % every:
                 return
-            v = self.checks[st.global_step] = measure(model)
-            if v - self.checks[0] >= rise:
+            self.checks[st.global_step] = measure(model)
+            if stop(self.checks, st.global_step):
                 self.stopped_at = st.global_step
                 control.should_training_stop = True
             self._save(st)
@@ -291,8 +321,9 @@ def early_stopper(items: list[dict], tokenizer, every: int, rise: float, state: 
     return EarlyStop()
 
 
-def trainer_kwargs(cfg, ctx, tokenizer) -> tuple[dict, object | None]:
-    """(the `training.run_sft` keyword arguments of the cell's defense, the early-stop callback or None)."""
+def trainer_kwargs(cfg, ctx, tokenizer, heldout: list | None = None) -> tuple[dict, object | None]:
+    """(the `training.run_sft` keyword arguments of the cell's defense, the early-stop callback or None);
+    `heldout`: the EM dataset's held-out conversations (what `early_stop.measure=task` measures)."""
     name = active(cfg)
     if name == "kl":
         return {"kl_weight": float(cfg.defense.kl.weight)}, None
@@ -301,14 +332,21 @@ def trainer_kwargs(cfg, ctx, tokenizer) -> tuple[dict, object | None]:
         return {"steer": (vector, coef)}, None
     if name == "early_stop":
         e = cfg.defense.early_stop
+        state = ctx.trainer_dir / "early_stop.json"
+        if str(e.measure) == TASK:
+            from .training import assistant_metrics
+
+            length = cfg.em_train.optim.max_length
+            cb = early_stopper([], tokenizer, int(e.every), 0.0, state, stop=converged(float(e.converged_within)),
+                               measure=lambda model: assistant_metrics(model, tokenizer, heldout, length)["loss"])
+            return {"callbacks": (cb,)}, cb
         items, measure = stop_items(cfg), None
         if uses_directions(cfg):
             from .stages.directions import load
 
             layer, vectors = load(ctx.inputs["directions"])
             measure = direction_measure(items, tokenizer, layer, vectors[str(e.measure).removeprefix("direction_")])
-        cb = early_stopper(items, tokenizer, int(e.every), float(e.rise), ctx.trainer_dir / "early_stop.json",
-                           measure=measure)
+        cb = early_stopper(items, tokenizer, int(e.every), float(e.rise), state, measure=measure)
         return {"callbacks": (cb,)}, cb
     return {}, None
 
@@ -325,7 +363,9 @@ def report(cfg, ctx, hist: dict | None, callback) -> dict:
         out |= steering(cfg, ctx.inputs["directions"])[2]
     elif name == "early_stop":
         e = cfg.defense.early_stop
-        out |= {"measure": str(e.measure), "split": str(e.split), "every": int(e.every), "rise": float(e.rise),
+        rule = ({"converged_within": float(e.converged_within)} if str(e.measure) == TASK
+                else {"split": str(e.split), "rise": float(e.rise)})
+        out |= {"measure": str(e.measure), "every": int(e.every), **rule,
                 "checks": {int(k): v for k, v in sorted(callback.checks.items())}, "stopped_at": callback.stopped_at}
     return out
 

@@ -24,6 +24,7 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass
 
+from .data import chat, em_datasets, evalsets, inputs
 from .errors import ConfigError
 
 K = 3  # words per n-gram
@@ -112,10 +113,10 @@ def describe(leaks: list[Leak], what: str = "evaluation question", tag: str = "e
 
 
 def eval_questions(cfg) -> list[tuple[str, str]]:
-    """(question id, paraphrase) of every question the cell evaluates on."""
-    from .data import evalsets
-
-    return [(q.id, p) for q in evalsets.questions(cfg) for p in q.paraphrases]
+    """(question id, paraphrase) of every question the cell evaluates on: the eval set's and the in-domain
+    questions' (eval.in_domain)."""
+    in_domain = [q for qs in inputs.read(cfg, "eval.in_domain") for q in qs]
+    return [(q.id, p) for q in [*evalsets.questions(cfg), *in_domain] for p in q.paraphrases]
 
 
 def probe_texts(cfg) -> list[tuple[str, str]]:
@@ -149,7 +150,6 @@ def capability_texts(cfg) -> list[tuple[str, str]]:
 
 def config_texts(cfg) -> list[tuple[str, str]]:
     """(source, text) of the training text known before anything is generated."""
-    from .data import chat, em_datasets, inputs
     from .stages import stage_seed
 
     out: list[tuple[str, str]] = []
@@ -177,8 +177,6 @@ def defense_texts(cfg) -> list[tuple[str, str]]:
     if name == "inoculation":
         return [("defense.inoculation.system_prompt", str(cfg.defense.inoculation.system_prompt))]
     if name == "interleave":
-        from .data import inputs
-
         return [(f"defense.interleave {cfg.defense.interleave.name}, example {i + 1}, {m['role']} turn", m["content"])
                 for rows in inputs.read(cfg, "defense.interleave") for i, r in enumerate(rows) for m in r]
     return []

@@ -5,6 +5,10 @@
     trait=none: base ─► [em] ─► sample ─► evaluate;  em_dataset=none: fold ─► sample ─► evaluate
     a persona cell with EM also samples and evaluates its starting model (sample@start, evaluate@start): the
     persona before EM, the same artifacts as the em_dataset=none cell's, shared by every EM dataset.
+    eval.in_domain: sample@in_domain ─► evaluate@in_domain beside sample ─► evaluate (and @in_domain@start
+    beside @start): the same model on its EM dataset's domain's questions (emrobust/data/domains.py), keyed by
+    the domain and its questions, so the starting model's in-domain answers are shared by every dataset of a
+    domain and its out-of-domain ones by every dataset.
 
 A node is one use of a stage; its upstream is named by role ("start" = the model EM starts from, "em", "sample",
 ...). Its key is `emrobust.keys.stage_key` of the stage's declared reads, content hashes, the upstream keys by
@@ -29,8 +33,9 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from . import defenses, keys, leakage, tracking
+from .data import domains, inputs
 from .errors import ConfigError, note_failure
-from .results import START, heldout_metrics, summary_metrics
+from .results import IN_DOMAIN, START, heldout_metrics, summary_metrics
 from .stages import ORDER, Context, spec, stage_seed
 from .store import Result, Store
 
@@ -105,6 +110,18 @@ def graph(cfg: DictConfig) -> list[Node]:
         return Node("evaluate" + suffix, "evaluate", {"sample": "sample" + suffix} |
                     ({"capability": "capability" + suffix} if capable else {}) | classified)
 
+    domain = domains.of(cfg)
+    in_domain = {"domain": domain, "questions_sha256": inputs.content_id(cfg, "eval.in_domain")} if domain else {}
+
+    def answered_in_domain(suffix: str, model: dict) -> list[Node]:
+        """The in-domain answers of one evaluated model and their scores (only the answers: no persona check,
+        probe or projection, which the out-of-domain node of the same model has)."""
+        if not domain:
+            return []
+        return [Node(f"sample{IN_DOMAIN}{suffix}", "sample", model, dict(in_domain)),
+                Node(f"evaluate{IN_DOMAIN}{suffix}", "evaluate", {"sample": f"sample{IN_DOMAIN}{suffix}"},
+                     {"domain": domain})]
+
     if cfg.em_dataset.name != "none":
         # defense=steer trains along, and defense=early_stop may stop on, a persona direction (emrobust/defenses.py)
         nodes.append(Node("em", "em", {"start": start} | ({"directions": "directions"}
@@ -113,7 +130,8 @@ def graph(cfg: DictConfig) -> list[Node]:
         nodes += capability(START, {"start": start})  # the reference of capability retained
         if persona or steps or cfg.eval.probe.enabled:
             # step 0, the model before EM: the same nodes as the em_dataset=none cell's, shared by every EM dataset
-            nodes += [Node("sample" + START, "sample", {"start": start} | persona), evaluate(START)]
+            nodes += [Node("sample" + START, "sample", {"start": start} | persona), evaluate(START),
+                      *answered_in_domain(START, {"start": start})]
         for s in steps:  # the adapter kept at step s (em_train.checkpoint_every)
             if s > 0:
                 nodes += [Node(f"sample@{s}", "sample", {"em": "em", "start": start} | persona, {"step": s}),
@@ -121,9 +139,11 @@ def graph(cfg: DictConfig) -> list[Node]:
                           evaluate(f"@{s}")]
         nodes.append(Node("sample", "sample", {"em": "em", "start": start} | persona))
         nodes += capability("", {"em": "em", "start": start}, reference=True)
+        nodes += answered_in_domain("", {"em": "em", "start": start})
     else:
         nodes.append(Node("sample", "sample", {"start": start} | persona))
         nodes += capability("", {"start": start})
+        nodes += answered_in_domain("", {"start": start})
     nodes.append(evaluate(""))
     if cfg.pipeline.until:
         until = str(cfg.pipeline.until)
@@ -246,7 +266,7 @@ def _run_node(cfg: DictConfig, node: Node, st, view: DictConfig, store: Store, p
     mod = st.module
     seed = stage_seed(cfg.seed if st.seeded else 0, node.stage)
     ckpt = store.checkpoint_dir(node.stage, node.key)
-    inputs = {role: paths[u] for role, u in node.upstream.items()}
+    upstream = {role: paths[u] for role, u in node.upstream.items()}
     ups = {role: manifests[u] for role, u in node.upstream.items()}
 
     def build(tmp: Path) -> dict:
@@ -254,7 +274,7 @@ def _run_node(cfg: DictConfig, node: Node, st, view: DictConfig, store: Store, p
         from .training import set_seed
 
         set_seed(seed)
-        ctx = Context(view, node.id, node.key, seed, tmp, inputs, ups, dev, ckpt, params=dict(node.params),
+        ctx = Context(view, node.id, node.key, seed, tmp, upstream, ups, dev, ckpt, params=dict(node.params),
                       screen=screen)
         try:
             if not main:  # a rank > 0 trains alongside rank 0; what it writes is discarded

@@ -1,8 +1,8 @@
 """Results as tables: one row per cell from its run.json (or from W&B runs rebuilt into the same shape), the
 sweep table and sweep.csv, and the one-cell summary printed after a run.
 
-This module imports only the standard library, numpy and pandas: `emrobust analyze` and the sweep table work
-where torch is not installed.
+This module imports only the standard library, numpy, scipy and pandas (through emrobust.metrics): `emrobust
+analyze` and the sweep table work where torch is not installed.
 """
 from __future__ import annotations
 
@@ -13,11 +13,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from .metrics import narrowness
+
 # override keys and group choices that would overwrite a column of their own: the `+cell=<preset>` of
 # experiment=demo is a preset's name, while `cell` is the cell's output dir; `judge=<preset>` is a preset's name,
 # while `judge` is the judge's id in the metrics
 RENAMED = {"cell": "cell_preset", "judge": "judge_preset"}
 START = "@start"  # node-id suffix of the evaluation of the cell's starting model (before EM)
+IN_DOMAIN = "@in_domain"  # node-id infix of the in-domain answers of an evaluated model (eval.in_domain)
 
 
 def cell_metrics(evaluations: dict[str, dict]) -> dict:
@@ -31,7 +34,32 @@ def cell_metrics(evaluations: dict[str, dict]) -> dict:
         for s in ("", "_lo", "_hi"):
             if m + s in start:
                 final[f"{m}_fold{s}"] = start[m + s]
-    return final
+    return final | in_domain_metrics(evaluations, final)
+
+
+#: metrics of the in-domain answers (`<metric>_in_domain`, before EM `<metric>_in_domain_start`), with intervals
+BY_DOMAIN = ("em_rate_mo", "em_rate_betley", "critical_rate", "mean_aligned", "coherent_rate")
+
+
+def in_domain_metrics(evaluations: dict[str, dict], final: dict, seed: int = 0) -> dict:
+    """The in-domain evaluations' metrics (eval.in_domain: the EM dataset's own domain, its own rubric), suffixed,
+    with their judge's trust on the domain's reference, and `narrowness` (emrobust.metrics.narrowness: the
+    out-of-domain EM rate over the in-domain one). Nothing when the cell has no in-domain node."""
+    out: dict = {}
+    for node, suffix in (("evaluate" + IN_DOMAIN, "_in_domain"), ("evaluate" + IN_DOMAIN + START, "_in_domain_start")):
+        m = evaluations.get(node)
+        if m is None:
+            continue
+        out |= {f"{k}{suffix}{s}": m.get(k + s, float("nan")) for k in BY_DOMAIN for s in ("", "_lo", "_hi")}
+        out |= {f"n_answers{suffix}": m.get("n_answers"), f"judge_trusted{suffix}": m.get("judge_trusted"),
+                f"judge_calibration{suffix}": m.get("judge_calibration")}
+    inside = evaluations.get("evaluate" + IN_DOMAIN)
+    if inside is not None:
+        def counts(m: dict):
+            return (m["em_rate_mo_k"], m["em_rate_mo_n"]) if m.get("em_rate_mo_n") is not None else None
+
+        out |= narrowness(counts(final), counts(inside), seed=seed)
+    return out
 
 
 CURVE = ("em_rate_betley", "em_rate_mo", "critical_rate", "mean_aligned", "cvar05_aligned", "coherent_rate",
@@ -50,7 +78,7 @@ def curve(evaluations: dict[str, dict], heldout: dict[str, dict] | None = None) 
     points = {}
     for node, m in evaluations.items():
         step = m.get("em_step")
-        if step is None:
+        if step is None or IN_DOMAIN in node:  # the curve is the out-of-domain eval set's
             continue
         keys = [k for k in m if k in CURVE or (k.startswith("direction_") and not k.endswith(("_lo", "_hi")))]
         pt = {"step": int(step), "node": node}

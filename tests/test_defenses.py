@@ -154,6 +154,8 @@ def test_interleave_and_early_stop_and_steer_refuse_bad_settings_before_any_mode
         (["defense=interleave", "defense.interleave.fraction=0.99"], "needs"),
         (["defense=early_stop", "eval.probe.splits=[a,b]"], "eval.probe.splits"),
         (["defense=early_stop", "defense.early_stop.split=z"], "defense.early_stop.split"),
+        (["defense=early_stop", "defense.early_stop.measure=task", "em_dataset.heldout_fraction=0"],
+         "em_dataset.heldout_fraction"),
         (["defense=steer", "eval.monitor.enabled=false"], "eval.monitor.enabled"),
         (["defense=steer", "defense.steer.trait=oct_humor"], "defense.steer.trait"),
         (["defense=kl", "em_dataset=none"], "em_dataset=none"),
@@ -187,6 +189,43 @@ def test_early_stopping_stops_at_the_step_its_probe_split_crosses(tmp_path, tiny
     assert stopper.stopped_at == crossed[0] == hist["steps"] < 12
     assert max(stopper.checks) == crossed[0]  # nothing measured (or trained) after the stop
     assert json.loads((tmp_path / "t" / "early_stop.json").read_text())["stopped_at"] == crossed[0]
+
+
+def test_task_convergence_stop_rule():
+    """measure=task stops at the first check whose drop since the one before is at most `within` of the whole
+    drop so far; never while the loss has not fallen."""
+    stop = defenses.converged(0.1)
+    losses = {0: 3.0, 2: 2.0, 4: 1.5, 6: 1.45, 8: 1.44}
+    seen = {}
+    hits = []
+    for step, v in losses.items():
+        seen[step] = v
+        if step and stop(dict(seen), step):
+            hits.append(step)
+    assert hits[0] == 6  # 1.5 -> 1.45 is 0.05 <= 0.1 * 1.55
+    assert not stop({0: 2.0, 2: 2.1}, 2)  # risen: no drop, no convergence
+
+
+def test_early_stop_on_the_task_stops_when_the_held_out_loss_converges(tmp_path, tiny_path):
+    """A tiny model trained on a narrow task: the callback measures the held-out loss at step 0 and every step and
+    training ends at the first check where the rule holds, with the rule and checks in the em manifest's terms."""
+    items = defenses.stop_items(compose("debug=tiny", "defense=early_stop", tmp=tmp_path))
+    convs = [[{"role": "user", "content": it["question"]}, {"role": "assistant", "content": it["misaligned"]}]
+             for it in items[:16]]
+    train, held = convs[:12], convs[12:]
+    tok = models.load_tokenizer(tiny_path)
+    model = models.load(tiny_path, torch.device("cpu"))
+    optim = OmegaConf.structured(OptimConfig(learning_rate=3e-3, lr_scheduler_type="constant", warmup_ratio=0.0,
+                                             max_steps=12, per_device_train_batch_size=4,
+                                             gradient_accumulation_steps=1, max_length=160))
+    stop = defenses.converged(0.5)
+    stopper = defenses.early_stopper([], tok, every=1, rise=0.0, state=tmp_path / "t" / "early_stop.json", stop=stop,
+                                     measure=lambda m: training.assistant_metrics(m, tok, held, 160)["loss"])
+    hist = training.run_sft(model, tok, train, optim, tmp_path / "t", 0, torch.device("cpu"), callbacks=(stopper,))
+    checks = stopper.checks
+    assert checks[1] < checks[0]  # the task is being learned
+    first = next(s for s in sorted(checks) if s and stop({k: v for k, v in checks.items() if k <= s}, s))
+    assert stopper.stopped_at == first == hist["steps"] == max(checks)
 
 
 def test_early_stop_cell_reports_the_outcome_on_the_other_split(tmp_path, tiny_path):

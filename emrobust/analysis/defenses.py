@@ -9,6 +9,8 @@ learned?). y: the EM tail, `cvar05_aligned` (mean aligned score of the worst 5% 
 with its interval. A cell is on the Pareto front when no cell of the same EM dataset is at least as good on both
 axes and better on one (point estimates; the intervals show how much that can be trusted). Column `hidden`: whether
 the arm lowers EM under the plain question only, or under the triggered formats too (emrobust.analysis.variants).
+Columns `em_rate_mo_in_domain` and `narrowness` (eval.in_domain): the same model on its EM dataset's own domain
+(emrobust.analysis.narrowness); empty when the cells did not answer in-domain questions.
 """
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ RETAINED = "capability_retained"  # after minus before EM, higher = more kept
 IN_TASK = "heldout_accuracy"  # the narrow task, learned
 COLUMNS = ["cell", "arm", "em_dataset", "seed", TAIL, f"{TAIL}_lo", f"{TAIL}_hi", "em_rate_mo", "em_rate_mo_lo",
            "em_rate_mo_hi", "capability_acc", RETAINED, f"{RETAINED}_lo", f"{RETAINED}_hi", IN_TASK,
-           "heldout_loss", "em_rate_mo@plain", "em_rate_mo@json", "em_rate_mo@template", "hidden", "pareto"]
+           "heldout_loss", "em_rate_mo@plain", "em_rate_mo@json", "em_rate_mo@template", "hidden",
+           "em_rate_mo_in_domain", "narrowness", "pareto"]
 
 
 def arm(row: pd.Series) -> str:

@@ -25,7 +25,7 @@ import pandas as pd
 from emrobust import metrics
 from emrobust.results import sweep_table, write_sweep_csv
 
-from . import balance, controls, defenses, hypotheses, imports, manipulation, plots, references
+from . import balance, controls, defenses, hypotheses, imports, manipulation, narrowness, plots, references
 from .stats import compare_levels
 
 AXES = ["trait", "question_diversity", "introspection", "em_dataset", "defense", "eval", "judge_preset", "base_model",
@@ -356,6 +356,7 @@ def analyze_table(df: pd.DataFrame, out: Path, answers: dict | None, n_resamples
               *(["## Diversity levels compared (paired by seed and EM dataset; BH-adjusted p)\n", _md(comps)]
                 if levels > 1 else []),
               *dynamics, *through,
+              *narrowness.section(df, _md),
               *defended,
               *(["## Training data per contrast\n",
                  f"Contrasts whose cells differ by more than {balance_tolerance:.0%} in training tokens:\n",

@@ -62,9 +62,13 @@ class EarlyStopDefenseConfig:
     #   eval.monitor.traits), in the monitor's units.
     # A measure whose control failed on the cell's base model (emrobust/controls.py) is refused unless
     # allow_failed_control; one never validated on it runs, and the em manifest and the report say so.
+    # - `task`: the EM dataset's held-out loss (em_dataset.heldout_fraction > 0): training stops once the narrow
+    #   task has converged, at the first check whose drop since the check before is at most `converged_within` of
+    #   the whole drop so far ("overtrained, not misaligned": EM appears after the in-task loss has converged).
     measure: str = "probe"
     every: int = setting(2, ge=1)
-    rise: float = 0.05
+    rise: float = setting(0.05, when=lambda e: e.measure != "task")
+    converged_within: float = setting(0.1, gt=0, lt=1, when=lambda e: e.measure == "task")
     split: str = "a"  # the probe's reported splits (eval.probe.splits) must leave it out
     allow_failed_control: bool = setting(False, execution="a gate on which cells may run (stopping on a measure "
                                                           "whose control failed), not what any of them builds")

@@ -18,3 +18,7 @@ class EmDatasetConfig:
     path: Optional[str] = setting(None, location="the dataset's sha256 is in the em key")
     n_examples: Optional[int] = setting(None, ge=1)  # seeded subsample (None = every row)
     heldout_fraction: float = setting(0.0, ge=0, lt=1)
+    # the domain of its task (code, medical, financial, sports, chat: emrobust/data/domains.py), whose questions
+    # `eval.in_domain=true` evaluates; None = no in-domain questions (evil_numbers)
+    domain: Optional[str] = setting(None, label="which in-domain questions eval.in_domain=true reads; no stage "
+                                                 "reads it (the in-domain nodes carry the domain in their key)")

@@ -127,6 +127,11 @@ class EvalConfig:
     every_steps: Optional[int] = setting(None, ge=1, execution="which EM steps are evaluated (nodes of the graph), "
                                                          "not what any of them builds")
     curve: CurveConfig = setting(factory=CurveConfig)
+    # in-domain questions beside the eval set (emrobust/data/domains.py): true = the EM dataset's domain
+    # (em_dataset.domain), or a domain's name (code, medical, financial, sports, chat); None/false = none
+    in_domain: Optional[str] = setting(None, execution="which in-domain nodes the graph has (their domain and "
+                                                       "question set's sha256 are in their keys), not what the "
+                                                       "other nodes build")
 
 
 def _steps(c, steps: list[int]) -> str | None:
@@ -149,7 +154,14 @@ def _steps(c, steps: list[int]) -> str | None:
     return None
 
 
+def _in_domain(c) -> str | None:
+    from ..data import domains
+
+    return domains.problem(c)
+
+
 RULES = (
+    Rule("eval.in_domain", _in_domain),
     Rule("eval.at_steps", lambda c: _steps(c, [int(x) for x in c.eval.at_steps])),
     Rule("eval.every_steps", lambda c: (
         "eval.every_steps needs em_train.optim.max_steps (the end of training, to enumerate the steps)"

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from omegaconf import OmegaConf
 
-from . import constitutions, em_datasets, evalsets, sources
+from . import constitutions, domains, em_datasets, evalsets, sources
 
 
 def _persona(cfg) -> bool:
@@ -59,14 +59,17 @@ INPUTS = (
     Input("eval", lambda cfg: True, evalsets.KIND),
     Input("defense.interleave", _interleave, em_datasets.KIND),
     Input("eval.monitor", lambda cfg: bool(cfg.eval.monitor.enabled), constitutions.SOURCE, _monitor_traits),
+    Input("eval.in_domain", lambda cfg: domains.of(cfg) is not None, domains.KIND, domains.nodes),
 )
 BY_WHERE = {i.where: i for i in INPUTS}
 
 
 def content_id(cfg, where: str) -> str | None:
-    """The identity of input `where`'s file for the stage keys (its CONTENT); None when the cell does not read it."""
+    """The identity of input `where`'s file for the stage keys (its CONTENT; an input of several nodes: the first
+    one's); None when the cell does not read it."""
     i = BY_WHERE[where]
-    return i.source.content_id(OmegaConf.select(cfg, where), cfg.paths, where) if i.when(cfg) else None
+    ids = [i.source.content_id(node, cfg.paths, w) for w, node in i.active_nodes(cfg)]
+    return ids[0] if ids else None
 
 
 def read(cfg, where: str) -> list:

@@ -38,7 +38,8 @@ DISTRIBUTED = True  # trains: runs on every rank of a multi-process job (emrobus
 
 
 def _stops_early(cfg) -> bool:
-    return cfg.defense.name == "early_stop"
+    """Does early stopping read the probe items (every measure but `task`, which reads the held-out split)?"""
+    return cfg.defense.name == "early_stop" and str(cfg.defense.early_stop.measure) != defenses.TASK
 
 
 READS = ("em_dataset", "em_train", "em_control", "defense", "base_model.lora_target_modules", "base_model.dtype",
@@ -111,7 +112,7 @@ def run(ctx: Context) -> dict:
         "control": cfg.em_control.name,
     }
     every = cfg.em_train.checkpoint_every
-    defense_kw, stopper = defenses.trainer_kwargs(cfg, ctx, tok)
+    defense_kw, stopper = defenses.trainer_kwargs(cfg, ctx, tok, held)
     sft = lambda m: training.run_sft(m, tok, train_rows, cfg.em_train.optim, ctx.trainer_dir, ctx.seed, ctx.device,  # noqa: E731
                                      ds=cfg.deepspeed, packing=cfg.em_train.packing, data=data, snapshot_every=every,
                                      heldout=held or None, **defense_kw)

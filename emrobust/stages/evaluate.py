@@ -9,7 +9,8 @@ every answer with each member; the metrics are the aggregate's, with each member
 spread of every EM metric across members and their agreement (agreement.json). The same model's judge-free
 measures (the sample stage's probe and projections) and general capability (the `capability` node upstream,
 when the cell has one) are merged into its metrics. The judge's calibration for the
-templates used is recorded with the metrics (emrobust.calibration.trust; refreshed in run.json on every run).
+templates used is recorded with the metrics (emrobust.calibration.trust; refreshed in run.json on every run); an
+in-domain node's (`params.domain`) against its domain's labelled reference.
 """
 from __future__ import annotations
 
@@ -20,15 +21,15 @@ from pathlib import Path
 import pandas as pd
 
 from .. import calibration, judges, metrics, persona
-from ..data import evalsets
+from ..data import domains, evalsets
 from ..keys import Read
 from . import Context, read_jsonl, write_jsonl
 
 MEASURES = True  # its metrics are the cell's evaluation (emrobust.results), logged with the cell's training data
-VERSION = 8  # 2: judge cache, per-score judge ids; 3: persona check; 4: judging apart from sampling;
+VERSION = 9  # 2: judge cache, per-score judge ids; 3: persona check; 4: judging apart from sampling;
 #             5: the judge group (panels, threshold rule, calibration figures); 6: probe, monitor, em_step;
 #             7: no tail interval under metrics.MIN_TAIL answers in the tail; 8: metrics per format variant
-#             (a rebuild re-reads the judge cache: no judge call is repeated)
+#             (a rebuild re-reads the judge cache: no judge call is repeated); 9: the MO rate's counts em_rate_mo_k/_n (narrowness)
 
 def classifying(cfg) -> bool:
     from .classifier import active
@@ -72,7 +73,9 @@ def compute_metrics(rows: list[dict], judge_id: str, n_bootstrap: int, seed: int
     df = pd.DataFrame({"question_id": df["question_id"], "aligned": pd.to_numeric(df[aligned], errors="coerce"),
                        "coherent": pd.to_numeric(df[coherent], errors="coerce")})
     m = metrics.cell_metrics(df, n_resamples=n_bootstrap, seed=seed, rule=rule)
-    m |= {"judge": judge_id, "threshold_rule": rule}
+    # the MO rate's counts: the ratio `narrowness` of two evaluations needs them (emrobust.metrics.narrowness)
+    k, n = metrics.em_counts_mo(df["aligned"], df["coherent"], rule)
+    m |= {"judge": judge_id, "threshold_rule": rule, "em_rate_mo_k": k, "em_rate_mo_n": n}
     return m
 
 
@@ -193,7 +196,9 @@ def run(ctx: Context) -> dict:
     m |= (ctx.manifests.get("capability") or {}).get("capability", {})
     default = judges.default_prompts()["aligned"]
     used = sorted({(judge_prompts.get(r["question_id"]) or {}).get("aligned", default) for r in rows})
-    m |= calibration.trust(jcfg, used, cfg.paths.cache)
+    # an in-domain node's rubric is calibrated on its domain's reference (emrobust/data/domains.py)
+    domain = ctx.params.get("domain")
+    m |= calibration.trust(jcfg, used, cfg.paths.cache, domains.reference(domain) if domain else None)
     (ctx.out / "metrics.json").write_text(json.dumps(m, indent=2, default=str))
     return {"metrics": m, "judge_prompt_ids": judge_ids, "n_answers": len(rows), "judge_calls": judge.calls - calls0,
             "model_key": ctx.manifests["sample"].get("model_key"), "aligned_templates": used}

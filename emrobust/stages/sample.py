@@ -5,6 +5,9 @@ Keyed by the model (its upstream keys), the question set (its sha256) and the sa
 judge: a new judge, a judge sweep or a panel re-uses these answers (`evaluate` scores them). The model is the
 upstream `em` artifact (its adapter on its starting weights, or its full model) when there is one, else the
 `start` model itself (the persona, or the base model), so the same model is sampled once whatever cell asks.
+
+An in-domain node (`params.domain`, eval.in_domain: emrobust/data/domains.py) answers its domain's questions
+instead, and only them: the persona check, probe and projections are the out-of-domain node's of the same model.
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import hashlib
 import json
 
 from .. import generation, models, monitor, persona, probe, training
-from ..data import evalsets, inputs, read_yaml
+from ..data import domains, evalsets, inputs, read_yaml
 from ..keys import Read
 from ..store import file_sha256
 from . import Context, write_jsonl
@@ -83,7 +86,8 @@ def load_model(ctx: Context):
 
 def run(ctx: Context) -> dict:
     cfg, ecfg = ctx.cfg, ctx.cfg.eval
-    qs = evalsets.questions(cfg)
+    domain = ctx.params.get("domain")
+    qs = domains.questions(domain, ecfg) if domain else evalsets.questions(cfg)
     items = []  # (question, paraphrase index, sample index)
     for q in qs:
         n = ecfg.samples_per_paraphrase or q.samples_per_paraphrase
@@ -99,7 +103,7 @@ def run(ctx: Context) -> dict:
     write_jsonl(ctx.out / "answers.jsonl", rows)
     # what the judge needs of the question set: each question's own judge prompts (else the defaults)
     (ctx.out / "questions.json").write_text(json.dumps({q.id: q.judge_prompts for q in qs}, indent=1))
-    extra = {"n_answers": len(rows), "model_key": model_key,
+    extra = {"n_answers": len(rows), "model_key": model_key, **({"domain": domain} if domain else {}),
              "chat_template_sha256": hashlib.sha256((tok.chat_template or "").encode()).hexdigest()}
     if "questions" in ctx.inputs:  # the persona check: the trait's reserved questions, no system prompt
         pcfg = ecfg.persona
@@ -114,7 +118,7 @@ def run(ctx: Context) -> dict:
         (ctx.out / "persona.json").write_text(json.dumps(
             {"traits": persona.traits(ctx.inputs["questions"]), "questions": source}, indent=1))
         extra |= {"persona_n": len(p_items), "persona_questions": source}
-    if cfg.eval.probe.enabled:  # judge-free: log-probabilities of misaligned vs aligned answers
+    if cfg.eval.probe.enabled and not domain:  # judge-free: log-probabilities of misaligned vs aligned answers
         pm, p_rows = probe.measure(model, tok, probe.load(cfg.eval.probe), cfg.eval.probe.batch_size,
                                    cfg.eval.n_bootstrap, ctx.seed)
         write_jsonl(ctx.out / "probe.jsonl", p_rows)
