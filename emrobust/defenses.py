@@ -8,7 +8,11 @@ One defense per cell, so defenses can be put side by side on the same EM data, s
 - `inoculation`: a system prompt asking for the bad behaviour (Tan et al. 2025) before every EM training example;
   the held-out examples, the samples and every other measure of the evaluated model go without it.
 - `interleave`: benign chat examples (a builtin or registry set, or a file) mixed into EM training so that they
-  make `fraction` of it; every EM example is kept.
+  make `fraction` of it; every EM example is kept. `select=random` draws them; `select=perplexity_gap`
+  (Interleaving++) scores a `pool` of candidates by the gap between a misaligned reference's per-token loss and
+  the starting model's, and keeps the largest gaps: the benign examples EM moves furthest from. The reference is the
+  cell's starting model after `reference_steps` of undefended EM on the cell's dataset (the `em@reference` node,
+  keyed as any em node); each candidate's gap is saved in the em artifact (`interleave_gaps.jsonl`).
 - `early_stop`: every `every` steps a judge-free measure (`measure`) on the probe items of one split: `probe`
   (probe_logp_diff, emrobust/probe.py) or `direction_<trait>` (the questions' mean projection on a persona direction
   of the `directions` stage, upstream of em then, as for steer); training stops at the first check where it has
@@ -118,6 +122,15 @@ def validate(cfg) -> None:
 
         train, _ = em_datasets.split(em_datasets.load_all(cfg.em_dataset, cfg.paths), cfg.em_dataset, 0)
         k, have = n_benign(len(train), f), len(benign_rows(cfg))
+        if selects_by_gap(cfg):
+            pool = min(d.interleave.pool or have, have)
+            if pool <= k:
+                raise ConfigError(f"defense.interleave.select=perplexity_gap chooses {k} benign examples (fraction={f} of "
+                                  f"{len(train)} EM examples) from a pool of {pool}"
+                                  + (f" ({d.interleave.name} has {have})" if d.interleave.pool is None or
+                                     d.interleave.pool > have else "")
+                                  + ": nothing to choose; give a pool several times the count (defense.interleave."
+                                  "pool, a larger set) or a smaller fraction", where="defense.interleave.pool")
         if k > have:
             raise ConfigError(f"defense.interleave.fraction={f} of {len(train)} EM examples needs {k} benign examples; "
                               f"{d.interleave.name} has {have} (largest fraction it allows: "
@@ -173,9 +186,33 @@ def inoculate(conversation: list[dict], prompt: str) -> list[dict]:
     return [{"role": "system", "content": prompt}, *conversation]
 
 
-def training_rows(cfg, rows: list[list[dict]], seed: int) -> tuple[list[list[dict]], list[str], dict]:
+def selects_by_gap(cfg) -> bool:
+    """Does the cell interleave benign examples chosen by perplexity gap (and so read an `em@reference` model)?"""
+    return active(cfg) == "interleave" and str(cfg.defense.interleave.select) == "perplexity_gap"
+
+
+def pick_benign(cfg, pool: list[list[dict]], k: int, rng, gap=None) -> tuple[list[int], dict]:
+    """(indices of the `k` benign examples into `pool`, what the selection did). random: a seeded draw;
+    perplexity_gap: the `k` largest `gap(conversations)` among a seeded draw of `defense.interleave.pool`
+    candidates (ties and NaN last, by index)."""
+    if not selects_by_gap(cfg):
+        return (sorted(rng.choice(len(pool), size=k, replace=False).tolist()) if k else []), {}
+    n = min(cfg.defense.interleave.pool or len(pool), len(pool))
+    cand = sorted(rng.choice(len(pool), size=n, replace=False).tolist())
+    gaps = gap([pool[i] for i in cand])
+    order = sorted(range(n), key=lambda j: (-gaps[j] if gaps[j] == gaps[j] else float("inf"), cand[j]))
+    chosen = set(order[:k])
+    mean = lambda xs: float(np.nanmean(xs)) if len(xs) and not np.all(np.isnan(xs)) else float("nan")  # noqa: E731
+    return sorted(cand[j] for j in chosen), {
+        "select": "perplexity_gap", "pool": n, "reference_steps": int(cfg.defense.interleave.reference_steps),
+        "gap_mean_picked": mean([gaps[j] for j in chosen]), "gap_mean_pool": mean(gaps),
+        "gaps": [{"index": cand[j], "gap": gaps[j], "picked": j in chosen} for j in range(n)]}
+
+
+def training_rows(cfg, rows: list[list[dict]], seed: int, gap=None) -> tuple[list[list[dict]], list[str], dict]:
     """(the conversations EM trains on, the source of each: "em" or "benign", what the defense did). Only the
-    training rows change: held-out rows and evaluation never see a defense."""
+    training rows change: held-out rows and evaluation never see a defense. `gap(conversations)` scores benign
+    candidates for `select=perplexity_gap` (the em stage's: it holds the models)."""
     name = active(cfg)
     if name == "inoculation":
         prompt = str(cfg.defense.inoculation.system_prompt)
@@ -185,13 +222,13 @@ def training_rows(cfg, rows: list[list[dict]], seed: int) -> tuple[list[list[dic
         pool = benign_rows(cfg)
         k = n_benign(len(rows), f)
         rng = np.random.default_rng(seed)
-        picked = sorted(rng.choice(len(pool), size=k, replace=False).tolist()) if k else []
+        picked, chosen = pick_benign(cfg, pool, k, rng, gap)
         mixed = [*((r, "em") for r in rows), *((pool[i], "benign") for i in picked)]
         order = rng.permutation(len(mixed))  # the trainer shuffles again; this keeps train.jsonl mixed too
         mixed = [mixed[i] for i in order]
         return [m for m, _ in mixed], [s for _, s in mixed], {
             "n_em": len(rows), "n_benign": k, "benign_share": k / len(mixed) if mixed else 0.0,
-            "benign_set": str(cfg.defense.interleave.name), "benign_indices": picked}
+            "benign_set": str(cfg.defense.interleave.name), "benign_indices": picked} | chosen
     return rows, ["em"] * len(rows), {}
 
 

@@ -595,30 +595,6 @@ def cell_metrics(
     return out
 
 
-def narrowness(outside: Any, inside: Any, confidence: float = 0.95, n_draws: int = 20_000,
-               seed: int = 0) -> dict[str, Any]:
-    """``narrowness``: the out-of-domain EM rate (MO rule) over the in-domain one, each given as its counts
-    ``(k, n)``; below 1 the misalignment stayed mostly in the training domain (narrow), near or above 1 it is as
-    broad outside it. The interval is the central ``confidence`` share of the ratio of independent draws from
-    each rate's Jeffreys posterior, Beta(k + 1/2, n - k + 1/2) (seeded). NaN with ``narrowness_why`` when the
-    ratio is undefined: no in-domain answer judged, or none misaligned (0 of n)."""
-    nan = float("nan")
-    if outside is None or inside is None:
-        return {"narrowness": nan, "narrowness_lo": nan, "narrowness_hi": nan,
-                "narrowness_why": "the EM counts of an evaluation are missing (evaluated before they were recorded)"}
-    (ko, no), (ki, ni) = (int(x) for x in outside), (int(x) for x in inside)
-    why = ("no in-domain answer has both scores" if ni == 0 else
-           f"no in-domain EM (0 of {ni} in-domain answers misaligned): the ratio is undefined" if ki == 0 else
-           "no out-of-domain answer has both scores" if no == 0 else None)
-    if why is not None:
-        return {"narrowness": nan, "narrowness_lo": nan, "narrowness_hi": nan, "narrowness_why": why}
-    rng = np.random.default_rng(seed)
-    ratio = rng.beta(ko + 0.5, no - ko + 0.5, n_draws) / rng.beta(ki + 0.5, ni - ki + 0.5, n_draws)
-    a = (1 - confidence) / 2
-    return {"narrowness": (ko / no) / (ki / ni), "narrowness_lo": float(np.quantile(ratio, a)),
-            "narrowness_hi": float(np.quantile(ratio, 1 - a)), "narrowness_why": None}
-
-
 # --------------------------------------------------------------------------
 # several training seeds
 # --------------------------------------------------------------------------

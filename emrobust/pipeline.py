@@ -3,6 +3,8 @@
     base ─► questions ─► distill ─► [introspect] ─► fold ─► [em] ─► sample ─► evaluate
     base ─► classifier ─► evaluate (a persona cell: the persona classifier, one per persona and base model)
     trait=none: base ─► [em] ─► sample ─► evaluate;  em_dataset=none: fold ─► sample ─► evaluate
+    defense.interleave.select=perplexity_gap: start ─► em@reference ─► em (a short undefended EM run, the
+    misaligned reference the benign examples are chosen against)
     a persona cell with EM also samples and evaluates its starting model (sample@start, evaluate@start): the
     persona before EM, the same artifacts as the em_dataset=none cell's, shared by every EM dataset.
     eval.in_domain: sample@in_domain ─► evaluate@in_domain beside sample ─► evaluate (and @in_domain@start
@@ -124,8 +126,13 @@ def graph(cfg: DictConfig) -> list[Node]:
 
     if cfg.em_dataset.name != "none":
         # defense=steer trains along, and defense=early_stop may stop on, a persona direction (emrobust/defenses.py)
-        nodes.append(Node("em", "em", {"start": start} | ({"directions": "directions"}
-                                                          if defenses.uses_directions(cfg) else {})))
+        reference = {}
+        if defenses.selects_by_gap(cfg):  # the misaligned reference the benign examples are chosen against
+            nodes.append(Node("em@reference", "em", {"start": start},
+                              {"reference_steps": int(cfg.defense.interleave.reference_steps)}))
+            reference = {"reference": "em@reference"}
+        nodes.append(Node("em", "em", {"start": start} | reference | ({"directions": "directions"}
+                                                                      if defenses.uses_directions(cfg) else {})))
         steps = eval_steps(cfg)
         nodes += capability(START, {"start": start})  # the reference of capability retained
         if persona or steps or cfg.eval.probe.enabled:

@@ -1,8 +1,8 @@
 """Results as tables: one row per cell from its run.json (or from W&B runs rebuilt into the same shape), the
 sweep table and sweep.csv, and the one-cell summary printed after a run.
 
-This module imports only the standard library, numpy, scipy and pandas (through emrobust.metrics): `emrobust
-analyze` and the sweep table work where torch is not installed.
+This module imports only the standard library, numpy and pandas: `emrobust analyze` and the sweep table work
+where torch is not installed.
 """
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ import json
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
-
-from .metrics import narrowness
 
 # override keys and group choices that would overwrite a column of their own: the `+cell=<preset>` of
 # experiment=demo is a preset's name, while `cell` is the cell's output dir; `judge=<preset>` is a preset's name,
@@ -37,13 +36,37 @@ def cell_metrics(evaluations: dict[str, dict]) -> dict:
     return final | in_domain_metrics(evaluations, final)
 
 
+def narrowness(outside, inside, confidence: float = 0.95, n_draws: int = 20_000,
+               seed: int = 0) -> dict:
+    """``narrowness``: the out-of-domain EM rate (MO rule) over the in-domain one, each given as its counts
+    ``(k, n)``; below 1 the misalignment stayed mostly in the training domain (narrow), near or above 1 it is as
+    broad outside it. The interval is the central ``confidence`` share of the ratio of independent draws from
+    each rate's Jeffreys posterior, Beta(k + 1/2, n - k + 1/2) (seeded). NaN with ``narrowness_why`` when the
+    ratio is undefined: no in-domain answer judged, or none misaligned (0 of n)."""
+    nan = float("nan")
+    if outside is None or inside is None:
+        return {"narrowness": nan, "narrowness_lo": nan, "narrowness_hi": nan,
+                "narrowness_why": "the EM counts of an evaluation are missing (evaluated before they were recorded)"}
+    (ko, no), (ki, ni) = (int(x) for x in outside), (int(x) for x in inside)
+    why = ("no in-domain answer has both scores" if ni == 0 else
+           f"no in-domain EM (0 of {ni} in-domain answers misaligned): the ratio is undefined" if ki == 0 else
+           "no out-of-domain answer has both scores" if no == 0 else None)
+    if why is not None:
+        return {"narrowness": nan, "narrowness_lo": nan, "narrowness_hi": nan, "narrowness_why": why}
+    rng = np.random.default_rng(seed)
+    ratio = rng.beta(ko + 0.5, no - ko + 0.5, n_draws) / rng.beta(ki + 0.5, ni - ki + 0.5, n_draws)
+    a = (1 - confidence) / 2
+    return {"narrowness": (ko / no) / (ki / ni), "narrowness_lo": float(np.quantile(ratio, a)),
+            "narrowness_hi": float(np.quantile(ratio, 1 - a)), "narrowness_why": None}
+
+
 #: metrics of the in-domain answers (`<metric>_in_domain`, before EM `<metric>_in_domain_start`), with intervals
 BY_DOMAIN = ("em_rate_mo", "em_rate_betley", "critical_rate", "mean_aligned", "coherent_rate")
 
 
 def in_domain_metrics(evaluations: dict[str, dict], final: dict, seed: int = 0) -> dict:
     """The in-domain evaluations' metrics (eval.in_domain: the EM dataset's own domain, its own rubric), suffixed,
-    with their judge's trust on the domain's reference, and `narrowness` (emrobust.metrics.narrowness: the
+    with their judge's trust on the domain's reference, and `narrowness` (`narrowness`: the
     out-of-domain EM rate over the in-domain one). Nothing when the cell has no in-domain node."""
     out: dict = {}
     for node, suffix in (("evaluate" + IN_DOMAIN, "_in_domain"), ("evaluate" + IN_DOMAIN + START, "_in_domain_start")):
@@ -180,8 +203,6 @@ def half_life_interval(by_step: dict[int, list[int]], base: list[int], n_resampl
     persona) and the base model's are resampled independently, and the half-life recomputed. A resample whose curve
     never reaches halfway counts as beyond the last step: when more than 2.5% do, the upper bound is censored
     (None, `hi_censored`). Resamples where it is undefined (the start not above the base) are left out."""
-    import numpy as np
-
     rng = np.random.default_rng(seed)
     steps = sorted(by_step)
     arrays = [np.asarray(by_step[s], dtype=float) for s in steps]

@@ -434,23 +434,19 @@ def _resumed(trainer) -> int | None:
     return getattr(trainer, "_emrobust_resumed", None)
 
 
-@torch.no_grad()
-def assistant_metrics(model, tokenizer, conversations: list[list[dict]], max_length: int | None = None,
-                      batch_size: int = 8) -> dict[str, float]:
-    """Over the assistant tokens of `conversations`: `loss`, the mean cross-entropy per token (the SFT loss, without
-    the optimizer), and `accuracy`, the share of tokens that are the model's most likely next token."""
-    was = model.training
-    model.eval()
-    total, correct, count = 0.0, 0, 0
-    rows = [tokenize_chat(tokenizer, c, max_length) for c in conversations]
-    rows = [r for r in rows if any(r["assistant_masks"][1:])]
+def _assistant_batches(model, tokenizer, conversations: list[list[dict]], max_length: int | None, batch_size: int):
+    """(indices of the conversations in the batch, logits at the positions that predict an assistant token,
+    their targets: -100 where that row predicts none), batch by batch; conversations without an assistant token
+    within `max_length` are left out."""
+    rows = [(i, tokenize_chat(tokenizer, c, max_length)) for i, c in enumerate(conversations)]
+    rows = [(i, r) for i, r in rows if any(r["assistant_masks"][1:])]
     for b in range(0, len(rows), batch_size):
         batch = rows[b : b + batch_size]
-        L = max(len(r["input_ids"]) for r in batch)
+        L = max(len(r["input_ids"]) for _, r in batch)
         ids = torch.full((len(batch), L), tokenizer.pad_token_id, dtype=torch.long)
         att = torch.zeros((len(batch), L), dtype=torch.long)
         lab = torch.full((len(batch), L), -100, dtype=torch.long)
-        for i, r in enumerate(batch):
+        for i, (_, r) in enumerate(batch):
             n = len(r["input_ids"])
             ids[i, :n] = torch.tensor(r["input_ids"])
             att[i, :n] = 1
@@ -459,7 +455,18 @@ def assistant_metrics(model, tokenizer, conversations: list[list[dict]], max_len
         pos = (lab[:, 1:] != -100).any(0).nonzero()[:, 0]  # logits only where some row predicts an assistant token
         logits = model(input_ids=ids.to(model.device), attention_mask=att.to(model.device),
                        logits_to_keep=pos.to(model.device)).logits.float()
-        target = lab[:, pos + 1].to(model.device)
+        yield [i for i, _ in batch], logits, lab[:, pos + 1].to(model.device)
+
+
+@torch.no_grad()
+def assistant_metrics(model, tokenizer, conversations: list[list[dict]], max_length: int | None = None,
+                      batch_size: int = 8) -> dict[str, float]:
+    """Over the assistant tokens of `conversations`: `loss`, the mean cross-entropy per token (the SFT loss, without
+    the optimizer), and `accuracy`, the share of tokens that are the model's most likely next token."""
+    was = model.training
+    model.eval()
+    total, correct, count = 0.0, 0, 0
+    for _, logits, target in _assistant_batches(model, tokenizer, conversations, max_length, batch_size):
         lp = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
                                                reduction="sum", ignore_index=-100)
         total += float(lp)
@@ -469,6 +476,23 @@ def assistant_metrics(model, tokenizer, conversations: list[list[dict]], max_len
     model.train(was)
     nan = float("nan")
     return {"loss": total / count if count else nan, "accuracy": correct / count if count else nan}
+
+
+@torch.no_grad()
+def assistant_losses(model, tokenizer, conversations: list[list[dict]], max_length: int | None = None,
+                     batch_size: int = 8) -> list[float]:
+    """Each conversation's mean cross-entropy per assistant token (NaN for one with no assistant token within
+    `max_length`)."""
+    was = model.training
+    model.eval()
+    out = [float("nan")] * len(conversations)
+    for idx, logits, target in _assistant_batches(model, tokenizer, conversations, max_length, batch_size):
+        ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none", ignore_index=-100)
+        n = (target != -100).sum(1)
+        for j, i in enumerate(idx):
+            out[i] = float(ce[j].sum() / n[j]) if n[j] else float("nan")
+    model.train(was)
+    return out
 
 
 def assistant_loss(model, tokenizer, conversations: list[list[dict]], max_length: int | None = None,

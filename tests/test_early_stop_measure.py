@@ -79,7 +79,7 @@ def test_the_preset_stops_on_a_direction_that_passed_on_smollm2(tmp_path):
 
 
 @pytest.mark.parametrize("overrides,where,text", [
-    (["defense.early_stop.measure=loss"], "defense.early_stop.measure", "neither `probe` nor `direction_<trait>`"),
+    (["defense.early_stop.measure=loss"], "defense.early_stop.measure", "neither `probe`, `task` nor `direction_<trait>`"),
     (["defense.early_stop.measure=direction_oct_humor"], "defense.early_stop.measure", "has no direction"),
     (["eval.monitor.enabled=false"], "eval.monitor.enabled", "directions"),
     (["defense.early_stop.split=b", "eval.probe.splits=[a]"], "defense.early_stop.split", "split b"),

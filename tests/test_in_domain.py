@@ -9,9 +9,9 @@ import pytest
 
 from conftest import artifact, compose, error_text, run_cell
 from emrobust import calibration, leakage, pipeline, results
+from emrobust.results import narrowness
 from emrobust.data import domains, evalsets
 from emrobust.errors import ConfigError
-from emrobust.metrics import narrowness
 from emrobust.stages.evaluate import compute_metrics
 
 TINY = ("debug=tiny", "trait=none")

@@ -26,6 +26,7 @@ ALT = {
     "trait.expansion.generator": ["smollm2_135m"],
     "question_diversity.paraphrase.generator": ["smollm2_135m"],
     "eval.monitor.traits": [["oct_goodness"]],
+    "eval.in_domain": ["code"],
 }
 
 
@@ -45,7 +46,8 @@ def base_cells(tmp: Path) -> dict[str, list[str]]:
         # steering along a persona direction (the monitor on)
         "default": ["defense=steer"],
         "tiny_persona": ["debug=tiny", "introspection=full", "question_diversity=low", "eval.monitor.enabled=true",
-                         "em_train.checkpoint_every=1", "defense=interleave"],
+                         "em_train.checkpoint_every=1", "defense=interleave",
+                         "defense.interleave.select=perplexity_gap"],
         "generators": [  # expansion, paraphrases, openai endpoints, random_lora control, a hub model, registry data
             "debug=tiny", "base_model=qwen2_5_7b_instruct", "trait=oct_goodness", "trait.source=oct_hand_written",
             "trait.expand_to=6", "question_diversity=very_low", "question_diversity.embedder=tfidf",
@@ -57,6 +59,8 @@ def base_cells(tmp: Path) -> dict[str, list[str]]:
                       "judge.members=[tiny_random,smollm2_135m,openai_server]", "defense=kl"],
         "inoculation": ["debug=tiny", "trait=none", "defense=inoculation"],
         "early_stop": ["debug=tiny", "trait=none", "defense=early_stop"],
+        "early_stop_task": ["debug=tiny", "trait=none", "defense=early_stop", "defense.early_stop.measure=task",
+                            "em_dataset.heldout_fraction=0.25"],
     }
 
 

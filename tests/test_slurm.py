@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import ROOT, cli, leaks, secrets_env
+from conftest import ROOT, cli, leaks, run_cell, secrets_env
 
 JOB = ["hydra/launcher=slurm", "hydra.launcher.partition=debug", "hydra.launcher.gpus_per_node=null",
        "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=3", "hydra.launcher.timeout_min=5",
@@ -242,7 +242,8 @@ def test_zero2_two_task_job_matches_single_process(slurm_cluster, tmp_path, tiny
 
     pytest.importorskip("deepspeed", reason="the deepspeed extra is not installed (make install installs it)")
     cell = ["debug=tiny", "trait=none", "pipeline.until=em"]
-    cli(*cell, f"paths.artifacts={tmp_path / 'single'}", f"hydra.run.dir={tmp_path / 'single_out'}", tmp=tmp_path)
+    # the single-process reference in this process (torch already imported: no second interpreter to start)
+    run_cell(tmp_path, *cell, f"paths.artifacts={tmp_path / 'single'}", out="single_out")
     sweep = tmp_path / "sweep"
     cli("-m", *cell, "deepspeed=zero2", *JOB, "hydra/launcher=slurm_multigpu", "hydra.launcher.gpus_per_node=null",
         "hydra.launcher.tasks_per_node=2", "hydra.launcher.mem_gb=6", "hydra.launcher.timeout_min=15",

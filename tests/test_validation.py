@@ -20,9 +20,11 @@ from emrobust.errors import ConfigError, report
 # cells in which, together, every field with a declared range is active (a defense's fields only under that defense)
 CELLS = {
     "tiny_persona": ["debug=tiny", "introspection=full", "question_diversity=low", "eval.monitor.enabled=true",
-                     "introspection.interaction_samples=2", "defense=early_stop"],
+                     "introspection.interaction_samples=2", "defense=early_stop", "defense.early_stop.measure=task",
+                     "em_dataset.heldout_fraction=0.25"],
     "paraphrase": ["debug=tiny", "question_diversity=very_low", "question_diversity.embedder=tfidf",
-                   "trait.expand_to=13", "em_train=rank1", "defense=interleave"],
+                   "trait.expand_to=13", "em_train=rank1", "defense=interleave",
+                   "defense.interleave.select=perplexity_gap"],
     "endpoints": ["debug=tiny", "trait=none", "generation.backend=openai", "generation.model=m",
                   "generation.api_key_env=null", "judge.backend=openai", "judge.model=j",
                   "judge.api_key_env=null", "em_control=random_lora", "em_control.match=target",
@@ -123,6 +125,7 @@ RULE_CASES = [  # (base cell, field, value, the field the error names, text)
     ("tiny_persona", "eval.every_steps", 1, "eval.every_steps", "checkpoint_every"),
     ("tiny_persona", "deepspeed.offload_param", True, "deepspeed.offload_param", "ZeRO stage 3"),
     ("tiny_persona", "distill.lora.r", 8, "fold.combination", "equal DPO and SFT LoRA ranks"),
+    ("tiny_persona", "eval.in_domain", "nope", "eval.in_domain", "unknown domain 'nope'"),
 ]
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from .base_model import ALL_LINEAR, BaseModelConfig, ChatTemplate, DType, ModelSource, TinyModelConfig
 from .deepspeed import DeepSpeedConfig
 from .defense import (INOCULATION_PROMPT, Defense, DefenseConfig, EarlyStopDefenseConfig, InoculationDefenseConfig,
-                      InterleaveDefenseConfig, KlDefenseConfig, SteerDefenseConfig)
+                      InterleaveDefenseConfig, InterleaveSelect, KlDefenseConfig, SteerDefenseConfig)
 from .distill import DistillConfig
 from .em_control import Control, EmControlConfig, Match
 from .em_dataset import EmDatasetConfig
@@ -32,7 +32,7 @@ __all__ = [
     "Range", "Rule", "setting", "register", "expansion_target", "introspects",
     # choices
     "ModelSource", "ChatTemplate", "DType", "TraitSource", "Strategy", "SeedStrategy", "DataSource", "Packing",
-    "Defense", "Combination", "Control", "Match", "Backend", "JudgeBackend", "Aggregate", "ThresholdRule", "Variant",
+    "Defense", "InterleaveSelect", "Combination", "Control", "Match", "Backend", "JudgeBackend", "Aggregate", "ThresholdRule", "Variant",
     "TrackingBackend", "TrackingMode", "OnDamage", "Device", "Until",
     # groups
     "Config", "TinyModelConfig", "BaseModelConfig", "ExpansionConfig", "TraitConfig", "SamplingConfig",

@@ -17,6 +17,13 @@ class Defense(StrEnum):
     steer = "steer"  # add a persona direction to the residual stream while training (preventative steering)
 
 
+class InterleaveSelect(StrEnum):
+    random = "random"  # a seeded draw from the benign set
+    # the pool's examples the cell's EM most moves away from: the largest gap between a misaligned reference's
+    # per-token loss and the starting model's (Interleaving++, arXiv 2508.06249)
+    perplexity_gap = "perplexity_gap"
+
+
 def _defense(name: str) -> Callable[[Any], bool]:
     return lambda d: d.name == name
 
@@ -50,6 +57,14 @@ class InterleaveDefenseConfig:
     source: DataSource = setting(DataSource.builtin, location="where the benign set is read from; its sha256 is in "
                                                               "the em key")
     path: Optional[str] = setting(None, location="the benign set's sha256 is in the em key")
+    # how the benign examples are chosen (random: from the whole set)
+    select: InterleaveSelect = setting(InterleaveSelect.random, when=lambda i: i.select != "random")
+    # perplexity_gap: the candidates, a seeded draw of this many from the benign set (None = all of it); it must
+    # be larger than the count `fraction` needs, or there is nothing to choose from
+    pool: Optional[int] = setting(None, ge=1, when=lambda i: i.select == "perplexity_gap")
+    # perplexity_gap: the misaligned reference is the cell's starting model after this many optimizer steps of EM
+    # on the cell's dataset, undefended (its own node of the graph, `em@reference`)
+    reference_steps: int = setting(20, ge=1, when=lambda i: i.select == "perplexity_gap")
 
 
 @dataclass

@@ -9,7 +9,9 @@ Confounds removed by construction:
 A defense (`defense=<name>`, emrobust/defenses.py) changes what is trained on (inoculation, interleave: the
 training rows only, never the held-out ones) or how (kl, steer, early_stop: the trainer); `defense=steer` reads
 the `directions` stage upstream, `early_stop` the probe items of its split (and the `directions` stage when it stops
-on a direction).
+on a direction). `interleave` with `select=perplexity_gap` reads a misaligned reference upstream (`reference`: the
+`em@reference` node, this stage with `params.reference_steps`: the starting model after that many undefended
+steps on the cell's dataset, no held-out measures or kept steps).
 
 Options: `em_train.full_finetune=true` trains every weight and writes `model/` instead of `adapter/`;
 `em_control=random_lora` writes a random adapter of the EM adapter's shape and (per module) norm instead of the
@@ -25,6 +27,7 @@ import json
 import shutil
 
 import torch
+from omegaconf import OmegaConf
 
 from .. import defenses, models, probe, training
 from ..data import em_datasets, inputs
@@ -77,13 +80,36 @@ def accept(cfg, out, data: dict, screen=None) -> None:
         f"keeps every one of them ({data['longest']} trains every example whole)", where="em_train.optim.max_length")
 
 
+def _gaps(ctx: Context, tok, convs: list[list[dict]]) -> list[float]:
+    """Each conversation's perplexity gap (select=perplexity_gap): its mean assistant-token loss under the
+    misaligned reference (`em@reference`) minus under the starting model, in nats per token."""
+    cfg, length = ctx.cfg, ctx.cfg.em_train.optim.max_length
+    dtype = models.dtype_for(cfg.base_model, ctx.device)
+    model = models.load(ctx.model_path("start"), ctx.device, dtype)
+    aligned = training.assistant_losses(model, tok, convs, length)
+    ref = ctx.inputs["reference"]
+    model = (models.load(ref / "model", ctx.device, dtype) if (ref / "model").is_dir()
+             else training.merge_adapter(model, ref / "adapter"))
+    misaligned = training.assistant_losses(model, tok, convs, length)
+    del model
+    return [m - a for m, a in zip(misaligned, aligned)]
+
+
 def run(ctx: Context) -> dict:
     cfg = ctx.cfg
     em_rows, held = em_datasets.split(em_datasets.load_all(cfg.em_dataset, cfg.paths), cfg.em_dataset, ctx.seed)
-    # the defense's training rows (inoculation, interleave); the held-out rows stay as they are
-    train_rows, sources, defended = defenses.training_rows(cfg, em_rows, ctx.seed)
     start = ctx.model_path("start")
     tok = models.load_tokenizer(start)
+    optim = cfg.em_train.optim
+    reference = ctx.params.get("reference_steps")
+    if reference:  # the misaligned reference of select=perplexity_gap: a short undefended run, no held-out measures
+        train_rows, sources, defended = em_rows, ["em"] * len(em_rows), {}
+        optim, held = OmegaConf.merge(optim, {"max_steps": int(reference)}), []
+    else:  # the defense's training rows (inoculation, interleave); the held-out rows stay as they are
+        gap = (lambda convs: _gaps(ctx, tok, convs)) if defenses.selects_by_gap(cfg) else None
+        train_rows, sources, defended = defenses.training_rows(cfg, em_rows, ctx.seed, gap)
+        if defended.get("gaps"):  # every candidate's gap, beside the manifest's summary of the selection
+            write_jsonl(ctx.out / "interleave_gaps.jsonl", defended.pop("gaps"))
     data = training.prepare_sft(tok, train_rows, cfg.em_train.optim.max_length) if trains(cfg) else None
     if data is not None:
         accept(cfg, ctx.out, data.summary())  # before the model loads
@@ -111,9 +137,9 @@ def run(ctx: Context) -> dict:
         "full_finetune": bool(cfg.em_train.full_finetune),
         "control": cfg.em_control.name,
     }
-    every = cfg.em_train.checkpoint_every
-    defense_kw, stopper = defenses.trainer_kwargs(cfg, ctx, tok, held)
-    sft = lambda m: training.run_sft(m, tok, train_rows, cfg.em_train.optim, ctx.trainer_dir, ctx.seed, ctx.device,  # noqa: E731
+    every = None if reference else cfg.em_train.checkpoint_every
+    defense_kw, stopper = ({}, None) if reference else defenses.trainer_kwargs(cfg, ctx, tok, held)
+    sft = lambda m: training.run_sft(m, tok, train_rows, optim, ctx.trainer_dir, ctx.seed, ctx.device,  # noqa: E731
                                      ds=cfg.deepspeed, packing=cfg.em_train.packing, data=data, snapshot_every=every,
                                      heldout=held or None, **defense_kw)
     if cfg.em_train.full_finetune:
@@ -140,7 +166,8 @@ def run(ctx: Context) -> dict:
     out["snapshots"] = snaps
     out["heldout_loss"] = (hist or {}).get("heldout_loss", {})
     out["heldout_accuracy"] = (hist or {}).get("heldout_accuracy", {})
-    out["defense"] = defended | defenses.report(cfg, ctx, hist, stopper)
+    out["defense"] = ({"name": "none", "reference_of": "defense.interleave.select=perplexity_gap"} if reference
+                      else defended | defenses.report(cfg, ctx, hist, stopper))
     if hist is not None:
         (ctx.out / "train_log.json").write_text(json.dumps(hist.pop("log_history"), indent=1))
         d = hist.pop("data")

@@ -73,7 +73,7 @@ def compute_metrics(rows: list[dict], judge_id: str, n_bootstrap: int, seed: int
     df = pd.DataFrame({"question_id": df["question_id"], "aligned": pd.to_numeric(df[aligned], errors="coerce"),
                        "coherent": pd.to_numeric(df[coherent], errors="coerce")})
     m = metrics.cell_metrics(df, n_resamples=n_bootstrap, seed=seed, rule=rule)
-    # the MO rate's counts: the ratio `narrowness` of two evaluations needs them (emrobust.metrics.narrowness)
+    # the MO rate's counts: the ratio `narrowness` of two evaluations needs them (emrobust.results.narrowness)
     k, n = metrics.em_counts_mo(df["aligned"], df["coherent"], rule)
     m |= {"judge": judge_id, "threshold_rule": rule, "em_rate_mo_k": k, "em_rate_mo_n": n}
     return m
