@@ -199,6 +199,7 @@ def _starts_a_process(fn) -> bool:
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
+    rank = {}
     for item in items:
         kinds = {PROCESS_FIXTURES[f] for f in item.fixturenames if f in PROCESS_FIXTURES}
         fns = [getattr(item, "function", None)] + [d.func for defs in item._fixtureinfo.name2fixturedefs.values()
@@ -207,9 +208,15 @@ def pytest_collection_modifyitems(config, items):
             kinds.add("subprocess")
         for k in sorted(kinds):
             item.add_marker(k)
-        group = next((k for k in ONE_WORKER if k in kinds), None) or _module_fixture_group(item)
+        one = next((k for k in ONE_WORKER if k in kinds), None)
+        group = one or _module_fixture_group(item)
         if group:
             item.add_marker(pytest.mark.xdist_group(group))
+        rank[item.nodeid] = ONE_WORKER.index(one) if one else len(ONE_WORKER) + (group is None)
+    # the longest units first (the Slurm tests, about a third of a run, then the server's, then each module that
+    # shares a fixture): xdist hands the groups out in this order, so no worker is left alone with the Slurm group
+    # at the end while the other idles
+    items.sort(key=lambda i: rank[i.nodeid])
 
 
 @pytest.hookimpl(trylast=True)
