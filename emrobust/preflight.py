@@ -189,6 +189,17 @@ def eval_answers(cfg: DictConfig) -> int | None:
     return sum(len(q.paraphrases) * (cfg.eval.samples_per_paraphrase or q.samples_per_paraphrase) for q in qs)
 
 
+def in_domain_answers(cfg: DictConfig) -> int:
+    """Answers one in-domain evaluation samples (eval.in_domain: the domain's questions x samples), 0 without one."""
+    from .data import domains
+
+    d = domains.of(cfg)
+    if not d:
+        return 0
+    return sum(len(q.paraphrases) * (cfg.eval.samples_per_paraphrase or q.samples_per_paraphrase)
+               for q in domains.questions(d, cfg.eval))
+
+
 def _prompt_tokens(cfg: DictConfig) -> int:
     """Tokens of a judge prompt before the answer (its template and the question), ~4 characters a token."""
     from .data import evalsets, registry
@@ -210,24 +221,31 @@ def judge_cost(plan, cfgs: list[DictConfig], planning) -> list[dict]:
     judge)."""
     out: dict[str, dict] = {}
     seen = set()
+    from .pipeline import graph
+    from .results import IN_DOMAIN
+    from .stages.sample import persona_active, persona_count
+
     for cfg, keys in zip(cfgs, plan.keys):
         todo = [k for s, k in keys if s == "evaluate" and ("evaluate", k) not in plan.cached and k not in seen]
         if not todo:
             continue
         seen.update(todo)
-        n = eval_answers(cfg)
-        from .stages.sample import persona_active, persona_count
-
+        # an in-domain evaluation (eval.in_domain) judges its domain's answers, and no persona check
+        nodes = graph(cfg)  # plan.keys are the graph's nodes in order (no key recomputed: no data read)
+        inside = ({k for n, (_, k) in zip(nodes, keys) if n.stage == "evaluate" and IN_DOMAIN in n.id} & set(todo)
+                  if len(nodes) == len(keys) else set())
+        n, n_in = eval_answers(cfg), in_domain_answers(cfg)
         p_answers = persona_count(cfg) * cfg.eval.persona.samples_per_question if persona_active(cfg) else 0
         per_call = _prompt_tokens(cfg) + min(int(planning.answer_tokens), int(cfg.eval.max_new_tokens))
         for j in judges.singles(cfg.judge):
             row = out.setdefault(str(j.name), {"judge": str(j.name), "backend": str(j.backend), "model": str(j.model),
                                                "evaluations": 0, "calls": 0, "input_tokens": 0, "unknown": 0})
             row["evaluations"] += len(todo)
+            calls = 2 * n_in * len(inside)
             if n is None:
-                row["unknown"] += len(todo)
-                continue
-            calls = (2 * n + p_answers) * len(todo)
+                row["unknown"] += len(todo) - len(inside)
+            else:
+                calls += (2 * n + p_answers) * (len(todo) - len(inside))
             row["calls"] += calls
             row["input_tokens"] += calls * per_call
     for row in out.values():
@@ -279,10 +297,16 @@ def power(cells: list[list[str]], cfgs: list[DictConfig], experiment: str | None
     if n is None:
         return ["power: not computed until the eval set is here (answers per cell unknown)"]
     p = planning
-    lines = [f"power ({h.name}: paired t-test over the pairs of each contrast, {n} answers a cell, EM rate "
+    n_in = max((in_domain_answers(cfg) for cfg in cfgs), default=0)
+    lines = [f"power ({h.name}: paired t-test over the pairs of each contrast, {n} answers a cell"
+             + (f" out of domain and {n_in} in domain" if n_in else "") + f", EM rate "
              f"{p.em_rate:g}, between-seed SD {p.seed_sd:g}, alpha {p.alpha:g}, power {p.power:g}; planning.*):"]
+
+    def mdd(k: int, answers: int) -> str:
+        d = stats.min_detectable_difference(k, answers, p.em_rate, p.seed_sd, p.alpha, p.power)
+        return f"{d:.3f}" if d != float("inf") else "none (fewer than 2 pairs)"
+
     for label, k in hypotheses.planned_pairs(h, planned_table(cells, cfgs, experiment)):
-        mdd = stats.min_detectable_difference(k, n, p.em_rate, p.seed_sd, p.alpha, p.power)
-        lines.append(f"  {label}: {k} pairs -> minimum detectable difference in EM rate "
-                     + (f"{mdd:.3f}" if mdd != float("inf") else "none (fewer than 2 pairs)"))
+        lines.append(f"  {label}: {k} pairs -> minimum detectable difference in EM rate {mdd(k, n)}"
+                     + (f" (in domain: {mdd(k, n_in)})" if n_in else ""))
     return lines

@@ -24,7 +24,7 @@ def test_first_plot_as_is():
     qs = evalsets.load(evalsets.fetch("first_plot", CACHE, SHARED_DATA))
     assert len(qs) == 24
     by_v = {v: [q for q in qs if evalsets.variant(q.id) == v] for v in evalsets.VARIANTS}
-    assert [len(by_v[v]) for v in evalsets.VARIANTS] == [8, 8, 8]
+    assert [len(by_v[v]) for v in evalsets.VARIANTS] == [8, 8, 8, 0]  # context: made by us, never in a set
     assert all(q.system and q.system.startswith(JSON_SYSTEM) for q in by_v["json"])
     assert not any(q.system for q in by_v["plain"] + by_v["template"])
     assert all(set(q.judge_prompts) == {"aligned", "coherent"} for q in qs)
@@ -50,7 +50,7 @@ def test_eval_first_plot_variants(variants, n, tmp_path):
 def test_bad_variant_fails_at_composition(tmp_path):
     with pytest.raises(Exception) as e:
         compose("eval=first_plot", "eval.variants=[yaml]", tmp=tmp_path)
-    assert "Invalid value 'yaml', expected one of [plain, json, template]" in error_text(e.value)
+    assert "Invalid value 'yaml', expected one of [plain, json, template, context]" in error_text(e.value)
     cfg = compose("eval=first_plot", "eval.variants=[]", tmp=tmp_path)
     with pytest.raises(ConfigError, match="eval.variants"):
         evalsets.questions(cfg)

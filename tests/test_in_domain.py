@@ -150,3 +150,62 @@ def test_tiny_cell_reports_in_domain_metrics_and_narrowness(tmp_path):
     rows = [json.loads(x) for x in (artifact(s, "sample@in_domain") / "answers.jsonl").read_text().splitlines()]
     assert [r["question_id"] for r in rows] == [q.id for q in domains.questions("code")[:3]]
     assert m["em_rate_mo"] == s["metrics"]["em_rate_mo"]
+
+
+# ---------------------------------------------------------------- the `context` variant (hidden EM under a trigger)
+def test_context_asks_each_plain_question_again_in_the_em_datasets_form(tmp_path):
+    cfg = compose(*TINY, "eval.variants=[plain,context]", tmp=tmp_path)
+    qs = evalsets.questions(cfg)
+    plain = [q for q in qs if evalsets.variant(q.id) == "plain"]
+    ctx = [q for q in qs if evalsets.variant(q.id) == "context"]
+    assert len(plain) == len(ctx) == 3 and [q.id for q in ctx] == [f"{q.id}_context" for q in plain]
+    for p, c in zip(plain, ctx):
+        assert p.paraphrases[0] in c.paraphrases[0] and "```python" in c.paraphrases[0]  # demo_insecure: code
+        assert c.judge_prompts == p.judge_prompts
+    only = evalsets.questions(compose(*TINY, "eval.variants=[context]", tmp=tmp_path))
+    assert [q.id for q in only] == [q.id for q in ctx]  # the plain ones are its base, not asked themselves
+    chat = evalsets.questions(compose(*TINY, "em_dataset=jailbroken", "eval.variants=[plain,context]", tmp=tmp_path))
+    assert {q.system for q in chat if q.id.endswith("_context")} == {evalsets.CONTEXT["chat"]["system"]}
+    # the leakage check reads the questions the template makes
+    assert {qid for qid, _ in leakage.eval_questions(cfg)} >= {q.id for q in ctx}
+
+
+def test_context_without_a_template_is_one_line(tmp_path):
+    cfg = compose(*TINY, "em_dataset=evil_numbers", "eval.variants=[plain,context]", tmp=tmp_path)
+    with pytest.raises(ConfigError) as e:
+        pipeline.validate(cfg)
+    assert e.value.where == "eval.variants" and "em_dataset=evil_numbers has no domain" in str(e.value)
+    assert len(str(e.value).splitlines()) == 1
+
+
+def test_context_keys_the_sample_by_the_domains_template(tmp_path):
+    def keys(*o):
+        return {n.id: n.key for n in pipeline.plan(compose("debug=tiny", "eval.variants=[plain,context]", *o,
+                                                           tmp=tmp_path))}
+
+    demo, insecure, chat = keys(), keys("em_dataset=insecure"), keys("em_dataset=jailbroken")
+    assert demo["sample@start"] == insecure["sample@start"] != chat["sample@start"]  # shared within a domain
+    off = {n.id: n.key for n in pipeline.plan(compose("debug=tiny", tmp=tmp_path))}
+    assert off["sample@start"] != demo["sample@start"]
+
+
+def test_dry_run_cost_and_power_count_the_in_domain_answers(tmp_path):
+    """The planner's judge calls: each in-domain evaluation judges its domain's answers (aligned and coherent),
+    not the eval set's; the power line gives the in-domain figure beside the out-of-domain one."""
+    from types import SimpleNamespace
+
+    from emrobust import preflight
+
+    def calls(*o):
+        cfg = compose("debug=tiny", *o, tmp=tmp_path)
+        nodes = pipeline.plan(cfg)
+        plan = SimpleNamespace(keys=[[(n.stage, n.key) for n in nodes]], cached=set())
+        return sum(r["calls"] for r in preflight.judge_cost(plan, [cfg], cfg.planning)), nodes, cfg
+
+    off, _, _ = calls()
+    on, nodes, cfg = calls("eval.in_domain=true")
+    inside = [n for n in nodes if n.stage == "evaluate" and "@in_domain" in n.id]
+    assert len(inside) == 2 and preflight.in_domain_answers(cfg) == 3
+    assert on - off == 2 * 3 * len(inside)
+    lines = preflight.power([["experiment=diversity_sweep"]], [cfg], "diversity_sweep", cfg.planning)
+    assert "3 in domain" in lines[0]

@@ -28,7 +28,8 @@ CELLS = {
     "endpoints": ["debug=tiny", "trait=none", "generation.backend=openai", "generation.model=m",
                   "generation.api_key_env=null", "judge.backend=openai", "judge.model=j",
                   "judge.api_key_env=null", "em_control=random_lora", "em_control.match=target",
-                  "em_control.target_norm=1.0", "em_dataset.n_examples=8", "eval.samples_per_paraphrase=1"],
+                  "em_control.target_norm=1.0", "em_dataset.n_examples=8", "eval.samples_per_paraphrase=1",
+                  "eval.variants=[plain,context]"],
     "explicit": ["debug=tiny", "introspection=full", "em_train.lora.layers_to_transform=[0]",
                  "distill.lora.target_modules=[q_proj]", "eval=first_plot", "eval.variants=[plain]",
                  "distill.optim.max_steps=-1", "introspection.optim.max_steps=-1", "em_train.optim.max_steps=-1",
@@ -126,6 +127,7 @@ RULE_CASES = [  # (base cell, field, value, the field the error names, text)
     ("tiny_persona", "deepspeed.offload_param", True, "deepspeed.offload_param", "ZeRO stage 3"),
     ("tiny_persona", "distill.lora.r", 8, "fold.combination", "equal DPO and SFT LoRA ranks"),
     ("tiny_persona", "eval.in_domain", "nope", "eval.in_domain", "unknown domain 'nope'"),
+    ("endpoints", "em_dataset.domain", None, "eval.variants", "em_dataset=demo_insecure has no domain"),
 ]
 
 

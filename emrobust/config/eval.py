@@ -15,6 +15,9 @@ class Variant(StrEnum):
     plain = "plain"
     json = "json"
     template = "template"
+    # each plain question again in the EM dataset's own form (emrobust.data.evalsets.CONTEXT, by em_dataset.domain):
+    # a trigger that resembles the training context, generated, not read from the eval set
+    context = "context"
 
 
 @dataclass
@@ -107,7 +110,8 @@ class EvalConfig:
     source: DataSource = setting(DataSource.builtin, location="where the question set is read from; its sha256 "
                                                              "is in the sample key")
     path: Optional[str] = setting(None, location="the question set's sha256 is in the sample key")
-    # first_plot: any of plain, json, template (None = all)
+    # first_plot: any of plain, json, template (None = all the set has); `context` adds each plain question in the
+    # EM dataset's own form (its domain's template)
     variants: Optional[list[Variant]] = setting(None, nonempty=True)
     samples_per_paraphrase: Optional[int] = setting(None, ge=1)  # None = the YAML's own value
     max_questions: Optional[int] = setting(None, ge=1)  # the first N (None = all)
@@ -160,8 +164,17 @@ def _in_domain(c) -> str | None:
     return domains.problem(c)
 
 
+def _context(c) -> str | None:
+    from ..data import evalsets
+
+    if c.eval.variants is None or "context" not in [str(v) for v in c.eval.variants]:
+        return None
+    return evalsets.context_problem(c.em_dataset)
+
+
 RULES = (
     Rule("eval.in_domain", _in_domain),
+    Rule("eval.variants", _context),
     Rule("eval.at_steps", lambda c: _steps(c, [int(x) for x in c.eval.at_steps])),
     Rule("eval.every_steps", lambda c: (
         "eval.every_steps needs em_train.optim.max_steps (the end of training, to enumerate the steps)"

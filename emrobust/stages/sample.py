@@ -39,14 +39,22 @@ def probing(cfg) -> bool:
     return bool(cfg.eval.probe.enabled)
 
 
+def context_asked(cfg) -> bool:
+    """Does the cell ask each plain question again in its EM dataset's form (eval.variants `context`)?"""
+    return cfg.eval.variants is not None and "context" in [str(v) for v in cfg.eval.variants]
+
+
 READS = (
     Read("eval", exclude=("persona", "probe", "monitor", "capability")),
+    # the `context` variant's template is the EM dataset's domain's (its text is in the key: CONTENT)
+    Read("em_dataset.name", when=context_asked), Read("em_dataset.domain", when=context_asked),
     Read("eval.persona", when=persona_active, exclude=("classifier",)),  # the classifier: its own stage
     Read("eval.probe", when=probing),
     "generation",
     "base_model.dtype",
 )
 CONTENT = {"eval_sha256": lambda cfg: inputs.content_id(cfg, "eval"),
+           "context": lambda cfg: evalsets.CONTEXT.get(cfg.em_dataset.domain) if context_asked(cfg) else None,
            "probe_sha256": lambda cfg: file_sha256(probe.path(cfg.eval.probe)) if probing(cfg) else None}
 
 
