@@ -230,12 +230,15 @@ def test_early_stop_on_the_task_stops_when_the_held_out_loss_converges(tmp_path,
 
 def test_early_stop_cell_reports_the_outcome_on_the_other_split(tmp_path, tiny_path):
     s = run_cell(tmp_path, *TINY, "defense=early_stop", "defense.early_stop.every=1",
-                 "defense.early_stop.rise=-100")  # crosses at the first check
+                 "defense.early_stop.rise=-100",  # crosses at the first check
+                 "em_train.checkpoint_every=1", "eval.at_steps=[2]")  # a step past the stop: the stopped model
     em = json.loads((artifact(s, "em") / "manifest.json").read_text())
     assert em["defense"]["stopped_at"] == 1 == em["train"]["steps"] and set(em["defense"]["checks"]) == {"0", "1"}
     probe_rows = [json.loads(x) for x in (artifact(s, "sample") / "probe.jsonl").read_text().splitlines()]
     assert probe_rows and {r["split"] for r in probe_rows} == {"b"}
     assert s["curve"][-1]["step"] == 1
+    at2 = json.loads((artifact(s, "sample@2") / "manifest.json").read_text())
+    assert at2["step"] == 1 and at2["model_key"] == em["key"]  # no model kept at 2: training had ended at 1
 
 
 def test_steering_hooks_are_on_while_training_and_off_at_evaluation(tmp_path, tiny_path):

@@ -74,8 +74,10 @@ def load_model(ctx: Context):
         full = (em / "model").is_dir()  # em_train.full_finetune
         snap = em / "steps" / str(step) if step is not None else None
         if snap is not None and not snap.is_dir():
-            raise RuntimeError(f"sample: the em artifact {em} kept no model at step {step} (kept: "
-                               f"{ctx.manifests['em'].get('snapshots')}); is the step past the end of training?")
+            if step < stopped_at(ctx):
+                raise RuntimeError(f"sample: the em artifact {em} kept no model at step {step} (kept: "
+                                   f"{ctx.manifests['em'].get('snapshots')}); is the step past the end of training?")
+            snap = None  # training stopped early, before this step: its final model is the model from then on
         path = (snap if snap is not None else em / "model") if full else ctx.model_path("start")
         tok = models.load_tokenizer(path)
         # the chat template used here must be the one the EM stage trained with (recorded in its manifest)
@@ -87,7 +89,7 @@ def load_model(ctx: Context):
         model = models.load(path, ctx.device, dtype)
         if not full:
             model = training.merge_adapter(model, snap if snap is not None else em / "adapter")
-        return model, tok, ctx.manifests["em"]["key"] + (f"@{step}" if step is not None else "")
+        return model, tok, ctx.manifests["em"]["key"] + (f"@{step}" if snap is not None else "")
     path = ctx.model_path("start")
     return models.load(path, ctx.device, dtype), models.load_tokenizer(path), ctx.manifests["start"]["key"]
 
@@ -173,10 +175,17 @@ def _probe_items(cfg) -> list[dict]:
     return read_yaml(probe.path(cfg.eval.probe))
 
 
+def stopped_at(ctx: Context) -> float:
+    """The step at which `defense=early_stop` ended EM training (inf when it did not stop it)."""
+    s = (ctx.manifests["em"].get("defense") or {}).get("stopped_at")
+    return float("inf") if s is None else int(s)
+
+
 def step_of(ctx: Context) -> int | None:
-    """The EM step of the sampled model: 0 for the starting model, the node's step, or the end of training."""
+    """The EM step of the sampled model: 0 for the starting model, the node's step (the step training stopped at,
+    for a step past an early stop: the model did not change after it), or the end of training."""
     if "em" not in ctx.inputs:
         return 0
     if "step" in ctx.params:
-        return int(ctx.params["step"])
+        return int(min(int(ctx.params["step"]), stopped_at(ctx)))
     return (ctx.manifests["em"].get("train") or {}).get("steps")
