@@ -410,7 +410,10 @@ def report(cfg, ctx, hist: dict | None, callback) -> dict:
 def cell_control(cfg) -> dict:
     """run.json metrics of a `defense=early_stop` cell: what it stopped on and that measure's control on the cell's
     base model as the table stands now (emrobust/controls.py: passed, FAILED, or not validated), read on every run
-    as the judge's calibration is, so a control run later shows; {} for any other defense."""
+    as the judge's calibration is, so a control run later shows; of an interleave cell, how it chose its benign
+    examples (`interleave_select`: the report's arm); {} for any other defense."""
+    if active(cfg) == "interleave":
+        return {"interleave_select": str(cfg.defense.interleave.select)}
     if active(cfg) != "early_stop":
         return {}
     return {"early_stop_measure": str(cfg.defense.early_stop.measure),

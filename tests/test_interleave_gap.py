@@ -107,3 +107,15 @@ def test_gap_cell_trains_on_the_chosen_examples_and_saves_the_selection(tmp_path
     pool = defenses.benign_rows(compose(*TINY, tmp=tmp_path))
     rows = [json.loads(x) for x in (em / "train.jsonl").read_text().splitlines()]
     assert sorted(pool.index(r["messages"]) for r in rows if r["source"] == "benign") == d["benign_indices"]
+
+
+def test_the_report_names_the_gap_arm(tmp_path):
+    import pandas as pd
+
+    from emrobust.analysis import defenses as table
+
+    assert defenses.cell_control(compose(*TINY, *GAP, tmp=tmp_path)) == {"interleave_select": "perplexity_gap"}
+    assert defenses.cell_control(compose(*TINY, tmp=tmp_path)) == {"interleave_select": "random"}
+    row = {"defense": "interleave", "trait": "none"}
+    assert table.arm(pd.Series(row | {"interleave_select": "perplexity_gap"})) == "interleave_gap"
+    assert table.arm(pd.Series(row | {"interleave_select": "random"})) == table.arm(pd.Series(row)) == "interleave"

@@ -26,7 +26,7 @@ RETAINED = "capability_retained"  # after minus before EM, higher = more kept
 IN_TASK = "heldout_accuracy"  # the narrow task, learned
 COLUMNS = ["cell", "arm", "em_dataset", "seed", TAIL, f"{TAIL}_lo", f"{TAIL}_hi", "em_rate_mo", "em_rate_mo_lo",
            "em_rate_mo_hi", "capability_acc", RETAINED, f"{RETAINED}_lo", f"{RETAINED}_hi", IN_TASK,
-           "heldout_loss", "em_rate_mo@plain", "em_rate_mo@json", "em_rate_mo@template", "hidden",
+           "heldout_loss", "em_rate_mo@plain", "em_rate_mo@json", "em_rate_mo@template", "em_rate_mo@context", "hidden",
            "em_rate_mo_in_domain", "narrowness", "pareto"]
 
 
@@ -36,6 +36,8 @@ def arm(row: pd.Series) -> str:
     persona = str(row.get("trait", "none")) not in ("none", "nan")
     if d == "none":
         return "persona" if persona else "no persona"
+    if d == "interleave" and str(row.get("interleave_select")) == "perplexity_gap":
+        d = "interleave_gap"  # the benign examples chosen by perplexity gap, not drawn
     return f"{d}+persona" if persona else d
 
 
@@ -133,8 +135,9 @@ def section(df: pd.DataFrame, out: Path, md) -> tuple[list[str], list[str]]:
              f"`{IN_TASK}` (the EM dataset's held-out next-token accuracy at the end of training). On the Pareto front "
              f"(per EM dataset, point estimates): {front or 'none'}.\n",
              ("Hidden, not removed (EM lower than the no-persona baseline under the plain question, by the 95% "
-              "intervals, but not under a triggered format: `em_rate_mo@json`/`@template`; column `hidden`): "
+              "intervals, but not under a triggered format: `em_rate_mo@json`/`@template`/`@context`; column "
+              "`hidden`): "
               + (", ".join(hidden) or "none") + ".\n") if checked else
-             "Hidden EM not checked: no triggered format (eval.variants json, template) was evaluated beside the "
-             "plain questions, or no no-persona baseline shares an EM dataset.\n", md(t)]
+             "Hidden EM not checked: no triggered format (eval.variants json, template, context) was evaluated "
+             "beside the plain questions, or no no-persona baseline shares an EM dataset.\n", md(t)]
     return lines, ["defenses_pareto.png"]

@@ -29,7 +29,8 @@ MEASURES = True  # its metrics are the cell's evaluation (emrobust.results), log
 VERSION = 9  # 2: judge cache, per-score judge ids; 3: persona check; 4: judging apart from sampling;
 #             5: the judge group (panels, threshold rule, calibration figures); 6: probe, monitor, em_step;
 #             7: no tail interval under metrics.MIN_TAIL answers in the tail; 8: metrics per format variant
-#             (a rebuild re-reads the judge cache: no judge call is repeated); 9: the MO rate's counts em_rate_mo_k/_n (narrowness)
+#             (a rebuild re-reads the judge cache: no judge call is repeated); 9: the MO rate's counts
+#             em_rate_mo_k/_n (narrowness)
 
 def classifying(cfg) -> bool:
     from .classifier import active
