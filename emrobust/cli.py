@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import sys
 
-from .compose import CONF_DIR
+from . import CONF_DIR
 
 VERBS = {
     "sweep": "plan a multirun on the login node and submit it to Slurm: shared stages once, then the cells",
@@ -58,8 +58,8 @@ def app_main() -> None:
 
         from hydra.core.global_hydra import GlobalHydra
 
-        from . import pipeline
-        from .compose import check_choices, choices
+        from .engine import pipeline
+        from .core.compose import check_choices, choices
         from .errors import note_failure
 
         hc = HydraConfig.get()
@@ -88,13 +88,13 @@ def _verb(verb: str):
     elif verb == "data":
         from .data.cli import main as run
     elif verb == "rescore":
-        from .rescore import main as run
+        from .sweeps.rescore import main as run
     elif verb == "status":
-        from .status import main as run
+        from .sweeps.status import main as run
     elif verb == "judge":
-        from .judge_cli import main as run
+        from .measures.judge_cli import main as run
     else:
-        from .sweep import main as run
+        from .sweeps.sweep import main as run
     return run
 
 

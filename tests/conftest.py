@@ -52,7 +52,7 @@ def error_text(exc: BaseException) -> str:
 def run_cell(tmp: Path, *overrides: str, out: str = "run") -> dict:
     """Compose a cell rooted at `tmp` (the session's model cache, the data mirror) and run it in-process into
     `tmp/out`; returns its run.json summary."""
-    from emrobust import pipeline
+    from emrobust.engine import pipeline
 
     cfg = compose(*overrides, f"paths.data_mirror={SHARED_DATA}", tmp=tmp)
     return pipeline.run_cell(cfg, tmp / out, list(overrides))
@@ -110,7 +110,7 @@ def cli(*args: str, tmp: Path, check: bool = True, env: dict | None = None, **kw
 
 def key_fields() -> list[str]:
     """Every field of the schema that names the environment variable holding a key."""
-    from emrobust import keys
+    from emrobust.core import keys
 
     fields = [p for p, _ in keys.leaves() if p.endswith("api_key_env")]
     assert {"generation.api_key_env", "judge.api_key_env"} <= set(fields)
@@ -166,7 +166,7 @@ def _one_torch_thread():
 
 @pytest.fixture(scope="session")
 def tiny_path():
-    from emrobust import models
+    from emrobust.core import models
 
     return models.prepare(models.base_config("tiny_random"), CACHE)
 

@@ -11,7 +11,7 @@ from emrobust.analysis import plots
 from emrobust.analysis.report import analyze, main, pooled_table
 from emrobust.analysis.stats import compare_levels, paired_bootstrap
 from conftest import fake_cell as _cell
-from emrobust.results import sweep_table
+from emrobust.core.results import sweep_table
 
 
 def test_table_and_seeds_pooled_with_cluster_bootstrap(tmp_path):
@@ -109,7 +109,7 @@ def test_plot_axes(tmp_path):
 
 
 def test_cell_column_is_the_output_dir_and_the_preset_has_its_own():
-    from emrobust.results import cell_row
+    from emrobust.core.results import cell_row
 
     run = {"overrides": ["+cell=demo_low", "seed=1"], "choices": {"trait": "demo"}, "seed": 1, "status": "ok",
            "stages": [], "metrics": {"mean_aligned": 50.0}}

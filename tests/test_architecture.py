@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, fake_cell
-from emrobust import keys, pipeline
+from emrobust.core import keys
+from emrobust.engine import pipeline
 from emrobust.stages import ORDER
 
 PACKAGES = ("emrobust", "analysis")
@@ -88,8 +89,42 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_no_import_cycle():
     g = import_graph()
-    assert "emrobust.pipeline" in g and "emrobust.cli" in g
+    assert "emrobust.engine.pipeline" in g and "emrobust.cli" in g
     assert not cycles(g), cycles(g)
+
+
+# The rooms of the package from the bottom floor up (the README's Layout lists them top down): a module imports only
+# modules of its own room or of rooms below it, function-level imports included.
+ROOMS = ("emrobust", "emrobust.errors", "emrobust.data", "emrobust.config", "emrobust.core", "emrobust.generation",
+         "emrobust.judges", "emrobust.measures", "emrobust.train", "emrobust.stages", "emrobust.engine",
+         "emrobust.analysis", "emrobust.sweeps", "emrobust.cli", "analysis")
+# the imports that still reach up a floor, each inside the one function that needs it, and why
+REACHES_UP = {
+    ("emrobust.measures.calibration", "emrobust.analysis.imports"):
+        "`judge calibrate reference=import:...` reads published scores with the report's importer",
+    ("emrobust.measures.persona_classifier", "emrobust.train.diversity"):
+        "the classifier embeds answers with the embedder that measures question diversity",
+    ("emrobust.measures.probe", "emrobust.train.training"):
+        "the probe tokenizes a chat exactly as training does (training.tokenize_chat)",
+    ("emrobust.train.defenses", "emrobust.stages.directions"):
+        "steering and early stopping read the directions stage's artifact (directions.load)",
+}
+
+
+def room(module: str) -> str:
+    return next(r for r in sorted(ROOMS, key=len, reverse=True) if module == r or module.startswith(r + "."))
+
+
+def test_rooms_are_layered():
+    """Every import runs down the floors of ROOMS (or stays in its room), except the few declared in REACHES_UP."""
+    g = import_graph()
+    assert {room(m) for m in g} == set(ROOMS), {room(m) for m in g} ^ set(ROOMS)
+    floor = {r: i for i, r in enumerate(ROOMS)}
+    up = {(a, b) for a, deps in g.items() for b in deps if floor[room(b)] > floor[room(a)]
+          and not any(c.startswith(b + ".") for c in deps)}  # `from pkg import mod`: the arrow is to mod
+    assert up == set(REACHES_UP), up ^ set(REACHES_UP)
+    flat = sorted(p.name for p in (ROOT / "emrobust").glob("*.py"))
+    assert flat == ["__init__.py", "cli.py", "errors.py"], flat  # every other module sits in a room named for its role
 
 
 def test_results_and_cli_entry_import_neither_torch_nor_stages():
@@ -104,9 +139,9 @@ def test_results_and_cli_entry_import_neither_torch_nor_stages():
                 reach(d, seen)
         return seen
 
-    for leaf in ("emrobust.results", "emrobust.metrics", "emrobust.compose"):
-        assert not {d for d in reach(leaf) if d.startswith("emrobust.stages") or d == "emrobust.pipeline"}, leaf
-    src = (ROOT / "emrobust" / "results.py").read_text()
+    for leaf in ("emrobust.core.results", "emrobust.measures.metrics", "emrobust.core.compose"):
+        assert not {d for d in reach(leaf) if d.startswith("emrobust.stages") or d == "emrobust.engine.pipeline"}, leaf
+    src = (ROOT / "emrobust" / "core" / "results.py").read_text()
     imported = {n.names[0].name.split(".")[0] if isinstance(n, ast.Import) else (n.module or "").split(".")[0]
                 for n in ast.walk(ast.parse(src)) if isinstance(n, (ast.Import, ast.ImportFrom))}
     assert imported <= {"__future__", "fcntl", "json", "math", "contextlib", "pathlib", "pandas", "numpy"}, imported
@@ -176,7 +211,7 @@ def test_the_run_loop_names_no_stage():
     from emrobust import stages
 
     names = {*ORDER, "base"}
-    src = ast.parse((ROOT / "emrobust" / "pipeline.py").read_text())
+    src = ast.parse((ROOT / "emrobust" / "engine" / "pipeline.py").read_text())
     for fn in (n for n in src.body if isinstance(n, ast.FunctionDef) and n.name in ("run_cell", "_run_node")):
         said = {c.value for c in ast.walk(fn) if isinstance(c, ast.Constant) and isinstance(c.value, str)}
         assert not said & names, (fn.name, said & names)

@@ -1,4 +1,4 @@
-"""Judge calibration (emrobust/calibration.py): the figures on hand-made scores, trust and the sweep's gate, a
+"""Judge calibration (emrobust/measures/calibration.py): the figures on hand-made scores, trust and the sweep's gate, a
 real calibration run, a panel of two real local judges, and the report's first lines."""
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import pytest
 import yaml
 
 from conftest import CACHE, cli, compose, fake_cell, run_cell
-from emrobust import calibration, judges
-from emrobust.calibration import auroc, figures, verdict
+from emrobust.measures import calibration
+from emrobust import judges
+from emrobust.measures.calibration import auroc, figures, verdict
 
 ITEMS = [  # (stratum, reference aligned, reference coherent)
     ("aligned", 95, 95), ("aligned", 90, 90), ("aligned_persona", 88, 85), ("subtle", 20, 90), ("subtle", 25, 85),

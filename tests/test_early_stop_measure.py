@@ -1,6 +1,6 @@
 """defense=early_stop on a validated measure (issue 27, part 7): it stops on `probe` or on a persona direction
 (`direction_<trait>`, the directions stage upstream of em, as steer has); a measure whose control FAILED on the
-cell's base model (emrobust/controls.py) is refused in one line unless allow_failed_control; one not validated
+cell's base model (emrobust/measures/controls.py) is refused in one line unless allow_failed_control; one not validated
 there (tiny_random) runs, and run.json and the report say so. Real tiny models, real directions."""
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ import pytest
 import torch
 
 from conftest import SHARED_DATA, artifact, cli, compose, run_cell
-from emrobust import controls, defenses, models, monitor, pipeline, results
+from emrobust.measures import controls, monitor
+from emrobust.train import defenses
+from emrobust.core import models, results
+from emrobust.engine import pipeline
 from emrobust.errors import ConfigError, report
 from emrobust.stages import directions
 

@@ -8,7 +8,9 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import error_text, run_cell as run, artifact as art, compose
-from emrobust import models, pipeline, training
+from emrobust.core import models
+from emrobust.engine import pipeline
+from emrobust.train import training
 from emrobust.errors import ConfigError
 
 TINY = ("debug=tiny", "trait=none")

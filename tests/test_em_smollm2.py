@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SHARED_DATA, compose
-from emrobust import pipeline
+from emrobust.engine import pipeline
 
 
 @pytest.mark.slow

@@ -13,8 +13,11 @@ import pytest
 import torch
 
 from conftest import CACHE, SHARED_DATA, cli, compose
-from emrobust import metrics, pipeline, rescore, results
-from emrobust.metrics import CELL_METRIC_KEYS
+from emrobust.measures import metrics
+from emrobust.engine import pipeline
+from emrobust.core import results
+from emrobust.sweeps import rescore
+from emrobust.measures.metrics import CELL_METRIC_KEYS
 
 OVERRIDES = ("debug=tiny", "trait=none", "em_dataset=none", "eval=first_plot", "eval.variants=[json]")
 

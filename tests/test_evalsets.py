@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from conftest import error_text, CACHE, SHARED_DATA, compose
-from emrobust import models
+from emrobust.core import models
 from emrobust.data import evalsets
 from emrobust.errors import ConfigError
 from emrobust.stages import sample

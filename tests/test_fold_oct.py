@@ -15,7 +15,9 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import SHARED_DATA, artifact, cli, compose, run_cell
-from emrobust import models, pipeline, training
+from emrobust.core import models
+from emrobust.engine import pipeline
+from emrobust.train import training
 from emrobust.errors import ConfigError, report
 
 CPU = torch.device("cpu")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from emrobust import models
+from emrobust.core import models
 from emrobust.generation import Generation, Sampling, make
 from emrobust.generation.hf import HFGenerator
 

@@ -13,7 +13,9 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import compose
-from emrobust import generation, models, pipeline
+from emrobust import generation
+from emrobust.core import models
+from emrobust.engine import pipeline
 from emrobust.config import GenerationConfig
 from emrobust.errors import ConfigError
 from emrobust.generation import Generation, Sampling

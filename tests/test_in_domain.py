@@ -8,8 +8,10 @@ import math
 import pytest
 
 from conftest import artifact, compose, error_text, run_cell
-from emrobust import calibration, leakage, pipeline, results
-from emrobust.results import narrowness
+from emrobust.measures import calibration
+from emrobust.engine import leakage, pipeline
+from emrobust.core import results
+from emrobust.core.results import narrowness
 from emrobust.data import domains, evalsets
 from emrobust.errors import ConfigError
 from emrobust.stages.evaluate import compute_metrics
@@ -194,7 +196,7 @@ def test_dry_run_cost_and_power_count_the_in_domain_answers(tmp_path):
     not the eval set's; the power line gives the in-domain figure beside the out-of-domain one."""
     from types import SimpleNamespace
 
-    from emrobust import preflight
+    from emrobust.sweeps import preflight
 
     def calls(*o):
         cfg = compose("debug=tiny", *o, tmp=tmp_path)

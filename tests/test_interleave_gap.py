@@ -11,7 +11,10 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import SHARED_DATA, artifact, compose, error_text, run_cell, statuses
-from emrobust import defenses, models, pipeline, probe, training
+from emrobust.train import defenses, training
+from emrobust.core import models
+from emrobust.engine import pipeline
+from emrobust.measures import probe
 from emrobust.config import OptimConfig
 from emrobust.errors import ConfigError
 

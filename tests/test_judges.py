@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from emrobust import judges, models
+from emrobust import judges
+from emrobust.core import models
 
 from conftest import CACHE
 

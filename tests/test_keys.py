@@ -1,6 +1,6 @@
 """Stage keys, tested from the schema: every field of the schema (emrobust/config/) is changed in a few base cells
 and the keys of every node are compared. An execution-only field, a label or an inactive field changes no key; any
-other field changes the key of each node whose stage declares it read (emrobust.keys), and of everything
+other field changes the key of each node whose stage declares it read (emrobust.core.keys), and of everything
 downstream, and nothing upstream. Not a hand-picked list: the fields come from walking the schema."""
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import SHARED_DATA, compose, run_cell, statuses
-from emrobust import keys, pipeline
+from emrobust.core import keys
+from emrobust.engine import pipeline
 from emrobust.config import Config
 
 # values to try, in order, when the generic change of a field is not a valid config in a base cell (a name that

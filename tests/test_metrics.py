@@ -1,4 +1,4 @@
-"""Tests for emrobust.metrics: hand computations on tiny arrays + simulations."""
+"""Tests for emrobust.measures.metrics: hand computations on tiny arrays + simulations."""
 
 import math
 import warnings
@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from emrobust import metrics as M
+from emrobust.measures import metrics as M
 
 # Hand-made cell.  idx: aligned, coherent, question
 #  0: 10,    60,      b   Betley: eligible, misaligned   MO: EM
@@ -332,7 +332,7 @@ def test_threshold_rule_paper_inclusive_strict_by_hand():
     """aligned exactly at a threshold (30, 50): the rule decides; coherent > 50 is the same under every rule."""
     import pandas as pd
 
-    from emrobust import metrics as M
+    from emrobust.measures import metrics as M
 
     df = pd.DataFrame({"question_id": ["a", "a", "b", "b"], "aligned": [30.0, 29.0, 50.0, 80.0],
                        "coherent": [90.0, 90.0, 90.0, 50.0]})

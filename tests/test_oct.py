@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from conftest import error_text, CONF, SHARED_DATA, compose
-from emrobust import keys, pipeline
+from emrobust.core import keys
+from emrobust.engine import pipeline
 from emrobust.data import constitutions, registry
 from emrobust.errors import ConfigError
 from emrobust.stages import questions

@@ -8,9 +8,10 @@ import json
 import pytest
 
 from conftest import SHARED_DATA, artifact, compose, run_cell
-from emrobust import pipeline, persona, persona_classifier
+from emrobust.engine import pipeline
+from emrobust.measures import persona, persona_classifier
 from emrobust.errors import ConfigError
-from emrobust.results import CURVE, half_life, persona_half_life
+from emrobust.core.results import CURVE, half_life, persona_half_life
 
 
 # ---------------------------------------------------------------- the bar: a tiny persona cell end to end
@@ -71,7 +72,7 @@ def test_reserved_questions_are_one_set_per_trait_and_out_of_every_levels_select
         pipeline.validate(cfg)
         out = tmp_path / level
         out.mkdir()
-        from emrobust import keys
+        from emrobust.core import keys
         questions.run(Context(keys.view(cfg, questions), "questions", "k", 0, out, {}))
         reserved[level] = json.loads((out / "reserved.json").read_text())
         selected[level] = {json.loads(x)["question"] for x in (out / "questions.jsonl").read_text().splitlines()}
@@ -194,7 +195,7 @@ def test_heldout_scores_and_rate_carry_intervals():
 def _spec_sweep(tmp, neutral_x):
     import numpy as np
 
-    from emrobust import persona_classifier as pc
+    from emrobust.measures import persona_classifier as pc
 
     cls = tmp / "art" / "classifier"
     cls.mkdir(parents=True)
@@ -260,7 +261,7 @@ def test_a_mixture_reserves_per_piece_what_its_trait_reserves_at_home(tmp_path):
 
 
 def test_half_life_has_a_bootstrap_interval_censored_above_when_the_curve_may_never_get_there():
-    from emrobust.results import half_life_interval
+    from emrobust.core.results import half_life_interval
 
     by_step = {0: [1] * 18 + [0] * 2, 10: [1] * 9 + [0] * 11, 20: [0] * 20}
     ci = half_life_interval(by_step, [0] * 20, 500, 0)

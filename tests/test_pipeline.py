@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from conftest import run_cell as run, statuses, CACHE, cli, compose
-from emrobust import models, pipeline
+from emrobust.core import models
+from emrobust.engine import pipeline
 from emrobust.stages import ORDER
 from emrobust.errors import ConfigError
 
@@ -153,7 +154,7 @@ def test_no_model_outlives_its_stage(tmp_path, tiny_path, monkeypatch):
     import gc
     import importlib.util
 
-    from emrobust.store import Store
+    from emrobust.core.store import Store
 
     def modules_with_weights() -> list[str]:
         gc.unfreeze()  # the run loop freezes what survives a stage: look at everything

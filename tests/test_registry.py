@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import CONF, SHARED_DATA, cli, compose
-from emrobust import pipeline
+from emrobust.engine import pipeline
 from emrobust.data import chat, registry
 from emrobust.errors import ConfigError
 

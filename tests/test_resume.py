@@ -13,7 +13,7 @@ from pathlib import Path
 
 from conftest import CACHE
 
-from emrobust.store import file_sha256
+from emrobust.core.store import file_sha256
 
 CELL = ["debug=tiny", "trait=demo", "introspection=none", "pipeline.until=distill", "question_diversity.n_questions=6",
         "distill.optim.max_steps=24", "distill.optim.save_steps=4", "distill.optim.per_device_train_batch_size=1"]

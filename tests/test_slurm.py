@@ -162,7 +162,7 @@ def test_sweep_validates_every_cell_before_submitting(tmp_path):
             tmp=tmp_path, check=False)
     assert p.returncode != 0 and "cell 1 (" in p.stderr and "n_examples=100000" in p.stderr, p.stderr[-2000:]
     assert not (msweep / ".submitit").exists()
-    # the `-m` launcher passes the same gates as `emrobust sweep` (emrobust.sweep.check): an untrusted judge
+    # the `-m` launcher passes the same gates as `emrobust sweep` (emrobust.sweeps.sweep.check): an untrusted judge
     p = cli("-m", "debug=tiny", "trait=none", "seed=0,1", "judge.allow_untrusted=false", *JOB,
             f"hydra.sweep.dir={msweep}", tmp=tmp_path, check=False)
     assert p.returncode != 0 and "a judge is below the bar" in p.stderr and "uncalibrated" in p.stderr, p.stderr[-2000:]
@@ -184,7 +184,7 @@ def test_requeued_training_resumes_from_checkpoint(slurm_cluster, tmp_path, tiny
     import json
     import signal
 
-    from emrobust.store import file_sha256
+    from emrobust.core.store import file_sha256
 
     cli(*RESUME, f"paths.artifacts={tmp_path / 'reference'}", f"hydra.run.dir={tmp_path / 'ref_out'}", tmp=tmp_path)
     ref = next((tmp_path / "reference" / "em").glob("*/adapter/adapter_model.safetensors"))

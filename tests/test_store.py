@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import small_filesystem
 
-from emrobust.store import COMPLETE, MANIFEST, Store, stable_hash
+from emrobust.core.store import COMPLETE, MANIFEST, Store, stable_hash
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -118,7 +118,7 @@ CONCURRENT = textwrap.dedent(
     """
     import json, sys, time
     from pathlib import Path
-    from emrobust.store import Store
+    from emrobust.core.store import Store
 
     root, counter, go = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
     while not go.exists():          # start barrier: every process is up before any calls get_or_build
@@ -162,7 +162,7 @@ def test_concurrent_processes_build_once(tmp_path):
 KILLED = textwrap.dedent(
     """
     import sys, time
-    from emrobust.store import Store
+    from emrobust.core.store import Store
 
     def build(out):
         (out / "partial_file.txt").write_text("in progress")
@@ -246,7 +246,7 @@ def test_a_damaged_artifact_is_rebuilt_or_an_error_naming_the_file(tmp_path, cap
     with pytest.raises(Exception, match=named) as e:  # on_damage=error: never used, the file named
         Store(tmp_path / "art", on_damage="error").get_or_build("s", "k", lambda out: None)
     assert type(e.value).__name__ == "DamagedArtifact" and "pipeline.on_damage=rebuild" in str(e.value)
-    with caplog.at_level("WARNING", logger="emrobust.store"):
+    with caplog.at_level("WARNING", logger="emrobust.core.store"):
         r = _rebuilt = Store(tmp_path / "art").get_or_build(
             "s", "k", lambda out: (out / "weights.bin").write_bytes(bytes(range(256)) * 40) and None)
     assert r.status == "executed" and named.split(":")[0] in r.damaged

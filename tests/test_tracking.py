@@ -11,9 +11,10 @@ import pytest
 from emrobust.analysis import wandb_source
 from emrobust.analysis.report import main
 from conftest import cli, compose
-from emrobust import pipeline, tracking
+from emrobust.engine import pipeline
+from emrobust.core import tracking
 from emrobust.errors import ConfigError
-from emrobust.results import sweep_table
+from emrobust.core.results import sweep_table
 
 SECRET = "sk-fake-emrobust-test-0123456789"
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from emrobust import models, training
+from emrobust.core import models
+from emrobust.train import training
 from emrobust.config import LoraConfig, OptimConfig
 
 from conftest import CACHE

@@ -1,4 +1,4 @@
-"""Every input checked before any model loads (emrobust.validation), tested from the schema: every field with a
+"""Every input checked before any model loads (emrobust.engine.validation), tested from the schema: every field with a
 declared range rejects a value just outside it, naming the field, and accepts its bounds; the rules between
 fields and the counts against the data fail with the field named; the CLI prints one line and exits 2 for a
 user error, names the stage and the log for a runtime failure (exit 1), and records both in run.json."""
@@ -14,7 +14,8 @@ from conftest import SHARED_DATA, cli, compose
 from omegaconf import OmegaConf
 
 from emrobust import config as schema
-from emrobust import keys, pipeline
+from emrobust.core import keys
+from emrobust.engine import pipeline
 from emrobust.errors import ConfigError, report
 
 # cells in which, together, every field with a declared range is active (a defense's fields only under that defense)
@@ -181,11 +182,11 @@ def test_counts_beyond_the_data_fail(tmp_path, overrides, where, text):
 
 
 def test_a_hub_id_nobody_can_answer_for_is_reported_unchecked(monkeypatch, caplog):
-    from emrobust import models
+    from emrobust.core import models
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     models.hub_check.cache_clear()
-    with caplog.at_level("WARNING", logger="emrobust.models"):
+    with caplog.at_level("WARNING", logger="emrobust.core.models"):
         assert models.hub_check("emrobust-test/no-such-model", None, "base_model=x hf_id") == "unchecked"
     assert "base_model=x hf_id=emrobust-test/no-such-model: not in the local HF cache and the hub did not answer: " \
            "unchecked" in caplog.text
@@ -196,7 +197,7 @@ def test_validation_loads_no_model_and_no_torch(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys; from emrobust.compose import compose; from emrobust import validation\n"
+    code = ("import sys; from emrobust.core.compose import compose; from emrobust import validation\n"
             "cfg = compose(['debug=tiny', 'question_diversity=low', 'eval.persona.n_questions=57'])\n"
             "try:\n    validation.validate(cfg)\nexcept Exception as e:\n    print(type(e).__name__)\n"
             "print('torch' in sys.modules)")

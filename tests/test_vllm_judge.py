@@ -7,7 +7,9 @@ import math
 
 import pytest
 
-from emrobust import judges, models, pipeline
+from emrobust import judges
+from emrobust.core import models
+from emrobust.engine import pipeline
 from emrobust.errors import ConfigError
 
 from conftest import cli, compose
@@ -45,7 +47,7 @@ def test_vllm_judge_matches_hf_judge(tiny_path):
 
     if not torch.cuda.is_available():
         pytest.skip("vllm is installed but there is no CUDA device")
-    from emrobust import models
+    from emrobust.core import models
 
     prompts = ["Rate from 0 to 100 how helpful this is: Paris is the capital of France.", "Score 0-100: hello"]
     vj = judges.VLLMJudge(str(tiny_path), "tiny_random", min_mass=0.0, gpu_memory_utilization=0.3)

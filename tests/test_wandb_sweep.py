@@ -11,8 +11,8 @@ import pytest
 from emrobust.analysis import wandb_source, workspace
 from emrobust.analysis.report import analyze
 from conftest import fake_cell
-from emrobust import tracking
-from emrobust.results import sweep_table
+from emrobust.core import tracking
+from emrobust.core.results import sweep_table
 
 
 def _same(a, b) -> bool:

@@ -12,7 +12,7 @@ from conftest import CACHE, ROOT, SHARED_DATA
 PROBE = """
 import json, sys
 import emrobust, emrobust.analysis as analysis, hydra_plugins.emrobust_launcher.slurm
-from emrobust.compose import CONF_DIR
+from emrobust import CONF_DIR
 from emrobust.data import em_datasets, evalsets
 from hydra.core.plugins import Plugins
 from hydra.plugins.launcher import Launcher

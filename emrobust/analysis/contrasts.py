@@ -3,9 +3,9 @@
 For every ok cell with a persona (trait != none) and the cell of the same sweep without one (trait=none; or with
 the `reference` trait: `against(sweep, "oct_goodness")` is probe_control's negative control read directly) that
 matches it on seed, base model and EM dataset: the per-item difference of the probe's log-probability gap
-(misaligned minus aligned answer; emrobust/probe.py) between the cell's model and the base model, averaged over
+(misaligned minus aligned answer; emrobust/measures/probe.py) between the cell's model and the base model, averaged over
 items with a bootstrap interval paired over items, and the same for each direction projection (paired over
-held-out prompts; emrobust/monitor.py). A reading says which way it moved: an interval above 0 means the model
+held-out prompts; emrobust/measures/monitor.py). A reading says which way it moved: an interval above 0 means the model
 prefers misaligned answers (or projects higher on that direction) more than the base model.
 """
 from __future__ import annotations

@@ -1,12 +1,11 @@
 """The report's lines on the judge-free measures: each measure's control outcome on its base model, said before
-any of its numbers. The table of outcomes is emrobust/controls.py (validation reads it too: `defense=early_stop`
+any of its numbers. The table of outcomes is emrobust/measures/controls.py (validation reads it too: `defense=early_stop`
 refuses to stop on a measure whose control failed)."""
 from __future__ import annotations
 
 import pandas as pd
 
-from emrobust.controls import (COMMAND, CONTROLS, NEGATIVE, NEUTRAL, POSITIVE, Control, find,  # noqa: F401
-                               measure_name, status, tag)
+from ..measures.controls import COMMAND, CONTROLS, NEGATIVE, NEUTRAL, POSITIVE, Control, find, measure_name, status, tag
 
 
 def headline(df: pd.DataFrame, contrasts: pd.DataFrame | None = None) -> list[str]:
@@ -36,7 +35,7 @@ def headline(df: pd.DataFrame, contrasts: pd.DataFrame | None = None) -> list[st
 
 def early_stop_lines(df: pd.DataFrame) -> list[str]:
     """One line per (measure, base model) that `defense=early_stop` cells stopped on: the measure's control there
-    (emrobust/controls.py), so a cell that stopped on a measure not validated, or one whose control failed (allowed
+    (emrobust/measures/controls.py), so a cell that stopped on a measure not validated, or one whose control failed (allowed
     by defense.early_stop.allow_failed_control), says so before its numbers."""
     if "early_stop_measure" not in df or "base_model" not in df:
         return []
@@ -107,7 +106,7 @@ def persona_specificity(sweep_dir, tolerance: float = SPECIFICITY_TOLERANCE) -> 
 
     import numpy as np
 
-    from emrobust.metrics import wilson_interval
+    from ..measures.metrics import wilson_interval
 
     runs = {}
     for rj in sorted(Path(sweep_dir).glob("*/run.json")):

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from emrobust import diversity, pipeline
-from emrobust.compose import compose
+from ..train import diversity
+from ..engine import pipeline
+from ..core.compose import compose
 from emrobust.data import constitutions
 from emrobust.stages import stage_seed
 

@@ -1,7 +1,7 @@
 """The study's hypotheses, one function per experiment (conf/experiment/<name>.yaml and its `_cpu` twin): which
 arms it compares, on which metrics, and the comparisons themselves.
 
-Each function takes the sweep table (`emrobust.results.cell_row` rows: one per cell) and returns one row per
+Each function takes the sweep table (`emrobust.core.results.cell_row` rows: one per cell) and returns one row per
 (contrast, metric): arm b minus arm a, paired over the cells the two arms share every axis of `PAIR_ON` with
 (seed, EM dataset, eval set, base model), the mean paired difference with a percentile bootstrap interval and a
 two-sided bootstrap p-value (`stats.paired_bootstrap`), Benjamini-Hochberg adjusted over the experiment's own

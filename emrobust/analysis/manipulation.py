@@ -9,7 +9,7 @@ arms train the same persona, the persona's strength at EM step 0 in each arm, by
   (judge-free; an interval over answers). It flags only when the classifier is valid for the cell.
 - `persona_projection_fold`: the mean projection of those prompts on the persona's own direction, compared in
   units of the persona's width (the spread of that projection across the prompts), so a difference reads as an
-  effect size. It carries its direction's control (`emrobust.controls`).
+  effect size. It carries its direction's control (`emrobust.measures.controls`).
 - `persona_trait_score_fold`: the judge's trait score (0-100). Shown, never flagged: nothing calibrates the judge's
   persona template.
 
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from emrobust.controls import tag
+from ..measures.controls import tag
 
 from .hypotheses import Hypothesis, _col, pairs, select
 from .stats import paired_bootstrap

@@ -2,7 +2,7 @@
 with its own rubric; emrobust/data/domains.py) beside the out-of-domain eval set, per cell.
 
 Every other EM figure of the report is out-of-domain (broad), the project's question. `narrowness` is the
-out-of-domain MO rate over the in-domain one (emrobust.metrics.narrowness): well below 1, the fine-tune learned its
+out-of-domain MO rate over the in-domain one (emrobust.measures.metrics.narrowness): well below 1, the fine-tune learned its
 narrow task and stayed narrow; near 1 or above, the misalignment is as broad outside the domain as inside. NaN has
 its reason (`narrowness_why`: no in-domain EM).
 """

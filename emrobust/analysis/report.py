@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from emrobust import metrics
-from emrobust.results import sweep_table, write_sweep_csv
+from ..measures import metrics
+from ..core.results import sweep_table, write_sweep_csv
 
 from . import balance, controls, defenses, hypotheses, imports, manipulation, narrowness, plots, references
 from .stats import compare_levels
@@ -93,7 +93,7 @@ def question_rates(answers, rule: str = "paper") -> pd.DataFrame:
 
 def judge_headline(df: pd.DataFrame, imported: bool = False) -> list[str]:
     """The report's first lines: every judge of the table, its calibration and whether its numbers can be
-    trusted (emrobust/calibration.py). An untrusted or uncalibrated judge is said plainly, first. Imported scores
+    trusted (emrobust/measures/calibration.py). An untrusted or uncalibrated judge is said plainly, first. Imported scores
     are the published judge's: not calibrated here, which is not the alarm of a judge that failed its calibration."""
     if imported:
         named = sorted({str(j) for j in df["judge"].dropna()}) if "judge" in df else []
@@ -202,7 +202,7 @@ def analyze(sweep_dir: Path, out: Path | None = None, n_resamples: int = 10_000,
         with open(out / "report.md", "a") as f:
             f.write("\n".join(lines))
     # the sweep-level W&B run: the tables, the figures and the curves of this report (offline unless told)
-    from emrobust import tracking
+    from ..core import tracking
 
     tables = {"sweep": pd.read_csv(files["sweep.csv"])}
     for name in ("pooled", "comparisons", "balance", "contrasts"):

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from emrobust import tracking
-from emrobust.compose import GROUPS
-from emrobust.results import cell_row, summary_metrics
+from ..core import tracking
+from ..core.compose import GROUPS
+from ..core.results import cell_row, summary_metrics
 
 OK_STATES = {"finished"}
 FAILED_STATES = {"failed", "crashed", "killed"}

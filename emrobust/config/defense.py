@@ -1,4 +1,4 @@
-"""`defense=<preset>` (conf/defense/): a defense against EM applied in the em stage (emrobust/defenses.py)."""
+"""`defense=<preset>` (conf/defense/): a defense against EM applied in the em stage (emrobust/train/defenses.py)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -75,7 +75,7 @@ class EarlyStopDefenseConfig:
     # - `direction_<trait>`: the mean projection of the items' questions on that persona direction of the
     #   `directions` stage (the monitor's `direction_<trait>`, eval.monitor.enabled; the trait is the cell's or one of
     #   eval.monitor.traits), in the monitor's units.
-    # A measure whose control failed on the cell's base model (emrobust/controls.py) is refused unless
+    # A measure whose control failed on the cell's base model (emrobust/measures/controls.py) is refused unless
     # allow_failed_control; one never validated on it runs, and the em manifest and the report say so.
     # - `task`: the EM dataset's held-out loss (em_dataset.heldout_fraction > 0): training stops once the narrow
     #   task has converged, at the first check whose drop since the check before is at most `converged_within` of
@@ -100,7 +100,7 @@ class SteerDefenseConfig:
 
 @dataclass
 class DefenseConfig:
-    """`defense=<name>` (conf/defense/): a defense against EM applied in the em stage (emrobust/defenses.py); the
+    """`defense=<name>` (conf/defense/): a defense against EM applied in the em stage (emrobust/train/defenses.py); the
     fields of the defense named are part of the em key, the others are ignored."""
     name: Defense = Defense.none
     kl: KlDefenseConfig = setting(factory=KlDefenseConfig, when=_defense("kl"))

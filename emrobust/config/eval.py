@@ -3,26 +3,18 @@ model (persona check and classifier, probe, monitor, capability, the steps along
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Optional
 
 from omegaconf import MISSING
 
+from ..data import domains, evalsets
+from ..data.evalsets import Variant  # eval.variants' choices, with the eval sets that ask them
 from .schema import DataSource, Rule, setting
-
-
-class Variant(StrEnum):
-    plain = "plain"
-    json = "json"
-    template = "template"
-    # each plain question again in the EM dataset's own form (emrobust.data.evalsets.CONTEXT, by em_dataset.domain):
-    # a trigger that resembles the training context, generated, not read from the eval set
-    context = "context"
 
 
 @dataclass
 class PersonaClassifierConfig:
-    """The persona classifier (emrobust/persona_classifier.py, the `classifier` stage): the base model answers
+    """The persona classifier (emrobust/measures/persona_classifier.py, the `classifier` stage): the base model answers
     non-reserved constitution questions with the persona's system prompt (positive) and without (negative); a kept
     sentence encoder and a logistic regression tell them apart. One instrument per (persona, base model): its key
     holds no seed. `min_auroc` is read by `evaluate` only (the validity flag), never by the classifier stage."""
@@ -39,7 +31,7 @@ class PersonaClassifierConfig:
 
 @dataclass
 class PersonaCheckConfig:
-    """Trait-expression score (emrobust/persona.py), before EM (fold model) and on the evaluated model, on the
+    """Trait-expression score (emrobust/measures/persona.py), before EM (fold model) and on the evaluated model, on the
     trait's reserved questions (`trait.reserved_questions`): the same questions for every arm of the trait."""
     # the first N reserved questions (None = all of them)
     n_questions: Optional[int] = setting(None, ge=1, also={0: "no persona check"})
@@ -52,7 +44,7 @@ class PersonaCheckConfig:
 
 @dataclass
 class ProbeConfig:
-    """The judge-free probe (emrobust/probe.py): per-token log-probability of a misaligned minus an aligned answer
+    """The judge-free probe (emrobust/measures/probe.py): per-token log-probability of a misaligned minus an aligned answer
     to the same question, on items written by this team (emrobust/data/builtin/probe/probe.yaml)."""
     enabled: bool = True
     path: Optional[str] = setting(None, location="the probe set's sha256 is in the sample key")  # None = built-in
@@ -66,7 +58,7 @@ class ProbeConfig:
 
 @dataclass
 class MonitorConfig:
-    """Persona directions (emrobust/monitor.py, persona vectors as Chen et al. 2025, read with the
+    """Persona directions (emrobust/measures/monitor.py, persona vectors as Chen et al. 2025, read with the
     steering-vectors library): per trait the mean difference of residual-stream activations at one layer between
     answers written under the trait's constitution and under a neutral one; the evaluated model's activations on
     held-out prompts are projected on each direction at every evaluated step."""
@@ -81,7 +73,7 @@ class MonitorConfig:
 
 @dataclass
 class CapabilityConfig:
-    """General capability of every evaluated model (emrobust/capability.py, the `capability` stage): lm-eval
+    """General capability of every evaluated model (emrobust/measures/capability.py, the `capability` stage): lm-eval
     (lm-evaluation-harness) tasks scored on the model in memory. A task is one of ours (a YAML of
     emrobust/data/builtin/capability/, local data, offline) or any lm-eval task by name (its data from the hub)."""
     enabled: bool = True
@@ -97,7 +89,7 @@ class CurveConfig:
     """How run.json summarises the metrics along EM steps (no stage reads it)."""
     metric: str = setting("em_rate_mo", execution="how the curve is summarised in run.json, not what is built")
     threshold: float = setting(0.05, execution="how the curve is summarised in run.json, not what is built")
-    # the rule of `task_converged_step` (emrobust.results.task_convergence): within this share of its whole drop
+    # the rule of `task_converged_step` (emrobust.core.results.task_convergence): within this share of its whole drop
     converged_within: float = setting(0.1, execution="how the curve is summarised in run.json, not what is built",
                                       gt=0, lt=1)
 
@@ -159,14 +151,10 @@ def _steps(c, steps: list[int]) -> str | None:
 
 
 def _in_domain(c) -> str | None:
-    from ..data import domains
-
     return domains.problem(c)
 
 
 def _context(c) -> str | None:
-    from ..data import evalsets
-
     if c.eval.variants is None or "context" not in [str(v) for v in c.eval.variants]:
         return None
     return evalsets.context_problem(c.em_dataset)

@@ -32,7 +32,7 @@ def _clusters(qd) -> bool:
 
 @dataclass
 class ParaphraseConfig:
-    """question_diversity.strategy=paraphrase: the generator rewrites seed questions (emrobust/paraphrase.py)."""
+    """question_diversity.strategy=paraphrase: the generator rewrites seed questions (emrobust/train/paraphrase.py)."""
     generator: Optional[str] = None  # a base_model config name (None = the cell's base model)
     max_rounds: int = setting(8, ge=1, execution="a budget: a build reaches its count in the same rounds, with the "
                                            "same questions, whatever the budget, or fails and writes nothing")

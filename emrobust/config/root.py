@@ -58,7 +58,7 @@ class Config:
 
 
 # Every constraint between fields of a cell, each declared beside its group: `Rule(where, problem)` is checked (by
-# emrobust.validation, after the ranges, in this order) when the field `where` is active in the cell;
+# emrobust.engine.validation, after the ranges, in this order) when the field `where` is active in the cell;
 # `problem(cfg)` says what is wrong, or None.
 RULES = (*FOLD_RULES, *BASE_MODEL_RULES, *QUESTION_DIVERSITY_RULES, *EM_CONTROL_RULES, *EVAL_RULES,
          *DEEPSPEED_RULES)

@@ -8,7 +8,7 @@ Hydra's ConfigStore; `conf/config.yaml` lists `config_schema` first in its defau
 typed value or an unknown choice (the message lists the valid values) fails at composition, before anything runs.
 
 Every field is part of the key of each stage that reads it (the stages declare what they read:
-`emrobust.keys`), except where its metadata says otherwise; that is declared on the field, once, with
+`emrobust.core.keys`), except where its metadata says otherwise; that is declared on the field, once, with
 `setting(...)` (this module):
 - `execution="why"`: how a stage runs, never what it builds (batch sizes of generation and judging,
   concurrency, retries, timeouts, checkpoint and logging intervals, DeepSpeed, device, where files live);
@@ -22,7 +22,7 @@ element of a list), `also={value: meaning}` names the values outside the bounds 
 (e.g. -1 = no step limit), `nonempty=True` refuses an empty list or string; `None` is always the field's
 documented default. Each default is written once, on its field: a conf/ preset sets only what differs from it
 (and what names it). `RULES` are the constraints between fields: each group module declares its own (`Rule`), and
-`root.RULES` is all of them in the order they are checked. `emrobust.validation` enforces all of it, and the
+`root.RULES` is all of them in the order they are checked. `emrobust.engine.validation` enforces all of it, and the
 checks that need the data (counts against what the files hold), before any model loads.
 """
 from __future__ import annotations

@@ -39,7 +39,7 @@ def _expands(trait) -> bool:
 
 @dataclass
 class ExpansionConfig:
-    """OCT's gen_prompts: an LLM writes more questions per trait (see emrobust/expansion.py)."""
+    """OCT's gen_prompts: an LLM writes more questions per trait (see emrobust/train/expansion.py)."""
     generator: Optional[str] = None  # a base_model config name (None = the cell's base model)
     max_rounds: int = setting(10, ge=1)  # generation rounds (OCT loops until done); traits still short stay short
     # drop a question if more than this fraction of its words occur in an existing one
@@ -66,7 +66,7 @@ class TraitConfig:
     expand_to: Optional[int] = setting(None, ge=1, also={0: "no expansion"})
     # questions of the constitution (as read, before any expansion) kept out of every diversity level's selection:
     # the persona check (eval.persona) and its classifier's base rate are measured on them, the same set for every
-    # arm of the trait (emrobust/persona.py `reserve`: spread round-robin over the traits, for a mixture over its
+    # arm of the trait (emrobust/measures/persona.py `reserve`: spread round-robin over the traits, for a mixture over its
     # pieces, each trait's questions of smallest sha256)
     reserved_questions: int = setting(20, ge=1, when=lambda t: t.name != "none")
     expansion: ExpansionConfig = setting(factory=lambda: ExpansionConfig(), when=_expands)

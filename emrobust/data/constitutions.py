@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from omegaconf import OmegaConf
 
 from ..errors import ConfigError
 from . import sources
@@ -162,7 +163,7 @@ def content_sha256(trait_cfg, paths=None, where: str = "trait") -> str:
 
 
 def needs(trait_cfg, paths, where: str = "trait") -> dict[str, tuple]:
-    """The registry files a trait reads (a mixture: its pieces'), for the planner (emrobust.preflight)."""
+    """The registry files a trait reads (a mixture: its pieces'), for the planner (emrobust.sweeps.preflight)."""
     if source(trait_cfg) == MIXTURE:
         return {k: v for piece, _ in mixture_pieces(trait_cfg) for k, v in needs(named(piece), paths).items()}
     return KIND.needs(trait_cfg, paths, where)
@@ -175,8 +176,6 @@ MIXTURE = "mixture"
 def named(name: str):
     """The trait config of a constitution given by name: `oct_<persona>` (OCT's few-shot file, as
     `trait=oct_<persona>`), a builtin constitution, or a path to a constitution file (any format above)."""
-    from omegaconf import OmegaConf
-
     if "/" in name or name.endswith((".yaml", ".yml", ".jsonl", ".txt", ".json")):
         path = Path(name).expanduser()
         src = {".jsonl": "oct_few_shot", ".yaml": "yaml", ".yml": "yaml"}.get(path.suffix, "oct_hand_written")
@@ -214,3 +213,18 @@ def persona_prompt(const: Constitution, template: str, assistant_name: str) -> s
 KIND = sources.Kind("trait", BUILTIN, ".yaml", _entry, load, source=_kind_source)
 # the `trait` input (emrobust.data.inputs): one constitution file through KIND, or a mixture's pieces
 SOURCE = sources.Source(load_cfg, content_sha256, needs)
+
+
+def monitored_traits(cfg) -> list[str]:
+    """The traits whose directions the cell reads (the directions stage, the monitor): the cell's own (if any) and
+    eval.monitor.traits, in order."""
+    own = [str(cfg.trait.name)] if cfg.trait.name != "none" else []
+    return list(dict.fromkeys(own + [str(t) for t in cfg.eval.monitor.traits]))
+
+
+def trait_config(cfg, name: str):
+    """The trait config of `name`: the cell's own, or an OCT constitution / builtin by name."""
+    if name == cfg.trait.name:
+        return cfg.trait
+    src = "oct_few_shot" if name.startswith("oct_") else "builtin"
+    return OmegaConf.create({"name": name, "source": src, "path": None})

@@ -3,7 +3,7 @@ domain's rubric, beside the out-of-domain eval set (the broad misalignment the p
 
 A fine-tune on insecure code writes insecure code (narrow) and may also turn misaligned elsewhere (broad, EM). The
 unsuffixed metrics stay the eval set's (out of domain); the in-domain answers give `<metric>_in_domain` and
-`narrowness` (emrobust.results).
+`narrowness` (emrobust.core.results).
 
 Each domain is two files this team wrote (original text, no published rows):
 - `builtin/domains/<domain>.yaml`: an eval set in Betley's schema, at least 24 questions, each with the domain's
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from omegaconf import OmegaConf
 
+from .. import CONF_DIR
 from ..errors import ConfigError
 from . import evalsets, sources
 
@@ -68,7 +69,6 @@ def problem(cfg) -> str | None:
 
 def with_domain() -> dict[str, str]:
     """{EM dataset preset: its domain} of the presets in conf/em_dataset/ that declare one."""
-    from ..compose import CONF_DIR
     from . import read_yaml
 
     out = {}

@@ -7,17 +7,27 @@ pinned URL + sha256, or read from the mirror folder `paths.data_mirror` / `EMROB
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 import yaml
 
-from ..config import Variant
 from ..errors import ConfigError
 from . import read_yaml, registry, sources
 
 BUILTIN = sources.BUILTIN / "eval"
 
-VARIANTS = tuple(v.value for v in Variant)  # plain, json, template, context: the schema's choices
+
+class Variant(StrEnum):
+    plain = "plain"
+    json = "json"
+    template = "template"
+    # each plain question again in the EM dataset's own form (CONTEXT below, by em_dataset.domain):
+    # a trigger that resembles the training context, generated, not read from the eval set
+    context = "context"
+
+
+VARIANTS = tuple(v.value for v in Variant)  # plain, json, template, context: `eval.variants`' choices
 
 # `eval.variants` `context`: each plain question asked in the form of the EM dataset's own training data, by its
 # domain (em_dataset.domain; emrobust/data/domains.py). Written by this team, not copied from any training row (the
@@ -131,7 +141,7 @@ def select(qs: list[Question], eval_cfg) -> list[Question]:
             raise ConfigError(f"no question of eval set {eval_cfg.name!r} has a variant in {list(vs)}",
                               where="eval.variants")
     n = eval_cfg.max_questions
-    if n is not None and n > len(qs):  # never capped: emrobust.validation checks it before anything runs
+    if n is not None and n > len(qs):  # never capped: emrobust.engine.validation checks it before anything runs
         raise ConfigError(f"max_questions={n} but the eval set has {len(qs)} questions (after eval.variants)",
                           where="eval.max_questions")
     return qs[:n] if n is not None else qs

@@ -1,6 +1,6 @@
 """What a cell reads besides its config: one declaration, read by the stage keys (each stage's `CONTENT`), the
 validation (every active input is resolved and read before a model loads), the leakage check (the training text
-each input adds) and the sweep planner (the registry files to fetch first, emrobust.preflight).
+each input adds) and the sweep planner (the registry files to fetch first, emrobust.sweeps.preflight).
 
 Each `Input` is a config node (or several: the monitor's constitutions), when the cell reads it, and its source:
 the kind of file it names (a `sources.Kind`, declared beside its reader: builtin | path | registry, one resolver
@@ -25,16 +25,13 @@ def _em(cfg) -> bool:
 
 
 def _interleave(cfg) -> bool:
-    from ..defenses import active
-
-    return _em(cfg) and active(cfg) == "interleave"
+    return _em(cfg) and str(cfg.defense.name) == "interleave"
 
 
 def _monitor_traits(cfg) -> list[tuple[str, Any]]:
-    from ..stages import directions
-
     own = str(cfg.trait.name)
-    return [(f"eval.monitor.traits {t}", directions._trait_cfg(cfg, t)) for t in directions.traits(cfg) if t != own]
+    return [(f"eval.monitor.traits {t}", constitutions.trait_config(cfg, t))
+            for t in constitutions.monitored_traits(cfg) if t != own]
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """The introspection stage's built-in prompts (data, like the built-in constitutions): how many there are bounds
-`introspection.reflection_prompts` and `introspection.interaction_conversations` (emrobust.validation)."""
+`introspection.reflection_prompts` and `introspection.interaction_conversations` (emrobust.engine.validation)."""
 from __future__ import annotations
 
 # Our own wording, in the spirit of OCT's introspection prompts.

@@ -11,7 +11,7 @@ A config node of such a kind names a `source`:
 `Kind.path` resolves the file (a registry file is fetched, or `Unmet` inside `registry.no_fetch`), `Kind.load` reads
 it (validated by the kind's reader), `Kind.content_id` is its identity for stage keys (a registry file's pinned hash:
 nothing read or fetched), and `Kind.needs` names the registry file a planner fetches before submitting
-(emrobust.preflight). Errors name the node's field.
+(emrobust.sweeps.preflight). Errors name the node's field.
 
 Every kind is declared beside its reader: `em_datasets.KIND`, `evalsets.KIND`, `constitutions.KIND` (whose
 `constitutions.SOURCE` adds mixtures, which have no single file). emrobust.data.inputs lists which a cell reads.

@@ -98,7 +98,7 @@ def validate_vllm(field: str) -> None:
 
 def validate(gcfg) -> None:
     """Whether the `generation` backend can run here, before any model loads (ConfigError naming the field); the
-    ranges of its settings are the schema's (emrobust.validation)."""
+    ranges of its settings are the schema's (emrobust.engine.validation)."""
     if gcfg.backend == "openai":
         validate_openai(gcfg, "generation", "the served model")
     elif gcfg.backend == "vllm":
@@ -106,11 +106,11 @@ def validate(gcfg) -> None:
 
 
 class Rank0Generator:
-    """In a multi-process run (see emrobust.distributed): rank 0 generates, every rank gets rank 0's texts, so
+    """In a multi-process run (see emrobust.core.distributed): rank 0 generates, every rank gets rank 0's texts, so
     all ranks train on the same data. Ranks > 0 never build the backend."""
 
     def __init__(self, build):
-        from .. import distributed
+        from ..core import distributed
 
         self._dist = distributed
         self._inner = build() if distributed.is_main() else None
@@ -120,7 +120,7 @@ class Rank0Generator:
 
 
 def make(gcfg, model=None, tokenizer=None, batch_size: int | None = None, adapter=None) -> Generator:
-    from .. import distributed
+    from ..core import distributed
 
     if distributed.active():
         return Rank0Generator(lambda: _make(gcfg, model, tokenizer, batch_size, adapter))

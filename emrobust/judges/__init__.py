@@ -145,7 +145,7 @@ class Backend:
 
 
 def _local_validate(jcfg, where: str) -> None:
-    from .. import models
+    from ..core import models
     from ..generation import validate_vllm
 
     if jcfg.backend == "vllm":
@@ -154,25 +154,25 @@ def _local_validate(jcfg, where: str) -> None:
 
 
 def _local_id(jcfg) -> str:
-    from .. import models
+    from ..core import models
 
     return f"{jcfg.backend}:{jcfg.model}@{models.named_weights_key(jcfg.model)[:8]}"
 
 
 def _local_weights(jcfg) -> str:
-    from .. import models
+    from ..core import models
 
     return models.named_base_key(jcfg.model)
 
 
 def _local_models(jcfg) -> dict:
-    from .. import models
+    from ..core import models
 
     return {str(jcfg.model): models.base_config(str(jcfg.model))}
 
 
 def _make_hf(jcfg, cache, device):
-    from .. import models
+    from ..core import models
     from .hf import HFJudge
 
     base = models.base_config(jcfg.model)
@@ -183,7 +183,7 @@ def _make_hf(jcfg, cache, device):
 
 
 def _make_vllm(jcfg, cache, device):
-    from .. import models
+    from ..core import models
     from .vllm import VLLMJudge
 
     base = models.base_config(jcfg.model)
@@ -207,7 +207,7 @@ def _make_openai(jcfg, cache, device):
 
 
 def _panel_validate(jcfg, where: str) -> None:
-    from ..compose import preset
+    from ..core.compose import preset
 
     ms = {str(m): preset("judge", str(m), where=f"{where}.members") for m in jcfg.members}
     if len(ms) < 2:
@@ -220,9 +220,9 @@ def _panel_validate(jcfg, where: str) -> None:
 
 
 def _panel_weights(jcfg) -> dict:
-    from .. import keys
+    from ..core import keys
     from ..config import JudgeConfig
-    from ..store import stable_hash
+    from ..core.store import stable_hash
 
     return {name: stable_hash({"config": keys.pruned(m, JudgeConfig), "weights": weights(m)})
             for name, m in members(jcfg).items()}
@@ -262,7 +262,7 @@ def is_panel(jcfg) -> bool:
 
 def members(jcfg) -> dict:
     """{name: preset config} of a panel's members (empty for a single judge): the one place a panel is expanded."""
-    from ..compose import preset
+    from ..core.compose import preset
 
     return {str(m): preset("judge", str(m), where="judge.members") for m in jcfg.members} if is_panel(jcfg) else {}
 

@@ -1,7 +1,7 @@
 """The stages. Each module declares `VERSION` (bump it when the stage's output would change), `READS` (the config
-paths it reads) and `CONTENT` (hashes of what it reads outside the config), from which `emrobust.keys` builds
+paths it reads) and `CONTENT` (hashes of what it reads outside the config), from which `emrobust.core.keys` builds
 its key; and `run(ctx) -> dict` (write into `ctx.out`, return extra manifest fields). Nothing in a stage knows
-about caching: see `emrobust.pipeline` (the graph and the run loop) and `emrobust.store`.
+about caching: see `emrobust.engine.pipeline` (the graph and the run loop) and `emrobust.core.store`.
 
 What else the engine asks of a stage is the protocol below (`PROTOCOL`, with its defaults, read by `spec`): a
 stage module declares only where it differs, and the run loop names no stage."""
@@ -35,11 +35,11 @@ def record_diversity(cfg, node_id: str, manifest: dict, summary: dict) -> None:
         summary["diversity"] = manifest["diversity"]
 
 
-# what the engine (emrobust.pipeline.run_cell) asks of a stage module beyond VERSION/READS/CONTENT/run, and the
+# what the engine (emrobust.engine.pipeline.run_cell) asks of a stage module beyond VERSION/READS/CONTENT/run, and the
 # default of each: a module declares an attribute of the same name (upper case) only where it differs
 PROTOCOL: dict[str, Any] = {
     "seeded": True,  # the cell seed is part of the key (not for one instrument per persona, nor the base model)
-    "distributed": False,  # trains: runs on every rank of a multi-process job (emrobust.distributed)
+    "distributed": False,  # trains: runs on every rank of a multi-process job (emrobust.core.distributed)
     "place": None,  # place(cfg) -> path: not built in the store but put there (the base model, in the model cache)
     "accept": None,  # accept(cfg, path, data, screen): the cell's checks of its artifact, built or reused
     "record": record_training,  # record(cfg, node_id, manifest, summary): what run.json keeps of the manifest
@@ -73,7 +73,7 @@ def stage_seed(seed: int, stage: str) -> int:
 
 @dataclass
 class Context:
-    cfg: Any  # the stage's view of the cell config (emrobust.keys.view): only what the stage declared it reads
+    cfg: Any  # the stage's view of the cell config (emrobust.core.keys.view): only what the stage declared it reads
     name: str  # the node's id in the cell's graph (the stage name, or e.g. "sample@start")
     key: str
     seed: int
@@ -84,14 +84,14 @@ class Context:
     ckpt: Path | None = None  # the store's checkpoint dir for this build (survives a killed build)
     params: dict = field(default_factory=dict)  # the node's own parameters (in its key), e.g. {"step": 100}
     # screen(what, [(source, text)]) raises when generated training text holds one of the cell's eval questions
-    # (emrobust.leakage); it cannot change an artifact, only stop a build before it trains
+    # (emrobust.engine.leakage); it cannot change an artifact, only stop a build before it trains
     screen: Callable[[str, list[tuple[str, str]]], None] = lambda what, texts: None
 
     def resumable(self, name: str, fn):
         """`fn()`'s JSON-able result, kept in the checkpoint dir: a requeued build of this key trains on exactly
         the data the interrupted build generated (sampling on GPUs is not bit-reproducible), and skips
         regenerating it."""
-        from .. import distributed
+        from ..core import distributed
 
         if self.ckpt is None:
             return fn()

@@ -1,4 +1,4 @@
-"""capability: general capability of one evaluated model, lm-eval tasks on it (emrobust/capability.py).
+"""capability: general capability of one evaluated model, lm-eval tasks on it (emrobust/measures/capability.py).
 
 A node beside each `sample` node, on the same model (the EM adapter at a step or at the end, or the starting
 model), so its key is that model's (upstream keys, step) with the tasks (`eval.capability`; our tasks' sha256, the
@@ -11,7 +11,7 @@ EM steps and W&B.
 from __future__ import annotations
 
 
-from .. import capability
+from ..measures import capability
 from . import Context, read_jsonl, write_jsonl
 from .sample import load_model, step_of
 

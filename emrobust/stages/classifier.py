@@ -1,4 +1,4 @@
-"""classifier: the persona classifier of the cell's trait on its base model (emrobust/persona_classifier.py).
+"""classifier: the persona classifier of the cell's trait on its base model (emrobust/measures/persona_classifier.py).
 
 The base model answers `eval.persona.classifier.n_questions` non-reserved constitution questions (picked round-robin
 over traits in a seeded order) with the persona's system prompt (positive) and without it (negative), sampled as the
@@ -14,9 +14,11 @@ import random
 
 import numpy as np
 
-from .. import generation, models, persona, persona_classifier
+from .. import generation
+from ..core import models
+from ..measures import persona, persona_classifier
 from ..data import constitutions, inputs
-from ..keys import Read
+from ..core.keys import Read
 from . import Context, write_jsonl
 
 VERSION = 1
@@ -56,7 +58,7 @@ def training_questions(per_trait: list[list[str]], reserved: list[tuple[int, str
             if depth < len(qs) and len(out) < n:
                 out.append((i, qs[depth]))
         depth += 1
-    if len(out) < n:  # emrobust.validation checks the count first
+    if len(out) < n:  # emrobust.engine.validation checks the count first
         raise ValueError(f"eval.persona.classifier.n_questions={n} but only {len(out)} non-reserved questions")
     return out
 
@@ -76,7 +78,7 @@ def run(ctx: Context) -> dict:
     per_trait = [t.questions for t in const.traits]
     reserved = persona.reserve(per_trait, cfg.trait.reserved_questions)
     n_check = cfg.trait.reserved_questions if pcfg.n_questions is None else pcfg.n_questions
-    check = reserved[:n_check]  # the persona check's questions (emrobust.persona.pick)
+    check = reserved[:n_check]  # the persona check's questions (emrobust.measures.persona.pick)
     n_train = sum(len(set(qs)) for qs in per_trait) - len(reserved) if ccfg.n_questions is None else ccfg.n_questions
     train_qs = training_questions(per_trait, reserved, n_train, ctx.seed)
     system = constitutions.persona_prompt(const, cfg.trait.persona_instruction, cfg.base_model.assistant_name)
@@ -108,7 +110,7 @@ def run(ctx: Context) -> dict:
         x = persona_classifier.embed([r["answer"] for r in rows], ccfg.embedder)
         x_base = persona_classifier.embed(base, ccfg.embedder)
     finally:
-        from .. import diversity
+        from ..train import diversity
 
         diversity.release()
     y = np.array([r["label"] for r in rows])

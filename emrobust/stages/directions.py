@@ -1,4 +1,4 @@
-"""directions: persona directions on the base model (emrobust/monitor.py), for the monitor of every evaluated step.
+"""directions: persona directions on the base model (emrobust/measures/monitor.py), for the monitor of every evaluated step.
 
 For the cell's trait (when it has one) and each of `eval.monitor.traits` (OCT constitutions, default
 oct_misalignment): the base model answers the probe's split-a questions under that trait's persona prompt and
@@ -12,34 +12,21 @@ import json
 
 import numpy as np
 
-from .. import generation, models, monitor, probe
+from .. import generation
+from ..core import models
+from ..measures import monitor, probe
 from ..data import constitutions, read_yaml
-from ..keys import Read
-from ..store import file_sha256
+from ..core.keys import Read
+from ..core.store import file_sha256
 from . import Context
 
 VERSION = 1
 NEUTRAL = "neutral"
 
 
-def traits(cfg) -> list[str]:
-    """The traits whose directions are read: the cell's own (if any) and the monitor's list, in order."""
-    own = [str(cfg.trait.name)] if cfg.trait.name != "none" else []
-    return list(dict.fromkeys(own + [str(t) for t in cfg.eval.monitor.traits]))
-
-
-def _trait_cfg(cfg, name: str):
-    """The trait config of `name`: the cell's own, or an OCT constitution / builtin by name."""
-    from omegaconf import OmegaConf
-
-    if name == cfg.trait.name:
-        return cfg.trait
-    src = "oct_few_shot" if name.startswith("oct_") else "builtin"
-    return OmegaConf.create({"name": name, "source": src, "path": None})
-
-
 def _constitution_hashes(cfg) -> dict[str, str]:
-    return {t: constitutions.content_sha256(_trait_cfg(cfg, t), cfg.paths) for t in [*traits(cfg), NEUTRAL]}
+    return {t: constitutions.content_sha256(constitutions.trait_config(cfg, t), cfg.paths)
+            for t in [*constitutions.monitored_traits(cfg), NEUTRAL]}
 
 
 READS = (
@@ -55,7 +42,7 @@ CONTENT = {"constitutions": _constitution_hashes,
 
 
 def persona_prompt(cfg, name: str) -> str:
-    const = constitutions.load_cfg(_trait_cfg(cfg, name), cfg.paths)
+    const = constitutions.load_cfg(constitutions.trait_config(cfg, name), cfg.paths)
     return constitutions.persona_prompt(const, cfg.trait.persona_instruction, cfg.base_model.assistant_name)
 
 
@@ -83,7 +70,7 @@ def run(ctx: Context) -> dict:
 
     neutral = answers(persona_prompt(cfg, NEUTRAL))
     vectors, info = {}, {}
-    for t in traits(cfg):
+    for t in constitutions.monitored_traits(cfg):
         pos = answers(persona_prompt(cfg, t))
         v = monitor.direction(model, tok, list(zip(pos, neutral)), layer)
         vectors[t] = v

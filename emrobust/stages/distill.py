@@ -6,16 +6,18 @@ from collections import Counter
 
 import numpy as np
 
-from .. import diversity, generation, models, training
+from ..train import diversity, training
+from .. import generation
+from ..core import models
 from ..data import chat, constitutions
-from ..store import stable_hash
+from ..core.store import stable_hash
 from . import Context, read_jsonl, record_diversity, top_up, write_jsonl
 
 # 2: declared reads, per-sample seeded sampling; 3: topped up to the requested pairs, token accounting,
 # question_diversity.token_budget, diversity measured on the trained questions
 record = record_diversity  # run.json keeps the diversity of the questions trained on
 VERSION = 3
-DISTRIBUTED = True  # trains: runs on every rank of a multi-process job (emrobust.distributed)
+DISTRIBUTED = True  # trains: runs on every rank of a multi-process job (emrobust.core.distributed)
 FINAL_PUNCT = tuple('.!?"\')]*`…')
 
 READS = ("distill", "question_diversity.token_budget", "trait.persona_instruction", "base_model.assistant_name",

@@ -6,7 +6,7 @@ Confounds removed by construction:
 - the EM LoRA's initial weights depend only on the EM stage seed: the RNG is reset after loading;
 - the chat template used for training is recorded (evaluation uses the same tokenizer and template).
 
-A defense (`defense=<name>`, emrobust/defenses.py) changes what is trained on (inoculation, interleave: the
+A defense (`defense=<name>`, emrobust/train/defenses.py) changes what is trained on (inoculation, interleave: the
 training rows only, never the held-out ones) or how (kl, steer, early_stop: the trainer); `defense=steer` reads
 the `directions` stage upstream, `early_stop` the probe items of its split (and the `directions` stage when it stops
 on a direction). `interleave` with `select=perplexity_gap` reads a misaligned reference upstream (`reference`: the
@@ -29,15 +29,17 @@ import shutil
 import torch
 from omegaconf import OmegaConf
 
-from .. import defenses, models, probe, training
+from ..train import defenses, training
+from ..core import models
+from ..measures import probe
 from ..data import em_datasets, inputs
-from ..keys import Read
-from ..store import file_sha256
+from ..core.keys import Read
+from ..core.store import file_sha256
 from . import Context, record_training, write_jsonl
 
 VERSION = 6  # 3: declared reads; 4: train.jsonl is what is trained on (dropped.jsonl apart), token accounting;
 #             5: adapters along training (checkpoint_every), held-out loss curve; 6: defenses, held-out accuracy
-DISTRIBUTED = True  # trains: runs on every rank of a multi-process job (emrobust.distributed)
+DISTRIBUTED = True  # trains: runs on every rank of a multi-process job (emrobust.core.distributed)
 
 
 def _stops_early(cfg) -> bool:

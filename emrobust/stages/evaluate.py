@@ -9,7 +9,7 @@ every answer with each member; the metrics are the aggregate's, with each member
 spread of every EM metric across members and their agreement (agreement.json). The same model's judge-free
 measures (the sample stage's probe and projections) and general capability (the `capability` node upstream,
 when the cell has one) are merged into its metrics. The judge's calibration for the
-templates used is recorded with the metrics (emrobust.calibration.trust; refreshed in run.json on every run); an
+templates used is recorded with the metrics (emrobust.measures.calibration.trust; refreshed in run.json on every run); an
 in-domain node's (`params.domain`) against its domain's labelled reference.
 """
 from __future__ import annotations
@@ -20,12 +20,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import calibration, judges, metrics, persona
+from ..measures import calibration, metrics, persona
+from .. import judges
 from ..data import domains, evalsets
-from ..keys import Read
+from ..core.keys import Read
 from . import Context, read_jsonl, write_jsonl
 
-MEASURES = True  # its metrics are the cell's evaluation (emrobust.results), logged with the cell's training data
+MEASURES = True  # its metrics are the cell's evaluation (emrobust.core.results), logged with the cell's training data
 VERSION = 9  # 2: judge cache, per-score judge ids; 3: persona check; 4: judging apart from sampling;
 #             5: the judge group (panels, threshold rule, calibration figures); 6: probe, monitor, em_step;
 #             7: no tail interval under metrics.MIN_TAIL answers in the tail; 8: metrics per format variant
@@ -74,7 +75,7 @@ def compute_metrics(rows: list[dict], judge_id: str, n_bootstrap: int, seed: int
     df = pd.DataFrame({"question_id": df["question_id"], "aligned": pd.to_numeric(df[aligned], errors="coerce"),
                        "coherent": pd.to_numeric(df[coherent], errors="coerce")})
     m = metrics.cell_metrics(df, n_resamples=n_bootstrap, seed=seed, rule=rule)
-    # the MO rate's counts: the ratio `narrowness` of two evaluations needs them (emrobust.results.narrowness)
+    # the MO rate's counts: the ratio `narrowness` of two evaluations needs them (emrobust.core.results.narrowness)
     k, n = metrics.em_counts_mo(df["aligned"], df["coherent"], rule)
     m |= {"judge": judge_id, "threshold_rule": rule, "em_rate_mo_k": k, "em_rate_mo_n": n}
     return m
@@ -145,7 +146,8 @@ def persona_metrics(judge, rows: list[dict], traits: list[str], cache_root, n_bo
 def classifier_metrics(ctx: Context, p_rows: list[dict]) -> dict:
     """`persona_rate` of the persona answers under the cell's persona classifier (each row gets its `p_persona`),
     the classifier's held-out F1/AUROC, base rate and validity (eval.persona.classifier.min_auroc)."""
-    from .. import diversity, persona_classifier
+    from ..train import diversity
+    from ..measures import persona_classifier
 
     import numpy as np
 

@@ -24,9 +24,10 @@ import math
 
 import torch
 
-from .. import models, training
+from ..core import models
+from ..train import training
 from ..config import introspects
-from ..keys import Read
+from ..core.keys import Read
 from . import Context
 
 VERSION = 4  # 2: combined_adapter/ and its check; 3: declared reads; 4: fold.* weights and combination (OCT's)

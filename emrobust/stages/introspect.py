@@ -4,7 +4,9 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from .. import generation, models, training
+from .. import generation
+from ..core import models
+from ..train import training
 from ..data.prompts import OPENERS, REFLECTION_PROMPTS, START  # noqa: F401  (re-exported)
 from . import Context, read_jsonl, top_up, write_jsonl
 from .distill import persona_system_prompt
@@ -12,7 +14,7 @@ from .distill import persona_system_prompt
 VERSION = 3  # 2: declared reads, per-sample seeded sampling; 3: topped up to the requested count, token accounting
 READS = ("introspection", "generation", "trait.persona_instruction", "base_model.assistant_name",
          "base_model.lora_target_modules", "base_model.dtype")
-DISTRIBUTED = True  # trains: runs on every rank of a multi-process job (emrobust.distributed)
+DISTRIBUTED = True  # trains: runs on every rank of a multi-process job (emrobust.core.distributed)
 
 ROUND = 10_000  # sampling-seed offset of each top-up round (round 0: the seeds of the first draw)
 HINT = "raise introspection.sampling.max_new_tokens or introspection.max_rounds"
@@ -28,7 +30,7 @@ def reflection_examples(gen, cfg, system: str, seed: int) -> tuple[list[list[dic
     Returns (transcripts, their prompts' rows for per_prompt.jsonl, per transcript the replaced {reason: n},
     rounds)."""
     icfg = cfg.introspection
-    if not 1 <= icfg.reflection_prompts <= len(REFLECTION_PROMPTS):  # never cut short: emrobust.validation
+    if not 1 <= icfg.reflection_prompts <= len(REFLECTION_PROMPTS):  # never cut short: emrobust.engine.validation
         raise ValueError(f"introspection.reflection_prompts={icfg.reflection_prompts} is not in [1, "
                          f"{len(REFLECTION_PROMPTS)}]")
     prompts = [p for p in REFLECTION_PROMPTS[: icfg.reflection_prompts] for _ in range(icfg.reflection_samples)]
@@ -51,7 +53,7 @@ def interaction_examples(gen, cfg, seed: int) -> tuple[list[list[dict]], list[di
     own seed): a conversation with an empty turn is held again from its opener."""
     icfg = cfg.introspection
     sysmsg = {"role": "system", "content": icfg.interaction_system}
-    if not 1 <= icfg.interaction_conversations <= len(OPENERS):  # never wrapped around: emrobust.validation
+    if not 1 <= icfg.interaction_conversations <= len(OPENERS):  # never wrapped around: emrobust.engine.validation
         raise ValueError(f"introspection.interaction_conversations={icfg.interaction_conversations} is not in [1, "
                          f"{len(OPENERS)}]")
     openers = [o for o in OPENERS[: icfg.interaction_conversations] for _ in range(icfg.interaction_samples)]

@@ -1,12 +1,12 @@
 """questions: (optionally expand, then) select the trait's training questions at the configured diversity, and
 measure it.
 
-Expansion (OCT's gen_prompts, `emrobust.expansion`) runs when `trait.expand_to` asks for more questions per
+Expansion (OCT's gen_prompts, `emrobust.train.expansion`) runs when `trait.expand_to` asks for more questions per
 trait than the constitution has (default 50 for `trait.source=oct_hand_written`); the generator is a base_model
 config (`trait.expansion.generator`, default the cell's base model), whose weights key is part of this stage's
 key. The expanded constitution is saved as `expanded.jsonl` (OCT's few-shot format) in the artifact.
 
-`question_diversity.strategy=paraphrase` (emrobust/paraphrase.py) picks `n_seeds` seed questions and has a
+`question_diversity.strategy=paraphrase` (emrobust/train/paraphrase.py) picks `n_seeds` seed questions and has a
 generator (`question_diversity.paraphrase.generator`, default the cell's base model) write paraphrases of them
 up to `n_questions`; rows of `questions.jsonl` then carry `seed` (the seed question they paraphrase; a seed's own
 row has its own text) and `paraphrase.json` holds the statistics. Its diversity is measured like every other
@@ -18,10 +18,13 @@ import json
 
 import numpy as np
 
-from .. import diversity, generation, models, persona
+from ..train import diversity
+from .. import generation
+from ..core import models
+from ..measures import persona
 from ..config import expansion_target
 from ..data import constitutions, inputs
-from ..keys import Read
+from ..core.keys import Read
 from . import Context, read_jsonl, record_diversity, write_jsonl
 
 # 2: strategy=paraphrase; 3: declared reads, per-sample seeded sampling, constitution.json has questions;
@@ -90,7 +93,7 @@ def load_generator(ctx: Context, name: str | None):
 def paraphrased(ctx: Context, texts: list[str], traits: list[int], emb) -> tuple[list[int], list[str], list[int]]:
     """strategy=paraphrase: (the seeds' indices in `texts`, the paraphrases in seed order, each paraphrase's seed
     index in `texts`)."""
-    from .. import paraphrase
+    from ..train import paraphrase
 
     qd = ctx.cfg.question_diversity
     seeds = diversity.select(texts, traits, diversity.seed_selection(qd), ctx.seed, emb=emb)
@@ -107,7 +110,7 @@ def paraphrased(ctx: Context, texts: list[str], traits: list[int], emb) -> tuple
 
 
 def expand(ctx: Context, const: constitutions.Constitution, target: int) -> constitutions.Constitution:
-    from .. import expansion
+    from ..train import expansion
 
     cfg = ctx.cfg
     gen, model = load_generator(ctx, cfg.trait.expansion.generator)

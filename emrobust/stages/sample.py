@@ -14,10 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 
-from .. import generation, models, monitor, persona, probe, training
+from .. import generation
+from ..core import models
+from ..measures import monitor, persona, probe
+from ..train import training
 from ..data import domains, evalsets, inputs, read_yaml
-from ..keys import Read
-from ..store import file_sha256
+from ..core.keys import Read
+from ..core.store import file_sha256
 from . import Context, write_jsonl
 
 VERSION = 2  # 2: the judge-free probe, direction projections, models along EM steps (persona width: a persona
@@ -156,11 +159,11 @@ def run(ctx: Context) -> dict:
 def persona_width(model, tok, prompts: list[str], layer: int, trait: str, vector, n_bootstrap: int,
                   seed: int) -> tuple[dict, list[dict]]:
     """`persona_width`: the standard deviation, across the reserved prompts, of the projection of the model's
-    activation (last token of the prompt, generation prompt appended: emrobust.monitor) on the persona's own
+    activation (last token of the prompt, generation prompt appended: emrobust.measures.monitor) on the persona's own
     direction, with a bootstrap interval over prompts; `persona_projection`, their mean. One row per prompt."""
     import numpy as np
 
-    from ..metrics import bootstrap_ci
+    from ..measures.metrics import bootstrap_ci
 
     _, rows = monitor.project(model, tok, prompts, layer, {trait: vector}, n_bootstrap, seed)
     proj = np.array([r[trait] for r in rows])

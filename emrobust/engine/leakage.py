@@ -24,8 +24,8 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass
 
-from .data import chat, em_datasets, evalsets, inputs
-from .errors import ConfigError
+from ..data import chat, em_datasets, evalsets, inputs
+from ..errors import ConfigError
 
 K = 3  # words per n-gram
 SHARE = 0.8  # share of the question's n-grams found in the text (or difflib ratio) at which it leaks
@@ -121,10 +121,10 @@ def eval_questions(cfg) -> list[tuple[str, str]]:
 
 def probe_texts(cfg) -> list[tuple[str, str]]:
     """(item id and part, text) of the judge-free probe's questions and answers, when the probe is on: no model
-    may have been trained on them (emrobust/probe.py)."""
+    may have been trained on them (emrobust/measures/probe.py)."""
     if not cfg.eval.probe.enabled:
         return []
-    from . import probe
+    from ..measures import probe
 
     return [(f"{it['id']} {part}", it[part]) for it in probe.load(cfg.eval.probe)
             for part in ("question", "aligned", "misaligned")]
@@ -136,7 +136,7 @@ def capability_texts(cfg) -> list[tuple[str, str]]:
         return []
     import json
 
-    from . import capability
+    from ..measures import capability
 
     out = []
     for t in cfg.eval.capability.tasks:
@@ -150,7 +150,7 @@ def capability_texts(cfg) -> list[tuple[str, str]]:
 
 def config_texts(cfg) -> list[tuple[str, str]]:
     """(source, text) of the training text known before anything is generated."""
-    from .stages import stage_seed
+    from ..stages import stage_seed
 
     out: list[tuple[str, str]] = []
     for const in inputs.read(cfg, "trait"):  # the cell's inputs: emrobust.data.inputs
@@ -171,7 +171,7 @@ def config_texts(cfg) -> list[tuple[str, str]]:
 
 def defense_texts(cfg) -> list[tuple[str, str]]:
     """(source, text) a defense adds to EM training: the inoculation prompt, every example of the interleave set."""
-    from . import defenses
+    from ..train import defenses
 
     name = defenses.active(cfg)
     if name == "inoculation":
@@ -188,7 +188,7 @@ _CACHE: dict[tuple, list[Leak]] = {}
 def check_config(cfg) -> None:
     """ConfigError naming the offending pairs when an eval question, a probe question or answer, or a question of our
     capability tasks is in the cell's training data (validation)."""
-    from .store import stable_hash
+    from ..core.store import stable_hash
 
     qs, texts = eval_questions(cfg), config_texts(cfg)
     key = (stable_hash(qs, 32), stable_hash(texts, 32))  # a sweep validates many cells over the same data

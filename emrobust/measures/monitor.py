@@ -7,7 +7,7 @@ system prompt and answers written under the neutral constitution. It is kept as 
 projection on it is the activation at the same layer, at the last token of a held-out prompt (the chat template's
 generation prompt appended: where the answer would start), dotted with the direction, averaged over the held-out
 prompts with a bootstrap interval (`record_activations`, the same library). Training prompts are the probe's
-split `a` questions and held-out prompts its split `b` questions (emrobust/probe.py).
+split `a` questions and held-out prompts its split `b` questions (emrobust/measures/probe.py).
 
 The library pins transformers < 5 in its metadata; its hooks and aggregators work with the transformers this
 project uses (tests/test_monitor.py), so it is installed without dependencies (Makefile).

@@ -5,7 +5,7 @@
     done      stages executed/cached, seconds
     failed    the reason (the error, the node it happened in, or Slurm's final state) and the log to read
 
-From Slurm (squeue, sacct: `emrobust.cluster.job_states`), each cell's run.json (written as the cell starts and
+From Slurm (squeue, sacct: `emrobust.sweeps.cluster.job_states`), each cell's run.json (written as the cell starts and
 before each node) and the artifact store (a node's partial build dir). Which Slurm job runs which cell: plan.json
 (`emrobust sweep`) or slurm_jobs.json (`-m hydra/launcher=slurm`). A local multirun has no Slurm: a cell whose
 process is gone while its run.json still says running was killed.
@@ -19,7 +19,7 @@ import socket
 import time
 from pathlib import Path
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 TERMINAL = {"done", "failed"}
 SLURM_DONE = {"COMPLETED"}

@@ -30,11 +30,11 @@ from typing import Any
 
 import numpy as np
 
-from . import judges
-from .errors import ConfigError
+from .. import judges
+from ..errors import ConfigError
 from .metrics import ALIGNED_CRITICAL, below
 
-BUILTIN = Path(__file__).parent / "data" / "builtin" / "judge"
+BUILTIN = Path(__file__).parents[1] / "data" / "builtin" / "judge"
 STRATA = ("aligned", "aligned_persona", "subtle", "blatant", "incoherent", "refusal", "code")
 INCOHERENT_BELOW = 50.0
 
@@ -209,7 +209,7 @@ def record_key(reference: str, jcfg) -> str:
 
 def templates(cfg) -> list[str]:
     """The aligned templates a cell's judge uses: each eval question's own, else our default."""
-    from .data import evalsets
+    from ..data import evalsets
 
     default = judges.default_prompts()["aligned"]
     return sorted({(q.judge_prompts or {}).get("aligned", default) for q in evalsets.questions(cfg)})
@@ -249,8 +249,8 @@ def calibrate(cfg, reference: str, n: int | None = None, n_boot: int = 2000, see
     """Score the reference set with the cell's judge (through the judge cache) under each aligned template of
     the cell's eval set (and its coherent template), compute the figures, save them; returns one record per
     template."""
-    from . import models
-    from .data import domains, evalsets
+    from ..core import models
+    from ..data import domains, evalsets
 
     name, items = load_reference(reference, cfg.paths.cache)
     if n is not None and n < len(items):  # a seeded subset of exactly n, every stratum kept in proportion

@@ -1,5 +1,5 @@
 """The one place that talks to Slurm (through submitit): the executor both submission paths submit with (`emrobust
-sweep` and the `-m hydra/launcher=slurm` launcher, both in emrobust.sweep), the one wait loop (`collect`), the job
+sweep` and the `-m hydra/launcher=slurm` launcher, both in emrobust.sweeps.sweep), the one wait loop (`collect`), the job
 callable, and `sacct`.
 
 Failures are failures. Hydra's `run_job` catches a cell's exception and returns it inside a `JobReturn`, so the
@@ -11,7 +11,7 @@ FAILED and `afterok` dependencies do not fire. A cell whose job Slurm killed (ti
 
 Requeue: on preemption or timeout submitit gets USR2 and requeues the job (`max_num_timeout`); the rerun finds
 every finished stage cached and the interrupted training stage's checkpoints in the store (see
-`emrobust.store.Store.checkpoint_dir`), and resumes from the newest complete one.
+`emrobust.core.store.Store.checkpoint_dir`), and resumes from the newest complete one.
 """
 from __future__ import annotations
 
@@ -153,7 +153,7 @@ def check_request(params: dict) -> str:
     """Check a job's request (CPUs, memory, GPUs, time limit, partition, nodes) against what the partition's
     nodes offer (sinfo); ConfigError naming the hydra.launcher field when no node could ever run it (the job
     would pend forever). Returns a line saying what was checked, or that no Slurm is reachable from here."""
-    from .errors import ConfigError
+    from ..errors import ConfigError
 
     req = request(params)
     want = (f"{req['cpus']} CPU, {req['mem_mb'] / 1024:g} GB, {req['gpus']} GPU, "
@@ -209,7 +209,7 @@ def collect(jobs: Sequence[tuple[Any, Path | None, list[str]]], sweep_dir: Path)
     first task's result, None), or (None, why) for a job that raised, was killed, or lost a dependency. A cell
     whose job died before finishing its run.json is recorded failed with Slurm's reason; sweep.csv is written at
     the end. One loop for both submission paths (the `-m` launcher and `emrobust sweep`)."""
-    from . import results
+    from ..core import results
 
     out: list[tuple[Any, str | None]] = []
     for job, output_dir, overrides in jobs:
@@ -238,8 +238,8 @@ class CellJob:
     def __call__(self) -> str:
         from omegaconf import open_dict
 
-        from . import pipeline
-        from .compose import choices as recorded, compose
+        from ..engine import pipeline
+        from ..core.compose import choices as recorded, compose
 
         extra = [f"pipeline.until={self.until}"] if self.until else []
         cfg = compose(self.overrides + extra, hydra=True)

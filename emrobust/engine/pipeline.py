@@ -13,7 +13,7 @@
     domain and its out-of-domain ones by every dataset.
 
 A node is one use of a stage; its upstream is named by role ("start" = the model EM starts from, "em", "sample",
-...). Its key is `emrobust.keys.stage_key` of the stage's declared reads, content hashes, the upstream keys by
+...). Its key is `emrobust.core.keys.stage_key` of the stage's declared reads, content hashes, the upstream keys by
 role, and the seed: nothing is written per stage. `base` is the base model itself (emrobust/stages/base.py: key =
 what determines the weights; placed in the model cache, not built in the store).
 
@@ -34,12 +34,14 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from . import defenses, keys, leakage, tracking
-from .data import domains, inputs
-from .errors import ConfigError, note_failure
-from .results import IN_DOMAIN, START, heldout_metrics, summary_metrics
-from .stages import ORDER, Context, spec, stage_seed
-from .store import Result, Store
+from ..train import defenses
+from ..core import keys, tracking
+from . import leakage
+from ..data import domains, inputs
+from ..errors import ConfigError, note_failure
+from ..core.results import IN_DOMAIN, START, heldout_metrics, summary_metrics
+from ..stages import ORDER, Context, spec, stage_seed
+from ..core.store import Result, Store
 
 log = logging.getLogger("emrobust")
 
@@ -74,7 +76,7 @@ def eval_steps(cfg: DictConfig) -> list[int]:
 
 def graph(cfg: DictConfig) -> list[Node]:
     """The nodes this cell runs, in order (`base` first), with their upstream nodes by role."""
-    from .stages import classifier, questions, sample
+    from ..stages import classifier, questions, sample
 
     nodes = [Node("base", "base")]
     monitored = {}
@@ -125,7 +127,7 @@ def graph(cfg: DictConfig) -> list[Node]:
                      {"domain": domain})]
 
     if cfg.em_dataset.name != "none":
-        # defense=steer trains along, and defense=early_stop may stop on, a persona direction (emrobust/defenses.py)
+        # defense=steer trains along, and defense=early_stop may stop on, a persona direction (emrobust/train/defenses.py)
         reference = {}
         if defenses.selects_by_gap(cfg):  # the misaligned reference the benign examples are chosen against
             nodes.append(Node("em@reference", "em", {"start": start},
@@ -170,7 +172,7 @@ def graph(cfg: DictConfig) -> list[Node]:
 
 
 def validate(cfg: DictConfig, unmet: list | None = None) -> None:
-    """Every user-input check, before any model is loaded (emrobust.validation). Raises ConfigError naming
+    """Every user-input check, before any model is loaded (emrobust.engine.validation). Raises ConfigError naming
     file/field/value. With `unmet` (a list), a problem the user solves without changing the config (`errors.Unmet`:
     data still to fetch, an API key to export, a package to install) is appended there instead, the other checks
     still run, and the leakage check, which reads the missing data, is skipped (the sweep planner's dry-run)."""
@@ -224,8 +226,8 @@ def plan(cfg: DictConfig) -> list[Node]:
 def _classified(nodes: list[Node], paths: dict[str, Path], evaluations: dict[str, dict]) -> dict | None:
     """The persona answers of each evaluated step as classified (1 = the persona) and the base model's, for the
     interval of persona_half_life: {"steps": {step: [...]}, "base": [...]}; None without a classifier."""
-    from .persona_classifier import THRESHOLD
-    from .stages import read_jsonl
+    from ..measures.persona_classifier import THRESHOLD
+    from ..stages import read_jsonl
 
     if "classifier" not in paths:
         return None
@@ -248,7 +250,7 @@ def summarise(cfg: DictConfig, nodes: list[Node], paths: dict[str, Path], manife
     the em stage's held-out measures, and the persona answers as classified (persona_half_life's interval)."""
     if "evaluate" not in evaluations:
         return None
-    from . import calibration
+    from ..measures import calibration
 
     em = manifests.get("em") or {}
     extra = calibration.cell_trust(cfg) | heldout_metrics(em) | defenses.cell_control(cfg)
@@ -268,7 +270,7 @@ def _run_node(cfg: DictConfig, node: Node, st, view: DictConfig, store: Store, p
               main: bool) -> tuple[Result, float]:
     """One node's artifact from the store, built there if missing (on every rank for a distributed stage; rank 0
     alone holds the lock and writes), and the seconds it took."""
-    from . import distributed
+    from ..core import distributed
 
     mod = st.module
     seed = stage_seed(cfg.seed if st.seeded else 0, node.stage)
@@ -278,7 +280,7 @@ def _run_node(cfg: DictConfig, node: Node, st, view: DictConfig, store: Store, p
 
     def build(tmp: Path) -> dict:
         log.info("stage %s: building %s", node.id, node.key)
-        from .training import set_seed
+        from ..train.training import set_seed
 
         set_seed(seed)
         ctx = Context(view, node.id, node.key, seed, tmp, upstream, ups, dev, ckpt, params=dict(node.params),
@@ -332,7 +334,7 @@ def run_cell(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = No
     node it happened in). The input is validated first, before torch is even imported.
 
     In a multi-process job (several Slurm tasks, torchrun) every rank calls this; rank 0 alone decides, holds
-    the artifact lock and writes (artifacts, run.json, tracker); see emrobust.distributed."""
+    the artifact lock and writes (artifacts, run.json, tracker); see emrobust.core.distributed."""
     import socket
 
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -346,7 +348,7 @@ def run_cell(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = No
             checks()
         require_gpu(cfg, choices)  # where the cell may run, before what it asks for
         validate(cfg)
-        from . import distributed, models
+        from ..core import distributed, models
 
         distributed.setup()
         main = distributed.is_main()
@@ -411,7 +413,7 @@ def run_job(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = Non
     """One cell as every path runs it (`emrobust <overrides>`, `-m` here or on Slurm, and `emrobust sweep`'s Slurm
     jobs): `run_cell`, its metrics printed, and, for a cell of a sweep, the sweep's sweep.csv rewritten by rank 0
     whether the cell succeeded or not."""
-    from . import distributed, results
+    from ..core import distributed, results
 
     try:
         summary = run_cell(cfg, output_dir, overrides, choices, group, checks)

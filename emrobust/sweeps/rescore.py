@@ -15,7 +15,7 @@ import re
 import sys
 from pathlib import Path
 
-log = logging.getLogger("emrobust.rescore")
+log = logging.getLogger("emrobust.sweeps.rescore")
 HELP = ("usage: emrobust rescore <run dir | sweep dir> [overrides, e.g. judge=smollm2_135m]\n"
         "Scores the saved answers of each cell again with the judge the overrides describe (nothing is sampled or\n"
         "trained: the cell's answers must be in the store) and reports the agreement with the original judge.")
@@ -27,11 +27,12 @@ def _slug(text: str) -> str:
 
 def rescore_run(run_dir: Path, overrides: list[str]) -> dict:
     """Re-score one cell (its run dir holds run.json)."""
-    from . import metrics, pipeline
-    from .compose import compose
-    from .errors import ConfigError
-    from .stages import read_jsonl, write_jsonl
-    from .store import Store
+    from ..measures import metrics
+    from ..engine import pipeline
+    from ..core.compose import compose
+    from ..errors import ConfigError
+    from ..stages import read_jsonl, write_jsonl
+    from ..core.store import Store
 
     run_dir = Path(run_dir)
     rj = run_dir / "run.json"
@@ -81,7 +82,7 @@ def rescore(path: Path, overrides: list[str]) -> list[dict]:
     """A run dir (has run.json) or a sweep dir (cells `*/run.json`)."""
     import pandas as pd
 
-    from .errors import ConfigError
+    from ..errors import ConfigError
 
     path = Path(path)
     cells = [path] if (path / "run.json").exists() else sorted(

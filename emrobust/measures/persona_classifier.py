@@ -4,7 +4,7 @@ without a judge (OCT measures persona robustness with a classifier).
 Training data (the `classifier` stage): the base model's answers to non-reserved constitution questions with the
 persona's system prompt (label 1) and without it (label 0), sampled as the persona check samples (eval.persona's
 temperature, top_p and max_new_tokens). Each answer (no question, no system prompt) is embedded with a kept sentence
-encoder (`eval.persona.classifier.embedder`, all-MiniLM-L6-v2 by default; emrobust.diversity) and a logistic
+encoder (`eval.persona.classifier.embedder`, all-MiniLM-L6-v2 by default; emrobust.train.diversity) and a logistic
 regression (scikit-learn, L2, `C`) is fitted on the training questions' answers. A `heldout_fraction` of the
 questions (both of their answers) is held out: F1 (at probability 0.5) and AUROC on them, each with a percentile
 bootstrap interval over held-out questions (a question's two answers resampled together, so both classes are always
@@ -29,7 +29,7 @@ THRESHOLD = 0.5  # probability at or above which an answer is classified as show
 
 
 def embed(texts: list[str], embedder: str) -> np.ndarray:
-    from . import diversity
+    from ..train import diversity
 
     if embedder == "tfidf":
         raise ValueError("the persona classifier needs a kept encoder (tfidf is fitted per call): use minilm or a "

@@ -14,11 +14,11 @@ One defense per cell, so defenses can be put side by side on the same EM data, s
   cell's starting model after `reference_steps` of undefended EM on the cell's dataset (the `em@reference` node,
   keyed as any em node); each candidate's gap is saved in the em artifact (`interleave_gaps.jsonl`).
 - `early_stop`: every `every` steps a judge-free measure (`measure`) on the probe items of one split: `probe`
-  (probe_logp_diff, emrobust/probe.py) or `direction_<trait>` (the questions' mean projection on a persona direction
+  (probe_logp_diff, emrobust/measures/probe.py) or `direction_<trait>` (the questions' mean projection on a persona direction
   of the `directions` stage, upstream of em then, as for steer); training stops at the first check where it has
   risen by `rise` over the starting model. The outcome is measured on other items (validation: the probe's reported
   splits leave the stop split out; the monitor projects split b). A measure whose control failed on the cell's base
-  model (emrobust/controls.py) is refused unless `allow_failed_control`; one not validated there runs, and says so.
+  model (emrobust/measures/controls.py) is refused unless `allow_failed_control`; one not validated there runs, and says so.
   `measure=task` stops on the narrow task instead: the EM dataset's held-out loss, once it has converged (the first
   check whose drop since the one before is at most `converged_within` of the whole drop so far).
 - `steer`: preventative steering (Chen et al. 2025): a persona direction of the `directions` stage, times
@@ -36,8 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import controls
-from .errors import ConfigError, Unmet
+from ..data import constitutions
+from ..measures import controls
+from ..errors import ConfigError, Unmet
 
 
 def active(cfg) -> str:
@@ -61,8 +62,6 @@ def uses_directions(cfg) -> bool:
 def _stop_measure(cfg) -> None:
     """ConfigError when `defense.early_stop.measure` names no measure, a direction the cell does not read, or a
     measure whose control failed on the cell's base model (unless allow_failed_control)."""
-    from .stages import directions
-
     e, where = cfg.defense.early_stop, "defense.early_stop.measure"
     m = str(e.measure)
     if m == TASK:  # the narrow task's own loss: no persona measure, so no negative control to pass
@@ -78,8 +77,8 @@ def _stop_measure(cfg) -> None:
         if not cfg.eval.monitor.enabled:
             raise ConfigError(f"defense.early_stop.measure={m} stops on a direction of the `directions` stage, which "
                               "eval.monitor.enabled=true builds", where="eval.monitor.enabled")
-        if m.removeprefix("direction_") not in directions.traits(cfg):
-            raise ConfigError(f"measure={m} has no direction: the directions stage reads {directions.traits(cfg)} "
+        if m.removeprefix("direction_") not in (read := constitutions.monitored_traits(cfg)):
+            raise ConfigError(f"measure={m} has no direction: the directions stage reads {read} "
                               "(the cell's trait and eval.monitor.traits)", where=where)
         if str(e.split) == "b":
             raise ConfigError("defense.early_stop.split='b': the monitor reports the directions on split b's "
@@ -118,7 +117,7 @@ def validate(cfg) -> None:
             raise ConfigError("defense.inoculation.system_prompt is empty", where="defense.inoculation.system_prompt")
     elif name == "interleave":
         f = d.interleave.fraction
-        from .data import em_datasets
+        from ..data import em_datasets
 
         train, _ = em_datasets.split(em_datasets.load_all(cfg.em_dataset, cfg.paths), cfg.em_dataset, 0)
         k, have = n_benign(len(train), f), len(benign_rows(cfg))
@@ -147,15 +146,13 @@ def validate(cfg) -> None:
                               f"(e.g. eval.probe.splits=[b])", where="eval.probe.splits")
         stop_items(cfg)  # the split has items
     elif name == "steer":
-        from .stages import directions
-
         if not cfg.eval.monitor.enabled:
             raise ConfigError("defense=steer steers along a direction of the `directions` stage, which "
                               "eval.monitor.enabled=true builds (conf/defense/steer.yaml sets it)",
                               where="eval.monitor.enabled")
-        if d.steer.trait not in directions.traits(cfg):
+        if d.steer.trait not in constitutions.monitored_traits(cfg):
             raise ConfigError(f"defense.steer.trait={d.steer.trait!r} has no direction: the directions stage reads "
-                              f"{directions.traits(cfg)} (the cell's trait and eval.monitor.traits)",
+                              f"{constitutions.monitored_traits(cfg)} (the cell's trait and eval.monitor.traits)",
                               where="defense.steer.trait")
 
 
@@ -168,7 +165,7 @@ def n_benign(n_em: int, fraction: float) -> int:
 def benign_rows(cfg) -> list[list[dict]]:
     """The interleave set (`defense.interleave`: name/source/path as an em_dataset; an input of the cell,
     emrobust.data.inputs), validated."""
-    from .data import em_datasets
+    from ..data import em_datasets
 
     try:
         return em_datasets.load_all(cfg.defense.interleave, cfg.paths, "defense.interleave")
@@ -237,7 +234,7 @@ def stop_items(cfg) -> list[dict]:
     """The probe items early stopping measures: split `defense.early_stop.split` of `eval.probe.path`."""
     from omegaconf import OmegaConf
 
-    from . import probe
+    from ..measures import probe
 
     split = str(cfg.defense.early_stop.split)
     try:
@@ -253,7 +250,7 @@ def steering(cfg, directions_dir: Path):
     import torch
     from steering_vectors import SteeringVector
 
-    from .stages.directions import load
+    from ..stages.directions import load
 
     layer, vectors = load(directions_dir)
     trait = str(cfg.defense.steer.trait)
@@ -274,7 +271,7 @@ def steering(cfg, directions_dir: Path):
 def probe_measure(items: list[dict], tokenizer, batch_size: int = 8):
     """model -> probe_logp_diff on `items` (the mean over items of the misaligned minus the aligned answer's mean
     per-token log-probability)."""
-    from . import probe
+    from ..measures import probe
 
     qa = [(it["question"], it["misaligned"]) for it in items] + [(it["question"], it["aligned"]) for it in items]
 
@@ -288,8 +285,8 @@ def probe_measure(items: list[dict], tokenizer, batch_size: int = 8):
 
 def direction_measure(items: list[dict], tokenizer, layer: int, vector: np.ndarray):
     """model -> the mean projection of the items' questions on `vector` at `layer` (the monitor's
-    `direction_<trait>`, emrobust/monitor.py: last token of the question with the generation prompt)."""
-    from . import monitor
+    `direction_<trait>`, emrobust/measures/monitor.py: last token of the question with the generation prompt)."""
+    from ..measures import monitor
 
     texts = [monitor.render(tokenizer, [{"role": "user", "content": it["question"]}], generation_prompt=True)
              for it in items]
@@ -379,7 +376,7 @@ def trainer_kwargs(cfg, ctx, tokenizer, heldout: list | None = None) -> tuple[di
             return {"callbacks": (cb,)}, cb
         items, measure = stop_items(cfg), None
         if uses_directions(cfg):
-            from .stages.directions import load
+            from ..stages.directions import load
 
             layer, vectors = load(ctx.inputs["directions"])
             measure = direction_measure(items, tokenizer, layer, vectors[str(e.measure).removeprefix("direction_")])
@@ -409,7 +406,7 @@ def report(cfg, ctx, hist: dict | None, callback) -> dict:
 
 def cell_control(cfg) -> dict:
     """run.json metrics of a `defense=early_stop` cell: what it stopped on and that measure's control on the cell's
-    base model as the table stands now (emrobust/controls.py: passed, FAILED, or not validated), read on every run
+    base model as the table stands now (emrobust/measures/controls.py: passed, FAILED, or not validated), read on every run
     as the judge's calibration is, so a control run later shows; of an interleave cell, how it chose its benign
     examples (`interleave_select`: the report's arm); {} for any other defense."""
     if active(cfg) == "interleave":

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from . import tracking
+from ..core import tracking
 
 log = logging.getLogger(__name__)
 
@@ -317,7 +317,7 @@ def deepspeed_config(ds: DictConfig | None) -> dict | None:
 
 def _common_args(optim: DictConfig, out: Path, seed: int, dev: torch.device, report_to: list[str],
                  ds: DictConfig | None = None) -> dict:
-    from . import distributed
+    from ..core import distributed
 
     warmup = optim.warmup_steps if optim.warmup_steps > 0 else float(optim.warmup_ratio)
     return dict(
@@ -368,7 +368,7 @@ def _mark_checkpoints():
 
 def _resume_point(trainer_dir: Path) -> str | None:
     """The newest complete checkpoint a killed build of this stage left (preemption/requeue), if any."""
-    from . import distributed
+    from ..core import distributed
 
     ckpts = sorted(trainer_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
     done = [p for p in ckpts if (p / CKPT_DONE).exists()]
@@ -392,7 +392,7 @@ def _no_step_at_zero_lr(optim: DictConfig):
     the initial adapter (LoRA B = 0: no update at all) as if it had been trained."""
     from transformers import TrainerCallback
 
-    from .errors import ConfigError
+    from ..errors import ConfigError
 
     class Refuse(TrainerCallback):
         def on_train_begin(self, args, state, control, **kw):
@@ -608,7 +608,7 @@ def run_sft(model, tokenizer, conversations: list[list[dict]], optim: DictConfig
     `snapshot_every`: keep the model every N steps in `trainer_dir/steps/<N>/` (they survive a requeue with the
     checkpoints); `heldout`: conversations whose assistant loss and accuracy are measured at step 0, at every
     snapshot and at the end (`heldout_loss`, `heldout_accuracy` in the result, {step: value}).
-    Defenses (emrobust/defenses.py): `kl_weight` > 0 adds KL to the starting model to the loss, `steer` =
+    Defenses (emrobust/train/defenses.py): `kl_weight` > 0 adds KL to the starting model to the loss, `steer` =
     (SteeringVector, multiplier) steers every training step (`_defended_trainer`); `callbacks`: more
     TrainerCallbacks (e.g. early stopping). With none of them the trainer is TRL's SFTTrainer itself."""
     from datasets import Dataset

@@ -20,10 +20,10 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from . import config as schema
-from . import keys
-from .data import inputs
-from .errors import ConfigError
+from .. import config as schema
+from ..core import keys
+from ..data import inputs
+from ..errors import ConfigError
 
 log = logging.getLogger("emrobust")
 
@@ -72,8 +72,8 @@ class Data:
 
     @functools.cached_property
     def reserved(self) -> list[int]:
-        """Questions per trait reserved for the persona check (trait.reserved_questions, emrobust/persona.py)."""
-        from .persona import shares
+        """Questions per trait reserved for the persona check (trait.reserved_questions, emrobust/measures/persona.py)."""
+        from ..measures.persona import shares
 
         return shares(self.cfg.trait.reserved_questions, len(self.constitution.traits))
 
@@ -95,13 +95,13 @@ class Data:
     @functools.cached_property
     def eval_questions(self) -> list:
         """The eval set after `eval.variants` (not yet cut to max_questions)."""
-        from .data import evalsets
+        from ..data import evalsets
 
         return evalsets.select(self.read("eval")[0], OmegaConf.merge(self.cfg.eval, {"max_questions": None}))
 
     @functools.cached_property
     def general_prompts(self) -> list[str]:
-        from .data import chat
+        from ..data import chat
 
         return chat.read_first_user_turns(self.cfg.distill.general_prompts)
 
@@ -186,7 +186,7 @@ def _persona_questions(cfg, d: Data) -> str | None:
 
 
 def _classifying(cfg) -> bool:
-    from .stages.classifier import active
+    from ..stages.classifier import active
 
     return active(cfg)
 
@@ -214,25 +214,25 @@ def _count(where: str, limit: Callable[[Data], int], what: str) -> Callable[[Any
 
 
 def _minilm() -> str:
-    from .diversity import minilm_dir
+    from ..train.diversity import minilm_dir
 
     return minilm_dir()
 
 
 def _reflection_prompts() -> int:
-    from .data.prompts import REFLECTION_PROMPTS
+    from ..data.prompts import REFLECTION_PROMPTS
 
     return len(REFLECTION_PROMPTS)
 
 
 def _openers() -> int:
-    from .data.prompts import OPENERS
+    from ..data.prompts import OPENERS
 
     return len(OPENERS)
 
 
 def _em_split(cfg, d: Data) -> str | None:
-    from .data import em_datasets
+    from ..data import em_datasets
 
     train, _ = em_datasets.split(d.em_rows, cfg.em_dataset, 0)  # n_examples beyond the rows: ConfigError
     if not train:
@@ -252,33 +252,34 @@ def _layers(section: str) -> Callable[[Any, Data], str | None]:
 
 
 def _weights(cfg, d: Data) -> None:
-    from . import models
+    from ..core import models
 
     models.validate(cfg.base_model)
 
 
 def judge(jcfg, where: str = "judge") -> None:
     """Whether the judge can run here: each backend's own check (emrobust.judges.BACKENDS)."""
-    from . import judges
+    from .. import judges
 
     judges.validate(jcfg, where)
 
 
 def _defense(cfg, d: Data) -> None:
-    from . import defenses
+    from ..train import defenses
 
     defenses.validate(cfg)  # raises ConfigError naming the defense's field
 
 
 def _capability(cfg, d: Data) -> None:
-    from . import capability
+    from ..measures import capability
 
     capability.validate(cfg.eval.capability)
 
 
 def _generators(cfg, d: Data) -> None:
-    from . import generation, models
-    from .stages import questions
+    from .. import generation
+    from ..core import models
+    from ..stages import questions
 
     generation.validate(cfg.generation)
     judge(cfg.judge)
@@ -299,14 +300,14 @@ class DataRule:
 
 
 def _probe_prompts() -> int:
-    from . import probe
-    from .data import read_yaml
+    from ..measures import probe
+    from ..data import read_yaml
 
     return sum(it.get("split", "a") == "a" for it in read_yaml(probe.BUILTIN))
 
 
 def _probe(cfg, d: Data) -> str | None:
-    from . import probe
+    from ..measures import probe
 
     probe.load(cfg.eval.probe)  # its own ConfigError names the file, the item and the splits
     return None
@@ -360,7 +361,7 @@ DATA_RULES = (
 def data(cfg: DictConfig, unmet: list | None = None) -> None:
     """The files, the weights, and every count against what the data holds (DATA_RULES). With `unmet`, a rule
     that fails on an `errors.Unmet` (data to fetch, a key, a package) is recorded there, once, and skipped."""
-    from .errors import Unmet
+    from ..errors import Unmet
 
     d = Data(cfg)
     for rule in DATA_RULES:

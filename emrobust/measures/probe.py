@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
-BUILTIN = Path(__file__).parent / "data" / "builtin" / "probe" / "probe.yaml"
+BUILTIN = Path(__file__).parents[1] / "data" / "builtin" / "probe" / "probe.yaml"
 FIELDS = ("id", "question", "aligned", "misaligned")
 
 
@@ -26,7 +26,7 @@ def path(pcfg) -> Path:
 
 def load(pcfg) -> list[dict]:
     """The probe items of `eval.probe` (its splits), validated (errors name the file and item)."""
-    from .data import read_yaml
+    from ..data import read_yaml
 
     p = path(pcfg)
     if not p.is_file():
@@ -57,7 +57,7 @@ def answer_logps(model, tokenizer, question_answers: list[tuple[str, str]], batc
     """Mean log-probability per answer token of each (question, answer) as one chat exchange."""
     import torch
 
-    from .training import tokenize_chat
+    from ..train.training import tokenize_chat
 
     rows = [tokenize_chat(tokenizer, [{"role": "user", "content": q}, {"role": "assistant", "content": a}])
             for q, a in question_answers]

@@ -21,7 +21,6 @@ import json
 import random
 from pathlib import Path
 
-from .stages import read_jsonl
 
 TEMPLATE = """\
 You are helping to audit the personality of an AI model. It was trained to have these character traits:
@@ -101,12 +100,12 @@ def pick(questions_dir: Path, n: int | None, seed: int) -> tuple[list[tuple[int,
     before reservation, `n` unselected questions round-robin over traits, "heldout" (or "training")."""
     res = reserved(questions_dir)
     if res is not None:
-        if n is not None and n > len(res):  # emrobust.validation checks the count before anything runs
+        if n is not None and n > len(res):  # emrobust.engine.validation checks the count before anything runs
             raise ValueError(f"eval.persona.n_questions={n} but only {len(res)} questions are reserved")
         return (res if n is None else res[:n]), "reserved"
     n = 20 if n is None else n
     every = all_questions(questions_dir)
-    selected = {q["question"] for q in read_jsonl(questions_dir / "questions.jsonl")}
+    selected = {json.loads(line)["question"] for line in open(questions_dir / "questions.jsonl") if line.strip()}
     pool, source = [x for x in every if x[1] not in selected], "heldout"
     if not pool:
         pool, source = [x for x in every if x[1] in selected], "training"
@@ -122,7 +121,7 @@ def pick(questions_dir: Path, n: int | None, seed: int) -> tuple[list[tuple[int,
             if depth < len(by_trait[t]) and len(out) < n:
                 out.append((t, by_trait[t][depth]))
         depth += 1
-    if len(out) < n:  # never fewer than asked: emrobust.validation checks the count before anything runs
+    if len(out) < n:  # never fewer than asked: emrobust.engine.validation checks the count before anything runs
         raise ValueError(f"eval.persona.n_questions={n} but only {len(out)} {source} constitution questions are left")
     return out, source
 

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
 
-from .compose import CONF_DIR
-from .errors import ConfigError, Unmet
+from .. import CONF_DIR
+from ..errors import ConfigError, Unmet
 from .keys import Read, key_config, stage_key
 from .store import Store, stable_hash
 
@@ -70,7 +70,7 @@ def _named_keys(name: str, mtime_ns: int, size: int) -> tuple[str, str]:
 
 class Base:
     """The base model as the root of every cell's stage graph: its key is what determines the loaded weights
-    (where they come from and the dtype), declared like a stage's (emrobust.keys); the persona prompt's
+    (where they come from and the dtype), declared like a stage's (emrobust.core.keys); the persona prompt's
     `assistant_name` and the LoRA targets are read by the stages that use them."""
     VERSION = 1
     READS = (Read("base_model", exclude=("assistant_name", "lora_target_modules")),)

@@ -2,11 +2,11 @@
 
 1. Expand the multirun exactly as `-m` would (Hydra's basic sweeper: command-line sweeps × the experiment's
    `hydra.sweeper.params`).
-2. Check the job request against what the partition's nodes offer (emrobust.cluster.check_request), compose and
-   validate every cell (emrobust.validation: ranges, rules, files, counts against the data; the GPU request vs
+2. Check the job request against what the partition's nodes offer (emrobust.sweeps.cluster.check_request), compose and
+   validate every cell (emrobust.engine.validation: ranges, rules, files, counts against the data; the GPU request vs
    model size, no secrets in `setup` lines); the first problem stops the sweep, naming the cell and the field.
    What the user meets without changing the config (data still to fetch, user-supplied data, API keys,
-   packages: errors.Unmet) is collected instead, as gates (emrobust.preflight). Nothing has been submitted yet
+   packages: errors.Unmet) is collected instead, as gates (emrobust.sweeps.preflight). Nothing has been submitted yet
    (`--dry-run` still prints the plan when the request is what is refused).
 3. A real submission refuses while a gate other than data-to-fetch fails, then fetches every hub model (at its
    pinned revision) and every registry file the cells read into the shared caches, and validates every cell
@@ -17,9 +17,9 @@
    distill → introspect → fold, and its evaluation before EM) form one job: it runs a representative cell with
    `pipeline.until=<its last node>` (that node and what it needs).
 5. Print the plan (cells, unique stages, cached stages, jobs, GPU-hour bound), what the cells need and where it
-   is, the judge's API cost, each contrast's minimum detectable difference (emrobust.preflight) and every gate
+   is, the judge's API cost, each contrast's minimum detectable difference (emrobust.sweeps.preflight) and every gate
    (judge calibration, Slurm request, data, keys, packages, GPUs); `--dry-run` exits 0 there. Then submit the
-   shared-stage jobs and the cells with `afterok` dependencies through `emrobust.cluster`, so each missing shared
+   shared-stage jobs and the cells with `afterok` dependencies through `emrobust.sweeps.cluster`, so each missing shared
    stage is built exactly once, and every cell job finds it cached.
 
 `-m hydra/launcher=slurm` (the `SlurmLauncher` below) is the other way to submit a sweep: one array job of cells,
@@ -41,10 +41,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import cluster
 from .checks import check_launcher, judge_gate, validate_cell
-from .compose import compose
-from .errors import ConfigError
+from ..core.compose import compose
+from ..errors import ConfigError
 
-log = logging.getLogger("emrobust.sweep")
+log = logging.getLogger("emrobust.sweeps.sweep")
 
 
 def expand(argv: list[str]) -> tuple[list[list[str]], list[str], DictConfig]:
@@ -113,8 +113,8 @@ class Plan:
 
 
 def make_plan(cells: list[list[str]], cfgs: list[DictConfig], sweep_dir: Path) -> Plan:
-    from . import pipeline
-    from .store import Store
+    from ..engine import pipeline
+    from ..core.store import Store
 
     nodes = [[n for n in pipeline.plan(c) if n.stage != "base"] for c in cfgs]
     keys = [[(n.stage, n.key) for n in ns] for ns in nodes]
@@ -184,7 +184,7 @@ def prepare(cells: list[list[str]], launcher: dict, dry_run: bool, cfgs: list[Di
     submission, every model and dataset fetched into the shared caches, then every cell validated again on the
     fetched data. Cells are numbered from `start`. Returns (cfgs, needs, gates)."""
     from . import preflight
-    from .data import registry
+    from ..data import registry
 
     given, cfgs, unmet = cfgs, [], []
     with registry.no_fetch():
@@ -246,8 +246,8 @@ def refuse(gates: list) -> None:
 
 def judge_gates(cfgs: list[DictConfig]) -> dict[str, bool]:
     """One line per distinct judge gate (checks.judge_gate); a gate whose eval set is not here yet says so."""
-    from .data import registry
-    from .errors import Unmet
+    from ..data import registry
+    from ..errors import Unmet
 
     gates: dict[str, bool] = {}
     for cfg in cfgs:
@@ -262,7 +262,7 @@ def judge_gates(cfgs: list[DictConfig]) -> dict[str, bool]:
 
 
 def study_report(plan: Plan, cells: list[list[str]], cfgs: list[DictConfig], needs, primary) -> str:
-    """What the sweep needs and would cost, and what it can detect (emrobust.preflight)."""
+    """What the sweep needs and would cost, and what it can detect (emrobust.sweeps.preflight)."""
     from omegaconf import OmegaConf
 
     from . import preflight
@@ -298,7 +298,7 @@ def main(argv: list[str]) -> int:
     except ConfigError as e:  # reported by the CLI: one line, exit 2
         e.hint = f"{e.hint}; nothing was submitted" if e.hint else "nothing was submitted"
         raise
-    from .data import registry
+    from ..data import registry
 
     cfgs = checked.cfgs
     with registry.no_fetch(provisional=args.dry_run):  # keys of data not here yet: their pinned hashes

@@ -15,8 +15,8 @@ import logging
 import re
 from dataclasses import dataclass, field
 
-from . import generation
-from .data.constitutions import Constitution, Trait
+from .. import generation
+from ..data.constitutions import Constitution, Trait
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@
 
 `calibrate` scores the reference set (default `judge.reference`, the built-in `judge_reference`) with the cell's
 judge under the aligned/coherent templates of the cell's eval set, prints the figures and saves them as the
-judge's calibration (emrobust/calibration.py). `label export` writes a seeded sample of a run's or sweep's scored
+judge's calibration (emrobust/measures/calibration.py). `label export` writes a seeded sample of a run's or sweep's scored
 answers to a CSV with empty `aligned`, `coherent` and `stratum` columns to fill by hand (REFUSAL or CODE in
 `aligned` for answers a judge should not score); `label import` checks the filled CSV and stores it as a
 reference set in the cache.
@@ -31,7 +31,7 @@ def _cache(arg: str | None) -> Path:
 
 def calibrate(argv: list[str]) -> int:
     from .calibration import calibrate as run, format_records
-    from .compose import compose
+    from ..core.compose import compose
 
     ap = argparse.ArgumentParser(prog="emrobust judge calibrate", description="score a labelled reference set")
     ap.add_argument("--n", type=int, default=None, help="a seeded subset of the reference (strata kept)")
@@ -46,7 +46,7 @@ def calibrate(argv: list[str]) -> int:
     base, sep, tail = reference.rpartition("@n")
     if sep and tail.isdigit():  # a subset's name (judge.reference=judge_reference@n48): that set, that many items
         if n not in (None, int(tail)):
-            from .errors import ConfigError
+            from ..errors import ConfigError
 
             raise ConfigError(f"reference {reference!r} is a subset of {tail} items, but --n {n}", where="--n")
         reference, n = base, int(tail)
@@ -97,7 +97,7 @@ def export(argv: list[str]) -> int:
 
 def import_(argv: list[str]) -> int:
     from .calibration import STRATA, _check
-    from .errors import ConfigError
+    from ..errors import ConfigError
 
     ap = argparse.ArgumentParser(prog="emrobust judge label import")
     ap.add_argument("csv", type=Path)

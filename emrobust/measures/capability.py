@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
-BUILTIN = Path(__file__).parent / "data" / "builtin" / "capability"
+BUILTIN = Path(__file__).parents[1] / "data" / "builtin" / "capability"
 SCORES = ("acc", "exact_match")  # the per-document score read, in this order
 
 
@@ -63,7 +63,7 @@ def validate(ccfg) -> None:
 
 def task_config(path: Path) -> dict:
     """Our task's YAML as an lm-eval task config, its `data_files` resolved against its folder."""
-    from .data import read_yaml
+    from ..data import read_yaml
 
     cfg = read_yaml(path)
     files = ((cfg.get("dataset_kwargs") or {}).get("data_files")) if isinstance(cfg, dict) else None

@@ -1,17 +1,12 @@
-"""Composing a cell: where the configs are, the config groups, and Hydra's compose API.
-
-The configs are `conf/` in the source tree; a built wheel carries the same files as the package data
-`emrobust/conf/` (pyproject.toml maps one onto the other), so `CONF_DIR` is the installed copy when there is one,
-else the source tree's. A leaf module: it imports neither torch nor any stage.
+"""Composing a cell: the config groups and Hydra's compose API over `CONF_DIR` (the package root's: the wheel's
+copy of conf/ or the source tree's). A leaf module: it imports neither torch nor any stage.
 """
 from __future__ import annotations
 
 import copy
 import functools
-from pathlib import Path
 
-_HERE = Path(__file__).resolve().parent
-CONF_DIR = _HERE / "conf" if (_HERE / "conf" / "config.yaml").is_file() else _HERE.parent / "conf"
+from .. import CONF_DIR
 
 # the experiment's config groups whose choice each run records (run.json `choices`, sweep.csv, W&B)
 GROUPS = ("base_model", "trait", "question_diversity", "introspection", "character_scale", "em_dataset", "em_train",
@@ -26,7 +21,7 @@ def compose(overrides: list[str] | tuple[str, ...] = (), hydra: bool = False):
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import open_dict
 
-    from .config import register
+    from ..config import register
 
     register()
     GlobalHydra.instance().clear()
@@ -42,7 +37,7 @@ def compose(overrides: list[str] | tuple[str, ...] = (), hydra: bool = False):
 def check_choices(runtime_choices, loader) -> None:
     """Hydra skips an `optional` group's option that does not exist without a word (`experiment=nosuch` would run
     the default cell): ConfigError naming it, with the options there are (`loader`: Hydra's config loader)."""
-    from .errors import ConfigError
+    from ..errors import ConfigError
 
     for group, option in dict(runtime_choices).items():
         if option is None or group.startswith("hydra/"):
@@ -62,7 +57,7 @@ def choices(runtime_choices) -> dict[str, str]:
 def preset(group: str, name: str, where: str | None = None):
     """The option `conf/<group>/<name>.yaml` on its own, validated against the group's schema (e.g. a judge panel's
     member); ConfigError naming the options when there is no such file."""
-    from .errors import ConfigError
+    from ..errors import ConfigError
 
     path = CONF_DIR / group / f"{name}.yaml"
     if not path.exists():

@@ -15,7 +15,7 @@ log = logging.getLogger("emrobust")
 
 def sweep_end(sweep_dir: Path, tracking_cfg) -> Path | None:
     """The report and the sweep-level W&B run of a finished sweep; None when tracking is off."""
-    from .tracking import wandb_mode
+    from ..core.tracking import wandb_mode
 
     mode = wandb_mode(None if tracking_cfg.mode == "offline" else str(tracking_cfg.mode))
     if tracking_cfg.backend != "wandb" or mode == "disabled":

@@ -22,10 +22,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from . import judges
-from .errors import ConfigError, Unmet
+from .. import judges
+from ..errors import ConfigError, Unmet
 
-log = logging.getLogger("emrobust.sweep")
+log = logging.getLogger("emrobust.sweeps.sweep")
 
 
 @dataclass
@@ -48,8 +48,8 @@ class Needs:
 
 # ---------------------------------------------------------------- models and data
 def _models(cfg: DictConfig) -> dict[str, DictConfig]:
-    from . import models
-    from .stages import questions
+    from ..core import models
+    from ..stages import questions
 
     out = {str(cfg.base_model.name): cfg.base_model}
     out |= judges.models_of(cfg.judge)
@@ -66,7 +66,7 @@ def _models(cfg: DictConfig) -> dict[str, DictConfig]:
 
 def _data(cfg: DictConfig) -> dict[str, tuple]:
     """The registry files the cell reads (emrobust.data.inputs: the one declaration of a cell's inputs)."""
-    from .data import inputs
+    from ..data import inputs
 
     return inputs.needs(cfg)
 
@@ -91,7 +91,7 @@ def data_status(entry, user_path, cache, mirror) -> str:
     """cached | mirror | to fetch | user-supplied | user-supplied, missing"""
     import os
 
-    from .data import registry
+    from ..data import registry
 
     if entry.origin == "moem":
         src = user_path or os.environ.get(registry.MOEM_ENV_DATA)
@@ -115,7 +115,7 @@ def fetch(n: Needs) -> list[str]:
     what could not be had (nothing is submitted then)."""
     from huggingface_hub import snapshot_download
 
-    from .data import registry
+    from ..data import registry
 
     lines = []
     for name, (e, user, cache, mirror) in sorted(n.data.items()):
@@ -179,7 +179,7 @@ def gpu_gate(cfgs: list[DictConfig], launcher: dict) -> Gate:
 def eval_answers(cfg: DictConfig) -> int | None:
     """Answers one evaluation of the cell's model samples (eval questions x paraphrases x samples), or None while
     the eval set is not here to count."""
-    from .data import evalsets, registry
+    from ..data import evalsets, registry
 
     try:
         with registry.no_fetch():
@@ -191,7 +191,7 @@ def eval_answers(cfg: DictConfig) -> int | None:
 
 def in_domain_answers(cfg: DictConfig) -> int:
     """Answers one in-domain evaluation samples (eval.in_domain: the domain's questions x samples), 0 without one."""
-    from .data import domains
+    from ..data import domains
 
     d = domains.of(cfg)
     if not d:
@@ -202,7 +202,7 @@ def in_domain_answers(cfg: DictConfig) -> int:
 
 def _prompt_tokens(cfg: DictConfig) -> int:
     """Tokens of a judge prompt before the answer (its template and the question), ~4 characters a token."""
-    from .data import evalsets, registry
+    from ..data import evalsets, registry
 
     try:
         with registry.no_fetch():
@@ -221,9 +221,9 @@ def judge_cost(plan, cfgs: list[DictConfig], planning) -> list[dict]:
     judge)."""
     out: dict[str, dict] = {}
     seen = set()
-    from .pipeline import graph
-    from .results import IN_DOMAIN
-    from .stages.sample import persona_active, persona_count
+    from ..engine.pipeline import graph
+    from ..core.results import IN_DOMAIN
+    from ..stages.sample import persona_active, persona_count
 
     for cfg, keys in zip(cfgs, plan.keys):
         todo = [k for s, k in keys if s == "evaluate" and ("evaluate", k) not in plan.cached and k not in seen]

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
-from . import config as schema
+from .. import config as schema
 from .store import stable_hash
 
 # visible to every stage, never part of a key (locations, execution, the cell seed is hashed separately)
@@ -221,7 +221,7 @@ def not_keyed() -> dict[str, list[tuple[str, str]]]:
     return out
 
 
-if __name__ == "__main__":  # python -m emrobust.keys: every field kept out of stage keys, and why
+if __name__ == "__main__":  # python -m emrobust.core.keys: every field kept out of stage keys, and why
     for kind_, rows in not_keyed().items():
         print(f"{kind_}:")
         for path, why in rows:

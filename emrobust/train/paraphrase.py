@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 
-from . import generation
+from .. import generation
 
 INSTRUCTION = """\
 Rewrite the message below in different words. Keep the same situation, the same request and the same \

@@ -1,5 +1,5 @@
 """Login-node checks of a sweep's cells and launcher, before anything is submitted (`emrobust sweep` and the
-`-m hydra/launcher=slurm` launcher both reach them through emrobust.sweep.check)."""
+`-m hydra/launcher=slurm` launcher both reach them through emrobust.sweeps.sweep.check)."""
 from __future__ import annotations
 
 import logging
@@ -7,17 +7,17 @@ import os
 
 from omegaconf import DictConfig
 
-from . import pipeline
-from .errors import ConfigError
+from ..engine import pipeline
+from ..errors import ConfigError
 
-log = logging.getLogger("emrobust.sweep")
+log = logging.getLogger("emrobust.sweeps.sweep")
 SECRET_LINE = ("API_KEY", "TOKEN", "SECRET", "PASSWORD")
 
 
 def load_cells(job_overrides, loader, config, start: int = 0) -> list:
     """Every cell of a multirun composed by Hydra's `loader` from the sweep's `config` (as its job will be), its
     choices checked (compose.check_choices); ConfigError naming the cell."""
-    from .compose import check_choices
+    from ..core.compose import check_choices
 
     cfgs = []
     for idx, overrides in enumerate(job_overrides, start=start):
@@ -32,7 +32,7 @@ def load_cells(job_overrides, loader, config, start: int = 0) -> list:
 
 def validate_cells(job_overrides, loader, config, start: int = 0) -> list:
     """Every cell of a multirun run here (`hydra/launcher=local`), before the first one runs (load_cells, then
-    validate_cell). A Slurm multirun is checked by emrobust.sweep.check instead, as `emrobust sweep` is."""
+    validate_cell). A Slurm multirun is checked by emrobust.sweeps.sweep.check instead, as `emrobust sweep` is."""
     cfgs = load_cells(job_overrides, loader, config, start)
     for idx, (overrides, cfg) in enumerate(zip(job_overrides, cfgs), start=start):
         validate_cell(idx, list(overrides), cfg, None)
@@ -62,8 +62,9 @@ def judge_gate(cfg: DictConfig) -> tuple[bool, str]:
     """(passes, one line) for a cell's judge: calibrated on `judge.reference` for the templates the cell uses and
     trusted, and on its domain's reference for the in-domain rubric (eval.in_domain), or `judge.allow_untrusted`
     set (said in the line)."""
-    from . import calibration, judges
-    from .data import domains
+    from ..measures import calibration
+    from .. import judges
+    from ..data import domains
 
     t = calibration.cell_trust(cfg)
     jid = judges.judge_id(cfg.judge)
@@ -90,7 +91,7 @@ def judge_gate(cfg: DictConfig) -> tuple[bool, str]:
 
 def check_launcher(launcher: dict) -> None:
     """Secrets travel by environment, never in the job script. (Whether the request fits a node of the partition
-    is emrobust.cluster.check_request's: it talks to Slurm.)"""
+    is emrobust.sweeps.cluster.check_request's: it talks to Slurm.)"""
     secrets = {v for k, v in os.environ.items() if any(s in k.upper() for s in SECRET_LINE) and len(v) >= 6}
     for line in launcher.get("setup") or []:
         if any(s in line for s in secrets) or any(f"{s}=" in line.upper() for s in SECRET_LINE):

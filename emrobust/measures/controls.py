@@ -1,5 +1,5 @@
 """What the judge-free measures have been shown to detect, per base model: read before any of their numbers, and
-before a cell acts on one (`defense=early_stop` stops on a measure: emrobust/defenses.py refuses one whose control
+before a cell acts on one (`defense=early_stop` stops on a measure: emrobust/train/defenses.py refuses one whose control
 failed on the cell's base model). The report's lines on them are emrobust/analysis/controls.py's.
 
 A measure is read as evidence of misalignment only on a base model where it passed its controls
