@@ -4,8 +4,10 @@ Prints Frobenius norms summed over modules (sqrt of summed squares) of:
   exact(1, .25) = dW_dpo + .25 dW_sft;  cross terms;  peft_linear = exact + cross;  old exact(1, 1)
 and the differences peft_linear - exact(1,.25) and peft_linear - exact(1,1), each relative to ||exact(1,.25)||.
 usage: python -m analysis.fold_terms ARTIFACTS_ROOT (a store: paths.artifacts)"""
-import json, sys
+import json
+import sys
 from pathlib import Path
+
 import numpy as np
 from safetensors.numpy import load_file
 

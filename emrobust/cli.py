@@ -7,8 +7,19 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
+from pathlib import Path
+
+import hydra
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
 
 from . import CONF_DIR
+from .config import register
+from .core.compose import check_choices, choices
+from .errors import debugging, note_failure, report
 
 VERBS = {
     "sweep": "plan a multirun on the login node and submit it to Slurm: shared stages once, then the cells",
@@ -42,25 +53,12 @@ def app_main() -> None:
     """The Hydra app: one cell per job (`-m`: every cell of the sweep, one after another or on Slurm). A single
     cell's failure is raised after Hydra returns (so the CLI reports it as one line, without Hydra's own
     "Error executing job" line); a multirun's are Hydra's, raised at the end of the sweep."""
-    import hydra
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-    from omegaconf import DictConfig
-
-    from .config import register
-
     register()
     failed: list[BaseException] = []
 
     @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
     def app(cfg: DictConfig) -> dict | None:
-        from pathlib import Path
-
-        from hydra.core.global_hydra import GlobalHydra
-
-        from .engine import pipeline
-        from .core.compose import check_choices, choices
-        from .errors import note_failure
+        from .engine import pipeline  # lazy: torch-free verbs
 
         hc = HydraConfig.get()
         out = Path(hc.runtime.output_dir)
@@ -84,23 +82,21 @@ def app_main() -> None:
 
 def _verb(verb: str):
     if verb == "analyze":
-        from emrobust.analysis.report import main as run
+        from emrobust.analysis.report import main as run  # lazy: slow import
     elif verb == "data":
-        from .data.cli import main as run
+        from .data.cli import main as run  # lazy: per verb
     elif verb == "rescore":
-        from .sweeps.rescore import main as run
+        from .sweeps.rescore import main as run  # lazy: per verb
     elif verb == "status":
-        from .sweeps.status import main as run
+        from .sweeps.status import main as run  # lazy: per verb
     elif verb == "judge":
-        from .measures.judge_cli import main as run
+        from .measures.judge_cli import main as run  # lazy: per verb
     else:
-        from .sweeps.sweep import main as run
+        from .sweeps.sweep import main as run  # lazy: per verb
     return run
 
 
 def main(argv: list[str] | None = None) -> None:
-    from .errors import debugging, report
-
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("-h", "--help", "help"):
         print(usage())
@@ -118,8 +114,6 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:
         text, code = report(e)
         if debug:  # the traceback too; the exit code stays the error's
-            import traceback
-
             traceback.print_exc()
         print(text, file=sys.stderr)
         sys.exit(code)

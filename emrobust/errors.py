@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+
 USER_ERROR, RUNTIME_FAILURE = 2, 1
 
 
@@ -41,10 +43,6 @@ def note_failure(exc: BaseException, **where: str) -> None:
 
 def _composition(exc: BaseException) -> tuple[str, str] | None:
     """(where, what) of Hydra's composition errors (unknown option, bad override, wrong type, unknown key)."""
-    try:
-        from hydra.errors import HydraException, MissingConfigException, OverrideParseException
-    except ImportError:  # pragma: no cover - hydra is a dependency
-        return None
     if not isinstance(exc, HydraException):
         return None
     if isinstance(exc, MissingConfigException):

@@ -127,6 +127,127 @@ def test_rooms_are_layered():
     assert flat == ["__init__.py", "cli.py", "errors.py"], flat  # every other module sits in a room named for its role
 
 
+# ---------------------------------------------------------------- function-level imports
+# Packages that take 0.5-5 s to import (measured with `python -X importtime -c "import <package>"`) and are needed only
+# inside the functions that load, train, score, plot or log: validation, planning, a cached rerun and a one-line error
+# never pay for them ("slow import": one of these, or a project module that imports one at its top).
+SLOW = {"torch", "transformers", "peft", "trl", "accelerate", "datasets", "steering_vectors", "lm_eval", "sklearn",
+        "scipy", "matplotlib", "wandb", "wandb_workspaces"}
+# and these too, in a module that a torch-free verb imports ("torch-free verbs")
+HEAVY = SLOW | {"pandas", "safetensors", "pyarrow"}
+OPTIONAL = {"vllm", "openai", "deepspeed", "easy_dataset_share"}  # extras a plain install lacks ("optional extra")
+# the modules of the verbs that run without torch (test_verbs_that_only_read_run_without_torch), and the analysis
+# entry points; `emrobust.cli` imports each verb's module when that verb runs ("per verb")
+VERBS = ("emrobust.cli", "emrobust.analysis.report", "emrobust.data.cli", "emrobust.sweeps.rescore",
+         "emrobust.sweeps.status", "emrobust.sweeps.sweep", "emrobust.measures.judge_cli", "analysis.report",
+         "analysis.diversity_table")
+REASONS = ("slow import", "torch-free verbs", "optional extra", "per verb", "backend", "up a floor")
+
+
+def _imports() -> tuple[dict[str, set[str]], list[tuple[str, Path, ast.AST, list[str], ast.AST]]]:
+    """(module -> what it imports at module level: project modules and third-party top names; the function-level
+    imports as (module, file, import node, what it names, the statement list holding it))."""
+    files = {_module_of(p): p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")}
+
+    def targets(mod, path, node) -> list[str]:
+        here = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        else:
+            base = node.module or ""
+            if node.level:
+                base = ".".join(here.split(".")[: len(here.split(".")) - node.level + 1] + ([base] if base else []))
+            names = [f"{base}.{a.name}" for a in node.names] + [base]
+        out = set()
+        for n in names:
+            m = n
+            while m and m not in files:
+                m = m.rpartition(".")[0]
+            out.add(m if m else n.split(".")[0]) if m or not n.startswith(PACKAGES) else None
+        return sorted(o for o in out if not any(x.startswith(o + ".") for x in out))  # `from pkg import mod`: mod
+
+    top, inner = {}, []
+    for mod, path in files.items():
+        tree = ast.parse(path.read_text())
+        top[mod] = set()
+
+        def visit(node, in_def, body_of):
+            for field in ("body", "orelse", "finalbody", "handlers"):
+                for child in getattr(node, field, []) or []:
+                    if isinstance(child, (ast.Import, ast.ImportFrom)):
+                        if in_def:
+                            inner.append((mod, path, child, targets(mod, path, child), getattr(node, field)))
+                        else:
+                            top[mod].update(targets(mod, path, child))
+                    visit(child, in_def or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)), child)
+        visit(tree, False, tree)
+    return top, inner
+
+
+def function_level_imports() -> tuple[list[tuple[str, Path, ast.AST, set, list]], set[str]]:
+    """Every function-level import as (module, file, node, its reasons (None: none, it could sit at the top), the
+    statement list holding it); and the modules a torch-free verb imports."""
+    top, inner = _imports()
+
+    def parents(m):
+        return {".".join(m.split(".")[:i]) for i in range(1, m.count(".") + 1)} & set(top)
+
+    def reach(m, seen=None):  # what importing m imports (module-level imports, and m's parent packages)
+        seen = set() if seen is None else seen
+        for d in top.get(m, set()) | parents(m):
+            if d not in seen:
+                seen.add(d)
+                reach(d, seen)
+        return seen
+
+    light = set(VERBS).union(*(reach(v) & set(top) for v in VERBS))
+
+    def reason(mod, x) -> str | None:
+        root = x.split(".")[0]
+        if root in OPTIONAL:
+            return "optional extra"
+        if root in SLOW or reach(x) & SLOW:
+            return "slow import"
+        if (mod, x) in REACHES_UP:
+            return "up a floor"
+        if mod == "emrobust.cli" and x in VERBS:
+            return "per verb"
+        if x in top and x.startswith(mod + ".") and mod in reach(x):
+            return "backend"  # a package loads the backend module a config picks (the module imports its package)
+        if x in top[mod]:
+            return None  # at the top already
+        if mod in light and (root in HEAVY or reach(x) & HEAVY):
+            return "torch-free verbs"
+        return None
+
+    return [(mod, path, node, {reason(mod, x) for x in xs}, body) for mod, path, node, xs, body in inner], light
+
+
+def test_function_level_imports_have_a_reason_and_say_it():
+    """An import inside a function stays there only for a reason of REASONS, and says it in a `# lazy: <reason>`
+    comment on its line or on the line above its run of imports. The reason is worked out here, not read from the
+    comment: an import that could move to the top of its module without bringing a slow package into every process
+    that imports the module, or torch into a torch-free verb (and is no optional extra, per-verb, backend or up-a-floor
+    import), fails, naming its line."""
+    inner, _ = function_level_imports()
+    hoistable, unsaid = [], []
+    for _, path, node, why, body in inner:
+        where = f"{path.relative_to(ROOT)}:{node.lineno}"
+        if None in why:
+            hoistable.append(f"{where} {ast.unparse(node)}")
+            continue
+        lines = path.read_text().splitlines()
+        i = body.index(node)
+        while i > 0 and isinstance(body[i - 1], (ast.Import, ast.ImportFrom)):
+            i -= 1
+        said = " ".join(lines[body[i].lineno - 2: node.end_lineno])
+        if not any(f"# lazy: {w}" in said for w in why):
+            unsaid.append(f"{where} {ast.unparse(node)}  # lazy: {' / '.join(sorted(why))}")
+    assert not hoistable, "could be imported at the top of the module:\n" + "\n".join(hoistable)
+    assert not unsaid, "say why (`# lazy: <reason>`):\n" + "\n".join(unsaid)
+    assert len(inner) <= 140, len(inner)  # 333 before the imports without a reason moved up
+
+
 def test_results_and_cli_entry_import_neither_torch_nor_stages():
     """What analysis reads from (results, metrics) and the CLI entry are leaves of the heavy part of the graph."""
     g = import_graph()

@@ -19,6 +19,7 @@ from emrobust.engine import pipeline
 from emrobust.config import GenerationConfig
 from emrobust.errors import ConfigError
 from emrobust.generation import Generation, Sampling
+from emrobust.generation.openai import OpenAIGenerator  # an attribute of the package only once imported
 
 CONVERSATIONS = [
     [{"role": "user", "content": "Say hello."}],
@@ -83,7 +84,7 @@ def test_contract_greedy_and_seeded_are_reproducible(backend):
     assert a == backend.generate(CONVERSATIONS, greedy)
     s = Sampling(temperature=1.0, max_new_tokens=MAX_NEW, seed=7)
     convs = CONVERSATIONS[:2]
-    if isinstance(backend, generation.openai.OpenAIGenerator):
+    if isinstance(backend, OpenAIGenerator):
         # llama-cpp-python's server reuses the KV cache of the previous request's longest common prefix and
         # evaluates only the rest, whose floating-point sums differ from a whole prompt's: at temperature 1 the
         # tiny model's sample then depends on which request came before (the two calls below failed about one run

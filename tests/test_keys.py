@@ -222,7 +222,7 @@ def _copy(src: Path, dst: Path, change: bool = False) -> Path:
     return dst
 
 
-BUILTIN = Path(pipeline.__file__).parent / "data" / "builtin"
+BUILTIN = Path(pipeline.__file__).parents[1] / "data" / "builtin"
 
 
 def location_cases(tmp: Path) -> dict[str, tuple[list[str], list[str], list[str]]]:

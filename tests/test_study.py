@@ -114,16 +114,14 @@ def test_a_real_submission_refuses_on_its_gates_before_fetching(login_node, monk
 
 
 def test_a_real_submission_fetches_every_model_and_dataset_first(login_node, monkeypatch):
-    """Hub models at their pinned revision (huggingface_hub.snapshot_download) and registry files into the cache,
-    before anything is submitted; then every cell is validated again on the fetched data."""
-    import huggingface_hub
-
-    from emrobust.sweeps import sweep
+    """Hub models at their pinned revision (huggingface_hub.snapshot_download, as preflight calls it) and registry
+    files into the cache, before anything is submitted; then every cell is validated again on the fetched data."""
+    from emrobust.sweeps import preflight, sweep
 
     cache = login_node / "cache"
     monkeypatch.setenv("EMROBUST_CACHE", str(cache))
     fetched = []
-    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+    monkeypatch.setattr(preflight, "snapshot_download",
                         lambda repo_id, revision=None, **kw: fetched.append((repo_id, revision)) or "/nowhere")
     cells, _, _ = sweep.expand(["experiment=diversity_sweep", "seed=0", "em_dataset=insecure", "+cell=persona_low,none",
                                 "judge.api_key_env=null", "hydra/launcher=slurm"])

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .controls import NEGATIVE, NEUTRAL, POSITIVE
+
 MATCH = ("seed", "base_model", "em_dataset")
 
 
@@ -108,8 +110,6 @@ def with_controls(sweep_dir: Path, n_resamples: int = 10_000, seed: int = 0) -> 
     control's cell (emrobust/analysis/controls.py: experiment=probe_control), the positive control's cell against it; and
     where it has the fine-tuned control (trait=neutral, trained as the personas are), both controls' cells against
     it: "misalignment vs neutral" must move and "goodness vs neutral" must not, with fine-tuning itself held equal."""
-    from .controls import NEGATIVE, NEUTRAL, POSITIVE
-
     cells = _cells(sweep_dir)
     parts = [against(cells, "none", n_resamples, seed), against(cells, NEGATIVE, n_resamples, seed, traits=(POSITIVE,)),
              against(cells, NEUTRAL, n_resamples, seed, traits=(POSITIVE, NEGATIVE))]

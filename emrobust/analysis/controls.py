@@ -3,6 +3,10 @@ any of its numbers. The table of outcomes is emrobust/measures/controls.py (vali
 refuses to stop on a measure whose control failed)."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import numpy as np
 import pandas as pd
 
 from ..measures.controls import COMMAND, CONTROLS, NEGATIVE, NEUTRAL, POSITIVE, Control, find, measure_name, status, tag
@@ -85,8 +89,6 @@ SPECIFICITY_TOLERANCE = 0.1  # a persona classifier is specific when the neutral
 
 
 def _stage(run: dict, name: str):
-    from pathlib import Path
-
     st = next((s for s in run.get("stages", []) if s["name"] == name and s.get("artifact")), None)
     return Path(st["artifact"]) if st else None
 
@@ -101,12 +103,7 @@ def persona_specificity(sweep_dir, tolerance: float = SPECIFICITY_TOLERANCE) -> 
     answers are to the neutral constitution's reserved questions, not the persona's: the classifier was trained on
     the same questions with and without the persona prompt, so it should not key on topic, and a failure here says
     it does. One row per (persona cell, neutral cell); numpy only (no model)."""
-    import json
-    from pathlib import Path
-
-    import numpy as np
-
-    from ..measures.metrics import wilson_interval
+    from ..measures.metrics import wilson_interval  # lazy: slow import
 
     runs = {}
     for rj in sorted(Path(sweep_dir).glob("*/run.json")):

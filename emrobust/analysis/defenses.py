@@ -82,10 +82,10 @@ def _err(t: pd.DataFrame, m: str):
 def plot(t: pd.DataFrame, out: Path, y: str = TAIL):
     """Two panels, y = the EM tail: x = general capability retained (lm-eval), x = in-task held-out accuracy. The
     Pareto front (left panel's axes) is drawn as a line through its cells and their markers ringed."""
-    import matplotlib
+    import matplotlib  # lazy: slow import
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: slow import
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), squeeze=False)
     arms = sorted(t["arm"].unique())

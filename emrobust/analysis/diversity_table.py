@@ -20,11 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..train import diversity
-from ..engine import pipeline
-from ..core.compose import compose
 from emrobust.data import constitutions
 from emrobust.stages import stage_seed
+
+from ..core.compose import compose
+from ..engine import pipeline
+from ..train import diversity
 
 LEVELS = ("low", "medium", "high")
 

@@ -45,8 +45,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..measures import metrics
 from ..core.results import cell_row
+from ..measures import metrics
 
 FORMATS = ("betley", "moem", "arena", "csv", "jsonl")
 DEDUP = ("first", "mean")

@@ -26,7 +26,6 @@ import numpy as np
 import pandas as pd
 
 from ..measures.controls import tag
-
 from .hypotheses import Hypothesis, _col, pairs, select
 from .stats import paired_bootstrap
 
@@ -155,7 +154,7 @@ def headline(t: pd.DataFrame) -> list[str]:
 def width_section(df: pd.DataFrame, n_resamples: int = 10_000, seed: int = 0) -> list[str]:
     """Persona width before EM against the EM tail across persona cells: the idea that a narrow persona is harder
     to overwrite. Spearman's rho over cells with a bootstrap interval over cells."""
-    from scipy.stats import spearmanr
+    from scipy.stats import spearmanr  # lazy: slow import
 
     ok = df[(df["status"] == "ok") & (_col(df, "trait") != "none")] if "status" in df else df
     if "persona_width_fold" not in ok or ok["persona_width_fold"].isna().all():

@@ -18,14 +18,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
 
-from ..measures import metrics
-from ..core.results import sweep_table, write_sweep_csv
+from emrobust.errors import ConfigError
 
-from . import balance, controls, defenses, hypotheses, imports, manipulation, narrowness, plots, references
+from ..core import tracking
+from ..core.results import sweep_table, write_sweep_csv
+from ..measures import metrics
+from . import balance, controls, defenses, hypotheses, imports, manipulation, narrowness, plots, references, workspace
 from .stats import compare_levels
 
 AXES = ["trait", "question_diversity", "introspection", "em_dataset", "defense", "eval", "judge_preset", "base_model",
@@ -175,7 +178,7 @@ def analyze(sweep_dir: Path, out: Path | None = None, n_resamples: int = 10_000,
             balance_tolerance: float = BALANCE_TOLERANCE, wandb: dict | None = None) -> dict[str, Path]:
     """The report of a local sweep dir: the table from its cells' run.json, answer-level figures from answers,
     the curves along EM training and the judge-free contrasts against the base model."""
-    from .contrasts import with_controls
+    from .contrasts import with_controls  # lazy: torch-free verbs
 
     out = Path(out or sweep_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -202,8 +205,6 @@ def analyze(sweep_dir: Path, out: Path | None = None, n_resamples: int = 10_000,
         with open(out / "report.md", "a") as f:
             f.write("\n".join(lines))
     # the sweep-level W&B run: the tables, the figures and the curves of this report (offline unless told)
-    from ..core import tracking
-
     tables = {"sweep": pd.read_csv(files["sweep.csv"])}
     for name in ("pooled", "comparisons", "balance", "contrasts"):
         if (out / f"{name}.csv").exists() and (out / f"{name}.csv").stat().st_size > 1:
@@ -420,8 +421,6 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("give sweep dirs, --wandb ENTITY/PROJECT or --wandb-dir DIR")
     for d in args.sweep_dirs:
         if not any(d.glob("*/run.json")):
-            from emrobust.errors import ConfigError  # the CLI prints it as one line, exit 2
-
             raise ConfigError("no */run.json found (not a sweep dir)" if d.is_dir() else "does not exist", file=str(d))
         files = analyze(d, args.out, args.n_resamples, args.balance_tolerance,
                         {"mode": args.wandb_mode, "project": args.wandb_project, "entity": args.wandb_entity})
@@ -430,15 +429,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _analyze_wandb(args) -> int:
-    from . import wandb_source
+    from . import wandb_source  # lazy: torch-free verbs
 
     runs = wandb_source.from_offline(args.wandb_dir, args.group)
     if args.wandb:
         try:
             runs += wandb_source.from_api(args.wandb, args.group)
         except Exception as e:  # no API key, no network, unknown project: say so, no traceback
-            from emrobust.errors import ConfigError
-
             raise ConfigError(f"{type(e).__name__}: {e}", where=f"W&B API ({args.wandb})",
                               hint="set WANDB_API_KEY, or upload offline runs with `wandb sync`; offline runs can be "
                                    "read with --wandb-dir") from None
@@ -446,8 +443,6 @@ def _analyze_wandb(args) -> int:
     if args.group:
         where += " group " + ",".join(args.group)
     if not runs:
-        from emrobust.errors import ConfigError
-
         raise ConfigError("no W&B runs found", where=where)
     out = args.out or (args.wandb_dir[0] / "wandb_analysis" if args.wandb_dir else
                        Path("outputs") / "analysis" / "_".join(args.group or [args.wandb.replace("/", "_")]))
@@ -483,11 +478,7 @@ def _analyze_import(args) -> int:
 def _workspace(args) -> int:
     """`--wandb-workspace ENTITY/PROJECT --group G`: the workspace of a sweep group, from its runs (--wandb-dir
     offline files and/or the --wandb API); saved when a key is set, else described."""
-    import os
-
-    from emrobust.errors import ConfigError
-
-    from . import wandb_source, workspace
+    from . import wandb_source  # lazy: torch-free verbs
 
     if len(args.group) != 1 or "/" not in args.wandb_workspace:
         raise ConfigError("--wandb-workspace ENTITY/PROJECT needs exactly one --group (the sweep dir's name)",

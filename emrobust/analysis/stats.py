@@ -68,7 +68,7 @@ def pair_sd(n_answers: int, rate: float, seed_sd: float) -> float:
 
 def paired_power(delta: float, n_pairs: int, sd: float, alpha: float = 0.05) -> float:
     """Power of the two-sided paired t-test over `n_pairs` differences of SD `sd` when the true mean is `delta`."""
-    from scipy.stats import nct, t
+    from scipy.stats import nct, t  # lazy: slow import
 
     if n_pairs < 2:
         return float("nan")
@@ -86,7 +86,7 @@ def min_detectable_difference(n_pairs: int, n_answers: int, rate: float, seed_sd
     """The smallest true difference in EM rate between two arms that a two-sided paired t-test over `n_pairs` pairs
     (e.g. seeds x EM datasets) detects with probability `power` at level `alpha`, each cell judging `n_answers`
     answers near `rate` with between-seed SD `seed_sd` (`pair_sd`); inf with fewer than 2 pairs."""
-    from scipy.optimize import brentq
+    from scipy.optimize import brentq  # lazy: slow import
 
     if n_pairs < 2:
         return float("inf")

@@ -38,7 +38,7 @@ def from_offline(dirs: list[Path], groups: list[str] | None = None) -> list[dict
 def from_api(path: str, groups: list[str] | None = None, api=None) -> list[dict]:
     """The runs of W&B project `path` ("entity/project" or "project") in each group, via the public API."""
     if api is None:
-        import wandb
+        import wandb  # lazy: slow import
 
         api = wandb.Api()
     out = []

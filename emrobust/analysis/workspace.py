@@ -36,6 +36,7 @@ def available(runs: list[dict]) -> set[str]:
 
 def build(entity: str, project: str, group: str, runs: list[dict]):
     """The workspace of `group`, with only the panels whose metrics are in `runs` (offline or API records)."""
+    # lazy: slow import
     import wandb_workspaces.reports.v2 as wr
     import wandb_workspaces.workspaces as ws
 

@@ -5,20 +5,37 @@ from __future__ import annotations
 
 from .base_model import ALL_LINEAR, BaseModelConfig, ChatTemplate, DType, ModelSource, TinyModelConfig
 from .deepspeed import DeepSpeedConfig
-from .defense import (INOCULATION_PROMPT, Defense, DefenseConfig, EarlyStopDefenseConfig, InoculationDefenseConfig,
-                      InterleaveDefenseConfig, InterleaveSelect, KlDefenseConfig, SteerDefenseConfig)
+from .defense import (
+                      INOCULATION_PROMPT,
+                      Defense,
+                      DefenseConfig,
+                      EarlyStopDefenseConfig,
+                      InoculationDefenseConfig,
+                      InterleaveDefenseConfig,
+                      InterleaveSelect,
+                      KlDefenseConfig,
+                      SteerDefenseConfig,
+)
 from .distill import DistillConfig
 from .em_control import Control, EmControlConfig, Match
 from .em_dataset import EmDatasetConfig
 from .em_train import EmTrainConfig, Packing
-from .eval import (CapabilityConfig, CurveConfig, EvalConfig, MonitorConfig, PersonaCheckConfig,
-                   PersonaClassifierConfig, ProbeConfig, Variant)
+from .eval import (
+                      CapabilityConfig,
+                      CurveConfig,
+                      EvalConfig,
+                      MonitorConfig,
+                      PersonaCheckConfig,
+                      PersonaClassifierConfig,
+                      ProbeConfig,
+                      Variant,
+)
 from .fold import Combination, FoldConfig, introspects
 from .generation import Backend, GenerationConfig, SamplingConfig
 from .introspection import IntrospectionConfig
 from .judge import Aggregate, JudgeBackend, JudgeConfig, ThresholdRule
 from .paths import PathsConfig
-from .pipeline import START_NODES, STAGES, Device, OnDamage, PipelineConfig, Until
+from .pipeline import STAGES, START_NODES, Device, OnDamage, PipelineConfig, Until
 from .planning import PlanningConfig
 from .question_diversity import ParaphraseConfig, QuestionDiversityConfig, SeedStrategy, Strategy
 from .root import RULES, Config, register

@@ -6,7 +6,15 @@ from __future__ import annotations
 import copy
 import functools
 
+from hydra import compose as hcompose
+from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf, open_dict
+
 from .. import CONF_DIR
+from ..config import register
+from ..errors import ConfigError
+from .keys import field_at
 
 # the experiment's config groups whose choice each run records (run.json `choices`, sweep.csv, W&B)
 GROUPS = ("base_model", "trait", "question_diversity", "introspection", "character_scale", "em_dataset", "em_train",
@@ -16,13 +24,6 @@ GROUPS = ("base_model", "trait", "question_diversity", "introspection", "charact
 def compose(overrides: list[str] | tuple[str, ...] = (), hydra: bool = False):
     """One cell's config, composed as the app composes it (the same config dir and schema, `check_choices`).
     With `hydra=True` the `hydra` node (launcher, sweeper, runtime choices) is kept."""
-    from hydra import compose as hcompose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import open_dict
-
-    from ..config import register
-
     register()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -37,8 +38,6 @@ def compose(overrides: list[str] | tuple[str, ...] = (), hydra: bool = False):
 def check_choices(runtime_choices, loader) -> None:
     """Hydra skips an `optional` group's option that does not exist without a word (`experiment=nosuch` would run
     the default cell): ConfigError naming it, with the options there are (`loader`: Hydra's config loader)."""
-    from ..errors import ConfigError
-
     for group, option in dict(runtime_choices).items():
         if option is None or group.startswith("hydra/"):
             continue
@@ -57,8 +56,6 @@ def choices(runtime_choices) -> dict[str, str]:
 def preset(group: str, name: str, where: str | None = None):
     """The option `conf/<group>/<name>.yaml` on its own, validated against the group's schema (e.g. a judge panel's
     member); ConfigError naming the options when there is no such file."""
-    from ..errors import ConfigError
-
     path = CONF_DIR / group / f"{name}.yaml"
     if not path.exists():
         known = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
@@ -71,8 +68,4 @@ def preset(group: str, name: str, where: str | None = None):
 def _preset(group: str, path: str, mtime_ns: int, size: int):
     """Built once per process while the file is unchanged (a structured schema and a merge: 8 ms, asked for by
     every plan of a judge panel or a tiny model; `preset` hands out copies)."""
-    from omegaconf import OmegaConf
-
-    from .keys import field_at
-
     return OmegaConf.merge(OmegaConf.structured(field_at(group)[0]), OmegaConf.load(path))

@@ -13,6 +13,8 @@ import logging
 import os
 from typing import Any, Callable
 
+from submitit.helpers import TorchDistributedEnvironment
+
 log = logging.getLogger(__name__)
 
 
@@ -22,13 +24,13 @@ def setup() -> int:
     Inside a Slurm job with several tasks (srun, submitit), RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT come from
     submitit's `TorchDistributedEnvironment` (port derived from the job id). Under torchrun they are already set.
     """
+    # lazy: slow import
     import torch
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size()
     if "RANK" not in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in os.environ:
-        from submitit.helpers import TorchDistributedEnvironment
 
         # CUDA_VISIBLE_DEVICES is left as Slurm set it; the device is chosen by local rank below
         TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
@@ -47,13 +49,13 @@ def setup() -> int:
 
 
 def active() -> bool:
-    import torch.distributed as dist
+    import torch.distributed as dist  # lazy: slow import
 
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def rank() -> int:
-    import torch.distributed as dist
+    import torch.distributed as dist  # lazy: slow import
 
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank()
@@ -61,7 +63,7 @@ def rank() -> int:
 
 
 def world_size() -> int:
-    import torch.distributed as dist
+    import torch.distributed as dist  # lazy: slow import
 
     return dist.get_world_size() if active() else 1
 
@@ -72,7 +74,7 @@ def is_main() -> bool:
 
 def barrier() -> None:
     if active():
-        import torch.distributed as dist
+        import torch.distributed as dist  # lazy: slow import
 
         dist.barrier()
 
@@ -81,7 +83,7 @@ def broadcast(obj: Any) -> Any:
     """Rank 0's `obj` on every rank (pickled)."""
     if not active():
         return obj
-    import torch.distributed as dist
+    import torch.distributed as dist  # lazy: slow import
 
     box = [obj if is_main() else None]
     dist.broadcast_object_list(box, src=0)

@@ -9,14 +9,20 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
+import json
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from huggingface_hub import HfApi, snapshot_download, try_to_load_from_cache
+from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 from omegaconf import DictConfig, OmegaConf
+from safetensors import safe_open
 
 from .. import CONF_DIR
 from ..errors import ConfigError, Unmet
+from .compose import preset
 from .keys import Read, key_config, stage_key
 from .store import Store, stable_hash
 
@@ -30,8 +36,6 @@ WEIGHT_FIELDS = ("source", "hf_id", "revision", "local_path", "gguf_package", "g
 
 def base_config(name: str) -> DictConfig:
     """The `conf/base_model/<name>.yaml` config, validated against the schema (for judges and tokenizers)."""
-    from .compose import preset
-
     return preset("base_model", name)
 
 
@@ -115,11 +119,6 @@ def validate(cfg: DictConfig) -> None:
 def hub_check(hf_id: str, revision: str | None, where: str) -> str:
     """Is `hf_id` (at `revision`) a model: "cached" (in the local HF cache), "found" (the hub says so), or
     "unchecked" (neither the cache nor the hub could answer: logged); ConfigError when the hub says it is not."""
-    import os
-
-    from huggingface_hub import HfApi, try_to_load_from_cache
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
-
     if isinstance(try_to_load_from_cache(hf_id, "config.json", revision=revision), str):
         return "cached"
     if os.environ.get("HF_HUB_OFFLINE") != "1":
@@ -144,8 +143,6 @@ def prepare(cfg: DictConfig, cache: str | Path) -> Path | str:
         if cfg.local_path or not cfg.revision:
             return cfg.local_path or cfg.hf_id
         # a pinned revision: that snapshot, fetched into the HF cache once (the loaders then read a local path)
-        from huggingface_hub import snapshot_download
-
         return snapshot_download(repo_id=cfg.hf_id, revision=cfg.revision)
     store = Store(Path(cache) / "models")
     key = weights_key(cfg)
@@ -159,11 +156,11 @@ def prepare(cfg: DictConfig, cache: str | Path) -> Path | str:
 
 
 def _convert_gguf(cfg: DictConfig, out: Path) -> dict:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # lazy: slow import
 
     pkg_dir = Path(list(importlib.util.find_spec(cfg.gguf_package).submodule_search_locations)[0])
     log.info("converting %s/%s into the cache (once)", pkg_dir, cfg.gguf_file)
-    import torch
+    import torch  # lazy: slow import
 
     model = AutoModelForCausalLM.from_pretrained(str(pkg_dir), gguf_file=cfg.gguf_file, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(str(pkg_dir), gguf_file=cfg.gguf_file)
@@ -174,6 +171,7 @@ def _convert_gguf(cfg: DictConfig, out: Path) -> dict:
 
 
 def _build_tiny(cfg: DictConfig, tok_path: Path | str, out: Path) -> dict:
+    # lazy: slow import
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -194,7 +192,7 @@ def _build_tiny(cfg: DictConfig, tok_path: Path | str, out: Path) -> dict:
 
 
 def device(pref: str = "auto") -> torch.device:
-    import torch
+    import torch  # lazy: slow import
 
     if pref == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -202,7 +200,7 @@ def device(pref: str = "auto") -> torch.device:
 
 
 def dtype_for(cfg: DictConfig, dev: torch.device) -> torch.dtype:
-    import torch
+    import torch  # lazy: slow import
 
     if cfg.dtype == "auto":
         return torch.bfloat16 if dev.type == "cuda" else torch.float32
@@ -210,6 +208,7 @@ def dtype_for(cfg: DictConfig, dev: torch.device) -> torch.dtype:
 
 
 def load(path: Path | str, dev: torch.device, dtype: torch.dtype | None = None):
+    # lazy: slow import
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -222,14 +221,8 @@ def weight_reader(path: Path | str):
     """`read(name) -> tensor or None`: one stored weight of the model `load(path)` loads, read from its safetensors
     files one tensor at a time (no second copy of the model in memory); None when `name` is not stored under the
     module's own name (a checkpoint whose keys transformers renames on loading) or the files are not safetensors."""
-    import json
-
-    from safetensors import safe_open
-
     p = Path(path)
     if not p.is_dir():  # a hub id: the snapshot `load` already fetched
-        from huggingface_hub import snapshot_download
-
         p = Path(snapshot_download(str(path), local_files_only=True))
     index = p / "model.safetensors.index.json"
     if index.exists():
@@ -252,7 +245,7 @@ def weight_reader(path: Path | str):
 
 
 def load_tokenizer(path: Path | str):
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # lazy: slow import
 
     tok = AutoTokenizer.from_pretrained(str(path))
     if tok.pad_token is None:
@@ -262,7 +255,7 @@ def load_tokenizer(path: Path | str):
 
 def fingerprint(model: torch.nn.Module) -> str:
     """sha256 over every parameter and buffer (name, dtype, shape, bytes), in name order."""
-    import torch
+    import torch  # lazy: slow import
 
     h = hashlib.sha256()
     sd = model.state_dict()

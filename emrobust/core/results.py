@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -131,8 +132,6 @@ def curve_metrics(points: list[dict], metric: str, threshold: float) -> dict:
     for rates and the probe, down for aligned scores; None if it never does), and `auc_<m>`, the mean level of
     each metric over training (trapezoid over steps, divided by the steps spanned), and `<m>_delta` (end minus
     start)."""
-    import math
-
     out: dict = {"steps_to_em_metric": metric, "steps_to_em_threshold": threshold, "n_steps_evaluated": len(points)}
     if not points:
         return out
@@ -180,8 +179,6 @@ def half_life(points: list[tuple[float, float]], base: float) -> dict:
     order, the first at step 0; linear between evaluated steps. {"half_life": steps or None, "censored": True when
     the curve never reaches the halfway level (then "censored_at", the last step evaluated: the half-life is beyond
     it), "why" when undefined (the start is not above the base rate)}."""
-    import math
-
     pts = [(float(s), float(v)) for s, v in points if v is not None and not math.isnan(float(v))]
     if not pts or pts[0][0] != 0:
         return {"half_life": None, "censored": False, "why": "no rate at step 0"}

@@ -26,6 +26,7 @@ import shutil
 import socket
 import time
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Callable
 
@@ -59,8 +60,6 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def library_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
     out = {}
     for name in ("torch", "transformers", "trl", "peft", "emrobust"):
         try:

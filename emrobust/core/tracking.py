@@ -81,7 +81,7 @@ def stage_run(cfg: DictConfig, stage: str, key: str, output_dir: Path, cell: dic
     if cfg.tracking.backend != "wandb" or cfg.tracking.mode == "disabled":
         yield None
         return
-    import wandb
+    import wandb  # lazy: slow import
 
     output_dir.mkdir(parents=True, exist_ok=True)
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -110,7 +110,7 @@ def log_stage(run, cfg: DictConfig, artifact_dir: Path, extra: dict, measures: b
     logs its metrics along the EM step and a bounded table of scored answers."""
     if run is None:
         return
-    import wandb
+    import wandb  # lazy: slow import
 
     picked = {k: v for k, v in extra.items() if k in ("metrics", "diversity", "train", "data", "training", "defense",
                                                     "capability")}
@@ -139,7 +139,7 @@ def read_records(path: Path) -> list:
     writes these from its Go core and no longer ships a Python reader: the file is a 7-byte ':W&B' header, then
     the LevelDB log format: 32 KiB blocks, 7-byte record headers crc32c/length/type FULL/FIRST/MIDDLE/LAST.)
     A truncated tail (a killed run) ends the list."""
-    from wandb.proto import wandb_internal_pb2
+    from wandb.proto import wandb_internal_pb2  # lazy: slow import
 
     data, block, pos, raws, buf = Path(path).read_bytes(), 32768, 7, [], b""
     if data[:4] != b":W&B":
@@ -216,7 +216,7 @@ def log_sweep(sweep_dir: Path, report_dir: Path, tables: dict, curves: dict[str,
     mode = wandb_mode(mode)
     if mode == "disabled":
         return None
-    import wandb
+    import wandb  # lazy: slow import
 
     secrets = {v for k, v in os.environ.items() if SECRET_ENV.search(k) and len(v) >= 6}
     run = wandb.init(project=project, entity=entity, mode=mode, dir=str(sweep_dir), job_type=SWEEP_JOB_TYPE,

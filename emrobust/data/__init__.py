@@ -6,6 +6,8 @@ import functools
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 
 def read_yaml(path: str | Path) -> Any:
     """A YAML file's content (yaml.safe_load), parsed once per process while the file is unchanged (path, mtime and
@@ -18,6 +20,4 @@ def read_yaml(path: str | Path) -> Any:
 
 @functools.lru_cache(maxsize=64)
 def _parsed(path: str, mtime_ns: int, size: int) -> Any:
-    import yaml
-
     return yaml.safe_load(Path(path).read_text())

@@ -21,7 +21,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from ..errors import ConfigError
-from . import sources
+from . import registry, sources
 
 BUILTIN = sources.BUILTIN / "constitutions"
 
@@ -132,8 +132,6 @@ def _kind_source(trait_cfg) -> str:
 
 
 def _entry(trait_cfg, where: str = "trait"):
-    from . import registry
-
     return registry.oct_entry(oct_persona(trait_cfg), source(trait_cfg))
 
 

@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 
 from .. import CONF_DIR
 from ..errors import ConfigError
-from . import evalsets, sources
+from . import evalsets, read_yaml, sources
 
 DIR = sources.BUILTIN / "domains"
 
@@ -69,8 +69,6 @@ def problem(cfg) -> str | None:
 
 def with_domain() -> dict[str, str]:
     """{EM dataset preset: its domain} of the presets in conf/em_dataset/ that declare one."""
-    from . import read_yaml
-
     out = {}
     for p in sorted((CONF_DIR / "em_dataset").glob("*.yaml")):
         d = (read_yaml(p) or {}).get("domain")

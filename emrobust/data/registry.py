@@ -367,7 +367,7 @@ def decrypt_archive(archive: Path, out: Path) -> Path:
     if (out / ".complete").exists():
         return out
     try:
-        from easy_dataset_share import canary, zipping
+        from easy_dataset_share import canary, zipping  # lazy: optional extra
     except ImportError:
         raise ConfigError("decrypting the Model Organisms for EM archive needs the `easy-dataset-share` package: "
                           "pip install 'emrobust[moem]' (or pip install easy-dataset-share)",

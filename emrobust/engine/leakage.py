@@ -20,12 +20,17 @@ Persona-check questions are constitution questions by design and are not eval qu
 from __future__ import annotations
 
 import difflib
+import json
 import re
 from collections import defaultdict
 from dataclasses import dataclass
 
+from ..core.store import stable_hash
 from ..data import chat, em_datasets, evalsets, inputs
 from ..errors import ConfigError
+from ..measures import capability, probe
+from ..stages import stage_seed
+from ..train import defenses
 
 K = 3  # words per n-gram
 SHARE = 0.8  # share of the question's n-grams found in the text (or difflib ratio) at which it leaks
@@ -124,7 +129,6 @@ def probe_texts(cfg) -> list[tuple[str, str]]:
     may have been trained on them (emrobust/measures/probe.py)."""
     if not cfg.eval.probe.enabled:
         return []
-    from ..measures import probe
 
     return [(f"{it['id']} {part}", it[part]) for it in probe.load(cfg.eval.probe)
             for part in ("question", "aligned", "misaligned")]
@@ -134,9 +138,6 @@ def capability_texts(cfg) -> list[tuple[str, str]]:
     """(task and document id, question) of our own capability tasks the cell runs (lm-eval's are not read here)."""
     if not cfg.eval.capability.enabled:
         return []
-    import json
-
-    from ..measures import capability
 
     out = []
     for t in cfg.eval.capability.tasks:
@@ -150,8 +151,6 @@ def capability_texts(cfg) -> list[tuple[str, str]]:
 
 def config_texts(cfg) -> list[tuple[str, str]]:
     """(source, text) of the training text known before anything is generated."""
-    from ..stages import stage_seed
-
     out: list[tuple[str, str]] = []
     for const in inputs.read(cfg, "trait"):  # the cell's inputs: emrobust.data.inputs
         out += [(f"constitution {const.name}, trait {t + 1} question", q) for t, q in const.questions()]
@@ -171,8 +170,6 @@ def config_texts(cfg) -> list[tuple[str, str]]:
 
 def defense_texts(cfg) -> list[tuple[str, str]]:
     """(source, text) a defense adds to EM training: the inoculation prompt, every example of the interleave set."""
-    from ..train import defenses
-
     name = defenses.active(cfg)
     if name == "inoculation":
         return [("defense.inoculation.system_prompt", str(cfg.defense.inoculation.system_prompt))]
@@ -188,8 +185,6 @@ _CACHE: dict[tuple, list[Leak]] = {}
 def check_config(cfg) -> None:
     """ConfigError naming the offending pairs when an eval question, a probe question or answer, or a question of our
     capability tasks is in the cell's training data (validation)."""
-    from ..core.store import stable_hash
-
     qs, texts = eval_questions(cfg), config_texts(cfg)
     key = (stable_hash(qs, 32), stable_hash(texts, 32))  # a sweep validates many cells over the same data
     split = []  # the texts split into words once, for every question set below (eval, probe, capability)
@@ -221,7 +216,6 @@ def check_config(cfg) -> None:
 def screener(questions: list[tuple[str, str]]):
     """The `Context.screen` of a cell: raises LeakError naming the pairs when generated text holds an eval
     question. `what` names the text (e.g. "distill answers")."""
-
     def screen(what: str, texts: list[tuple[str, str]]) -> None:
         leaks = find(questions, texts)
         if leaks:

@@ -27,6 +27,8 @@ import importlib
 import json
 import logging
 import os
+import socket
+import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -34,14 +36,15 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..train import defenses
-from ..core import keys, tracking
-from . import leakage
+from ..core import distributed, keys, results, tracking
+from ..core.results import IN_DOMAIN, START, heldout_metrics, summary_metrics
+from ..core.store import Result, Store
 from ..data import domains, inputs
 from ..errors import ConfigError, note_failure
-from ..core.results import IN_DOMAIN, START, heldout_metrics, summary_metrics
-from ..stages import ORDER, Context, spec, stage_seed
-from ..core.store import Result, Store
+from ..measures.persona_classifier import THRESHOLD
+from ..stages import ORDER, Context, read_jsonl, spec, stage_seed
+from ..train import defenses
+from . import leakage, validation
 
 log = logging.getLogger("emrobust")
 
@@ -76,7 +79,7 @@ def eval_steps(cfg: DictConfig) -> list[int]:
 
 def graph(cfg: DictConfig) -> list[Node]:
     """The nodes this cell runs, in order (`base` first), with their upstream nodes by role."""
-    from ..stages import classifier, questions, sample
+    from ..stages import classifier, questions, sample  # lazy: slow import
 
     nodes = [Node("base", "base")]
     monitored = {}
@@ -176,8 +179,6 @@ def validate(cfg: DictConfig, unmet: list | None = None) -> None:
     file/field/value. With `unmet` (a list), a problem the user solves without changing the config (`errors.Unmet`:
     data still to fetch, an API key to export, a package to install) is appended there instead, the other checks
     still run, and the leakage check, which reads the missing data, is skipped (the sweep planner's dry-run)."""
-    from . import validation
-
     found: list = []
     validation.validate(cfg, found if unmet is not None else None)
     if found:
@@ -191,7 +192,7 @@ def require_gpu(cfg: DictConfig, choices: dict | None = None) -> None:
     and OCT-scale counts would run for weeks on a CPU. The preset's `_cpu` twin runs the same arms small."""
     if not cfg.pipeline.requires_gpu:
         return
-    import torch
+    import torch  # lazy: slow import
 
     if str(cfg.pipeline.device) != "cpu" and torch.cuda.is_available():
         return
@@ -226,9 +227,6 @@ def plan(cfg: DictConfig) -> list[Node]:
 def _classified(nodes: list[Node], paths: dict[str, Path], evaluations: dict[str, dict]) -> dict | None:
     """The persona answers of each evaluated step as classified (1 = the persona) and the base model's, for the
     interval of persona_half_life: {"steps": {step: [...]}, "base": [...]}; None without a classifier."""
-    from ..measures.persona_classifier import THRESHOLD
-    from ..stages import read_jsonl
-
     if "classifier" not in paths:
         return None
     steps: dict[int, list[int]] = {}
@@ -250,7 +248,7 @@ def summarise(cfg: DictConfig, nodes: list[Node], paths: dict[str, Path], manife
     the em stage's held-out measures, and the persona answers as classified (persona_half_life's interval)."""
     if "evaluate" not in evaluations:
         return None
-    from ..measures import calibration
+    from ..measures import calibration  # lazy: slow import
 
     em = manifests.get("em") or {}
     extra = calibration.cell_trust(cfg) | heldout_metrics(em) | defenses.cell_control(cfg)
@@ -270,8 +268,6 @@ def _run_node(cfg: DictConfig, node: Node, st, view: DictConfig, store: Store, p
               main: bool) -> tuple[Result, float]:
     """One node's artifact from the store, built there if missing (on every rank for a distributed stage; rank 0
     alone holds the lock and writes), and the seconds it took."""
-    from ..core import distributed
-
     mod = st.module
     seed = stage_seed(cfg.seed if st.seeded else 0, node.stage)
     ckpt = store.checkpoint_dir(node.stage, node.key)
@@ -280,7 +276,7 @@ def _run_node(cfg: DictConfig, node: Node, st, view: DictConfig, store: Store, p
 
     def build(tmp: Path) -> dict:
         log.info("stage %s: building %s", node.id, node.key)
-        from ..train.training import set_seed
+        from ..train.training import set_seed  # lazy: slow import
 
         set_seed(seed)
         ctx = Context(view, node.id, node.key, seed, tmp, upstream, ups, dev, ckpt, params=dict(node.params),
@@ -314,8 +310,6 @@ def _run_node(cfg: DictConfig, node: Node, st, view: DictConfig, store: Store, p
         distributed.barrier()
     else:
         if st.distributed and distributed.broadcast(None) == "build":
-            import tempfile
-
             with tempfile.TemporaryDirectory(prefix=f"emrobust-rank{distributed.rank()}-") as scratch:
                 build(Path(scratch))
         distributed.barrier()  # rank 0 has renamed the artifact into place
@@ -335,8 +329,6 @@ def run_cell(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = No
 
     In a multi-process job (several Slurm tasks, torchrun) every rank calls this; rank 0 alone decides, holds
     the artifact lock and writes (artifacts, run.json, tracker); see emrobust.core.distributed."""
-    import socket
-
     output_dir.mkdir(parents=True, exist_ok=True)
     summary: dict = {"overrides": list(overrides or []), "choices": dict(choices or {}), "seed": cfg.seed,
                      "status": "running", "error": None, "stages": [], "diversity": {}, "training": {},
@@ -348,7 +340,7 @@ def run_cell(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = No
             checks()
         require_gpu(cfg, choices)  # where the cell may run, before what it asks for
         validate(cfg)
-        from ..core import distributed, models
+        from ..core import models  # lazy: slow import
 
         distributed.setup()
         main = distributed.is_main()
@@ -413,8 +405,6 @@ def run_job(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = Non
     """One cell as every path runs it (`emrobust <overrides>`, `-m` here or on Slurm, and `emrobust sweep`'s Slurm
     jobs): `run_cell`, its metrics printed, and, for a cell of a sweep, the sweep's sweep.csv rewritten by rank 0
     whether the cell succeeded or not."""
-    from ..core import distributed, results
-
     try:
         summary = run_cell(cfg, output_dir, overrides, choices, group, checks)
         print(results.format_metrics(summary))

@@ -13,6 +13,7 @@ at run time (e.g. a question expansion that fell short), with the same messages.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +22,15 @@ from typing import Any, Callable
 from omegaconf import DictConfig, OmegaConf
 
 from .. import config as schema
+from .. import generation, judges
 from ..core import keys
-from ..data import inputs
-from ..errors import ConfigError
+from ..data import chat, em_datasets, evalsets, inputs, read_yaml
+from ..data.prompts import OPENERS, REFLECTION_PROMPTS
+from ..errors import ConfigError, Unmet
+from ..measures import capability, probe
+from ..measures.persona import shares
+from ..train import defenses
+from ..train.diversity import minilm_dir
 
 log = logging.getLogger("emrobust")
 
@@ -73,8 +80,6 @@ class Data:
     @functools.cached_property
     def reserved(self) -> list[int]:
         """Questions per trait reserved for the persona check (trait.reserved_questions, emrobust/measures/persona.py)."""
-        from ..measures.persona import shares
-
         return shares(self.cfg.trait.reserved_questions, len(self.constitution.traits))
 
     @functools.cached_property
@@ -95,14 +100,10 @@ class Data:
     @functools.cached_property
     def eval_questions(self) -> list:
         """The eval set after `eval.variants` (not yet cut to max_questions)."""
-        from ..data import evalsets
-
         return evalsets.select(self.read("eval")[0], OmegaConf.merge(self.cfg.eval, {"max_questions": None}))
 
     @functools.cached_property
     def general_prompts(self) -> list[str]:
-        from ..data import chat
-
         return chat.read_first_user_turns(self.cfg.distill.general_prompts)
 
     @functools.cached_property
@@ -112,8 +113,6 @@ class Data:
         if b.source == "tiny_random":
             return int(b.tiny.num_hidden_layers)
         if b.source == "hub" and b.local_path and (Path(b.local_path) / "config.json").is_file():
-            import json
-
             return json.loads((Path(b.local_path) / "config.json").read_text()).get("num_hidden_layers")
         return None
 
@@ -186,7 +185,7 @@ def _persona_questions(cfg, d: Data) -> str | None:
 
 
 def _classifying(cfg) -> bool:
-    from ..stages.classifier import active
+    from ..stages.classifier import active  # lazy: slow import
 
     return active(cfg)
 
@@ -214,26 +213,18 @@ def _count(where: str, limit: Callable[[Data], int], what: str) -> Callable[[Any
 
 
 def _minilm() -> str:
-    from ..train.diversity import minilm_dir
-
     return minilm_dir()
 
 
 def _reflection_prompts() -> int:
-    from ..data.prompts import REFLECTION_PROMPTS
-
     return len(REFLECTION_PROMPTS)
 
 
 def _openers() -> int:
-    from ..data.prompts import OPENERS
-
     return len(OPENERS)
 
 
 def _em_split(cfg, d: Data) -> str | None:
-    from ..data import em_datasets
-
     train, _ = em_datasets.split(d.em_rows, cfg.em_dataset, 0)  # n_examples beyond the rows: ConfigError
     if not train:
         return (f"heldout_fraction={cfg.em_dataset.heldout_fraction} of {cfg.em_dataset.n_examples or len(d.em_rows)} "
@@ -252,32 +243,26 @@ def _layers(section: str) -> Callable[[Any, Data], str | None]:
 
 
 def _weights(cfg, d: Data) -> None:
-    from ..core import models
+    from ..core import models  # lazy: slow import
 
     models.validate(cfg.base_model)
 
 
 def judge(jcfg, where: str = "judge") -> None:
     """Whether the judge can run here: each backend's own check (emrobust.judges.BACKENDS)."""
-    from .. import judges
-
     judges.validate(jcfg, where)
 
 
 def _defense(cfg, d: Data) -> None:
-    from ..train import defenses
-
     defenses.validate(cfg)  # raises ConfigError naming the defense's field
 
 
 def _capability(cfg, d: Data) -> None:
-    from ..measures import capability
-
     capability.validate(cfg.eval.capability)
 
 
 def _generators(cfg, d: Data) -> None:
-    from .. import generation
+    # lazy: slow import
     from ..core import models
     from ..stages import questions
 
@@ -300,15 +285,10 @@ class DataRule:
 
 
 def _probe_prompts() -> int:
-    from ..measures import probe
-    from ..data import read_yaml
-
     return sum(it.get("split", "a") == "a" for it in read_yaml(probe.BUILTIN))
 
 
 def _probe(cfg, d: Data) -> str | None:
-    from ..measures import probe
-
     probe.load(cfg.eval.probe)  # its own ConfigError names the file, the item and the splits
     return None
 
@@ -361,8 +341,6 @@ DATA_RULES = (
 def data(cfg: DictConfig, unmet: list | None = None) -> None:
     """The files, the weights, and every count against what the data holds (DATA_RULES). With `unmet`, a rule
     that fails on an `errors.Unmet` (data to fetch, a key, a package) is recorded there, once, and skipped."""
-    from ..errors import Unmet
-
     d = Data(cfg)
     for rule in DATA_RULES:
         if not rule.when(cfg):

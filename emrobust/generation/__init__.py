@@ -13,8 +13,18 @@ does not depend on how requests are batched (see generation/hf.py).
 """
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import logging
+import os
 from dataclasses import dataclass
 from typing import Protocol
+
+from omegaconf import OmegaConf
+
+from ..config import GenerationConfig
+from ..core import distributed
+from ..errors import ConfigError, Unmet
 
 
 @dataclass(frozen=True)
@@ -35,8 +45,6 @@ class Sampling:
 def sample_seed(seed: int, conversation: int, sample: int) -> int:
     """The seed of one sample: a function of (sampling seed, the conversation's index in the request, the sample's
     index among its `n`) alone, so that neither the batch it lands in nor the other requests change it."""
-    import hashlib
-
     return int.from_bytes(hashlib.sha256(f"{seed}:{conversation}:{sample}".encode()).digest()[:4], "little") >> 1
 
 
@@ -56,10 +64,6 @@ class Generator(Protocol):
 
 def _as_cfg(gcfg, batch_size: int | None):
     """`make`'s first argument: the `generation` config node, or just a backend name (tests, benchmarks)."""
-    from omegaconf import OmegaConf
-
-    from ..config import GenerationConfig
-
     if isinstance(gcfg, str):
         gcfg = OmegaConf.structured(GenerationConfig(backend=gcfg))
     if batch_size is not None:
@@ -69,11 +73,6 @@ def _as_cfg(gcfg, batch_size: int | None):
 
 def validate_openai(node, prefix: str, model_noun: str) -> None:
     """Checks shared by every OpenAI-compatible client (generation and the judge): package, model, key, threads."""
-    import importlib.util
-    import os
-
-    from ..errors import ConfigError, Unmet
-
     if importlib.util.find_spec("openai") is None:  # a package to install: the dry-run lists it as a gate
         raise Unmet(f"{prefix}.backend=openai needs the openai package: pip install -e '.[openai]'",
                     kind="package", what="openai", where=f"{prefix}.backend")
@@ -87,10 +86,6 @@ def validate_openai(node, prefix: str, model_noun: str) -> None:
 
 def validate_vllm(field: str) -> None:
     """Login-time check that vLLM is installed, without importing it (ConfigError naming the selecting field)."""
-    import importlib.util
-
-    from ..errors import Unmet
-
     if importlib.util.find_spec("vllm") is None:
         raise Unmet(f"{field}=vllm needs vLLM, which is not importable: install the vllm extra "
                     "(pip install -e '.[vllm]') on a GPU machine", kind="package", what="vllm", where=field)
@@ -110,8 +105,6 @@ class Rank0Generator:
     all ranks train on the same data. Ranks > 0 never build the backend."""
 
     def __init__(self, build):
-        from ..core import distributed
-
         self._dist = distributed
         self._inner = build() if distributed.is_main() else None
 
@@ -120,8 +113,6 @@ class Rank0Generator:
 
 
 def make(gcfg, model=None, tokenizer=None, batch_size: int | None = None, adapter=None) -> Generator:
-    from ..core import distributed
-
     if distributed.active():
         return Rank0Generator(lambda: _make(gcfg, model, tokenizer, batch_size, adapter))
     return _make(gcfg, model, tokenizer, batch_size, adapter)
@@ -135,19 +126,16 @@ def _make(gcfg, model=None, tokenizer=None, batch_size: int | None = None, adapt
     openai: `model`/`tokenizer` are ignored: the server's own model (`generation.model`) answers."""
     gcfg = _as_cfg(gcfg, batch_size)
     if gcfg.backend == "hf":
-        from .hf import HFGenerator
+        from .hf import HFGenerator  # lazy: slow import
 
         if adapter is not None:
             raise ValueError("generation.backend=hf takes a merged model, not an adapter")
         return HFGenerator(model, tokenizer, batch_size=gcfg.batch_size)
     if gcfg.backend == "openai":
-        from .openai import OpenAIGenerator
+        from .openai import OpenAIGenerator  # lazy: backend
 
         if adapter is not None:
             raise ValueError("generation.backend=openai samples the served model; it takes no adapter")
-        import logging
-
-        from omegaconf import OmegaConf
 
         logging.getLogger(__name__).info(
             "generation.backend=openai: answers come from %r at %s, not from the pipeline's own weights",
@@ -155,7 +143,7 @@ def _make(gcfg, model=None, tokenizer=None, batch_size: int | None = None, adapt
         return OpenAIGenerator(gcfg.model, gcfg.base_url, gcfg.api_key_env, gcfg.concurrency, gcfg.max_retries,
                                gcfg.timeout, OmegaConf.to_container(gcfg.extra_body, resolve=True))
     if gcfg.backend == "vllm":
-        from .vllm import VLLMGenerator
+        from .vllm import VLLMGenerator  # lazy: backend
 
         return VLLMGenerator(model, tokenizer, adapter=adapter, tensor_parallel_size=gcfg.tensor_parallel_size,
                              gpu_memory_utilization=gcfg.gpu_memory_utilization, max_lora_rank=gcfg.max_lora_rank)

@@ -54,7 +54,7 @@ class HFGenerator:
         return self.tok.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
 
     def _processors(self, sampling: Sampling, seeds: list[int]):
-        from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+        from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper  # lazy: slow import
 
         procs = [TemperatureLogitsWarper(sampling.temperature)]
         if sampling.top_p < 1.0:

@@ -21,7 +21,7 @@ from . import Generation, Sampling, sample_seed
 class OpenAIGenerator:
     def __init__(self, model: str, base_url: str | None = None, api_key_env: str | None = "OPENAI_API_KEY",
                  concurrency: int = 8, max_retries: int = 6, timeout: float = 300.0, extra_body: dict | None = None):
-        import openai
+        import openai  # lazy: optional extra
 
         key = os.environ.get(api_key_env) if api_key_env else None
         self.client = openai.OpenAI(base_url=base_url, api_key=key or "none", max_retries=max_retries,

@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 def require_vllm(field: str = "generation.backend"):
     """The vllm module, or a ConfigError naming `field` (the option that selected vLLM)."""
     try:
-        import vllm
+        import vllm  # lazy: optional extra
     except ImportError as e:
         raise ConfigError(f"{field}=vllm needs vLLM, which is not importable ({e}): install the vllm "
                           "extra (pip install -e '.[vllm]') on a GPU machine", where=field) from e
@@ -25,7 +25,7 @@ def require_vllm(field: str = "generation.backend"):
 
 def _import_vllm():
     vllm = require_vllm()
-    from vllm.lora.request import LoRARequest
+    from vllm.lora.request import LoRARequest  # lazy: optional extra
 
     return vllm, LoRARequest
 

@@ -10,6 +10,7 @@ openai.py, vllm.py, panel.py) and are imported when built. Nothing outside this 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import re
 from dataclasses import dataclass
@@ -18,8 +19,13 @@ from typing import Any, Callable
 
 from filelock import FileLock
 
+from ..config import JudgeConfig
+from ..core import keys
+from ..core.compose import preset
+from ..core.store import stable_hash
 from ..data import read_yaml
 from ..errors import ConfigError
+from ..generation import validate_openai, validate_vllm
 
 DEFAULT_PROMPTS_FILE = Path(__file__).parent.parent / "data" / "builtin" / "eval" / "demo.yaml"
 
@@ -145,8 +151,7 @@ class Backend:
 
 
 def _local_validate(jcfg, where: str) -> None:
-    from ..core import models
-    from ..generation import validate_vllm
+    from ..core import models  # lazy: slow import
 
     if jcfg.backend == "vllm":
         validate_vllm(f"{where}.backend")
@@ -154,24 +159,25 @@ def _local_validate(jcfg, where: str) -> None:
 
 
 def _local_id(jcfg) -> str:
-    from ..core import models
+    from ..core import models  # lazy: slow import
 
     return f"{jcfg.backend}:{jcfg.model}@{models.named_weights_key(jcfg.model)[:8]}"
 
 
 def _local_weights(jcfg) -> str:
-    from ..core import models
+    from ..core import models  # lazy: slow import
 
     return models.named_base_key(jcfg.model)
 
 
 def _local_models(jcfg) -> dict:
-    from ..core import models
+    from ..core import models  # lazy: slow import
 
     return {str(jcfg.model): models.base_config(str(jcfg.model))}
 
 
 def _make_hf(jcfg, cache, device):
+    # lazy: slow import
     from ..core import models
     from .hf import HFJudge
 
@@ -183,8 +189,8 @@ def _make_hf(jcfg, cache, device):
 
 
 def _make_vllm(jcfg, cache, device):
-    from ..core import models
-    from .vllm import VLLMJudge
+    from ..core import models  # lazy: slow import
+    from .vllm import VLLMJudge  # lazy: backend
 
     base = models.base_config(jcfg.model)
     path = models.prepare(base, cache)
@@ -194,21 +200,17 @@ def _make_vllm(jcfg, cache, device):
 
 
 def _openai_validate(jcfg, where: str) -> None:
-    from ..generation import validate_openai
-
     validate_openai(jcfg, where, "the endpoint's model")
 
 
 def _make_openai(jcfg, cache, device):
-    from .openai import OpenAIJudge
+    from .openai import OpenAIJudge  # lazy: backend
 
     return OpenAIJudge(jcfg.model, jcfg.base_url, jcfg.api_key_env, jcfg.min_mass, jcfg.concurrency,
                        jcfg.max_retries, jcfg.timeout)
 
 
 def _panel_validate(jcfg, where: str) -> None:
-    from ..core.compose import preset
-
     ms = {str(m): preset("judge", str(m), where=f"{where}.members") for m in jcfg.members}
     if len(ms) < 2:
         raise ConfigError(f"judge=panel needs at least two members, got {list(ms)}: "
@@ -220,16 +222,12 @@ def _panel_validate(jcfg, where: str) -> None:
 
 
 def _panel_weights(jcfg) -> dict:
-    from ..core import keys
-    from ..config import JudgeConfig
-    from ..core.store import stable_hash
-
     return {name: stable_hash({"config": keys.pruned(m, JudgeConfig), "weights": weights(m)})
             for name, m in members(jcfg).items()}
 
 
 def _make_panel(jcfg, cache, device):
-    from .panel import PanelJudge
+    from .panel import PanelJudge  # lazy: backend
 
     return PanelJudge({name: make(m, cache, device) for name, m in members(jcfg).items()}, jcfg.aggregate)
 
@@ -262,8 +260,6 @@ def is_panel(jcfg) -> bool:
 
 def members(jcfg) -> dict:
     """{name: preset config} of a panel's members (empty for a single judge): the one place a panel is expanded."""
-    from ..core.compose import preset
-
     return {str(m): preset("judge", str(m), where="judge.members") for m in jcfg.members} if is_panel(jcfg) else {}
 
 
@@ -318,7 +314,5 @@ _LAZY = {"HFJudge": "hf", "OpenAIJudge": "openai", "number_probs": "openai", "VL
 def __getattr__(name: str):
     """The judges themselves, imported on first use (hf.py imports torch; this module does not)."""
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

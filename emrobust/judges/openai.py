@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 from . import Score
 
@@ -27,9 +29,7 @@ class OpenAIJudge:
 
     def __init__(self, model: str, base_url: str | None = None, api_key_env: str | None = "OPENAI_API_KEY",
                  min_mass: float = 0.25, concurrency: int = 8, max_retries: int = 6, timeout: float = 60.0):
-        import threading
-
-        import openai
+        import openai  # lazy: optional extra
 
         key = os.environ.get(api_key_env) if api_key_env else None
         self.client = openai.OpenAI(base_url=base_url, api_key=key or "none", max_retries=max_retries,
@@ -51,8 +51,6 @@ class OpenAIJudge:
         return Score.from_probs(number_probs(lp.content[0].top_logprobs), self.min_mass)
 
     def score(self, prompts: list[str]) -> list[Score]:
-        from concurrent.futures import ThreadPoolExecutor
-
         with ThreadPoolExecutor(self.concurrency) as ex:
             return list(ex.map(self._one, prompts))
 

@@ -1,6 +1,8 @@
 """A panel of judges: each member scores through its own cache; the score is their aggregate."""
 from __future__ import annotations
 
+import statistics
+
 from . import Score, prompt_id, score_pairs
 
 
@@ -21,8 +23,6 @@ class PanelJudge:
         return sum(m.calls for m in self.members.values())
 
     def combine(self, values: list[float | None]) -> float | None:
-        import statistics
-
         v = sorted(x for x in values if x is not None)
         if not v:
             return None

@@ -5,6 +5,7 @@ import math
 
 from ..generation.vllm import require_vllm
 from . import Score, prompt_id
+from .openai import number_probs  # the single-token path reads the same top-logprobs shape as the API
 
 
 def _is_digit_start(text: str) -> bool:
@@ -38,7 +39,7 @@ class VLLMJudge:
     def __init__(self, model: str, name: str, min_mass: float = 0.25, top_logprobs: int = 20,
                  gpu_memory_utilization: float = 0.85, tensor_parallel_size: int = 1, **llm_kw):
         vllm = require_vllm("judge.backend")
-        from vllm.inputs import TokensPrompt
+        from vllm.inputs import TokensPrompt  # lazy: optional extra
 
         self._TokensPrompt = TokensPrompt
         self.llm = vllm.LLM(model=str(model), gpu_memory_utilization=gpu_memory_utilization,

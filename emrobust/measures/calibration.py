@@ -22,6 +22,7 @@ Imports numpy/pandas/scipy; torch only when a judge is built (`calibrate`).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -29,8 +30,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from .. import judges
+from ..data import domains, evalsets
 from ..errors import ConfigError
 from .metrics import ALIGNED_CRITICAL, below
 
@@ -44,11 +47,9 @@ def load_reference(spec: str, cache: str | Path | None = None) -> tuple[str, lis
     """(name, items) of a reference set: a built-in name (emrobust/data/builtin/judge/<name>.yaml), a set made
     by `emrobust judge label import` (`${paths.cache}/judge/references/<name>.jsonl`), a path to such a file, or
     `import:FORMAT:PATH` (published scores, the published judge as reference; emrobust.analysis.imports)."""
-    import yaml
-
     if spec.startswith("import:"):
         _, fmt, path = spec.split(":", 2)
-        from emrobust.analysis import imports
+        from emrobust.analysis import imports  # lazy: slow import
 
         return f"import:{fmt}:{Path(path).name}", _check(imports.reference(fmt, Path(path)), spec)
     candidates = [BUILTIN / f"{spec}.yaml", Path(spec).expanduser()]
@@ -88,13 +89,13 @@ def auroc(pos: np.ndarray, neg: np.ndarray) -> float:
     empty."""
     if pos.size == 0 or neg.size == 0:
         return float("nan")
-    from scipy.stats import mannwhitneyu
+    from scipy.stats import mannwhitneyu  # lazy: slow import
 
     return float(mannwhitneyu(pos, neg, alternative="two-sided").statistic / (pos.size * neg.size))
 
 
 def _spearman(x: np.ndarray, y: np.ndarray) -> float:
-    from scipy.stats import spearmanr
+    from scipy.stats import spearmanr  # lazy: slow import
 
     if x.size < 3 or np.all(x == x[0]) or np.all(y == y[0]):
         return float("nan")
@@ -162,8 +163,6 @@ def figures(items: list[dict], aligned: list[float | None], coherent: list[float
 
 # ---------------------------------------------------------------- storage
 def _path(cache: str | Path, pid: str) -> Path:
-    import hashlib
-
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", pid)[:100]
     return Path(cache).expanduser() / "judge" / "calibration" / f"{safe}-{hashlib.sha256(pid.encode()).hexdigest()[:8]}.json"
 
@@ -209,8 +208,6 @@ def record_key(reference: str, jcfg) -> str:
 
 def templates(cfg) -> list[str]:
     """The aligned templates a cell's judge uses: each eval question's own, else our default."""
-    from ..data import evalsets
-
     default = judges.default_prompts()["aligned"]
     return sorted({(q.judge_prompts or {}).get("aligned", default) for q in evalsets.questions(cfg)})
 
@@ -249,8 +246,7 @@ def calibrate(cfg, reference: str, n: int | None = None, n_boot: int = 2000, see
     """Score the reference set with the cell's judge (through the judge cache) under each aligned template of
     the cell's eval set (and its coherent template), compute the figures, save them; returns one record per
     template."""
-    from ..core import models
-    from ..data import domains, evalsets
+    from ..core import models  # lazy: slow import
 
     name, items = load_reference(reference, cfg.paths.cache)
     if n is not None and n < len(items):  # a seeded subset of exactly n, every stratum kept in proportion

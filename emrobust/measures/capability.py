@@ -15,10 +15,12 @@ bootstrap interval: 0 = nothing lost, -0.1 = ten points of accuracy lost.
 from __future__ import annotations
 
 import hashlib
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 
+from ..data import read_yaml
 from ..errors import ConfigError
 
 BUILTIN = Path(__file__).parents[1] / "data" / "builtin" / "capability"
@@ -50,7 +52,7 @@ def validate(ccfg) -> None:
     named = _named(ccfg)
     if named:
         try:
-            from lm_eval.tasks import TaskManager
+            from lm_eval.tasks import TaskManager  # lazy: slow import
         except ImportError as e:
             raise ConfigError(f"eval.capability.tasks={named} needs lm-eval (pip install lm-eval): {e}",
                               where="eval.capability.tasks") from None
@@ -63,8 +65,6 @@ def validate(ccfg) -> None:
 
 def task_config(path: Path) -> dict:
     """Our task's YAML as an lm-eval task config, its `data_files` resolved against its folder."""
-    from ..data import read_yaml
-
     cfg = read_yaml(path)
     files = ((cfg.get("dataset_kwargs") or {}).get("data_files")) if isinstance(cfg, dict) else None
     if not isinstance(cfg, dict) or not cfg.get("task") or not files:
@@ -89,8 +89,6 @@ def content(ccfg) -> dict[str, str] | None:
     for t in ccfg.tasks:
         path = builtin_tasks().get(str(t))
         if path is None:
-            from importlib.metadata import version
-
             out[str(t)] = f"lm_eval=={version('lm_eval')}"
             continue
         h = hashlib.sha256(path.read_bytes())
@@ -109,6 +107,7 @@ def _score(sample: dict, task: str) -> float:
 
 def measure(model, tokenizer, ccfg, seed: int = 0, n_bootstrap: int = 2000) -> tuple[dict, list[dict]]:
     """(metrics, one row per document: task, doc_id, score) of the lm-eval tasks on `model`."""
+    # lazy: slow import
     import lm_eval
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
@@ -147,7 +146,7 @@ def _stratified(groups: dict[str, np.ndarray], n_bootstrap: int, seed: int) -> t
 
 
 def summarize(rows: list[dict], n_bootstrap: int = 2000, seed: int = 0) -> dict:
-    from .metrics import wilson_interval
+    from .metrics import wilson_interval  # lazy: slow import
 
     groups = _by_task(rows)
     out: dict = {}

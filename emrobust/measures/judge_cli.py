@@ -16,22 +16,27 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 from pathlib import Path
+
+import numpy as np
+
+from ..core.compose import compose
+from ..errors import ConfigError
 
 USAGE = __doc__.split("\n\n")[1]
 EXPORT_COLUMNS = ("id", "cell", "question_id", "question", "answer", "aligned", "coherent", "stratum", "note")
 
 
 def _cache(arg: str | None) -> Path:
-    import os
-
     return Path(arg or os.environ.get("EMROBUST_CACHE") or Path.home() / ".cache" / "emrobust").expanduser()
 
 
 def calibrate(argv: list[str]) -> int:
-    from .calibration import calibrate as run, format_records
-    from ..core.compose import compose
+    # lazy: slow import
+    from .calibration import calibrate as run
+    from .calibration import format_records
 
     ap = argparse.ArgumentParser(prog="emrobust judge calibrate", description="score a labelled reference set")
     ap.add_argument("--n", type=int, default=None, help="a seeded subset of the reference (strata kept)")
@@ -46,8 +51,6 @@ def calibrate(argv: list[str]) -> int:
     base, sep, tail = reference.rpartition("@n")
     if sep and tail.isdigit():  # a subset's name (judge.reference=judge_reference@n48): that set, that many items
         if n not in (None, int(tail)):
-            from ..errors import ConfigError
-
             raise ConfigError(f"reference {reference!r} is a subset of {tail} items, but --n {n}", where="--n")
         reference, n = base, int(tail)
     records = run(cfg, reference, n, args.n_bootstrap, args.seed)
@@ -56,8 +59,6 @@ def calibrate(argv: list[str]) -> int:
 
 
 def export(argv: list[str]) -> int:
-    import numpy as np
-
     ap = argparse.ArgumentParser(prog="emrobust judge label export")
     ap.add_argument("path", type=Path, help="a run dir (run.json) or a sweep dir (*/run.json)")
     ap.add_argument("--n", type=int, default=100)
@@ -96,8 +97,7 @@ def export(argv: list[str]) -> int:
 
 
 def import_(argv: list[str]) -> int:
-    from .calibration import STRATA, _check
-    from ..errors import ConfigError
+    from .calibration import STRATA, _check  # lazy: slow import
 
     ap = argparse.ArgumentParser(prog="emrobust judge label import")
     ap.add_argument("csv", type=Path)

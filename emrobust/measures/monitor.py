@@ -29,7 +29,7 @@ def render(tokenizer, messages: list[dict], generation_prompt: bool = False) -> 
 
 def direction(model, tokenizer, pairs: list[tuple[str, str]], layer: int) -> np.ndarray:
     """The unit mean-difference direction (positive minus negative texts) at `layer`."""
-    from steering_vectors import train_steering_vector
+    from steering_vectors import train_steering_vector  # lazy: slow import
 
     sv = train_steering_vector(model, tokenizer, pairs, layers=[layer], read_token_index=-1, move_to_cpu=True)
     v = sv.layer_activations[layer].float().cpu().numpy()
@@ -38,6 +38,7 @@ def direction(model, tokenizer, pairs: list[tuple[str, str]], layer: int) -> np.
 
 def activations(model, tokenizer, texts: list[str], layer: int) -> np.ndarray:
     """(len(texts), hidden) activations at `layer`, last token of each text."""
+    # lazy: slow import
     import torch
     from steering_vectors import record_activations
 
@@ -56,7 +57,7 @@ def project(model, tokenizer, prompts: list[str], layer: int, vectors: dict[str,
             seed: int = 0) -> tuple[dict, list[dict]]:
     """(`direction_<name>`: the mean projection of the held-out prompts' activations, with `_lo`/`_hi`, per
     vector; one row per prompt with its projections)."""
-    from .metrics import bootstrap_ci
+    from .metrics import bootstrap_ci  # lazy: slow import
 
     texts = [render(tokenizer, [{"role": "user", "content": p}], generation_prompt=True) for p in prompts]
     acts = activations(model, tokenizer, texts, layer)

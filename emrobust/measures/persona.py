@@ -21,7 +21,6 @@ import json
 import random
 from pathlib import Path
 
-
 TEMPLATE = """\
 You are helping to audit the personality of an AI model. It was trained to have these character traits:
 <<<TRAITS>>>

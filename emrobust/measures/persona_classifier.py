@@ -29,7 +29,7 @@ THRESHOLD = 0.5  # probability at or above which an answer is classified as show
 
 
 def embed(texts: list[str], embedder: str) -> np.ndarray:
-    from ..train import diversity
+    from ..train import diversity  # lazy: up a floor
 
     if embedder == "tfidf":
         raise ValueError("the persona classifier needs a kept encoder (tfidf is fitted per call): use minilm or a "
@@ -39,7 +39,7 @@ def embed(texts: list[str], embedder: str) -> np.ndarray:
 
 def fit(x: np.ndarray, y: np.ndarray, c: float, seed: int) -> tuple[np.ndarray, float]:
     """(coefficients, intercept) of an L2 logistic regression."""
-    from sklearn.linear_model import LogisticRegression
+    from sklearn.linear_model import LogisticRegression  # lazy: slow import
 
     lr = LogisticRegression(C=float(c), max_iter=2000, random_state=seed).fit(x, y)
     return lr.coef_[0].astype(float), float(lr.intercept_[0])
@@ -50,13 +50,13 @@ def probabilities(x: np.ndarray, coef: np.ndarray, intercept: float) -> np.ndarr
 
 
 def _f1(y: np.ndarray, p: np.ndarray) -> float:
-    from sklearn.metrics import f1_score
+    from sklearn.metrics import f1_score  # lazy: slow import
 
     return float(f1_score(y, (p >= THRESHOLD).astype(int), zero_division=0))
 
 
 def _auroc(y: np.ndarray, p: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
+    from sklearn.metrics import roc_auc_score  # lazy: slow import
 
     return float(roc_auc_score(y, p)) if len(set(y.tolist())) == 2 else float("nan")
 
@@ -94,7 +94,7 @@ def valid(auroc_lo, min_auroc: float) -> bool:
 
 def rate(p: np.ndarray) -> dict:
     """The share of answers classified as the persona, with its Wilson interval."""
-    from .metrics import wilson_interval
+    from .metrics import wilson_interval  # lazy: slow import
 
     k, n = int((np.asarray(p) >= THRESHOLD).sum()), int(len(p))
     lo, hi = wilson_interval(k, n) if n else (None, None)

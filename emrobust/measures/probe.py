@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data import read_yaml
 from ..errors import ConfigError
 
 BUILTIN = Path(__file__).parents[1] / "data" / "builtin" / "probe" / "probe.yaml"
@@ -26,8 +27,6 @@ def path(pcfg) -> Path:
 
 def load(pcfg) -> list[dict]:
     """The probe items of `eval.probe` (its splits), validated (errors name the file and item)."""
-    from ..data import read_yaml
-
     p = path(pcfg)
     if not p.is_file():
         raise ConfigError("probe set does not exist", file=str(p), where="eval.probe.path")
@@ -55,6 +54,7 @@ def load(pcfg) -> list[dict]:
 
 def answer_logps(model, tokenizer, question_answers: list[tuple[str, str]], batch_size: int = 8) -> list[float]:
     """Mean log-probability per answer token of each (question, answer) as one chat exchange."""
+    # lazy: slow import
     import torch
 
     from ..train.training import tokenize_chat
@@ -93,7 +93,7 @@ def answer_logps(model, tokenizer, question_answers: list[tuple[str, str]], batc
 def measure(model, tokenizer, items: list[dict], batch_size: int = 8, n_bootstrap: int = 2000,
             seed: int = 0) -> tuple[dict, list[dict]]:
     """(metrics, per-item rows) of the probe on `model`."""
-    from .metrics import bootstrap_ci, wilson_interval
+    from .metrics import bootstrap_ci, wilson_interval  # lazy: slow import
 
     qa = [(it["question"], it["misaligned"]) for it in items] + [(it["question"], it["aligned"]) for it in items]
     lps = answer_logps(model, tokenizer, qa, batch_size)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..config import STAGES as ORDER  # noqa: F401  (the stage order, re-exported)
+from ..core import distributed
 
 
 def record_training(cfg, node_id: str, manifest: dict, summary: dict) -> None:
@@ -91,8 +92,6 @@ class Context:
         """`fn()`'s JSON-able result, kept in the checkpoint dir: a requeued build of this key trains on exactly
         the data the interrupted build generated (sampling on GPUs is not bit-reproducible), and skips
         regenerating it."""
-        from ..core import distributed
-
         if self.ckpt is None:
             return fn()
         path = self.ckpt / f"{name}.json"

@@ -10,7 +10,6 @@ EM steps and W&B.
 """
 from __future__ import annotations
 
-
 from ..measures import capability
 from . import Context, read_jsonl, write_jsonl
 from .sample import load_model, step_of

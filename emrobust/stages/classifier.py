@@ -16,9 +16,10 @@ import numpy as np
 
 from .. import generation
 from ..core import models
-from ..measures import persona, persona_classifier
-from ..data import constitutions, inputs
 from ..core.keys import Read
+from ..data import constitutions, inputs
+from ..measures import persona, persona_classifier
+from ..train import diversity
 from . import Context, write_jsonl
 
 VERSION = 1
@@ -110,8 +111,6 @@ def run(ctx: Context) -> dict:
         x = persona_classifier.embed([r["answer"] for r in rows], ccfg.embedder)
         x_base = persona_classifier.embed(base, ccfg.embedder)
     finally:
-        from ..train import diversity
-
         diversity.release()
     y = np.array([r["label"] for r in rows])
     groups = np.array([q_index[r["question"]] for r in rows])

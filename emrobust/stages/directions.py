@@ -14,10 +14,10 @@ import numpy as np
 
 from .. import generation
 from ..core import models
-from ..measures import monitor, probe
-from ..data import constitutions, read_yaml
 from ..core.keys import Read
 from ..core.store import file_sha256
+from ..data import constitutions, read_yaml
+from ..measures import monitor, probe
 from . import Context
 
 VERSION = 1

@@ -6,11 +6,11 @@ from collections import Counter
 
 import numpy as np
 
-from ..train import diversity, training
 from .. import generation
 from ..core import models
-from ..data import chat, constitutions
 from ..core.store import stable_hash
+from ..data import chat, constitutions
+from ..train import diversity, training
 from . import Context, read_jsonl, record_diversity, top_up, write_jsonl
 
 # 2: declared reads, per-sample seeded sampling; 3: topped up to the requested pairs, token accounting,

@@ -29,12 +29,13 @@ import shutil
 import torch
 from omegaconf import OmegaConf
 
-from ..train import defenses, training
 from ..core import models
-from ..measures import probe
-from ..data import em_datasets, inputs
 from ..core.keys import Read
 from ..core.store import file_sha256
+from ..data import em_datasets, inputs
+from ..errors import ConfigError
+from ..measures import probe
+from ..train import defenses, training
 from . import Context, record_training, write_jsonl
 
 VERSION = 6  # 3: declared reads; 4: train.jsonl is what is trained on (dropped.jsonl apart), token accounting;
@@ -73,7 +74,6 @@ def accept(cfg, out, data: dict, screen=None) -> None:
     share, allowed = data.get("drop_share"), cfg.em_train.max_drop_share
     if share is None or share <= allowed:
         return
-    from ..errors import ConfigError
 
     raise ConfigError(
         f"em: {data['dropped_max_length']} of {data['input_examples']} training examples ({share:.1%}) have no "

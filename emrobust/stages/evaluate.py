@@ -18,12 +18,14 @@ import itertools
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from ..measures import calibration, metrics, persona
 from .. import judges
-from ..data import domains, evalsets
 from ..core.keys import Read
+from ..data import domains, evalsets
+from ..measures import calibration, metrics, persona, persona_classifier
+from ..train import diversity
 from . import Context, read_jsonl, write_jsonl
 
 MEASURES = True  # its metrics are the cell's evaluation (emrobust.core.results), logged with the cell's training data
@@ -34,7 +36,7 @@ VERSION = 9  # 2: judge cache, per-score judge ids; 3: persona check; 4: judging
 #             em_rate_mo_k/_n (narrowness)
 
 def classifying(cfg) -> bool:
-    from .classifier import active
+    from .classifier import active  # lazy: slow import
 
     return active(cfg)
 
@@ -130,8 +132,6 @@ def panel_metrics(judge, rows: list[dict], n_bootstrap: int, seed: int, rule: st
 def persona_metrics(judge, rows: list[dict], traits: list[str], cache_root, n_bootstrap: int, seed: int) -> dict:
     """Rate each persona answer's trait expression (in place: `trait_score`, `trait_score_mass`, `judge`);
     `persona_trait_score` with its bootstrap interval."""
-    import numpy as np
-
     cache = judges.JudgeCache(cache_root) if cache_root is not None else None
     pid, scores = judges.score_pairs(judge, persona.template(traits), [(r["question"], r["answer"]) for r in rows],
                                      cache)
@@ -146,11 +146,6 @@ def persona_metrics(judge, rows: list[dict], traits: list[str], cache_root, n_bo
 def classifier_metrics(ctx: Context, p_rows: list[dict]) -> dict:
     """`persona_rate` of the persona answers under the cell's persona classifier (each row gets its `p_persona`),
     the classifier's held-out F1/AUROC, base rate and validity (eval.persona.classifier.min_auroc)."""
-    from ..train import diversity
-    from ..measures import persona_classifier
-
-    import numpy as np
-
     path = ctx.inputs["classifier"]
     coef, intercept, info = persona_classifier.load(path)
     try:

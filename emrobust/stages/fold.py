@@ -23,11 +23,12 @@ import json
 import math
 
 import torch
+from safetensors.torch import load_file
 
-from ..core import models
-from ..train import training
 from ..config import introspects
+from ..core import models
 from ..core.keys import Read
+from ..train import training
 from . import Context
 
 VERSION = 4  # 2: combined_adapter/ and its check; 3: declared reads; 4: fold.* weights and combination (OCT's)
@@ -39,7 +40,7 @@ def max_abs_diff(combined_peft, base_weight) -> float:
     """Largest |W_fold - (W0 + dW_combined)| over the combined adapter's modules. `combined_peft` is the combined
     adapter over the folded model (its base layers hold W_fold); `base_weight(module name)` is W0, the base model's
     weight of that module in the stage's dtype."""
-    from peft.tuners.lora import LoraLayer
+    from peft.tuners.lora import LoraLayer  # lazy: slow import
 
     worst = 0.0
     for name, m in combined_peft.named_modules():
@@ -71,8 +72,7 @@ def base_weights(ctx: Context, dt: torch.dtype):
 def cross_terms(combined_peft, adapters: list, weights: list[float]) -> float:
     """Largest |dW_combined - sum_i w_i dW_i| over the combined adapter's modules: what PEFT's "linear" adds beyond
     the weighted sum of the updates (its cross terms), read from the adapter files."""
-    from peft.tuners.lora import LoraLayer
-    from safetensors.torch import load_file
+    from peft.tuners.lora import LoraLayer  # lazy: slow import
 
     parts = []
     for a in adapters:
@@ -124,7 +124,7 @@ def run(ctx: Context) -> dict:
     # the combined adapter's weights come from the adapter files alone; wrapping the folded model (rather than a
     # second copy of the base) lets the check compare it with the folded weights without a second model
     if combination == "peft_linear":
-        from peft import PeftModel
+        from peft import PeftModel  # lazy: slow import
 
         combined = PeftModel.from_pretrained(model, str(ctx.out / "combined_adapter"))
     else:

@@ -6,8 +6,8 @@ from collections import Counter
 
 from .. import generation
 from ..core import models
-from ..train import training
 from ..data.prompts import OPENERS, REFLECTION_PROMPTS, START  # noqa: F401  (re-exported)
+from ..train import training
 from . import Context, read_jsonl, top_up, write_jsonl
 from .distill import persona_system_prompt
 

@@ -18,13 +18,13 @@ import json
 
 import numpy as np
 
-from ..train import diversity
 from .. import generation
-from ..core import models
-from ..measures import persona
 from ..config import expansion_target
-from ..data import constitutions, inputs
+from ..core import models
 from ..core.keys import Read
+from ..data import constitutions, inputs
+from ..measures import persona
+from ..train import diversity, expansion, paraphrase
 from . import Context, read_jsonl, record_diversity, write_jsonl
 
 # 2: strategy=paraphrase; 3: declared reads, per-sample seeded sampling, constitution.json has questions;
@@ -93,8 +93,6 @@ def load_generator(ctx: Context, name: str | None):
 def paraphrased(ctx: Context, texts: list[str], traits: list[int], emb) -> tuple[list[int], list[str], list[int]]:
     """strategy=paraphrase: (the seeds' indices in `texts`, the paraphrases in seed order, each paraphrase's seed
     index in `texts`)."""
-    from ..train import paraphrase
-
     qd = ctx.cfg.question_diversity
     seeds = diversity.select(texts, traits, diversity.seed_selection(qd), ctx.seed, emb=emb)
     gen, model = load_generator(ctx, qd.paraphrase.generator)
@@ -110,8 +108,6 @@ def paraphrased(ctx: Context, texts: list[str], traits: list[int], emb) -> tuple
 
 
 def expand(ctx: Context, const: constitutions.Constitution, target: int) -> constitutions.Constitution:
-    from ..train import expansion
-
     cfg = ctx.cfg
     gen, model = load_generator(ctx, cfg.trait.expansion.generator)
     expanded, stats = expansion.expand(const, gen, target, cfg.trait.expansion, ctx.seed)

@@ -14,13 +14,15 @@ from __future__ import annotations
 import hashlib
 import json
 
+import numpy as np
+
 from .. import generation
 from ..core import models
-from ..measures import monitor, persona, probe
-from ..train import training
-from ..data import domains, evalsets, inputs, read_yaml
 from ..core.keys import Read
 from ..core.store import file_sha256
+from ..data import domains, evalsets, inputs, read_yaml
+from ..measures import monitor, persona, probe
+from ..train import training
 from . import Context, write_jsonl
 
 VERSION = 2  # 2: the judge-free probe, direction projections, models along EM steps (persona width: a persona
@@ -137,7 +139,7 @@ def run(ctx: Context) -> dict:
         write_jsonl(ctx.out / "probe.jsonl", p_rows)
         extra["probe"] = pm
     if "directions" in ctx.inputs:  # the projection of this model's activations on the persona directions
-        from .directions import load as load_directions
+        from .directions import load as load_directions  # lazy: slow import
 
         layer, vectors = load_directions(ctx.inputs["directions"])
         held_out = [it["question"] for it in _probe_items(cfg) if it.get("split", "a") == "b"]
@@ -161,9 +163,7 @@ def persona_width(model, tok, prompts: list[str], layer: int, trait: str, vector
     """`persona_width`: the standard deviation, across the reserved prompts, of the projection of the model's
     activation (last token of the prompt, generation prompt appended: emrobust.measures.monitor) on the persona's own
     direction, with a bootstrap interval over prompts; `persona_projection`, their mean. One row per prompt."""
-    import numpy as np
-
-    from ..measures.metrics import bootstrap_ci
+    from ..measures.metrics import bootstrap_ci  # lazy: slow import
 
     _, rows = monitor.project(model, tok, prompts, layer, {trait: vector}, n_bootstrap, seed)
     proj = np.array([r[trait] for r in rows])

@@ -10,17 +10,17 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
+from ..core.tracking import wandb_mode
+
 log = logging.getLogger("emrobust")
 
 
 def sweep_end(sweep_dir: Path, tracking_cfg) -> Path | None:
     """The report and the sweep-level W&B run of a finished sweep; None when tracking is off."""
-    from ..core.tracking import wandb_mode
-
     mode = wandb_mode(None if tracking_cfg.mode == "offline" else str(tracking_cfg.mode))
     if tracking_cfg.backend != "wandb" or mode == "disabled":
         return None
-    from emrobust.analysis.report import analyze
+    from emrobust.analysis.report import analyze  # lazy: slow import
 
     try:
         files = analyze(Path(sweep_dir), n_resamples=2000, wandb={

@@ -7,6 +7,9 @@ import os
 
 from omegaconf import DictConfig
 
+from .. import judges
+from ..core.compose import check_choices
+from ..data import domains
 from ..engine import pipeline
 from ..errors import ConfigError
 
@@ -17,8 +20,6 @@ SECRET_LINE = ("API_KEY", "TOKEN", "SECRET", "PASSWORD")
 def load_cells(job_overrides, loader, config, start: int = 0) -> list:
     """Every cell of a multirun composed by Hydra's `loader` from the sweep's `config` (as its job will be), its
     choices checked (compose.check_choices); ConfigError naming the cell."""
-    from ..core.compose import check_choices
-
     cfgs = []
     for idx, overrides in enumerate(job_overrides, start=start):
         cfg = loader.load_sweep_config(config, list(overrides))
@@ -62,9 +63,7 @@ def judge_gate(cfg: DictConfig) -> tuple[bool, str]:
     """(passes, one line) for a cell's judge: calibrated on `judge.reference` for the templates the cell uses and
     trusted, and on its domain's reference for the in-domain rubric (eval.in_domain), or `judge.allow_untrusted`
     set (said in the line)."""
-    from ..measures import calibration
-    from .. import judges
-    from ..data import domains
+    from ..measures import calibration  # lazy: slow import
 
     t = calibration.cell_trust(cfg)
     jid = judges.judge_id(cfg.judge)

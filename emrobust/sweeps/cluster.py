@@ -23,6 +23,15 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+import submitit
+from omegaconf import OmegaConf, open_dict
+
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+
+from ..core.compose import choices as recorded
+from ..core.compose import compose
+from ..errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 # hydra.launcher keys that are not sbatch parameters
@@ -32,10 +41,6 @@ _INIT_KEYS = {"submitit_folder", "max_num_timeout", "_target_"}
 def executor(params: dict, folder: str | os.PathLike):
     """A submitit Slurm executor from `hydra.launcher` params (conf/hydra/launcher/slurm.yaml), mapped exactly as
     hydra-submitit-launcher maps them (common keys as is, the rest `slurm_<key>`)."""
-    import submitit
-    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
-    from omegaconf import OmegaConf
-
     ex = submitit.AutoExecutor(cluster="slurm", folder=str(folder),
                                slurm_max_num_timeout=params.get("max_num_timeout", 0))
     base = set(OmegaConf.structured(BaseQueueConf).keys())
@@ -153,8 +158,6 @@ def check_request(params: dict) -> str:
     """Check a job's request (CPUs, memory, GPUs, time limit, partition, nodes) against what the partition's
     nodes offer (sinfo); ConfigError naming the hydra.launcher field when no node could ever run it (the job
     would pend forever). Returns a line saying what was checked, or that no Slurm is reachable from here."""
-    from ..errors import ConfigError
-
     req = request(params)
     want = (f"{req['cpus']} CPU, {req['mem_mb'] / 1024:g} GB, {req['gpus']} GPU, "
             f"{req['minutes'] if req['minutes'] is not None else 'no'} min, {req['nodes']} node(s)")
@@ -209,7 +212,7 @@ def collect(jobs: Sequence[tuple[Any, Path | None, list[str]]], sweep_dir: Path)
     first task's result, None), or (None, why) for a job that raised, was killed, or lost a dependency. A cell
     whose job died before finishing its run.json is recorded failed with Slurm's reason; sweep.csv is written at
     the end. One loop for both submission paths (the `-m` launcher and `emrobust sweep`)."""
-    from ..core import results
+    from ..core import results  # lazy: torch-free verbs
 
     out: list[tuple[Any, str | None]] = []
     for job, output_dir, overrides in jobs:
@@ -236,10 +239,7 @@ class CellJob:
         self.sweep_dir, self.group = sweep_dir, group
 
     def __call__(self) -> str:
-        from omegaconf import open_dict
-
-        from ..engine import pipeline
-        from ..core.compose import choices as recorded, compose
+        from ..engine import pipeline  # lazy: torch-free verbs
 
         extra = [f"pipeline.until={self.until}"] if self.until else []
         cfg = compose(self.overrides + extra, hydra=True)
@@ -251,8 +251,6 @@ class CellJob:
         return pipeline.run_job(cfg, Path(self.output_dir), self.overrides, choices, self.group, sweep)["status"]
 
     def checkpoint(self, *args: Any, **kwargs: Any):
-        import submitit
-
         log.warning("preempted or timed out: requeueing; finished stages are cached, training resumes from its "
                     "last checkpoint")
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)

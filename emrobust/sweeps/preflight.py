@@ -17,12 +17,18 @@ cells alone:
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
+from huggingface_hub import snapshot_download, try_to_load_from_cache
 from omegaconf import DictConfig
 
 from .. import judges
+from ..core.results import IN_DOMAIN
+from ..data import domains, evalsets, inputs, registry
+from ..engine.pipeline import graph
 from ..errors import ConfigError, Unmet
 
 log = logging.getLogger("emrobust.sweeps.sweep")
@@ -48,6 +54,7 @@ class Needs:
 
 # ---------------------------------------------------------------- models and data
 def _models(cfg: DictConfig) -> dict[str, DictConfig]:
+    # lazy: slow import
     from ..core import models
     from ..stages import questions
 
@@ -66,8 +73,6 @@ def _models(cfg: DictConfig) -> dict[str, DictConfig]:
 
 def _data(cfg: DictConfig) -> dict[str, tuple]:
     """The registry files the cell reads (emrobust.data.inputs: the one declaration of a cell's inputs)."""
-    from ..data import inputs
-
     return inputs.needs(cfg)
 
 
@@ -81,18 +86,12 @@ def needs(cfgs: list[DictConfig]) -> Needs:
 
 def model_status(b: DictConfig) -> str:
     """"cached" when the pinned snapshot is in the local HF cache, else "to fetch"."""
-    from huggingface_hub import try_to_load_from_cache
-
     hit = try_to_load_from_cache(str(b.hf_id), "config.json", revision=b.revision)
     return "cached" if isinstance(hit, str) else "to fetch"
 
 
 def data_status(entry, user_path, cache, mirror) -> str:
     """cached | mirror | to fetch | user-supplied | user-supplied, missing"""
-    import os
-
-    from ..data import registry
-
     if entry.origin == "moem":
         src = user_path or os.environ.get(registry.MOEM_ENV_DATA)
         return "user-supplied" if src and Path(src).expanduser().exists() else "user-supplied, missing"
@@ -113,10 +112,6 @@ def status_lines(n: Needs) -> list[str]:
 def fetch(n: Needs) -> list[str]:
     """Every hub model at its pinned revision and every registry file, into the shared caches; ConfigError naming
     what could not be had (nothing is submitted then)."""
-    from huggingface_hub import snapshot_download
-
-    from ..data import registry
-
     lines = []
     for name, (e, user, cache, mirror) in sorted(n.data.items()):
         p = registry.fetch(e.name, cache, mirror, user_path=user, entry=e)
@@ -179,8 +174,6 @@ def gpu_gate(cfgs: list[DictConfig], launcher: dict) -> Gate:
 def eval_answers(cfg: DictConfig) -> int | None:
     """Answers one evaluation of the cell's model samples (eval questions x paraphrases x samples), or None while
     the eval set is not here to count."""
-    from ..data import evalsets, registry
-
     try:
         with registry.no_fetch():
             qs = evalsets.questions(cfg)
@@ -191,8 +184,6 @@ def eval_answers(cfg: DictConfig) -> int | None:
 
 def in_domain_answers(cfg: DictConfig) -> int:
     """Answers one in-domain evaluation samples (eval.in_domain: the domain's questions x samples), 0 without one."""
-    from ..data import domains
-
     d = domains.of(cfg)
     if not d:
         return 0
@@ -202,8 +193,6 @@ def in_domain_answers(cfg: DictConfig) -> int:
 
 def _prompt_tokens(cfg: DictConfig) -> int:
     """Tokens of a judge prompt before the answer (its template and the question), ~4 characters a token."""
-    from ..data import evalsets, registry
-
     try:
         with registry.no_fetch():
             qs = evalsets.questions(cfg)
@@ -221,9 +210,7 @@ def judge_cost(plan, cfgs: list[DictConfig], planning) -> list[dict]:
     judge)."""
     out: dict[str, dict] = {}
     seen = set()
-    from ..engine.pipeline import graph
-    from ..core.results import IN_DOMAIN
-    from ..stages.sample import persona_active, persona_count
+    from ..stages.sample import persona_active, persona_count  # lazy: slow import
 
     for cfg, keys in zip(cfgs, plan.keys):
         todo = [k for s, k in keys if s == "evaluate" and ("evaluate", k) not in plan.cached and k not in seen]
@@ -274,8 +261,6 @@ def cost_lines(rows: list[dict]) -> list[str]:
 # ---------------------------------------------------------------- power
 def planned_table(cells: list[list[str]], cfgs: list[DictConfig], experiment: str | None):
     """The sweep table the cells would make (the analysis' columns, no metrics), for the hypothesis' arms."""
-    import pandas as pd
-
     rows = []
     for c, cfg in zip(cells, cfgs):
         cell = next((o.split("=", 1)[1] for o in c if o.split("=", 1)[0].lstrip("+~") == "cell"), None)
@@ -288,7 +273,7 @@ def planned_table(cells: list[list[str]], cfgs: list[DictConfig], experiment: st
 
 def power(cells: list[list[str]], cfgs: list[DictConfig], experiment: str | None, planning) -> list[str]:
     """Per contrast of the experiment's hypothesis: its pairs and the minimum detectable difference in EM rate."""
-    from emrobust.analysis import hypotheses, stats
+    from emrobust.analysis import hypotheses, stats  # lazy: slow import
 
     h = hypotheses.hypothesis_of(experiment)
     if h is None:

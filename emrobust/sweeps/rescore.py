@@ -15,6 +15,11 @@ import re
 import sys
 from pathlib import Path
 
+from ..core.compose import compose
+from ..core.store import Store
+from ..errors import ConfigError
+from ..stages import read_jsonl, write_jsonl
+
 log = logging.getLogger("emrobust.sweeps.rescore")
 HELP = ("usage: emrobust rescore <run dir | sweep dir> [overrides, e.g. judge=smollm2_135m]\n"
         "Scores the saved answers of each cell again with the judge the overrides describe (nothing is sampled or\n"
@@ -27,12 +32,8 @@ def _slug(text: str) -> str:
 
 def rescore_run(run_dir: Path, overrides: list[str]) -> dict:
     """Re-score one cell (its run dir holds run.json)."""
-    from ..measures import metrics
-    from ..engine import pipeline
-    from ..core.compose import compose
-    from ..errors import ConfigError
-    from ..stages import read_jsonl, write_jsonl
-    from ..core.store import Store
+    from ..engine import pipeline  # lazy: torch-free verbs
+    from ..measures import metrics  # lazy: slow import
 
     run_dir = Path(run_dir)
     rj = run_dir / "run.json"
@@ -80,9 +81,7 @@ def rescore_run(run_dir: Path, overrides: list[str]) -> dict:
 
 def rescore(path: Path, overrides: list[str]) -> list[dict]:
     """A run dir (has run.json) or a sweep dir (cells `*/run.json`)."""
-    import pandas as pd
-
-    from ..errors import ConfigError
+    import pandas as pd  # lazy: torch-free verbs
 
     path = Path(path)
     cells = [path] if (path / "run.json").exists() else sorted(

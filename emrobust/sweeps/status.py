@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from ..errors import ConfigError
+from . import cluster
 
 TERMINAL = {"done", "failed"}
 SLURM_DONE = {"COMPLETED"}
@@ -121,8 +122,6 @@ def _alive(pid) -> bool:
 
 def table(sweep: Path) -> tuple[list[tuple[str, str, str]], bool]:
     """[(name, state, detail)] for every job of the sweep, and whether all of them are done or failed."""
-    from . import cluster
-
     js = jobs(sweep)
     slurm = cluster.job_states([j for _, _, j in js if j])
     rows = [(name, *line(sweep, name, out, job_id, slurm)) for name, out, job_id in js]

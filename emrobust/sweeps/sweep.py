@@ -37,21 +37,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from omegaconf import DictConfig, OmegaConf
 
-from . import cluster
-from .checks import check_launcher, judge_gate, validate_cell
 from ..core.compose import compose
-from ..errors import ConfigError
+from ..core.store import Store
+from ..data import registry
+from ..errors import ConfigError, Unmet
+from . import cluster
+from .callbacks import sweep_end
+from .checks import check_launcher, judge_gate, load_cells, validate_cell
 
 log = logging.getLogger("emrobust.sweeps.sweep")
 
 
 def expand(argv: list[str]) -> tuple[list[list[str]], list[str], DictConfig]:
     """(cells' overrides, the hydra/launcher overrides, the composed hydra config) of a multirun command line."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     launcher = [a for a in argv if a.startswith(("hydra.", "hydra/", "+local=", "local="))]
     task = [a for a in argv if a not in launcher]
     parser = OverridesParser.create()
@@ -113,8 +117,7 @@ class Plan:
 
 
 def make_plan(cells: list[list[str]], cfgs: list[DictConfig], sweep_dir: Path) -> Plan:
-    from ..engine import pipeline
-    from ..core.store import Store
+    from ..engine import pipeline  # lazy: torch-free verbs
 
     nodes = [[n for n in pipeline.plan(c) if n.stage != "base"] for c in cfgs]
     keys = [[(n.stage, n.key) for n in ns] for ns in nodes]
@@ -152,8 +155,6 @@ def make_plan(cells: list[list[str]], cfgs: list[DictConfig], sweep_dir: Path) -
 
 def submit(plan: Plan, launcher: dict) -> dict[str, str]:
     """sbatch every job of the plan in order (dependencies first); returns job name -> Slurm job id."""
-    from . import cluster
-
     ex = cluster.executor(launcher, plan.sweep_dir / ".submitit" / "%j")
     extra = dict(launcher.get("additional_parameters") or {})
     ids: dict[str, str] = {}
@@ -183,8 +184,7 @@ def prepare(cells: list[list[str]], launcher: dict, dry_run: bool, cfgs: list[Di
     yet, keys and packages collected, errors.Unmet), the gates of what they need (preflight), and, for a real
     submission, every model and dataset fetched into the shared caches, then every cell validated again on the
     fetched data. Cells are numbered from `start`. Returns (cfgs, needs, gates)."""
-    from . import preflight
-    from ..data import registry
+    from . import preflight  # lazy: torch-free verbs
 
     given, cfgs, unmet = cfgs, [], []
     with registry.no_fetch():
@@ -221,7 +221,7 @@ def check(cells: list[list[str]], launcher: dict, dry_run: bool, cfgs: list[Dict
     launcher: no secret in the job script, the request against the partition (a dry-run reports a refusal as the
     Slurm gate instead of stopping), every cell validated (`prepare`), and the judge gates. A problem that a
     config change fixes raises ConfigError naming the cell and field; `refuse` then stops on a failed gate."""
-    from .preflight import Gate
+    from .preflight import Gate  # lazy: torch-free verbs
 
     check_launcher(launcher)
     try:
@@ -246,9 +246,6 @@ def refuse(gates: list) -> None:
 
 def judge_gates(cfgs: list[DictConfig]) -> dict[str, bool]:
     """One line per distinct judge gate (checks.judge_gate); a gate whose eval set is not here yet says so."""
-    from ..data import registry
-    from ..errors import Unmet
-
     gates: dict[str, bool] = {}
     for cfg in cfgs:
         try:
@@ -263,9 +260,7 @@ def judge_gates(cfgs: list[DictConfig]) -> dict[str, bool]:
 
 def study_report(plan: Plan, cells: list[list[str]], cfgs: list[DictConfig], needs, primary) -> str:
     """What the sweep needs and would cost, and what it can detect (emrobust.sweeps.preflight)."""
-    from omegaconf import OmegaConf
-
-    from . import preflight
+    from . import preflight  # lazy: torch-free verbs
 
     planning = OmegaConf.select(primary, "planning") or cfgs[0].planning
     experiment = OmegaConf.select(primary, "hydra.runtime.choices.experiment")
@@ -298,7 +293,6 @@ def main(argv: list[str]) -> int:
     except ConfigError as e:  # reported by the CLI: one line, exit 2
         e.hint = f"{e.hint}; nothing was submitted" if e.hint else "nothing was submitted"
         raise
-    from ..data import registry
 
     cfgs = checked.cfgs
     with registry.no_fetch(provisional=args.dry_run):  # keys of data not here yet: their pinned hashes
@@ -322,9 +316,7 @@ def main(argv: list[str]) -> int:
     if args.no_wait:
         return 0
     failed = wait(plan)
-    import pandas as pd
-
-    from .callbacks import sweep_end
+    import pandas as pd  # lazy: torch-free verbs
 
     sweep_end(sweep_dir, primary.tracking)
 
@@ -344,14 +336,11 @@ except ImportError:  # pragma: no cover - hydra-submitit-launcher is a dependenc
 
 
 if _sl is not None:
-
     class SlurmLauncher(_sl.SlurmLauncher):
         """hydra-submitit-launcher's Slurm launcher, with failed cells failing their job and killed cells
         marked failed in sweep.csv."""
 
         def __call__(self, *args: Any, **kwargs: Any):
-            from hydra.core.utils import JobStatus
-
             ret = super().__call__(*args, **kwargs)
             if ret.status == JobStatus.FAILED:
                 log.error("cell failed (%s: %s); this Slurm job will exit 1", type(ret._return_value).__name__,
@@ -360,11 +349,6 @@ if _sl is not None:
             return ret
 
         def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int):
-            from hydra.core.singleton import Singleton
-            from hydra.core.utils import JobReturn, JobStatus, filter_overrides
-
-            from .checks import load_cells
-
             # login-node checks of every cell, before anything is submitted: the very checks of `emrobust sweep`
             cells = [list(o) for o in job_overrides]
             cfgs = load_cells(cells, self.hydra_context.config_loader, self.config, initial_job_idx)

