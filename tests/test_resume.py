@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import CACHE
+from conftest import CACHE, run_cell
 
 from emrobust.core.store import file_sha256
 
@@ -33,7 +33,8 @@ def run(root: Path, *extra: str, wait: bool = True):
 def test_killed_distill_resumes_with_its_pairs_and_ends_identical(tmp_path, tiny_path):
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     ref.mkdir(), killed.mkdir()
-    run(ref)
+    # the uninterrupted reference in this process (torch already imported: no second interpreter to start)
+    run_cell(ref, *CELL, out="out")
     p = run(killed, wait=False)
     ckpt = killed / "artifacts" / "distill"
     deadline = time.time() + 300

@@ -186,7 +186,8 @@ def test_requeued_training_resumes_from_checkpoint(slurm_cluster, tmp_path, tiny
 
     from emrobust.core.store import file_sha256
 
-    cli(*RESUME, f"paths.artifacts={tmp_path / 'reference'}", f"hydra.run.dir={tmp_path / 'ref_out'}", tmp=tmp_path)
+    # the uninterrupted reference in this process (torch already imported: no second interpreter to start)
+    run_cell(tmp_path, *RESUME, f"paths.artifacts={tmp_path / 'reference'}", out="ref_out")
     ref = next((tmp_path / "reference" / "em").glob("*/adapter/adapter_model.safetensors"))
 
     sweep = tmp_path / "sweep"

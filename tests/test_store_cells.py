@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import CACHE, cli, small_filesystem
+from conftest import CACHE, cli, run_cell, small_filesystem
 
 CELL = ["debug=tiny", "trait=none"]
 
@@ -41,7 +41,7 @@ def test_killed_between_stages_then_damaged_then_rebuilt(tmp_path, tiny_path):
     assert run["status"] == "running" and run["current"]["node"] in ("em", "sample@start")
     art = tmp_path / "artifacts"
     assert [d.name for d in (art / "em").iterdir() if not d.name.startswith(".")]  # em is complete
-    cli(*CELL, "hydra.run.dir=again", tmp=tmp_path)  # (sample may have begun: its partial build is discarded)
+    run_cell(tmp_path, *CELL, out="again")  # in this process; (sample may have begun: its partial build is discarded)
     assert not list(art.glob("*/.*.partial"))
     assert _statuses(tmp_path / "again") == {"questions": "skipped", "distill": "skipped", "introspect": "skipped",
                                              "fold": "skipped", "directions": "skipped", "em": "cached",
@@ -58,7 +58,7 @@ def test_killed_between_stages_then_damaged_then_rebuilt(tmp_path, tiny_path):
     assert p.returncode == 1, p.stderr[-2000:]
     assert f"DamagedArtifact: artifact {adapter.parents[1]} is damaged: {adapter}: does not match its manifest sha256" \
         in p.stderr and "stage em failed" in p.stderr
-    cli(*CELL, "hydra.run.dir=rebuilt", tmp=tmp_path)
+    run_cell(tmp_path, *CELL, out="rebuilt")
     run = json.loads((tmp_path / "rebuilt" / "run.json").read_text())
     em = next(s for s in run["stages"] if s["name"] == "em")
     assert em["status"] == "executed" and "adapter_model.safetensors: does not match" in em["damaged"]
