@@ -274,7 +274,7 @@ KILL_AT = textwrap.dedent(
     """
     import os, shutil, signal, sys
     from pathlib import Path
-    from emrobust import store as S
+    from emrobust.core import store as S
 
     point = sys.argv[2]
     die = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)

@@ -197,7 +197,7 @@ def test_validation_loads_no_model_and_no_torch(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys; from emrobust.core.compose import compose; from emrobust import validation\n"
+    code = ("import sys; from emrobust.core.compose import compose; from emrobust.engine import validation\n"
             "cfg = compose(['debug=tiny', 'question_diversity=low', 'eval.persona.n_questions=57'])\n"
             "try:\n    validation.validate(cfg)\nexcept Exception as e:\n    print(type(e).__name__)\n"
             "print('torch' in sys.modules)")
