@@ -62,10 +62,12 @@ def _dataclass_of(tp) -> type | None:
     return None
 
 
+@functools.cache  # the schema is fixed for the process: a plan asks these for every read of every node
 def _fields(cls) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(cls)}
 
 
+@functools.cache
 def field_at(path: str) -> tuple[type | None, dataclasses.Field | None]:
     """(the dataclass of the value at `path` or None for a leaf, the Field describing it or None at the root)."""
     cls, fld = schema.Config, None
@@ -92,10 +94,11 @@ def kind(fld: dataclasses.Field) -> str | None:
     return next((k for k in EXCLUDED if k in fld.metadata), None)
 
 
-def ancestors(path: str) -> list[tuple[str, dataclasses.Field]]:
+@functools.cache
+def ancestors(path: str) -> tuple[tuple[str, dataclasses.Field], ...]:
     """(path, Field) of `path` and of every config above it, outermost first."""
     parts = path.split(".")
-    return [(".".join(parts[: i + 1]), field_at(".".join(parts[: i + 1]))[1]) for i in range(len(parts))]
+    return tuple((".".join(parts[: i + 1]), field_at(".".join(parts[: i + 1]))[1]) for i in range(len(parts)))
 
 
 def _node(cfg: DictConfig, path: str):
